@@ -1,0 +1,51 @@
+"""Frame <-> msgpack body. No framing here: see connection.py for the length prefix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from .errors import ErrorCode, ProtocolError
+from .frames import FRAME_TYPES, Frame
+from .limits import MAX_FRAME_SIZE, MAX_LIST_LEN, MAX_MAP_LEN
+from .schema import from_map, malformed, to_map
+
+_packer_options: dict[str, Any] = {"use_bin_type": True}
+
+
+def encode_body(frame: Frame) -> bytes:
+    """The msgpack body of a frame: a map with "t" first, then fields in declaration order."""
+    body = {"t": frame.TYPE}
+    body.update(to_map(frame))
+    return msgpack.packb(body, **_packer_options)  # type: ignore[no-any-return]
+
+
+def decode_body(data: bytes, max_size: int = MAX_FRAME_SIZE) -> Frame:
+    """Decode one msgpack body into a frame. Any bad input raises ProtocolError."""
+    if len(data) > max_size:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes, limit {max_size}")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=max_size,
+            max_bin_len=max_size,
+            max_array_len=MAX_LIST_LEN,
+            max_map_len=MAX_MAP_LEN,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types: all mean "not a valid body"
+        raise malformed(f"not a msgpack value: {type(exc).__name__}") from None
+    if type(obj) is not dict:
+        raise malformed(f"frame must be a map, got {type(obj).__name__}")
+    t = obj.get("t")
+    if type(t) is not int:
+        raise malformed("frame needs an int type in key 't'")
+    cls = FRAME_TYPES.get(t)
+    if cls is None:
+        raise malformed(f"unknown frame type {t}")
+    result: Frame = from_map(cls, obj, cls.__name__)
+    return result

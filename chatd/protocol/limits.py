@@ -1,0 +1,18 @@
+"""Hard limits of protocol v1. Every decoder enforces them before trusting input."""
+
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+
+LENGTH_PREFIX_SIZE: Final = 4  # TCP framing: unsigned 32-bit big-endian length
+MAX_FRAME_SIZE: Final = 1024 * 1024  # bytes of one msgpack frame body
+MAX_BODY_SIZE: Final = 64 * 1024  # opaque message body
+MAX_ID_LEN: Final = 64  # user, device, group and client message ids
+MAX_CONV_LEN: Final = 2 * MAX_ID_LEN + 3
+MAX_TOKEN_LEN: Final = 2048
+MAX_TEXT_LEN: Final = 256  # names, reasons, error messages, mime types
+MAX_LIST_LEN: Final = 4096  # any array (members, seqs, users)
+MAX_MAP_LEN: Final = 32  # any map (frames, media refs, events)
+MAX_MEDIA_PER_MESSAGE: Final = 16
+MAX_HISTORY_PAGE: Final = 200
+MAX_UINT: Final = 2**63 - 1
