@@ -1,0 +1,45 @@
+"""Pluggable storage. `open_store(url)` gives a running Store for `memory://` or
+`sqlite:///path/to/file.db`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+import trio
+
+from .base import Appended, Item, NewMessage, Page, Store, StoreError, conv_members, direct_conv
+from .memory import MemoryStore
+from .sqlite import SqliteStore
+
+__all__ = ["Appended", "Item", "MemoryStore", "NewMessage", "Page", "SqliteStore", "Store",
+           "StoreError", "conv_members", "direct_conv", "open_store"]
+
+
+class BadStoreURL(ValueError):
+    pass
+
+
+@contextlib.asynccontextmanager
+async def open_store(url: str) -> AsyncIterator[Store]:
+    if url == "memory://":
+        store = MemoryStore()
+        yield store
+        return
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")  # sqlite:///abs/file.db or sqlite://rel/file.db
+        if not path:
+            raise BadStoreURL(f"{url!r}: expected sqlite:///path/to/file.db")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        sq = SqliteStore(path)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sq.run)
+                yield sq
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await sq.aclose()
+        return
+    raise BadStoreURL(f"unknown store {url!r}: use memory:// or sqlite:///path")

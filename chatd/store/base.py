@@ -1,0 +1,125 @@
+"""The Store interface: the source of truth for messages, inboxes, cursors and receipts.
+
+Model. Every user has an *inbox*: an append-only log of items (a message to deliver, or a
+receipt for a message the user sent), numbered q = 1, 2, 3... per user. Each device of the user
+has a *cursor*: the highest q it acknowledged (cumulatively). Everything in the inbox above a
+device's cursor is pending for that device, so delivery is at-least-once and in order, and a
+device that was away drains exactly what it missed. Messages live once per conversation,
+numbered by a per-conversation `seq`; inbox items point at them. Receipts are tracked per
+(conversation, user) as watermarks: delivered_upto and read_upto.
+
+Guarantees every backend gives:
+- append_message is idempotent per (sender, client_id): a retry returns the original result.
+- When an awaited write returns, it is durable (committed).
+- seq is dense and increasing per conversation; q is dense and increasing per user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from chatd.protocol.frames import Deliver, HistoryItem, Media, Receipt
+
+Item = Deliver | Receipt  # what an inbox holds; q is the item's position
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewMessage:
+    sender: str
+    device: str
+    client_id: str
+    conv: str
+    recipients: tuple[str, ...]  # users whose inboxes get the message (sender excluded)
+    body: bytes
+    ts: int
+    media: tuple[Media, ...] = ()
+    group: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Appended:
+    """Result of a write: the stored message (if any) and the inbox items it created."""
+
+    conv: str = ""
+    seq: int = 0
+    ts: int = 0
+    duplicate: bool = False
+    items: tuple[tuple[str, Item], ...] = ()  # (user, item) to push to that user's devices
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Item]
+    upto: int  # the last inbox position looked at
+    more: bool  # there may be more after upto
+
+
+class StoreError(Exception):
+    """The store could not do the operation now (the backend is down, a timeout): retry."""
+
+
+class Store(Protocol):
+    async def add_user(self, user: str) -> None: ...
+
+    async def has_user(self, user: str) -> bool: ...
+
+    async def attach_device(self, user: str, device: str) -> int:
+        """Register the device if new and return its cursor. A new device starts at the lowest
+        cursor of the user's other devices (0 for the first): it gets what is still pending."""
+        ...
+
+    async def append_message(self, msg: NewMessage) -> Appended: ...
+
+    async def inbox(self, user: str, device: str, after: int, limit: int) -> Page:
+        """Up to `limit` inbox positions after `after`, oldest first; messages this device
+        sent itself are left out of items but counted in upto."""
+        ...
+
+    async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
+        """Move the device's cursor to upto (never back) and append DELIVERED receipts to the
+        senders' inboxes for messages delivered to this user for the first time."""
+        ...
+
+    async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:
+        """Mark conv read by user up to seq upto; append READ receipts to the senders."""
+        ...
+
+    async def history(self, conv: str, before: int | None, limit: int) -> list[HistoryItem]:
+        """Messages of conv with seq < before (or the newest), newest first."""
+        ...
+
+    async def cursor(self, user: str, device: str) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+def direct_conv(a: str, b: str) -> str:
+    """The conversation id of a one-to-one chat, the same from both sides."""
+    lo, hi = sorted((a, b))
+    return f"d:{lo}:{hi}"
+
+
+def conv_members(conv: str) -> tuple[str, ...] | None:
+    """Participants of a one-to-one conversation, or None for a group conversation."""
+    if conv.startswith("d:"):
+        _, a, b = conv.split(":")
+        return (a, b)
+    return None
+
+
+def receipts_for(by: str, status: int, ts: int, delivered: list[tuple[str, str, int]],
+                 next_q: dict[str, int]) -> list[tuple[str, Receipt]]:
+    """Group (sender, conv, seq) triples into one receipt per sender and conversation.
+
+    next_q holds each sender's next inbox position and is advanced in place."""
+    grouped: dict[tuple[str, str], list[int]] = {}
+    for sender, conv, seq in delivered:
+        grouped.setdefault((sender, conv), []).append(seq)
+    out = []
+    for (sender, conv), seqs in grouped.items():
+        q = next_q[sender]
+        next_q[sender] = q + 1
+        out.append((sender, Receipt(q=q, conv=conv, seqs=tuple(seqs), by=by, status=status,
+                                    ts=ts)))
+    return out
