@@ -17,6 +17,7 @@ Guarantees every backend gives:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 from chatd.protocol.frames import Deliver, HistoryItem, Media, Receipt
@@ -59,7 +60,14 @@ class StoreError(Exception):
     """The store could not do the operation now (the backend is down, a timeout): retry."""
 
 
+AppendListener = Callable[[tuple[tuple[str, Item], ...]], None]
+
+
 class Store(Protocol):
+    # Called with the inbox items of each committed write, in commit order, before the write's
+    # caller resumes. The router sets it to push items to connected devices in order.
+    on_append: AppendListener | None
+
     async def add_user(self, user: str) -> None: ...
 
     async def has_user(self, user: str) -> bool: ...

@@ -6,7 +6,7 @@ import dataclasses
 
 from chatd.protocol.frames import Deliver, HistoryItem, Status
 
-from .base import Appended, Item, NewMessage, Page, receipts_for
+from .base import Appended, AppendListener, Item, NewMessage, Page, receipts_for
 
 
 @dataclasses.dataclass
@@ -29,6 +29,12 @@ class MemoryStore:
         self._users: dict[str, _User] = {}
         self._convs: dict[str, _Conv] = {}
         self._ids: dict[tuple[str, str], tuple[str, int, int]] = {}
+        self.on_append: AppendListener | None = None
+
+    def _emit(self, result: Appended) -> Appended:
+        if self.on_append is not None and result.items:
+            self.on_append(result.items)
+        return result
 
     def _user(self, user: str) -> _User:
         return self._users.setdefault(user, _User())
@@ -68,7 +74,7 @@ class MemoryStore:
             item = dataclasses.replace(template, q=u.last_q)
             u.inbox[u.last_q] = item
             items.append((user, item))
-        return Appended(msg.conv, seq, msg.ts, items=tuple(items))
+        return self._emit(Appended(msg.conv, seq, msg.ts, items=tuple(items)))
 
     async def inbox(self, user: str, device: str, after: int, limit: int) -> Page:
         u = self._user(user)
@@ -124,14 +130,14 @@ class MemoryStore:
             u = self._user(sender)
             u.inbox[receipt.q] = receipt
             u.last_q = receipt.q
-        return Appended(items=tuple(out))
+        return self._emit(Appended(items=tuple(out)))
 
     async def history(self, conv: str, before: int | None, limit: int) -> list[HistoryItem]:
         c = self._convs.get(conv)
         if c is None:
             return []
         seq = c.last_seq if before is None else min(before - 1, c.last_seq)
-        out = []
+        out: list[HistoryItem] = []
         while seq > 0 and len(out) < limit:
             m = c.messages.get(seq)
             if m is not None:

@@ -20,7 +20,7 @@ import trio
 from chatd.protocol.frames import Deliver, HistoryItem, Media, Receipt, Status
 from chatd.protocol.schema import from_map, to_map
 
-from .base import Appended, Item, NewMessage, Page, StoreError, receipts_for
+from .base import Appended, AppendListener, Item, NewMessage, Page, StoreError, receipts_for
 
 T = TypeVar("T")
 MAX_BATCH: Final = 2000
@@ -82,6 +82,7 @@ class SqliteStore:
         self._queue: list[_Op] = []
         self._wake = trio.Event()
         self._closed = False
+        self.on_append: AppendListener | None = None
         self.batches = 0
         self.ops = 0
 
@@ -96,7 +97,10 @@ class SqliteStore:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 await trio.to_thread.run_sync(self._run_batch, batch, abandon_on_cancel=False)
+                listener = self.on_append
                 for op in batch:
+                    if listener is not None and type(op.result) is Appended and op.result.items:
+                        listener(op.result.items)
                     op.done.set()
 
     def _run_batch(self, batch: list[_Op]) -> None:

@@ -1,0 +1,215 @@
+"""The chatd node: listeners, authentication, sessions, clean shutdown."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import ssl
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from chatd.auth import AuthError, load_or_create_secret, verify_token
+from chatd.protocol import (
+    MAX_FRAME_SIZE,
+    NEED_DATA,
+    PEER_CLOSED,
+    PROTOCOL_VERSION,
+    Connection,
+    ErrorCode,
+    ProtocolError,
+    Role,
+)
+from chatd.protocol import frames as F
+from chatd.router import LocalRouter
+from chatd.store import Store, open_store
+
+from .config import Config
+from .session import Session, now_ms
+from .transport import StreamTransport, WebSocketTransport
+
+log = logging.getLogger("chatd")
+WS_PATH = "/ws"
+
+
+class ChatServer:
+    def __init__(self, config: Config, store: Store, secret: bytes, node_id: str = "n1") -> None:
+        self.config = config
+        self.store = store
+        self.secret = secret
+        self.node_id = node_id
+        self.router = LocalRouter()
+        store.on_append = self.router.dispatch
+        self.sessions: set[Session] = set()
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.tcp_port = 0
+        self.ws_port = 0
+        self._known_users: set[str] = set()
+        self._stop = trio.Event()
+        self._session_count = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def user_exists(self, user: str) -> bool:
+        if user in self._known_users:
+            return True
+        if await self.store.has_user(user):
+            self._known_users.add(user)
+            return True
+        return False
+
+    # ---- running ---------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return ctx
+
+    async def run(self, *, task_status: trio.TaskStatus[ChatServer] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        cfg = self.config
+        ssl_ctx = self._ssl_context()
+        async with trio.open_nursery() as sessions:
+            async with trio.open_nursery() as listeners:
+                if ssl_ctx is None:
+                    tcp = await listeners.start(functools.partial(
+                        trio.serve_tcp, self.handle_stream, cfg.tcp_port, host=cfg.host,
+                        handler_nursery=sessions))
+                else:
+                    tcp = await listeners.start(functools.partial(
+                        trio.serve_ssl_over_tcp, self.handle_stream, cfg.tcp_port, ssl_ctx,
+                        host=cfg.host, handler_nursery=sessions))
+                self.tcp_port = tcp[0].socket.getsockname()[1]
+                if cfg.ws_port >= 0:
+                    ws = await listeners.start(functools.partial(
+                        serve_websocket, self.handle_ws, cfg.host, cfg.ws_port, ssl_ctx,
+                        handler_nursery=sessions, max_message_size=MAX_FRAME_SIZE,
+                        connect_timeout=cfg.auth_timeout, disconnect_timeout=2))
+                    self.ws_port = ws.port
+                log.info("chatd listening: tcp %s:%d ws %s:%s%s (store %s)", cfg.host,
+                         self.tcp_port, cfg.host, self.ws_port, WS_PATH,
+                         cfg.store_url.split("?")[0])
+                task_status.started(self)
+                await self._stop.wait()
+                listeners.cancel_scope.cancel()
+            log.info("shutting down: %d connections", len(self.sessions))
+            for s in list(self.sessions):
+                s.close_with(ErrorCode.SHUTTING_DOWN, "server shutting down",
+                             grace=cfg.shutdown_grace)
+            with trio.move_on_after(cfg.shutdown_grace + 1):
+                while self.sessions:
+                    await trio.sleep(0.05)
+            sessions.cancel_scope.cancel()
+
+    # ---- connections -----------------------------------------------------------------------
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        await self._serve(StreamTransport(stream))
+
+    async def handle_ws(self, request: WebSocketRequest) -> None:
+        if request.path.split("?")[0] != WS_PATH:
+            await request.reject(404, body=b"chatd speaks WebSocket on /ws\n")
+            return
+        ws = await request.accept()
+        await self._serve(WebSocketTransport(ws))
+
+    async def _refuse(self, transport: StreamTransport | WebSocketTransport, conn: Connection,
+                      code: ErrorCode, message: str) -> None:
+        self.stats[f"refused_{code.name.lower()}"] += 1
+        with trio.move_on_after(1):
+            try:
+                await transport.send(conn.send(F.Error(code=code, message=message)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _read_hello(self, transport: StreamTransport | WebSocketTransport,
+                          conn: Connection) -> F.Hello | None:
+        while True:
+            ev = conn.next_event()
+            if ev is PEER_CLOSED:
+                return None
+            if ev is NEED_DATA:
+                conn.receive_data(await transport.receive())
+                continue
+            assert isinstance(ev, F.Hello)  # the connection refuses anything else first
+            return ev
+
+    async def _serve(self, transport: StreamTransport | WebSocketTransport) -> None:
+        cfg = self.config
+        conn = Connection(Role.SERVER, transport.framing, MAX_FRAME_SIZE)
+        try:
+            try:
+                with trio.fail_after(cfg.auth_timeout):
+                    hello = await self._read_hello(transport, conn)
+            except trio.TooSlowError:
+                await self._refuse(transport, conn, ErrorCode.TIMEOUT,
+                                   f"no hello within {cfg.auth_timeout:g}s")
+                return
+            except ProtocolError as exc:
+                await self._refuse(transport, conn, exc.code, exc.message)
+                return
+            if hello is None:
+                return
+            try:
+                user, token_device = verify_token(self.secret, hello.token)
+            except AuthError as exc:
+                await self._refuse(transport, conn, ErrorCode.UNAUTHENTICATED, str(exc))
+                return
+            device = hello.device
+            if token_device is not None and token_device != device:
+                if device != "default":
+                    await self._refuse(transport, conn, ErrorCode.UNAUTHENTICATED,
+                                       f"token is for device {token_device!r}")
+                    return
+                device = token_device
+            if self._stop.is_set():
+                await self._refuse(transport, conn, ErrorCode.SHUTTING_DOWN,
+                                   "server shutting down")
+                return
+            cursor = await self.store.attach_device(user, device)
+            self._known_users.add(user)
+            await self._run_session(transport, conn, user, device, cursor)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("connection failed")
+            await self._refuse(transport, conn, ErrorCode.INTERNAL, "internal error")
+        finally:
+            with trio.CancelScope(shield=True):
+                await transport.aclose()
+
+    async def _run_session(self, transport: Any, conn: Connection, user: str, device: str,
+                           cursor: int) -> None:
+        self._session_count += 1
+        session = Session(self, transport, conn, user, device, cursor)
+        session.send_frame(F.Welcome(
+            version=PROTOCOL_VERSION, user=user, device=device,
+            session=f"{self.node_id}-{self._session_count}", server_time=now_ms(),
+            heartbeat_ms=int(self.config.heartbeat * 1000), max_frame=MAX_FRAME_SIZE,
+            cursor=cursor))
+        for old in list(self.sessions):
+            if old.user == user and old.device == device:
+                old.send_frame(F.Goodbye(code=0, reason="replaced by a newer connection"))
+                old.close_with(ErrorCode.SHUTTING_DOWN, "replaced by a newer connection")
+        self.router.attach(session)
+        self.sessions.add(session)
+        self.stats["connections"] += 1
+        try:
+            await session.run()
+        finally:
+            self.router.detach(session)
+            self.sessions.discard(session)
+
+
+async def serve(config: Config, *, task_status: trio.TaskStatus[ChatServer]
+                = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a node until stop() is called on it (or the task is cancelled)."""
+    secret = load_or_create_secret(config.data_dir)
+    async with open_store(config.store_url) as store:
+        server = ChatServer(config, store, secret)
+        await server.run(task_status=task_status)

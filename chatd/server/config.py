@@ -1,0 +1,66 @@
+"""Server settings: defaults < TOML config file < CHATD_* environment variables < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class Config:
+    host: str = "127.0.0.1"
+    tcp_port: int = 7777
+    ws_port: int = 7778  # 0 picks a free port; -1 disables the listener
+    data_dir: str = "./chatd-data"
+    store: str = ""  # default: sqlite:///<data_dir>/chatd.db
+    tls_cert: str = ""
+    tls_key: str = ""
+    heartbeat: float = 30.0  # seconds between client pings, announced in Welcome
+    idle_timeout: float = 75.0  # no bytes for this long: the connection is dead
+    auth_timeout: float = 10.0  # Hello must be complete within this
+    frame_timeout: float = 30.0  # a started frame must be complete within this
+    shutdown_grace: float = 5.0
+    max_queue: int = 2048  # outbound frames per connection before slow-consumer disconnect
+    send_rate: float = 2000.0  # messages per second per connection (token bucket)
+    send_burst: float = 4000.0
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite://{os.path.abspath(self.data_dir)}/chatd.db"
+
+    def update(self, values: dict[str, Any], source: str) -> None:
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise ConfigError(f"{source}: unknown setting {key!r}")
+            kind = type(getattr(Config(), name))
+            try:
+                setattr(self, name, kind(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{source}: {key} must be {kind.__name__}, got {value!r}") from None
+        if (self.tls_cert and not self.tls_key) or (self.tls_key and not self.tls_cert):
+            raise ConfigError("tls_cert and tls_key go together")
+
+
+def load_config(path: str | None, flags: dict[str, Any], environ: dict[str, str]) -> Config:
+    cfg = Config()
+    path = path or environ.get("CHATD_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        cfg.update(data.get("server", data), path)
+    names = {f.name for f in dataclasses.fields(Config)}
+    cfg.update({k[6:].lower(): v for k, v in environ.items()
+                if k.startswith("CHATD_") and k[6:].lower() in names}, "environment")
+    cfg.update({k: v for k, v in flags.items() if v is not None}, "command line")
+    return cfg

@@ -1,0 +1,292 @@
+"""One connected device: reads frames, acts on them, and writes what the device should get.
+
+Tasks per connection: the handler task reads (and runs the request logic); one writer task
+owns the socket's sending side and also drains the inbox from the store when the device is
+behind. Live items arrive through `offer()` from the router, in commit order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from chatd.protocol import (
+    MAX_BODY_SIZE,
+    NEED_DATA,
+    PEER_CLOSED,
+    Connection,
+    ErrorCode,
+    Frame,
+    ProtocolError,
+    encode_body,
+)
+from chatd.protocol import frames as F
+from chatd.store import Item, NewMessage, StoreError, conv_members, direct_conv
+
+if TYPE_CHECKING:
+    from .app import ChatServer
+    from .transport import StreamTransport, WebSocketTransport
+
+DRAIN_PAGE: Final = 500
+WRITE_COALESCE: Final = 256 * 1024  # bytes gathered into one write
+HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Closing(Exception):
+    """Raised inside the reader to end the session after an error frame was queued."""
+
+
+class Session:
+    __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_wake", "_sent_upto",
+                 "_live", "_need_sync", "_scope", "_closing", "_tokens", "_refill_at")
+
+    def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
+                 conn: Connection, user: str, device: str, cursor: int) -> None:
+        self.server = server
+        self.transport = transport
+        self.conn = conn
+        self.user = user
+        self.device = device
+        self._out: deque[bytes] = deque()
+        self._wake: trio.Event | None = None
+        self._sent_upto = cursor  # highest inbox position handed to the writer (or skipped)
+        self._live = False  # the backlog is drained; offers in sequence go straight out
+        self._need_sync = True
+        self._scope: trio.CancelScope | None = None
+        self._closing = False
+        self._tokens = server.config.send_burst
+        self._refill_at = trio.current_time()
+
+    # ---- output --------------------------------------------------------------------------
+
+    def _push(self, body: bytes) -> None:
+        self._out.append(self.conn.frame_bytes(body))
+        if self._wake is not None:
+            self._wake.set()
+
+    def send_frame(self, frame: Frame) -> None:
+        if not self._closing:
+            self._out.append(self.conn.send(frame))
+            if self._wake is not None:
+                self._wake.set()
+
+    def close_with(self, code: ErrorCode, message: str, grace: float = 1.0) -> None:
+        """Queue an error frame, stop taking work, and end the connection soon."""
+        if self._closing:
+            return
+        self.send_frame(F.Error(code=code, message=message))
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._scope is not None:
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace)
+
+    def offer(self, item: Item, body: bytes) -> None:
+        """An inbox item for this user was committed. Never blocks."""
+        q = item.q
+        if q <= self._sent_upto or self._closing:
+            return
+        if self._live and not self._need_sync and q == self._sent_upto + 1:
+            self._sent_upto = q
+            if isinstance(item, F.Deliver) and item.sender == self.user \
+                    and item.device == self.device:
+                return  # this device sent it
+            if len(self._out) >= self.server.config.max_queue:
+                self.server.stats["slow_consumers"] += 1
+                self.close_with(ErrorCode.SLOW_CONSUMER,
+                                "outbound queue full; reconnect to resume from the store")
+                return
+            self._push(body)
+        else:
+            self._need_sync = True
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _writer(self) -> None:
+        out, transport = self._out, self.transport
+        while True:
+            if out:
+                if transport.coalesce and len(out) > 1:
+                    parts, size = [], 0
+                    while out and size < WRITE_COALESCE:
+                        parts.append(out.popleft())
+                        size += len(parts[-1])
+                    await transport.send(b"".join(parts))
+                else:
+                    await transport.send(out.popleft())
+                continue
+            if self._closing:
+                return
+            if self._need_sync:
+                await self._sync_step()
+                continue
+            self._wake = trio.Event()
+            await self._wake.wait()
+            self._wake = None
+
+    async def _sync_step(self) -> None:
+        self._need_sync = False
+        page = await self.server.store.inbox(self.user, self.device, self._sent_upto, DRAIN_PAGE)
+        for item in page.items:
+            if item.q > self._sent_upto:
+                self._out.append(self.conn.frame_bytes(encode_body(item)))
+        self._sent_upto = max(self._sent_upto, page.upto)
+        if page.more:
+            self._need_sync = True
+        elif not self._live:
+            self._live = True
+            self.send_frame(F.Synced(upto=self._sent_upto))
+
+    # ---- input ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it ends. Cancelled from outside on shutdown."""
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            nursery.start_soon(self._writer)
+            try:
+                await self._reader()
+            except Closing:
+                pass
+            except ProtocolError as exc:
+                self.close_with(exc.code, exc.message)
+            except StoreError as exc:
+                self.close_with(ErrorCode.INTERNAL, f"store unavailable: {exc}")
+            if not self._closing:
+                self._closing = True
+                if self._wake is not None:
+                    self._wake.set()
+            nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline,
+                                                trio.current_time() + 1.0)
+
+    async def _reader(self) -> None:
+        cfg = self.server.config
+        conn, transport = self.conn, self.transport
+        frame_started: float | None = None
+        while not self._closing:
+            deadline = trio.current_time() + cfg.idle_timeout
+            if frame_started is not None:
+                deadline = min(deadline, frame_started + cfg.frame_timeout)
+            data: bytes | None = None
+            with trio.move_on_at(deadline):
+                data = await transport.receive()
+            if data is None:
+                self.close_with(ErrorCode.TIMEOUT, "no data within the idle timeout"
+                                if frame_started is None else "frame not completed in time")
+                return
+            conn.receive_data(data)
+            while True:
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    break
+                if ev is PEER_CLOSED:
+                    return
+                assert isinstance(ev, Frame)
+                await self.handle(ev)
+            if not conn.buffered:
+                frame_started = None
+            elif frame_started is None:
+                frame_started = trio.current_time()
+
+    def _error(self, code: ErrorCode, message: str, ref: str | None = None,
+               rid: int | None = None, retry_ms: int | None = None) -> None:
+        self.send_frame(F.Error(code=code, message=message, ref=ref, rid=rid, retry_ms=retry_ms))
+
+    def _take_token(self) -> int:
+        """Token bucket for sends: 0 if allowed, else milliseconds to wait."""
+        cfg = self.server.config
+        t = trio.current_time()
+        self._tokens = min(cfg.send_burst, self._tokens + (t - self._refill_at) * cfg.send_rate)
+        self._refill_at = t
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0
+        return max(1, int((1 - self._tokens) / cfg.send_rate * 1000))
+
+    def _may_access(self, conv: str) -> bool:
+        members = conv_members(conv)
+        return members is not None and self.user in members
+
+    async def handle(self, ev: Frame) -> None:
+        server = self.server
+        if isinstance(ev, F.Send):
+            await self._handle_send(ev)
+        elif isinstance(ev, F.Ack):
+            await server.store.ack(self.user, self.device, ev.upto, now_ms())
+        elif isinstance(ev, F.Read):
+            if not self._may_access(ev.conv):
+                self._error(ErrorCode.FORBIDDEN, f"not a member of {ev.conv}")
+                return
+            await server.store.mark_read(self.user, ev.conv, ev.upto, now_ms())
+        elif isinstance(ev, F.Ping):
+            self.send_frame(F.Pong(nonce=ev.nonce))
+        elif isinstance(ev, F.Pong):
+            pass
+        elif isinstance(ev, F.Sync):
+            self._sent_upto = await server.store.cursor(self.user, self.device)
+            self._live = False
+            self._need_sync = True
+            if self._wake is not None:
+                self._wake.set()
+        elif isinstance(ev, F.History):
+            await self._handle_history(ev)
+        elif isinstance(ev, F.Goodbye):
+            self._closing = True
+            raise Closing
+        else:
+            rid = getattr(ev, "rid", None)
+            self._error(ErrorCode.INVALID,
+                        f"{type(ev).__name__} is not available on this server yet", rid=rid)
+
+    async def _handle_send(self, ev: F.Send) -> None:
+        server = self.server
+        wait = self._take_token()
+        if wait:
+            server.stats["rate_limited"] += 1
+            self._error(ErrorCode.RATE_LIMITED, "sending too fast", ref=ev.id, retry_ms=wait)
+            return
+        if (ev.to is None) == (ev.group is None):
+            self._error(ErrorCode.INVALID, "send needs exactly one of 'to' and 'g'", ref=ev.id)
+            return
+        if len(ev.body) > MAX_BODY_SIZE:
+            self._error(ErrorCode.TOO_LARGE,
+                        f"body of {len(ev.body)} bytes, limit {MAX_BODY_SIZE}", ref=ev.id)
+            return
+        if ev.group is not None:
+            self._error(ErrorCode.UNKNOWN_TARGET, f"no group {ev.group!r}", ref=ev.id)
+            return
+        to = ev.to
+        assert to is not None
+        if not await server.user_exists(to):
+            self._error(ErrorCode.UNKNOWN_TARGET, f"no user {to!r}", ref=ev.id)
+            return
+        recipients = () if to == self.user else (to,)
+        result = await server.store.append_message(NewMessage(
+            sender=self.user, device=self.device, client_id=ev.id,
+            conv=direct_conv(self.user, to), recipients=recipients, body=ev.body, ts=now_ms(),
+            media=ev.media))
+        server.stats["messages_in"] += 1
+        self.send_frame(F.Sent(id=ev.id, conv=result.conv, seq=result.seq, ts=result.ts))
+
+    async def _handle_history(self, ev: F.History) -> None:
+        if not self._may_access(ev.conv):
+            self._error(ErrorCode.FORBIDDEN, f"not a member of {ev.conv}", rid=ev.rid)
+            return
+        items = await self.server.store.history(ev.conv, ev.before, ev.limit + 1)
+        more = len(items) > ev.limit
+        page: list[F.HistoryItem] = []
+        size = 0
+        for item in items[: ev.limit]:
+            size += len(item.body) + 200
+            if page and size > HISTORY_BUDGET:
+                more = True
+                break
+            page.append(item)
+        self.send_frame(F.HistoryPage(rid=ev.rid, conv=ev.conv, items=tuple(page), more=more))

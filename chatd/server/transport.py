@@ -1,0 +1,65 @@
+"""The two transports as one small interface: receive bytes, send bytes, close."""
+
+from __future__ import annotations
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from chatd.protocol import ErrorCode, Framing, ProtocolError
+
+RECEIVE_SIZE = 65536
+
+
+class StreamTransport:
+    """TCP (or TLS over TCP): a byte stream, frames carry a length prefix."""
+
+    framing = Framing.STREAM
+    coalesce = True  # several frames may go out in one write
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+
+    async def receive(self) -> bytes:
+        try:
+            return bytes(await self.stream.receive_some(RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+class WebSocketTransport:
+    """WebSocket: one binary message is one frame."""
+
+    framing = Framing.MESSAGE
+    coalesce = False
+    __slots__ = ("ws",)
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def receive(self) -> bytes:
+        try:
+            msg = await self.ws.get_message()
+        except ConnectionClosed:
+            return b""
+        if isinstance(msg, str):
+            raise ProtocolError(ErrorCode.MALFORMED, "text messages are not frames: send binary")
+        if not msg:
+            raise ProtocolError(ErrorCode.MALFORMED, "empty frame")
+        return msg
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.ws.send_message(data)
+        except ConnectionClosed:
+            raise trio.BrokenResourceError("websocket closed") from None
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(1):
+            await self.ws.aclose()

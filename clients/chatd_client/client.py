@@ -1,0 +1,389 @@
+"""The chatd Python SDK: one object per device connection, reconnecting on its own.
+
+    async with chatd_client.connect("tcp://127.0.0.1:7777", token=token) as c:
+        ack = await c.send("bob", "hello")         # returns once the server stored it (SENT)
+        async for event in c.events():              # Message, Delivered, Read, Synced, ...
+            ...
+
+Delivery from the server is at least once; the client drops repeats (by inbox position)
+before the caller sees them and acknowledges what it received. Sends are idempotent by their
+client id, so after a reconnect the client simply sends again whatever was not yet SENT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import trio
+
+from chatd.protocol import (
+    NEED_DATA,
+    PEER_CLOSED,
+    PROTOCOL_VERSION,
+    Action,
+    Connection,
+    ErrorCode,
+    Frame,
+    ProtocolError,
+    Role,
+)
+from chatd.protocol import frames as F
+
+from . import events as ev
+from .transport import Link, open_link
+
+EVENT_BUFFER = 10_000
+
+
+class ChatdError(Exception):
+    """The server refused something; `code` is an ErrorCode, `action` says what to do."""
+
+    def __init__(self, code: int, message: str) -> None:
+        try:
+            self.name = ErrorCode(code).name
+            self.action: Action | None = ErrorCode(code).action
+        except ValueError:
+            self.name, self.action = f"E{code}", None
+        super().__init__(f"{self.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ConnectionLost(Exception):
+    pass
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "frame", "result")
+
+    def __init__(self, frame: Frame) -> None:
+        self.frame = frame
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: ChatdError | None = None
+
+
+FATAL_CODES = {ErrorCode.UNAUTHENTICATED, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.MALFORMED}
+
+
+class Client:
+    def __init__(self, urls: Sequence[str], token: str, device: str = "default", *,
+                 ca_file: str | None = None, client_name: str = "chatd-py/0.1",
+                 reconnect: bool = True, max_backoff: float = 5.0,
+                 background: bool = False) -> None:
+        self.urls = list(urls)
+        self.token = token
+        self.device = device
+        self.ca_file = ca_file
+        self.client_name = client_name
+        self.reconnect = reconnect
+        self.max_backoff = max_backoff
+        self.background = background
+        self.user = ""
+        self.session = ""
+        self.url = ""
+        self._conn: Connection | None = None
+        self._link: Link | None = None
+        self._connected = trio.Event()
+        self._write_lock = trio.Lock()
+        self._pending: dict[str, _Waiter] = {}
+        self._requests: dict[int, _Waiter] = {}
+        self._rids = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(4)
+        self._events_in, self._events_out = trio.open_memory_channel[ev.Event](EVENT_BUFFER)
+        self._max_q = 0  # highest inbox position received: anything at or below is a repeat
+        self._acked = 0
+        self._ack_wake = trio.Event()
+        self._fatal: BaseException | None = None
+        self.heartbeat = 30.0
+        self.reconnects = 0
+
+    # ---- public API ------------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    async def send(self, to: str | None, body: bytes | str, *, group: str | None = None,
+                   media: tuple[F.Media, ...] = (), id: str | None = None) -> ev.SentAck:
+        """Send a message; returns once the server stored it durably (SENT)."""
+        data = body.encode() if isinstance(body, str) else body
+        frame = F.Send(id=id or self.new_id(), to=to, group=group, body=data, media=media)
+        waiter = self._pending.setdefault(frame.id, _Waiter(frame))
+        await self._write_when_connected(frame)
+        return await self._wait(waiter)  # type: ignore[no-any-return]
+
+    async def mark_read(self, conv: str, upto: int) -> None:
+        await self._write_when_connected(F.Read(conv=conv, upto=upto))
+
+    async def history(self, conv: str, before: int | None = None,
+                      limit: int = 50) -> F.HistoryPage:
+        page = await self.request(lambda rid: F.History(rid=rid, conv=conv, before=before,
+                                                        limit=limit))
+        assert isinstance(page, F.HistoryPage)
+        return page
+
+    async def request(self, make: Any) -> Frame:
+        """Send a request frame built by make(rid) and wait for its answer."""
+        rid = next(self._rids)
+        waiter = _Waiter(make(rid))
+        self._requests[rid] = waiter
+        await self._write_when_connected(waiter.frame)
+        try:
+            return await self._wait(waiter)  # type: ignore[no-any-return]
+        finally:
+            self._requests.pop(rid, None)
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        """Every event in order. Ends when the client stops for good (raising why)."""
+        async for event in self._events_out:
+            yield event
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def next_event(self, *types: type) -> ev.Event:
+        """The next event of one of the given types (any, if none given)."""
+        async for event in self.events():
+            if not types or isinstance(event, types):
+                return event
+        raise ConnectionLost("client stopped")
+
+    # ---- internals -------------------------------------------------------------------------
+
+    async def _wait(self, waiter: _Waiter) -> Any:
+        while not waiter.done.is_set():
+            if self._fatal is not None:
+                raise self._fatal
+            with trio.move_on_after(0.5):
+                await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    async def _write_when_connected(self, frame: Frame) -> None:
+        while True:
+            if self._fatal is not None:
+                raise self._fatal
+            await self._connected.wait()
+            try:
+                await self._write(frame)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionLost):
+                await trio.sleep(0.01)  # the supervisor reconnects; frames in _pending resend
+
+    async def _write(self, frame: Frame) -> None:
+        conn, link = self._conn, self._link
+        if conn is None or link is None:
+            raise ConnectionLost("not connected")
+        async with self._write_lock:
+            await link.send(conn.send(frame))
+
+    def _emit(self, event: ev.Event) -> None:
+        try:
+            self._events_in.send_nowait(event)
+        except trio.WouldBlock:
+            pass  # the caller is not reading events; repeats come back after reconnecting
+        except trio.ClosedResourceError:
+            pass
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, and keep reconnecting with backoff until cancelled or refused for good."""
+        started = False
+        backoff = 0.05
+        try:
+            for attempt in itertools.count():
+                url = self.urls[attempt % len(self.urls)]
+                reason = ""
+                try:
+                    async with open_link(url, self.ca_file) as link:
+                        await self._session(url, link, None if started else task_status)
+                        reason = "connection closed"
+                except ChatdError as exc:
+                    if exc.code in FATAL_CODES or not self.reconnect:
+                        raise
+                    reason = str(exc)
+                except (OSError, trio.TooSlowError, trio.BrokenResourceError,
+                        ConnectionLost, ProtocolError) as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    if not started and attempt + 1 >= len(self.urls) and not self.reconnect:
+                        raise
+                except Exception as exc:  # trio-websocket handshake failures and the like
+                    if type(exc).__name__ not in ("HandshakeError", "ConnectionRejected",
+                                                  "ConnectionTimeout", "DisconnectionTimeout"):
+                        raise
+                    reason = f"{type(exc).__name__}: {exc}"
+                if self._conn is not None:
+                    started = True
+                self._conn = self._link = None
+                if self._connected.is_set():
+                    self._connected = trio.Event()
+                    self._emit(ev.Disconnected(reason))
+                if not self.reconnect and started:
+                    raise ConnectionLost(reason)
+                if not started and attempt + 1 >= len(self.urls) * 3:
+                    raise ConnectionLost(f"cannot connect to {', '.join(self.urls)}: {reason}")
+                await trio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(self.max_backoff, backoff * 2)
+                self.reconnects += 1
+        except BaseException as exc:
+            self._fatal = exc if isinstance(exc, Exception) else ConnectionLost("client stopped")
+            raise
+        finally:
+            self._events_in.close()
+
+    async def _read_frame(self, conn: Connection, link: Link, timeout: float) -> Frame | None:
+        while True:
+            frame = conn.next_event()
+            if frame is PEER_CLOSED:
+                return None
+            if frame is not NEED_DATA:
+                assert isinstance(frame, Frame)
+                return frame
+            with trio.fail_after(timeout):
+                conn.receive_data(await link.receive())
+
+    async def _session(self, url: str, link: Link,
+                       task_status: trio.TaskStatus[None] | None) -> None:
+        conn = Connection(Role.CLIENT, link.framing)
+        await link.send(conn.send(F.Hello(version=PROTOCOL_VERSION, token=self.token,
+                                          device=self.device, client=self.client_name,
+                                          background=self.background)))
+        first = await self._read_frame(conn, link, 15)
+        if first is None:
+            raise ConnectionLost("server closed during handshake")
+        if isinstance(first, F.Error):
+            raise ChatdError(first.code, first.message)
+        assert isinstance(first, F.Welcome)
+        self.user, self.session, self.url = first.user, first.session, url
+        self.device = first.device
+        self.heartbeat = first.heartbeat_ms / 1000
+        self._conn, self._link = conn, link
+        self._connected.set()
+        self._emit(ev.Connected(first.user, first.device, first.session))
+        if task_status is not None:
+            task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeat)
+            nursery.start_soon(self._acker)
+            for waiter in list(self._pending.values()):  # not yet SENT: send again
+                await self._write(waiter.frame)
+            for waiter in list(self._requests.values()):
+                await self._write(waiter.frame)
+            while True:
+                frame = await self._read_frame(conn, link, self.heartbeat * 2 + 5)
+                if frame is None:
+                    break
+                await self._on_frame(frame)
+            nursery.cancel_scope.cancel()
+
+    async def _heartbeat(self) -> None:
+        for n in itertools.count():
+            await trio.sleep(self.heartbeat)
+            await self._write(F.Ping(nonce=n))
+
+    async def _acker(self) -> None:
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake = trio.Event()
+            upto = self._max_q
+            if upto > self._acked:
+                await self._write(F.Ack(upto=upto))
+                self._acked = upto
+
+    def _received(self, q: int) -> bool:
+        """Note inbox position q; False if it is a repeat to drop."""
+        self._ack_wake.set()
+        if q <= self._max_q:
+            return False
+        self._max_q = q
+        return True
+
+    async def _on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, F.Deliver):
+            if self._received(frame.q):
+                self._emit(ev.Message(frame.conv, frame.seq, frame.ts, frame.sender,
+                                      frame.device, frame.id, frame.body, frame.group,
+                                      frame.media))
+        elif isinstance(frame, F.Receipt):
+            if self._received(frame.q):
+                kind = ev.Delivered if frame.status == F.Status.DELIVERED else ev.Read
+                self._emit(kind(frame.conv, frame.seqs, frame.by, frame.ts))
+        elif isinstance(frame, F.Sent):
+            waiter = self._pending.pop(frame.id, None)
+            if waiter is not None:
+                waiter.result = ev.SentAck(frame.id, frame.conv, frame.seq, frame.ts)
+                waiter.done.set()
+        elif isinstance(frame, F.Synced):
+            self._emit(ev.Synced(frame.upto))
+        elif isinstance(frame, F.Ping):
+            await self._write(F.Pong(nonce=frame.nonce))
+        elif isinstance(frame, F.Error):
+            await self._on_error(frame)
+        elif isinstance(frame, F.Goodbye):
+            self.reconnect = False
+            raise ChatdError(0, f"server said goodbye: {frame.reason}")
+        elif (rid := getattr(frame, "rid", None)) is not None and rid in self._requests:
+            waiter = self._requests.pop(rid)
+            waiter.result = frame
+            waiter.done.set()
+
+    async def _on_error(self, frame: F.Error) -> None:
+        error = ChatdError(frame.code, frame.message)
+        if frame.ref is not None and frame.ref in self._pending:
+            if frame.code == ErrorCode.RATE_LIMITED:
+                waiter = self._pending[frame.ref]
+                await trio.sleep((frame.retry_ms or 100) / 1000)
+                await self._write(waiter.frame)
+                return
+            waiter = self._pending.pop(frame.ref)
+            waiter.error = error
+            waiter.done.set()
+            return
+        if frame.rid is not None and frame.rid in self._requests:
+            waiter = self._requests.pop(frame.rid)
+            waiter.error = error
+            waiter.done.set()
+            return
+        self._emit(ev.ServerError(frame.code, error.name, frame.message, frame.ref))
+        if frame.code in FATAL_CODES:
+            raise error
+
+    async def goodbye(self) -> None:
+        if self._conn is not None:
+            with trio.move_on_after(1):
+                try:
+                    await self._write(F.Goodbye())
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionLost):
+                    pass
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str | Sequence[str], token: str, device: str = "default",
+                  **options: Any) -> AsyncIterator[Client]:
+    """Connect (to the first URL that answers) and keep the connection up while in use."""
+    urls = [url] if isinstance(url, str) else list(url)
+    client = Client(urls, token, device, **options)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            try:
+                yield client
+            finally:
+                await client.goodbye()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        inner = _unwrap(group)
+        if inner is group:
+            raise
+        raise inner from None

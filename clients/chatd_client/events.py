@@ -1,0 +1,78 @@
+"""What a chatd client sees: plain frozen dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from chatd.protocol.frames import Media
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SentAck:
+    id: str
+    conv: str
+    seq: int
+    ts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    conv: str
+    seq: int
+    ts: int
+    sender: str
+    device: str
+    id: str
+    body: bytes
+    group: str | None = None
+    media: tuple[Media, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivered:
+    conv: str
+    seqs: tuple[int, ...]
+    by: str
+    ts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Read:
+    conv: str
+    seqs: tuple[int, ...]
+    by: str
+    ts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Synced:
+    """Everything that was waiting on the server has been received; delivery is now live."""
+
+    upto: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connected:
+    user: str
+    device: str
+    session: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Disconnected:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerError:
+    code: int
+    name: str
+    message: str
+    ref: str | None = None
+
+
+Event = Message | Delivered | Read | Synced | Connected | Disconnected | ServerError
