@@ -44,7 +44,8 @@ class Config:
             try:
                 setattr(self, name, kind(value))
             except (TypeError, ValueError):
-                raise ConfigError(f"{source}: {key} must be {kind.__name__}, got {value!r}") from None
+                raise ConfigError(
+                    f"{source}: {key} must be {kind.__name__}, got {value!r}") from None
         if (self.tls_cert and not self.tls_key) or (self.tls_key and not self.tls_cert):
             raise ConfigError("tls_cert and tls_key go together")
 

@@ -1,0 +1,221 @@
+"""The `chatd` command: serve, token, send, listen, chat."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from chatd.auth import load_or_create_secret, make_token
+from chatd.server import ConfigError, load_config, serve
+from chatd.store import open_store
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    unit = DURATION_UNITS.get(text[-1:])
+    try:
+        return float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds or 30s/15m/12h/30d")
+
+
+def server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file with the settings (a [server] table)")
+    p.add_argument("--data-dir", help="where the SQLite store and the token secret live"
+                   " (default ./chatd-data)")
+    p.add_argument("--store", help="memory:// or sqlite:///path/to/file.db")
+
+
+def add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run a chatd node")
+    server_options(p)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--tcp-port", type=int, help="TCP port (default 7777)")
+    p.add_argument("--ws-port", type=int, help="WebSocket port, path /ws (default 7778;"
+                   " -1 disables)")
+    p.add_argument("--tls-cert", help="PEM certificate: serve TLS on TCP and wss")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    p.add_argument("--heartbeat", type=duration, help="seconds between client pings")
+    p.add_argument("--idle-timeout", type=duration, help="drop connections silent this long")
+    p.add_argument("--send-rate", type=float, help="messages per second per connection")
+    p.add_argument("--send-burst", type=float, help="burst allowance for --send-rate")
+    p.add_argument("--max-queue", type=int, help="outbound frames before slow-consumer close")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("CHATD_URL", "tcp://127.0.0.1:7777"),
+                   help="tcp://, tls://, ws://host:port/ws or wss:// (env CHATD_URL);"
+                   " repeat with commas to fail over")
+    p.add_argument("--token", default=os.environ.get("CHATD_TOKEN"),
+                   help="token from `chatd token` (env CHATD_TOKEN)")
+    p.add_argument("--device", default="default", help="this device's name")
+    p.add_argument("--ca-file", help="CA certificate for tls:// and wss://")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatd", description="chatd messaging server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_serve(sub)
+    p = sub.add_parser("token", help="register a user and print a signed token")
+    server_options(p)
+    p.add_argument("user")
+    p.add_argument("--device", help="bind the token to one device name")
+    p.add_argument("--ttl", type=duration, default=30 * 86400.0,
+                   help="lifetime (default 30d)")
+    p = sub.add_parser("send", help="send one message; prints the SENT ack as JSON")
+    client_options(p)
+    p.add_argument("--to", required=True, help="recipient user")
+    p.add_argument("--id", help="client message id (retrying with the same id is safe)")
+    p.add_argument("text")
+    p = sub.add_parser("listen", help="print incoming events as JSON lines")
+    client_options(p)
+    p.add_argument("--count", type=int, help="exit after this many messages")
+    p.add_argument("--read", action="store_true", help="mark messages read as they arrive")
+    p.add_argument("--timeout", type=duration, help="exit after this long")
+    p = sub.add_parser("chat", help="interactive chat in the terminal")
+    client_options(p)
+    p.add_argument("--to", help="whom to talk to first (change with /to USER)")
+    return parser
+
+
+# ---- serve / token ---------------------------------------------------------------------------
+
+def server_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
+    flags = {k: getattr(args, k, None) for k in (
+        "data_dir", "store", "host", "tcp_port", "ws_port", "tls_cert", "tls_key", "heartbeat",
+        "idle_timeout", "send_rate", "send_burst", "max_queue", *extra)}
+    return load_config(args.config, flags, dict(os.environ))
+
+
+async def run_serve(args: argparse.Namespace) -> int:
+    cfg = server_config(args)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve, cfg)
+        print(f"chatd serving tcp://{cfg.host}:{server.tcp_port}"
+              + (f" and ws://{cfg.host}:{server.ws_port}/ws" if cfg.ws_port >= 0 else "")
+              + f" (store {cfg.store_url}); Ctrl-C stops", file=sys.stderr, flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                print(f"chatd: {signal.Signals(signum).name}, shutting down", file=sys.stderr,
+                      flush=True)
+                server.stop()
+                break
+    return 0
+
+
+async def run_token(args: argparse.Namespace) -> int:
+    cfg = server_config(args)
+    secret = load_or_create_secret(cfg.data_dir)
+    token = make_token(secret, args.user, args.device, args.ttl)
+    if cfg.store_url.startswith("memory://"):
+        print("chatd: memory:// store: the user is known once it connects", file=sys.stderr)
+    else:
+        async with open_store(cfg.store_url) as store:
+            await store.add_user(args.user)
+    print(token)
+    return 0
+
+
+# ---- clients --------------------------------------------------------------------------------
+
+def event_json(event: Any) -> dict[str, Any]:
+    import chatd_client as cc
+
+    if isinstance(event, cc.Message):
+        out: dict[str, Any] = {"event": "message", "conv": event.conv, "seq": event.seq,
+                               "from": event.sender, "device": event.device, "id": event.id,
+                               "ts": event.ts}
+        try:
+            out["text"] = event.body.decode()
+        except UnicodeDecodeError:
+            out["body_b64"] = base64.b64encode(event.body).decode()
+        if event.group:
+            out["group"] = event.group
+        return out
+    if isinstance(event, (cc.Delivered, cc.Read)):
+        return {"event": "delivered" if isinstance(event, cc.Delivered) else "read",
+                "conv": event.conv, "seqs": list(event.seqs), "by": event.by, "ts": event.ts}
+    if isinstance(event, cc.ServerError):
+        return {"event": "error", "code": event.code, "name": event.name,
+                "message": event.message}
+    name = type(event).__name__.lower()
+    return {"event": name, **{k: getattr(event, k) for k in event.__slots__}}
+
+
+def need_token(args: argparse.Namespace) -> str:
+    if not args.token:
+        raise SystemExit("chatd: give --token (or CHATD_TOKEN); make one with `chatd token USER`")
+    return str(args.token)
+
+
+async def run_send(args: argparse.Namespace) -> int:
+    import chatd_client as cc
+
+    async with cc.connect(args.url.split(","), need_token(args), args.device,
+                          ca_file=args.ca_file) as client:
+        ack = await client.send(args.to, args.text, id=args.id)
+    print(json.dumps({"event": "sent", "id": ack.id, "conv": ack.conv, "seq": ack.seq,
+                      "ts": ack.ts}), flush=True)
+    return 0
+
+
+async def run_listen(args: argparse.Namespace) -> int:
+    import chatd_client as cc
+
+    seen = 0
+    with trio.move_on_after(args.timeout if args.timeout else float("inf")):
+        async with cc.connect(args.url.split(","), need_token(args), args.device,
+                              ca_file=args.ca_file) as client:
+            async for event in client.events():
+                print(json.dumps(event_json(event)), flush=True)
+                if isinstance(event, cc.Message):
+                    if args.read:
+                        await client.mark_read(event.conv, event.seq)
+                    seen += 1
+                    if args.count is not None and seen >= args.count:
+                        await trio.sleep(0.2)  # let the delivery ack go out
+                        break
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runners = {"serve": run_serve, "token": run_token, "send": run_send, "listen": run_listen}
+    try:
+        if args.command == "chat":
+            from chatd.chat import run_chat
+
+            return trio.run(run_chat, args)
+        return trio.run(runners[args.command], args)
+    except ConfigError as exc:
+        print(f"chatd: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"chatd: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        import chatd_client as cc
+
+        if isinstance(exc, (cc.ChatdError, cc.ConnectionLost)):
+            print(f"chatd: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
