@@ -26,7 +26,8 @@ def duration(text: str) -> float:
     try:
         return float(text[:-1]) * unit if unit else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds or 30s/15m/12h/30d")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected seconds or 30s/15m/12h/30d") from None
 
 
 def server_options(p: argparse.ArgumentParser) -> None:
