@@ -16,7 +16,7 @@ import trio
 
 from chatd.auth import load_or_create_secret, make_token
 from chatd.server import ConfigError, load_config, serve
-from chatd.store import open_store
+from chatd.store import BadStoreURL, open_store
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -196,12 +196,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {"serve": run_serve, "token": run_token, "send": run_send, "listen": run_listen}
     try:
-        if args.command == "chat":
-            from chatd.chat import run_chat
+        try:
+            if args.command == "chat":
+                from chatd.chat import run_chat
 
-            return trio.run(run_chat, args)
-        return trio.run(runners[args.command], args)
-    except ConfigError as exc:
+                return trio.run(run_chat, args)
+            return trio.run(runners[args.command], args)
+        except BaseExceptionGroup as group:  # trio nurseries wrap errors: report the one
+            leaves = group.exceptions
+            while len(leaves) == 1 and isinstance(leaves[0], BaseExceptionGroup):
+                leaves = leaves[0].exceptions
+            if len(leaves) != 1:
+                raise
+            raise leaves[0] from None
+    except (ConfigError, BadStoreURL) as exc:
         print(f"chatd: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

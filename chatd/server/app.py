@@ -84,7 +84,9 @@ class ChatServer:
                     tcp = await listeners.start(functools.partial(
                         trio.serve_ssl_over_tcp, self.handle_stream, cfg.tcp_port, ssl_ctx,
                         host=cfg.host, handler_nursery=sessions))
-                self.tcp_port = tcp[0].socket.getsockname()[1]
+                first = tcp[0]
+                sock_listener = getattr(first, "transport_listener", first)  # TLS wraps it
+                self.tcp_port = sock_listener.socket.getsockname()[1]
                 if cfg.ws_port >= 0:
                     ws = await listeners.start(functools.partial(
                         serve_websocket, self.handle_ws, cfg.host, cfg.ws_port, ssl_ctx,

@@ -13,7 +13,7 @@ from .base import Appended, Item, NewMessage, Page, Store, StoreError, conv_memb
 from .memory import MemoryStore
 from .sqlite import SqliteStore
 
-__all__ = ["Appended", "Item", "MemoryStore", "NewMessage", "Page", "SqliteStore", "Store",
+__all__ = ["Appended", "BadStoreURL", "Item", "MemoryStore", "NewMessage", "Page", "SqliteStore", "Store",
            "StoreError", "conv_members", "direct_conv", "open_store"]
 
 

@@ -31,6 +31,7 @@ from chatd.protocol import (
     Frame,
     ProtocolError,
     Role,
+    State,
 )
 from chatd.protocol import frames as F
 
@@ -177,10 +178,10 @@ class Client:
                 await trio.sleep(0.01)  # the supervisor reconnects; frames in _pending resend
 
     async def _write(self, frame: Frame) -> None:
-        conn, link = self._conn, self._link
-        if conn is None or link is None:
-            raise ConnectionLost("not connected")
         async with self._write_lock:
+            conn, link = self._conn, self._link
+            if conn is None or link is None or conn.state is State.CLOSED:
+                raise ConnectionLost("not connected")
             await link.send(conn.send(frame))
 
     def _emit(self, event: ev.Event) -> None:
@@ -209,9 +210,10 @@ class Client:
                     reason = str(exc)
                 except (OSError, trio.TooSlowError, trio.BrokenResourceError,
                         ConnectionLost, ProtocolError) as exc:
-                    reason = f"{type(exc).__name__}: {exc}"
+                    cause = exc.__cause__ or exc
+                    reason = f"{type(cause).__name__}: {cause}"
                     if not started and attempt + 1 >= len(self.urls) and not self.reconnect:
-                        raise
+                        raise ConnectionLost(f"cannot connect to {url}: {reason}") from exc
                 except Exception as exc:  # trio-websocket handshake failures and the like
                     if type(exc).__name__ not in ("HandshakeError", "ConnectionRejected",
                                                   "ConnectionTimeout", "DisconnectionTimeout"):

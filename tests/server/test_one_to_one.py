@@ -159,3 +159,26 @@ async def test_notes_to_self_reach_my_other_devices(node: Node) -> None:
         ack = await phone.send("alice", "remember milk")
         assert ack.conv == "d:alice:alice"
         assert (await messages(pc, 1))[0].text == "remember milk"
+
+
+async def test_shutdown_tells_connected_devices(node: Node) -> None:
+    async with node.connect("alice", reconnect=False) as alice:
+        await first(alice, cc.Synced)
+        node.server.stop()
+        err = await first(alice, cc.ServerError)
+        assert isinstance(err, cc.ServerError) and err.name == "SHUTTING_DOWN"
+
+
+async def test_sdk_reconnects_and_resumes(start_node: object) -> None:
+    node = await start_node(idle_timeout=60)  # type: ignore[operator]
+    await node.add_users("alice", "bob")
+    async with node.connect("bob") as bob, node.connect("alice") as alice:
+        await first(bob, cc.Synced)
+        for s in list(node.server.sessions):  # drop bob's connection under him
+            if s.user == "bob":
+                await s.transport.aclose()
+        await first(bob, cc.Disconnected)
+        await alice.send("bob", "while you were away")
+        await first(bob, cc.Connected)
+        assert (await messages(bob, 1))[0].text == "while you were away"
+        assert bob.reconnects >= 1
