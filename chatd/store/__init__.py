@@ -13,8 +13,8 @@ from .base import Appended, Item, NewMessage, Page, Store, StoreError, conv_memb
 from .memory import MemoryStore
 from .sqlite import SqliteStore
 
-__all__ = ["Appended", "BadStoreURL", "Item", "MemoryStore", "NewMessage", "Page", "SqliteStore", "Store",
-           "StoreError", "conv_members", "direct_conv", "open_store"]
+__all__ = ["Appended", "BadStoreURL", "Item", "MemoryStore", "NewMessage", "Page", "SqliteStore",
+           "Store", "StoreError", "conv_members", "direct_conv", "open_store"]
 
 
 class BadStoreURL(ValueError):

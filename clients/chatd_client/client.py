@@ -69,6 +69,7 @@ class _Waiter:
         self.error: ChatdError | None = None
 
 
+LOST = (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError)
 FATAL_CODES = {ErrorCode.UNAUTHENTICATED, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.MALFORMED}
 
 
@@ -269,33 +270,41 @@ class Client:
         self._emit(ev.Connected(first.user, first.device, first.session))
         if task_status is not None:
             task_status.started()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._heartbeat)
-            nursery.start_soon(self._acker)
-            for waiter in list(self._pending.values()):  # not yet SENT: send again
-                await self._write(waiter.frame)
-            for waiter in list(self._requests.values()):
-                await self._write(waiter.frame)
-            while True:
-                frame = await self._read_frame(conn, link, self.heartbeat * 2 + 5)
-                if frame is None:
-                    break
-                await self._on_frame(frame)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._acker)
+                for waiter in list(self._pending.values()):  # not yet SENT: send again
+                    await self._write(waiter.frame)
+                for waiter in list(self._requests.values()):
+                    await self._write(waiter.frame)
+                while True:
+                    frame = await self._read_frame(conn, link, self.heartbeat * 2 + 5)
+                    if frame is None:
+                        break
+                    await self._on_frame(frame)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            inner = _unwrap(group)
+            if inner is group:
+                raise
+            raise inner from None
 
     async def _heartbeat(self) -> None:
-        for n in itertools.count():
-            await trio.sleep(self.heartbeat)
-            await self._write(F.Ping(nonce=n))
+        with contextlib.suppress(*LOST):  # the reader notices a lost connection too
+            for n in itertools.count():
+                await trio.sleep(self.heartbeat)
+                await self._write(F.Ping(nonce=n))
 
     async def _acker(self) -> None:
-        while True:
-            await self._ack_wake.wait()
-            self._ack_wake = trio.Event()
-            upto = self._max_q
-            if upto > self._acked:
-                await self._write(F.Ack(upto=upto))
-                self._acked = upto
+        with contextlib.suppress(*LOST):
+            while True:
+                await self._ack_wake.wait()
+                self._ack_wake = trio.Event()
+                upto = self._max_q
+                if upto > self._acked:
+                    await self._write(F.Ack(upto=upto))
+                    self._acked = upto
 
     def _received(self, q: int) -> bool:
         """Note inbox position q; False if it is a repeat to drop."""

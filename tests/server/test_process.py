@@ -54,7 +54,7 @@ class Proc:
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"chatd serve exited: {self.proc.stderr.read()}")
+                    raise AssertionError(f"chatd serve exited: {self.proc.stderr.read()}") from None
                 time.sleep(0.05)
         raise AssertionError("chatd serve did not start listening")
 
