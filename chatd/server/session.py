@@ -45,7 +45,7 @@ class Closing(Exception):
 
 class Session:
     __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_wake", "_sent_upto",
-                 "_live", "_need_sync", "_scope", "_closing", "_tokens", "_refill_at")
+                 "_live", "_need_sync", "_scope", "_nursery", "_closing", "_tokens", "_refill_at")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
                  conn: Connection, user: str, device: str, cursor: int) -> None:
@@ -60,6 +60,7 @@ class Session:
         self._live = False  # the backlog is drained; offers in sequence go straight out
         self._need_sync = True
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._closing = False
         self._tokens = server.config.send_burst
         self._refill_at = trio.current_time()
@@ -110,6 +111,15 @@ class Session:
                 self._wake.set()
 
     async def _writer(self) -> None:
+        try:
+            await self._write_loop()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # the device went away: end the session; what it did not ack stays in the store
+            self._closing = True
+            if self._scope is not None:
+                self._scope.cancel()
+
+    async def _write_loop(self) -> None:
         out, transport = self._out, self.transport
         while True:
             if out:
@@ -150,6 +160,7 @@ class Session:
         """Serve the connection until it ends. Cancelled from outside on shutdown."""
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
+            self._nursery = nursery
             nursery.start_soon(self._writer)
             try:
                 await self._reader()
@@ -182,14 +193,14 @@ class Session:
                                 if frame_started is None else "frame not completed in time")
                 return
             conn.receive_data(data)
-            while True:
-                ev = conn.next_event()
-                if ev is NEED_DATA:
-                    break
+            frames: list[Frame] = []
+            while (ev := conn.next_event()) is not NEED_DATA:
                 if ev is PEER_CLOSED:
+                    await self.handle_all(frames)
                     return
                 assert isinstance(ev, Frame)
-                await self.handle(ev)
+                frames.append(ev)
+            await self.handle_all(frames)
             if not conn.buffered:
                 frame_started = None
             elif frame_started is None:
@@ -214,10 +225,42 @@ class Session:
         members = conv_members(conv)
         return members is not None and self.user in members
 
+    async def handle_all(self, frames: list[Frame]) -> None:
+        """Act on the frames one read brought. Acks are cumulative and the store keeps the
+        highest, so their order does not matter: all of them become one store call that runs
+        beside the reader. The other frames are handled in order, a run of consecutive Sends
+        as one store write (so a pipelining client is not held to one message per commit)."""
+        upto = 0
+        rest: list[Frame] = []
+        for ev in frames:
+            if isinstance(ev, F.Ack):
+                upto = max(upto, ev.upto)
+            else:
+                rest.append(ev)
+        if upto and self._nursery is not None:
+            self._nursery.start_soon(self._ack, upto)
+        i, n = 0, len(rest)
+        while i < n and not self._closing:
+            ev = rest[i]
+            j = i + 1
+            if isinstance(ev, F.Send):
+                while j < n and isinstance(rest[j], F.Send):
+                    j += 1
+                await self._handle_sends(rest[i:j])  # type: ignore[arg-type]
+            else:
+                await self.handle(ev)
+            i = j
+
+    async def _ack(self, upto: int) -> None:
+        try:
+            await self.server.store.ack(self.user, self.device, upto, now_ms())
+        except StoreError as exc:
+            self.close_with(ErrorCode.INTERNAL, f"store unavailable: {exc}")
+
     async def handle(self, ev: Frame) -> None:
         server = self.server
         if isinstance(ev, F.Send):
-            await self._handle_send(ev)
+            await self._handle_sends([ev])
         elif isinstance(ev, F.Ack):
             await server.store.ack(self.user, self.device, ev.upto, now_ms())
         elif isinstance(ev, F.Read):
@@ -245,35 +288,47 @@ class Session:
             self._error(ErrorCode.INVALID,
                         f"{type(ev).__name__} is not available on this server yet", rid=rid)
 
-    async def _handle_send(self, ev: F.Send) -> None:
+    async def _check_send(self, ev: F.Send) -> bool:
+        """Validate one send; on a problem, answer with its error and return False."""
         server = self.server
         wait = self._take_token()
         if wait:
             server.stats["rate_limited"] += 1
             self._error(ErrorCode.RATE_LIMITED, "sending too fast", ref=ev.id, retry_ms=wait)
-            return
+            return False
         if (ev.to is None) == (ev.group is None):
             self._error(ErrorCode.INVALID, "send needs exactly one of 'to' and 'g'", ref=ev.id)
-            return
+            return False
         if len(ev.body) > MAX_BODY_SIZE:
             self._error(ErrorCode.TOO_LARGE,
                         f"body of {len(ev.body)} bytes, limit {MAX_BODY_SIZE}", ref=ev.id)
-            return
+            return False
         if ev.group is not None:
             self._error(ErrorCode.UNKNOWN_TARGET, f"no group {ev.group!r}", ref=ev.id)
+            return False
+        if not await server.user_exists(ev.to):  # type: ignore[arg-type]
+            self._error(ErrorCode.UNKNOWN_TARGET, f"no user {ev.to!r}", ref=ev.id)
+            return False
+        return True
+
+    async def _handle_sends(self, sends: list[F.Send]) -> None:
+        ts = now_ms()
+        msgs, ids = [], []
+        for ev in sends:
+            if await self._check_send(ev):
+                to = ev.to
+                assert to is not None
+                msgs.append(NewMessage(
+                    sender=self.user, device=self.device, client_id=ev.id,
+                    conv=direct_conv(self.user, to), recipients=() if to == self.user else (to,),
+                    body=ev.body, ts=ts, media=ev.media))
+                ids.append(ev.id)
+        if not msgs:
             return
-        to = ev.to
-        assert to is not None
-        if not await server.user_exists(to):
-            self._error(ErrorCode.UNKNOWN_TARGET, f"no user {to!r}", ref=ev.id)
-            return
-        recipients = () if to == self.user else (to,)
-        result = await server.store.append_message(NewMessage(
-            sender=self.user, device=self.device, client_id=ev.id,
-            conv=direct_conv(self.user, to), recipients=recipients, body=ev.body, ts=now_ms(),
-            media=ev.media))
-        server.stats["messages_in"] += 1
-        self.send_frame(F.Sent(id=ev.id, conv=result.conv, seq=result.seq, ts=result.ts))
+        results = await self.server.store.append_messages(msgs)
+        self.server.stats["messages_in"] += len(msgs)
+        for cid, r in zip(ids, results, strict=True):
+            self.send_frame(F.Sent(id=cid, conv=r.conv, seq=r.seq, ts=r.ts))
 
     async def _handle_history(self, ev: F.History) -> None:
         if not self._may_access(ev.conv):

@@ -77,6 +77,12 @@ class Store(Protocol):
         cursor of the user's other devices (0 for the first): it gets what is still pending."""
         ...
 
+    async def append_messages(self, msgs: list[NewMessage]) -> list[Appended]:
+        """Store messages, in order, and append each to its recipients' inboxes, and to the
+        sender's own inbox when the sender has more than one device (so the others see what
+        it sent). One call is one durable write for all of them."""
+        ...
+
     async def append_message(self, msg: NewMessage) -> Appended: ...
 
     async def inbox(self, user: str, device: str, after: int, limit: int) -> Page:

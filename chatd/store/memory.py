@@ -54,7 +54,13 @@ class MemoryStore:
     async def cursor(self, user: str, device: str) -> int:
         return self._user(user).devices.get(device, 0)
 
+    async def append_messages(self, msgs: list[NewMessage]) -> list[Appended]:
+        return [self._append(m) for m in msgs]
+
     async def append_message(self, msg: NewMessage) -> Appended:
+        return self._append(msg)
+
+    def _append(self, msg: NewMessage) -> Appended:
         known = self._ids.get((msg.sender, msg.client_id))
         if known is not None:
             conv, seq, ts = known
@@ -68,7 +74,10 @@ class MemoryStore:
                            media=msg.media)
         c.messages[seq] = template
         items: list[tuple[str, Item]] = []
-        for user in (*msg.recipients, msg.sender):
+        targets = msg.recipients
+        if len(self._user(msg.sender).devices) > 1:  # a copy for the sender's other devices
+            targets = (*targets, msg.sender)
+        for user in targets:
             u = self._user(user)
             u.last_q += 1
             item = dataclasses.replace(template, q=u.last_q)

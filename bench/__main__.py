@@ -1,0 +1,40 @@
+"""python -m bench {codec,throughput,memory,drain,all}: figures, saved to bench/results/."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import codec, drain, memory, throughput
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    sub = p.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("codec", help="encode/decode rates vs plain msgpack")
+    c.add_argument("--seconds", type=float, default=0.5)
+    t = sub.add_parser("throughput", help="1:1 msg/s and latency vs a bare trio relay")
+    t.add_argument("--pairs", type=int, default=50)
+    t.add_argument("--window", type=int, default=8)
+    t.add_argument("--seconds", type=float, default=5)
+    t.add_argument("--store", default="sqlite://TMP/chatd.db",
+                   help="store URL for the chatd node (TMP: a temporary dir)")
+    m = sub.add_parser("memory", help="server memory per idle authenticated connection")
+    m.add_argument("--connections", type=int, default=5000)
+    d = sub.add_parser("drain", help="a reconnecting device drains N queued messages")
+    d.add_argument("--messages", type=int, default=10_000)
+    a = sub.add_parser("all", help="everything with the defaults")
+    a.set_defaults(seconds=5)
+    args = p.parse_args()
+    if args.what == "all":
+        codec.main(argparse.Namespace(seconds=0.5))
+        throughput.main(argparse.Namespace(pairs=50, window=8, seconds=5,
+                                           store="sqlite://TMP/chatd.db"))
+        memory.main(argparse.Namespace(connections=5000))
+        drain.main(argparse.Namespace(messages=10_000))
+        return
+    {"codec": codec, "throughput": throughput, "memory": memory, "drain": drain}[
+        args.what].main(args)
+
+
+if __name__ == "__main__":
+    main()

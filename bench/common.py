@@ -1,0 +1,147 @@
+"""Shared pieces of the benchmarks: a chatd node in its own process, tokens, RSS, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import trio
+
+from chatd.auth import load_or_create_secret, make_token
+from chatd.protocol import NEED_DATA, PEER_CLOSED, Connection, Frame, Role
+from chatd.protocol import frames as F
+from chatd.store import open_store
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}") from None
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ChatdProcess:
+    """`python -m chatd serve` on a free port with users registered beforehand."""
+
+    def __init__(self, data_dir: str, users: list[str], store: str = "") -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.secret = load_or_create_secret(data_dir)
+        self.store = store or f"sqlite://{os.path.abspath(data_dir)}/chatd.db"
+        if not self.store.startswith("memory"):
+            trio.run(self._register, users)
+        self.proc = subprocess.Popen(
+            [*os.environ.get("CHATD_BENCH_SERVER", f"{sys.executable} -m chatd").split(), "serve", "--data-dir", data_dir, "--store",
+             self.store, "--tcp-port", str(self.port), "--ws-port", "-1", "--send-rate", "1e9",
+             "--send-burst", "1e9", "--max-queue", "100000"],
+            stderr=None if os.environ.get("CHATD_BENCH_SERVER") else subprocess.DEVNULL)
+        wait_listening(self.port, self.proc)
+
+    async def _register(self, users: list[str]) -> None:
+        async with open_store(self.store) as store:
+            for u in users:
+                await store.add_user(u)
+
+    def token(self, user: str, device: str | None = None) -> str:
+        return make_token(self.secret, user, device)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class RawClient:
+    """A minimal protocol client for load: no SDK bookkeeping in the measurement."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.conn = Connection(Role.CLIENT)
+        self.lock = trio.Lock()
+
+    @classmethod
+    async def connect(cls, port: int, token: str, device: str = "default",
+                      host: str = "127.0.0.1", wait_synced: bool = True) -> RawClient:
+        c = cls(await trio.open_tcp_stream(host, port))
+        await c.stream.send_all(c.conn.send(F.Hello(version=1, token=token, device=device)))
+        while True:
+            frame = await c.next()
+            if isinstance(frame, F.Error):
+                raise RuntimeError(f"refused: {frame}")
+            if isinstance(frame, F.Synced if wait_synced else F.Welcome):
+                return c
+
+    async def next(self) -> Frame:
+        while True:
+            ev = self.conn.next_event()
+            if ev is PEER_CLOSED:
+                raise EOFError
+            if ev is not NEED_DATA:
+                assert isinstance(ev, Frame)
+                return ev
+            self.conn.receive_data(await self.stream.receive_some(262144))
+
+    async def batch(self) -> list[Frame]:
+        """Every frame that one read brings (at least one)."""
+        frames = [await self.next()]
+        while (ev := self.conn.next_event()) is not NEED_DATA and ev is not PEER_CLOSED:
+            assert isinstance(ev, Frame)
+            frames.append(ev)
+        return frames
+
+    async def send(self, *frames: Frame) -> None:
+        data = b"".join(self.conn.send(f) for f in frames)
+        async with self.lock:
+            await self.stream.send_all(data)
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def save(name: str, result: dict[str, Any]) -> pathlib.Path:
+    RESULTS.mkdir(exist_ok=True)
+    result = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, **result}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
