@@ -64,9 +64,10 @@ class ChatdProcess:
         self.store = store or f"sqlite://{os.path.abspath(data_dir)}/chatd.db"
         if not self.store.startswith("memory"):
             trio.run(self._register, users)
+        # CHATD_BENCH_SERVER replaces "python -m chatd", e.g. to run the server under a profiler
+        command = os.environ.get("CHATD_BENCH_SERVER", f"{sys.executable} -m chatd").split()
         self.proc = subprocess.Popen(
-            [*os.environ.get("CHATD_BENCH_SERVER", f"{sys.executable} -m chatd").split(), "serve", "--data-dir", data_dir, "--store",
-             self.store, "--tcp-port", str(self.port), "--ws-port", "-1", "--send-rate", "1e9",
+            [*command, "serve", "--data-dir", data_dir, "--store", self.store, "--tcp-port", str(self.port), "--ws-port", "-1", "--send-rate", "1e9",
              "--send-burst", "1e9", "--max-queue", "100000"],
             stderr=None if os.environ.get("CHATD_BENCH_SERVER") else subprocess.DEVNULL)
         wait_listening(self.port, self.proc)

@@ -1,8 +1,10 @@
 """One connected device: reads frames, acts on them, and writes what the device should get.
 
-Tasks per connection: the handler task reads (and runs the request logic); one writer task
-owns the socket's sending side and also drains the inbox from the store when the device is
-behind. Live items arrive through `offer()` from the router, in commit order.
+Tasks per connection: the handler task reads (and runs the request logic). A writer task owns
+the socket's sending side while there is something to send, and also drains the inbox from the
+store when the device is behind; it ends when everything is written and starts again when a
+frame is queued, so an idle connection holds one task and no queue. There is never more than
+one writer. Live items arrive through `offer()` from the router, in commit order.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ WRITE_COALESCE: Final = 256 * 1024  # bytes gathered into one write
 HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
 
 
+_ORDER_FREE: Final = (F.Send, F.Ping, F.Pong)  # frames an Ack may be reordered with
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -44,7 +49,7 @@ class Closing(Exception):
 
 
 class Session:
-    __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_wake", "_sent_upto",
+    __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_writing", "_sent_upto",
                  "_live", "_need_sync", "_scope", "_nursery", "_closing", "_tokens", "_refill_at")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
@@ -54,8 +59,8 @@ class Session:
         self.conn = conn
         self.user = user
         self.device = device
-        self._out: deque[bytes] = deque()
-        self._wake: trio.Event | None = None
+        self._out: deque[bytes] | None = None  # frames to write; None while idle
+        self._writing = False  # a writer task is running
         self._sent_upto = cursor  # highest inbox position handed to the writer (or skipped)
         self._live = False  # the backlog is drained; offers in sequence go straight out
         self._need_sync = True
@@ -67,25 +72,29 @@ class Session:
 
     # ---- output --------------------------------------------------------------------------
 
-    def _push(self, body: bytes) -> None:
-        self._out.append(self.conn.frame_bytes(body))
-        if self._wake is not None:
-            self._wake.set()
+    def _queue(self, data: bytes) -> None:
+        if self._out is None:
+            self._out = deque()
+        self._out.append(data)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Make sure a writer runs (there is at most one)."""
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._writer)
 
     def send_frame(self, frame: Frame) -> None:
         if not self._closing:
-            self._out.append(self.conn.send(frame))
-            if self._wake is not None:
-                self._wake.set()
+            self._queue(self.conn.send(frame))
 
     def close_with(self, code: ErrorCode, message: str, grace: float = 1.0) -> None:
-        """Queue an error frame, stop taking work, and end the connection soon."""
+        """Queue an error frame, stop taking work, and end the connection once it is written
+        (or after `grace` seconds if the device does not read it)."""
         if self._closing:
             return
         self.send_frame(F.Error(code=code, message=message))
         self._closing = True
-        if self._wake is not None:
-            self._wake.set()
         if self._scope is not None:
             self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace)
 
@@ -99,16 +108,15 @@ class Session:
             if isinstance(item, F.Deliver) and item.sender == self.user \
                     and item.device == self.device:
                 return  # this device sent it
-            if len(self._out) >= self.server.config.max_queue:
+            if self._out is not None and len(self._out) >= self.server.config.max_queue:
                 self.server.stats["slow_consumers"] += 1
                 self.close_with(ErrorCode.SLOW_CONSUMER,
                                 "outbound queue full; reconnect to resume from the store")
                 return
-            self._push(body)
+            self._queue(self.conn.frame_bytes(body))
         else:
             self._need_sync = True
-            if self._wake is not None:
-                self._wake.set()
+            self._kick()
 
     async def _writer(self) -> None:
         try:
@@ -116,12 +124,15 @@ class Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # the device went away: end the session; what it did not ack stays in the store
             self._closing = True
-            if self._scope is not None:
-                self._scope.cancel()
+        finally:
+            self._writing = False
+        if self._closing and self._scope is not None:
+            self._scope.cancel()  # everything, including the error frame, is written
 
     async def _write_loop(self) -> None:
-        out, transport = self._out, self.transport
+        transport = self.transport
         while True:
+            out = self._out
             if out:
                 if transport.coalesce and len(out) > 1:
                     parts, size = [], 0
@@ -131,22 +142,18 @@ class Session:
                     await transport.send(b"".join(parts))
                 else:
                     await transport.send(out.popleft())
-                continue
-            if self._closing:
-                return
-            if self._need_sync:
+            elif self._need_sync and not self._closing:
                 await self._sync_step()
-                continue
-            self._wake = trio.Event()
-            await self._wake.wait()
-            self._wake = None
+            else:
+                self._out = None  # idle: hold no queue
+                return
 
     async def _sync_step(self) -> None:
         self._need_sync = False
         page = await self.server.store.inbox(self.user, self.device, self._sent_upto, DRAIN_PAGE)
         for item in page.items:
             if item.q > self._sent_upto:
-                self._out.append(self.conn.frame_bytes(encode_body(item)))
+                self._queue(self.conn.frame_bytes(encode_body(item)))
         self._sent_upto = max(self._sent_upto, page.upto)
         if page.more:
             self._need_sync = True
@@ -161,7 +168,7 @@ class Session:
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
             self._nursery = nursery
-            nursery.start_soon(self._writer)
+            self._kick()  # write what was queued before (Welcome) and drain the backlog
             try:
                 await self._reader()
             except Closing:
@@ -170,10 +177,9 @@ class Session:
                 self.close_with(exc.code, exc.message)
             except StoreError as exc:
                 self.close_with(ErrorCode.INTERNAL, f"store unavailable: {exc}")
-            if not self._closing:
+            if not self._closing:  # the device left (or said goodbye): nothing more to say
                 self._closing = True
-                if self._wake is not None:
-                    self._wake.set()
+                nursery.cancel_scope.cancel()
             nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline,
                                                 trio.current_time() + 1.0)
 
@@ -227,9 +233,11 @@ class Session:
 
     async def handle_all(self, frames: list[Frame]) -> None:
         """Act on the frames one read brought. Acks are cumulative and the store keeps the
-        highest, so their order does not matter: all of them become one store call that runs
-        beside the reader. The other frames are handled in order, a run of consecutive Sends
-        as one store write (so a pipelining client is not held to one message per commit)."""
+        highest, so all of a read's Acks become one store call; when the rest is only Sends
+        and Pings (a busy sender), it runs beside the reader instead of before it. Otherwise
+        it goes first (a Read after an Ack must not overtake it). The other frames are handled
+        in order, a run of consecutive Sends as one store write (so a pipelining client is
+        not held to one message per commit)."""
         upto = 0
         rest: list[Frame] = []
         for ev in frames:
@@ -237,8 +245,11 @@ class Session:
                 upto = max(upto, ev.upto)
             else:
                 rest.append(ev)
-        if upto and self._nursery is not None:
-            self._nursery.start_soon(self._ack, upto)
+        if upto:
+            if self._nursery is not None and all(type(ev) in _ORDER_FREE for ev in rest):
+                self._nursery.start_soon(self._ack, upto)
+            else:
+                await self._ack(upto)
         i, n = 0, len(rest)
         while i < n and not self._closing:
             ev = rest[i]
@@ -276,8 +287,7 @@ class Session:
             self._sent_upto = await server.store.cursor(self.user, self.device)
             self._live = False
             self._need_sync = True
-            if self._wake is not None:
-                self._wake.set()
+            self._kick()
         elif isinstance(ev, F.History):
             await self._handle_history(ev)
         elif isinstance(ev, F.Goodbye):

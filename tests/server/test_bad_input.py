@@ -186,3 +186,19 @@ async def test_slow_consumer_is_disconnected_and_loses_nothing(start_node: Start
                 assert isinstance(m, cc.Message)
                 seqs.append(m.seq)
         assert seqs == list(range(1, n + 1))
+
+
+async def test_ack_then_read_in_one_write_gives_delivered_then_read(node: Node) -> None:
+    async with node.connect("alice") as alice:
+        ack = await alice.send("bob", "tick tick")
+        bob = await Raw.open(node.server.tcp_port)
+        await bob.hello(node.token("bob"))
+        deliver = await bob.recv_until(F.Deliver)
+        assert isinstance(deliver, F.Deliver)
+        await bob.send_bytes(bob.conn.send(F.Ack(upto=deliver.q))
+                             + bob.conn.send(F.Read(conv=deliver.conv, upto=deliver.seq)))
+        with trio.fail_after(5):
+            first = await alice.next_event(cc.Delivered, cc.Read)
+            second = await alice.next_event(cc.Delivered, cc.Read)
+        assert isinstance(first, cc.Delivered) and isinstance(second, cc.Read)
+        assert first.seqs == second.seqs == (ack.seq,)

@@ -126,7 +126,7 @@ def test_cli_send_and_listen(chatd_proc: Proc) -> None:
     lines = cli("listen", "--url", chatd_proc.url, "--token", alice, "--timeout", "2",
                 data_dir=chatd_proc.data_dir).splitlines()
     kinds = [json.loads(line)["event"] for line in lines]
-    assert "delivered" in kinds and "read" in kinds
+    assert "delivered" in kinds and "read" in kinds, lines
 
 
 def test_cli_reports_errors_plainly(chatd_proc: Proc) -> None:
