@@ -64,7 +64,7 @@ class Connection:
 
     # ---- input ---------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the transport (or one whole WebSocket message); b"" means EOF."""
         if self._eof:
             raise LocalProtocolError("receive_data after end of stream")

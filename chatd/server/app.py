@@ -9,7 +9,7 @@ import ssl
 from typing import Any
 
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
 
 from chatd.auth import AuthError, load_or_create_secret, verify_token
 from chatd.protocol import (
@@ -78,11 +78,11 @@ class ChatServer:
             async with trio.open_nursery() as listeners:
                 if ssl_ctx is None:
                     tcp = await listeners.start(functools.partial(
-                        trio.serve_tcp, self.handle_stream, cfg.tcp_port, host=cfg.host,
+                        trio.serve_tcp, self.serve_connection, cfg.tcp_port, host=cfg.host,
                         handler_nursery=sessions))
                 else:
                     tcp = await listeners.start(functools.partial(
-                        trio.serve_ssl_over_tcp, self.handle_stream, cfg.tcp_port, ssl_ctx,
+                        trio.serve_ssl_over_tcp, self.serve_connection, cfg.tcp_port, ssl_ctx,
                         host=cfg.host, handler_nursery=sessions))
                 first = tcp[0]
                 sock_listener = getattr(first, "transport_listener", first)  # TLS wraps it
@@ -96,6 +96,7 @@ class ChatServer:
                 log.info("chatd listening: tcp %s:%d ws %s:%s%s (store %s)", cfg.host,
                          self.tcp_port, cfg.host, self.ws_port, WS_PATH,
                          cfg.store_url.split("?")[0])
+                listeners.start_soon(self.sweep)
                 task_status.started(self)
                 await self._stop.wait()
                 listeners.cancel_scope.cancel()
@@ -108,17 +109,24 @@ class ChatServer:
                     await trio.sleep(0.05)
             sessions.cancel_scope.cancel()
 
-    # ---- connections -----------------------------------------------------------------------
+    async def sweep(self) -> None:
+        """One task for every connection's idle and slow-frame timeouts (a timer per
+        connection would cost each idle connection a cancel scope)."""
+        cfg = self.config
+        interval = max(0.05, min(1.0, cfg.idle_timeout / 4, cfg.frame_timeout / 4))
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for session in list(self.sessions):
+                session.check_timeouts(now)
 
-    async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        await self._serve(StreamTransport(stream))
+    # ---- connections -----------------------------------------------------------------------
 
     async def handle_ws(self, request: WebSocketRequest) -> None:
         if request.path.split("?")[0] != WS_PATH:
             await request.reject(404, body=b"chatd speaks WebSocket on /ws\n")
             return
-        ws = await request.accept()
-        await self._serve(WebSocketTransport(ws))
+        await self.serve_connection(await request.accept())
 
     async def _refuse(self, transport: StreamTransport | WebSocketTransport, conn: Connection,
                       code: ErrorCode, message: str) -> None:
@@ -141,8 +149,13 @@ class ChatServer:
             assert isinstance(ev, F.Hello)  # the connection refuses anything else first
             return ev
 
-    async def _serve(self, transport: StreamTransport | WebSocketTransport) -> None:
+    async def serve_connection(self, link: trio.abc.Stream | WebSocketConnection) -> None:
+        """One connection from accept to close: handshake, then the session. (One function,
+        not several: every idle connection holds this coroutine frame.)"""
         cfg = self.config
+        transport: StreamTransport | WebSocketTransport = (
+            WebSocketTransport(link) if isinstance(link, WebSocketConnection)
+            else StreamTransport(link))
         conn = Connection(Role.SERVER, transport.framing, MAX_FRAME_SIZE)
         try:
             try:
@@ -175,7 +188,25 @@ class ChatServer:
                 return
             cursor = await self.store.attach_device(user, device)
             self._known_users.add(user)
-            await self._run_session(transport, conn, user, device, cursor)
+            self._session_count += 1
+            session = Session(self, transport, conn, user, device, cursor)
+            session.send_frame(F.Welcome(
+                version=PROTOCOL_VERSION, user=user, device=device,
+                session=f"{self.node_id}-{self._session_count}", server_time=now_ms(),
+                heartbeat_ms=int(cfg.heartbeat * 1000), max_frame=MAX_FRAME_SIZE,
+                cursor=cursor))
+            for old in list(self.sessions):
+                if old.user == user and old.device == device:
+                    old.send_frame(F.Goodbye(code=0, reason="replaced by a newer connection"))
+                    old.close_with(ErrorCode.SHUTTING_DOWN, "replaced by a newer connection")
+            self.router.attach(session)
+            self.sessions.add(session)
+            self.stats["connections"] += 1
+            try:
+                await session.run()
+            finally:
+                self.router.detach(session)
+                self.sessions.discard(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -184,28 +215,6 @@ class ChatServer:
         finally:
             with trio.CancelScope(shield=True):
                 await transport.aclose()
-
-    async def _run_session(self, transport: Any, conn: Connection, user: str, device: str,
-                           cursor: int) -> None:
-        self._session_count += 1
-        session = Session(self, transport, conn, user, device, cursor)
-        session.send_frame(F.Welcome(
-            version=PROTOCOL_VERSION, user=user, device=device,
-            session=f"{self.node_id}-{self._session_count}", server_time=now_ms(),
-            heartbeat_ms=int(self.config.heartbeat * 1000), max_frame=MAX_FRAME_SIZE,
-            cursor=cursor))
-        for old in list(self.sessions):
-            if old.user == user and old.device == device:
-                old.send_frame(F.Goodbye(code=0, reason="replaced by a newer connection"))
-                old.close_with(ErrorCode.SHUTTING_DOWN, "replaced by a newer connection")
-        self.router.attach(session)
-        self.sessions.add(session)
-        self.stats["connections"] += 1
-        try:
-            await session.run()
-        finally:
-            self.router.detach(session)
-            self.sessions.discard(session)
 
 
 async def serve(config: Config, *, task_status: trio.TaskStatus[ChatServer]

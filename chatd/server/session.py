@@ -50,7 +50,8 @@ class Closing(Exception):
 
 class Session:
     __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_writing", "_sent_upto",
-                 "_live", "_need_sync", "_scope", "_nursery", "_closing", "_tokens", "_refill_at")
+                 "_live", "_need_sync", "_scope", "_nursery", "_closing", "_tokens", "_refill_at",
+                 "rx_at", "frame_at", "_acks_running", "_acks_done")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
                  conn: Connection, user: str, device: str, cursor: int) -> None:
@@ -69,6 +70,10 @@ class Session:
         self._closing = False
         self._tokens = server.config.send_burst
         self._refill_at = trio.current_time()
+        self.rx_at = self._refill_at  # last time bytes arrived (the server's sweeper reads it)
+        self.frame_at: float | None = None  # when the frame being received started
+        self._acks_running = 0  # Acks being stored beside the reader
+        self._acks_done: trio.Event | None = None  # set when they are all stored
 
     # ---- output --------------------------------------------------------------------------
 
@@ -165,12 +170,31 @@ class Session:
 
     async def run(self) -> None:
         """Serve the connection until it ends. Cancelled from outside on shutdown."""
+        conn, receive = self.conn, self.transport.receive
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
             self._nursery = nursery
             self._kick()  # write what was queued before (Welcome) and drain the backlog
             try:
-                await self._reader()
+                while not self._closing:
+                    # no timer here: ChatServer.sweep checks every connection's timeouts
+                    data = await receive()
+                    self.rx_at = now = trio.current_time()
+                    conn.receive_data(data)
+                    frames: list[Frame] = []
+                    while (ev := conn.next_event()) is not NEED_DATA:
+                        if ev is PEER_CLOSED:
+                            break
+                        frames.append(ev)
+                    await self.handle_all(frames)
+                    if ev is PEER_CLOSED:
+                        break
+                    if not conn.buffered:
+                        self.frame_at = None
+                    elif self.frame_at is None:
+                        self.frame_at = now
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the device went away
             except Closing:
                 pass
             except ProtocolError as exc:
@@ -183,34 +207,15 @@ class Session:
             nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline,
                                                 trio.current_time() + 1.0)
 
-    async def _reader(self) -> None:
+    def check_timeouts(self, now: float) -> None:
+        """Close the connection if it went silent or a frame stalls (called by the sweeper)."""
         cfg = self.server.config
-        conn, transport = self.conn, self.transport
-        frame_started: float | None = None
-        while not self._closing:
-            deadline = trio.current_time() + cfg.idle_timeout
-            if frame_started is not None:
-                deadline = min(deadline, frame_started + cfg.frame_timeout)
-            data: bytes | None = None
-            with trio.move_on_at(deadline):
-                data = await transport.receive()
-            if data is None:
-                self.close_with(ErrorCode.TIMEOUT, "no data within the idle timeout"
-                                if frame_started is None else "frame not completed in time")
-                return
-            conn.receive_data(data)
-            frames: list[Frame] = []
-            while (ev := conn.next_event()) is not NEED_DATA:
-                if ev is PEER_CLOSED:
-                    await self.handle_all(frames)
-                    return
-                assert isinstance(ev, Frame)
-                frames.append(ev)
-            await self.handle_all(frames)
-            if not conn.buffered:
-                frame_started = None
-            elif frame_started is None:
-                frame_started = trio.current_time()
+        if self._closing:
+            return
+        if self.frame_at is not None and now - self.frame_at > cfg.frame_timeout:
+            self.close_with(ErrorCode.TIMEOUT, "frame not completed in time")
+        elif now - self.rx_at > cfg.idle_timeout:
+            self.close_with(ErrorCode.TIMEOUT, "no data within the idle timeout")
 
     def _error(self, code: ErrorCode, message: str, ref: str | None = None,
                rid: int | None = None, retry_ms: int | None = None) -> None:
@@ -247,7 +252,8 @@ class Session:
                 rest.append(ev)
         if upto:
             if self._nursery is not None and all(type(ev) in _ORDER_FREE for ev in rest):
-                self._nursery.start_soon(self._ack, upto)
+                self._acks_running += 1
+                self._nursery.start_soon(self._background_ack, upto)
             else:
                 await self._ack(upto)
         i, n = 0, len(rest)
@@ -259,8 +265,22 @@ class Session:
                     j += 1
                 await self._handle_sends(rest[i:j])  # type: ignore[arg-type]
             else:
+                if self._acks_running and type(ev) not in _ORDER_FREE:
+                    # e.g. a Read must not overtake the Ack before it (DELIVERED, then READ)
+                    if self._acks_done is None:
+                        self._acks_done = trio.Event()
+                    await self._acks_done.wait()
                 await self.handle(ev)
             i = j
+
+    async def _background_ack(self, upto: int) -> None:
+        try:
+            await self._ack(upto)
+        finally:
+            self._acks_running -= 1
+            if not self._acks_running and self._acks_done is not None:
+                self._acks_done.set()
+                self._acks_done = None
 
     async def _ack(self, upto: int) -> None:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -15,16 +17,13 @@ class StreamTransport:
 
     framing = Framing.STREAM
     coalesce = True  # several frames may go out in one write
-    __slots__ = ("stream",)
+    __slots__ = ("receive", "stream")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-
-    async def receive(self) -> bytes:
-        try:
-            return bytes(await self.stream.receive_some(RECEIVE_SIZE))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
+        # Bytes, b"" at the end; raises BrokenResourceError if the peer reset. A partial, not
+        # a method: one coroutine frame less held by every idle connection.
+        self.receive = functools.partial(stream.receive_some, RECEIVE_SIZE)
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)

@@ -188,17 +188,23 @@ async def test_slow_consumer_is_disconnected_and_loses_nothing(start_node: Start
         assert seqs == list(range(1, n + 1))
 
 
-async def test_ack_then_read_in_one_write_gives_delivered_then_read(node: Node) -> None:
+@pytest.mark.parametrize("writes", [1, 2])
+async def test_ack_then_read_gives_delivered_then_read(node: Node, writes: int) -> None:
     async with node.connect("alice") as alice:
-        ack = await alice.send("bob", "tick tick")
+        sent = await alice.send("bob", "tick tick")
         bob = await Raw.open(node.server.tcp_port)
         await bob.hello(node.token("bob"))
         deliver = await bob.recv_until(F.Deliver)
         assert isinstance(deliver, F.Deliver)
-        await bob.send_bytes(bob.conn.send(F.Ack(upto=deliver.q))
-                             + bob.conn.send(F.Read(conv=deliver.conv, upto=deliver.seq)))
+        ack = bob.conn.send(F.Ack(upto=deliver.q))
+        read = bob.conn.send(F.Read(conv=deliver.conv, upto=deliver.seq))
+        if writes == 1:
+            await bob.send_bytes(ack + read)
+        else:  # two reads on the server: the Ack is stored beside the reader
+            await bob.send_bytes(ack)
+            await bob.send_bytes(read)
         with trio.fail_after(5):
             first = await alice.next_event(cc.Delivered, cc.Read)
             second = await alice.next_event(cc.Delivered, cc.Read)
         assert isinstance(first, cc.Delivered) and isinstance(second, cc.Read)
-        assert first.seqs == second.seqs == (ack.seq,)
+        assert first.seqs == second.seqs == (sent.seq,)
