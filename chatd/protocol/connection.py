@@ -42,6 +42,7 @@ class Signal(enum.Enum):
 NEED_DATA: Final = Signal.NEED_DATA
 PEER_CLOSED: Final = Signal.PEER_CLOSED
 
+_EMPTY: Final = b""
 _RECEIVES: Final = {Role.SERVER: Origin.CLIENT, Role.CLIENT: Origin.SERVER}
 
 
@@ -55,7 +56,7 @@ class Connection:
         self.framing = framing
         self.max_frame_size = max_frame_size
         self.state = State.HANDSHAKE
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = _EMPTY
         self._pos = 0
         self._msgs: list[bytes] | None = None
         self._eof = False
@@ -74,7 +75,10 @@ class Connection:
             if self._msgs is None:
                 self._msgs = []
             self._msgs.append(bytes(data))
+        elif not self._buf:
+            self._buf = bytearray(data)
         else:
+            assert isinstance(self._buf, bytearray)  # only the empty buffer is bytes
             if self._pos:
                 del self._buf[: self._pos]
                 self._pos = 0
@@ -130,7 +134,7 @@ class Connection:
             return None
         body = bytes(buf[pos + LENGTH_PREFIX_SIZE : end])
         if end == len(buf):
-            self._buf = bytearray()  # drop the (possibly large) buffer while idle
+            self._buf = _EMPTY  # hold no buffer while idle
             self._pos = 0
         else:
             self._pos = end

@@ -6,7 +6,7 @@ import collections
 import functools
 import logging
 import ssl
-from typing import Any
+import sys
 
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
@@ -28,7 +28,7 @@ from chatd.store import Store, open_store
 
 from .config import Config
 from .session import Session, now_ms
-from .transport import StreamTransport, WebSocketTransport
+from .transport import RECEIVE_SIZE, StreamTransport, WebSocketTransport
 
 log = logging.getLogger("chatd")
 WS_PATH = "/ws"
@@ -42,7 +42,6 @@ class ChatServer:
         self.node_id = node_id
         self.router = LocalRouter()
         store.on_append = self.router.dispatch
-        self.sessions: set[Session] = set()
         self.stats: collections.Counter[str] = collections.Counter()
         self.tcp_port = 0
         self.ws_port = 0
@@ -52,6 +51,10 @@ class ChatServer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def sessions(self) -> list[Session]:
+        """Every connected device's session on this node."""
+        return list(self.router)  # type: ignore[arg-type]
 
     async def user_exists(self, user: str) -> bool:
         if user in self._known_users:
@@ -100,12 +103,12 @@ class ChatServer:
                 task_status.started(self)
                 await self._stop.wait()
                 listeners.cancel_scope.cancel()
-            log.info("shutting down: %d connections", len(self.sessions))
-            for s in list(self.sessions):
+            log.info("shutting down: %d connections", len(self.router))
+            for s in self.sessions():
                 s.close_with(ErrorCode.SHUTTING_DOWN, "server shutting down",
                              grace=cfg.shutdown_grace)
             with trio.move_on_after(cfg.shutdown_grace + 1):
-                while self.sessions:
+                while len(self.router):
                     await trio.sleep(0.05)
             sessions.cancel_scope.cancel()
 
@@ -117,7 +120,7 @@ class ChatServer:
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
-            for session in list(self.sessions):
+            for session in self.sessions():
                 session.check_timeouts(now)
 
     # ---- connections -----------------------------------------------------------------------
@@ -144,7 +147,7 @@ class ChatServer:
             if ev is PEER_CLOSED:
                 return None
             if ev is NEED_DATA:
-                conn.receive_data(await transport.receive())
+                conn.receive_data(await transport.receive(RECEIVE_SIZE))
                 continue
             assert isinstance(ev, F.Hello)  # the connection refuses anything else first
             return ev
@@ -175,7 +178,8 @@ class ChatServer:
             except AuthError as exc:
                 await self._refuse(transport, conn, ErrorCode.UNAUTHENTICATED, str(exc))
                 return
-            device = hello.device
+            device = sys.intern(hello.device)  # devices are mostly named alike
+            del hello  # this frame lives as long as the connection: keep no token in it
             if token_device is not None and token_device != device:
                 if device != "default":
                     await self._refuse(transport, conn, ErrorCode.UNAUTHENTICATED,
@@ -187,7 +191,6 @@ class ChatServer:
                                    "server shutting down")
                 return
             cursor = await self.store.attach_device(user, device)
-            self._known_users.add(user)
             self._session_count += 1
             session = Session(self, transport, conn, user, device, cursor)
             session.send_frame(F.Welcome(
@@ -195,18 +198,17 @@ class ChatServer:
                 session=f"{self.node_id}-{self._session_count}", server_time=now_ms(),
                 heartbeat_ms=int(cfg.heartbeat * 1000), max_frame=MAX_FRAME_SIZE,
                 cursor=cursor))
-            for old in list(self.sessions):
-                if old.user == user and old.device == device:
+            for old in self.router.targets(user):
+                if old.device == device:
+                    assert isinstance(old, Session)
                     old.send_frame(F.Goodbye(code=0, reason="replaced by a newer connection"))
                     old.close_with(ErrorCode.SHUTTING_DOWN, "replaced by a newer connection")
             self.router.attach(session)
-            self.sessions.add(session)
             self.stats["connections"] += 1
             try:
                 await session.run()
             finally:
                 self.router.detach(session)
-                self.sessions.discard(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:

@@ -28,6 +28,8 @@ from chatd.protocol import (
 from chatd.protocol import frames as F
 from chatd.store import Item, NewMessage, StoreError, conv_members, direct_conv
 
+from .transport import RECEIVE_SIZE
+
 if TYPE_CHECKING:
     from .app import ChatServer
     from .transport import StreamTransport, WebSocketTransport
@@ -69,8 +71,8 @@ class Session:
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._tokens = server.config.send_burst
-        self._refill_at = trio.current_time()
-        self.rx_at = self._refill_at  # last time bytes arrived (the server's sweeper reads it)
+        self._refill_at = 0.0  # the bucket starts full whatever this is: no float per connection
+        self.rx_at = trio.current_time()  # last time bytes arrived (read by the sweeper)
         self.frame_at: float | None = None  # when the frame being received started
         self._acks_running = 0  # Acks being stored beside the reader
         self._acks_done: trio.Event | None = None  # set when they are all stored
@@ -177,22 +179,16 @@ class Session:
             self._kick()  # write what was queued before (Welcome) and drain the backlog
             try:
                 while not self._closing:
-                    # no timer here: ChatServer.sweep checks every connection's timeouts
-                    data = await receive()
-                    self.rx_at = now = trio.current_time()
-                    conn.receive_data(data)
-                    frames: list[Frame] = []
-                    while (ev := conn.next_event()) is not NEED_DATA:
-                        if ev is PEER_CLOSED:
-                            break
-                        frames.append(ev)
-                    await self.handle_all(frames)
-                    if ev is PEER_CLOSED:
+                    # No timer here (ChatServer.sweep checks every connection's timeouts), and
+                    # no local holds the bytes or frames of the last read while we wait.
+                    conn.receive_data(await receive(RECEIVE_SIZE))
+                    self.rx_at = trio.current_time()
+                    if await self.handle_all(self._received_frames()):
                         break
                     if not conn.buffered:
                         self.frame_at = None
                     elif self.frame_at is None:
-                        self.frame_at = now
+                        self.frame_at = self.rx_at
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the device went away
             except Closing:
@@ -236,13 +232,23 @@ class Session:
         members = conv_members(conv)
         return members is not None and self.user in members
 
-    async def handle_all(self, frames: list[Frame]) -> None:
+    def _received_frames(self) -> tuple[list[Frame], bool]:
+        """The frames the connection has now, and whether the peer closed after them."""
+        frames: list[Frame] = []
+        while (ev := self.conn.next_event()) is not NEED_DATA:
+            if ev is PEER_CLOSED:
+                return frames, True
+            frames.append(ev)
+        return frames, False
+
+    async def handle_all(self, received: tuple[list[Frame], bool]) -> bool:
         """Act on the frames one read brought. Acks are cumulative and the store keeps the
         highest, so all of a read's Acks become one store call; when the rest is only Sends
         and Pings (a busy sender), it runs beside the reader instead of before it. Otherwise
         it goes first (a Read after an Ack must not overtake it). The other frames are handled
         in order, a run of consecutive Sends as one store write (so a pipelining client is
-        not held to one message per commit)."""
+        not held to one message per commit). Returns whether the peer closed."""
+        frames, peer_closed = received
         upto = 0
         rest: list[Frame] = []
         for ev in frames:
@@ -272,6 +278,7 @@ class Session:
                     await self._acks_done.wait()
                 await self.handle(ev)
             i = j
+        return peer_closed
 
     async def _background_ack(self, upto: int) -> None:
         try:

@@ -174,7 +174,7 @@ async def test_sdk_reconnects_and_resumes(start_node: object) -> None:
     await node.add_users("alice", "bob")
     async with node.connect("bob") as bob, node.connect("alice") as alice:
         await first(bob, cc.Synced)
-        for s in list(node.server.sessions):  # drop bob's connection under him
+        for s in node.server.sessions():  # drop bob's connection under him
             if s.user == "bob":
                 await s.transport.aclose()
         await first(bob, cc.Disconnected)
