@@ -67,7 +67,8 @@ class ChatdProcess:
         # CHATD_BENCH_SERVER replaces "python -m chatd", e.g. to run the server under a profiler
         command = os.environ.get("CHATD_BENCH_SERVER", f"{sys.executable} -m chatd").split()
         self.proc = subprocess.Popen(
-            [*command, "serve", "--data-dir", data_dir, "--store", self.store, "--tcp-port", str(self.port), "--ws-port", "-1", "--send-rate", "1e9",
+            [*command, "serve", "--data-dir", data_dir, "--store", self.store, "--tcp-port",
+             str(self.port), "--ws-port", "-1", "--send-rate", "1e9",
              "--send-burst", "1e9", "--max-queue", "100000"],
             stderr=None if os.environ.get("CHATD_BENCH_SERVER") else subprocess.DEVNULL)
         wait_listening(self.port, self.proc)

@@ -1,0 +1,28 @@
+"""The benchmark harness runs end to end at tiny sizes (figures are not checked: benchmarks
+report them, tests never time anything)."""
+
+from __future__ import annotations
+
+from bench import codec, drain, memory, throughput
+
+
+def test_codec_bench_reports_every_frame() -> None:
+    result = codec.run(seconds=0.01)
+    assert set(result["frames"]) == set(codec.FRAMES)
+    assert all(r["encode_per_s"] > 0 and r["decode_per_s"] > 0
+               for r in result["frames"].values())
+
+
+def test_throughput_bench_runs_relay_and_chatd() -> None:
+    result = throughput.run(npairs=2, window=2, seconds=0.3, store="sqlite://TMP/chatd.db")
+    assert result["relay"]["msgs_per_s"] > 0 and result["chatd"]["msgs_per_s"] > 0
+
+
+def test_drain_bench_receives_everything() -> None:
+    result = drain.run(300)
+    assert result["received"] == 300
+
+
+def test_memory_bench_measures_both_servers() -> None:
+    result = memory.run(50)
+    assert result["chatd"]["connections"] == result["bare_trio"]["connections"] == 50
