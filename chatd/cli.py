@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import trio
 from chatd.auth import load_or_create_secret, make_token
 from chatd.server import ConfigError, load_config, serve
 from chatd.store import BadStoreURL, open_store
+from chatd.util import single_errors
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -150,8 +152,7 @@ def event_json(event: Any) -> dict[str, Any]:
     if isinstance(event, cc.ServerError):
         return {"event": "error", "code": event.code, "name": event.name,
                 "message": event.message}
-    name = type(event).__name__.lower()
-    return {"event": name, **{k: getattr(event, k) for k in event.__slots__}}
+    return {"event": type(event).__name__.lower(), **dataclasses.asdict(event)}
 
 
 def need_token(args: argparse.Namespace) -> str:
@@ -196,19 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {"serve": run_serve, "token": run_token, "send": run_send, "listen": run_listen}
     try:
-        try:
+        with single_errors():  # trio nurseries wrap errors: report the one
             if args.command == "chat":
                 from chatd.chat import run_chat
 
                 return trio.run(run_chat, args)
             return trio.run(runners[args.command], args)
-        except BaseExceptionGroup as group:  # trio nurseries wrap errors: report the one
-            leaves = group.exceptions
-            while len(leaves) == 1 and isinstance(leaves[0], BaseExceptionGroup):
-                leaves = leaves[0].exceptions
-            if len(leaves) != 1:
-                raise
-            raise leaves[0] from None
     except (ConfigError, BadStoreURL) as exc:
         print(f"chatd: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from chatd.protocol import (
     State,
 )
 from chatd.protocol import frames as F
+from chatd.util import single_errors
 
 from . import events as ev
 from .transport import Link, open_link
@@ -270,7 +271,7 @@ class Client:
         self._emit(ev.Connected(first.user, first.device, first.session))
         if task_status is not None:
             task_status.started()
-        try:
+        with single_errors():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._acker)
@@ -284,11 +285,6 @@ class Client:
                         break
                     await self._on_frame(frame)
                 nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            inner = _unwrap(group)
-            if inner is group:
-                raise
-            raise inner from None
 
     async def _heartbeat(self) -> None:
         with contextlib.suppress(*LOST):  # the reader notices a lost connection too
@@ -373,19 +369,13 @@ class Client:
                     pass
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 @contextlib.asynccontextmanager
 async def connect(url: str | Sequence[str], token: str, device: str = "default",
                   **options: Any) -> AsyncIterator[Client]:
     """Connect (to the first URL that answers) and keep the connection up while in use."""
     urls = [url] if isinstance(url, str) else list(url)
     client = Client(urls, token, device, **options)
-    try:
+    with single_errors():
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
             try:
@@ -393,8 +383,3 @@ async def connect(url: str | Sequence[str], token: str, device: str = "default",
             finally:
                 await client.goodbye()
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        inner = _unwrap(group)
-        if inner is group:
-            raise
-        raise inner from None

@@ -33,19 +33,21 @@ class Message:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Delivered:
+class _Receipt:
     conv: str
-    seqs: tuple[int, ...]
+    seqs: tuple[int, ...]  # the sequences, in conv, of messages you sent
     by: str
     ts: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Read:
-    conv: str
-    seqs: tuple[int, ...]
-    by: str
-    ts: int
+class Delivered(_Receipt):
+    """`by` has received these messages on a device."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Read(_Receipt):
+    """`by` has read these messages."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
