@@ -18,7 +18,15 @@ import trio
 
 from chatd.protocol import frames as F
 
-from .common import ChatdProcess, RawClient, free_port, percentile, save, wait_listening
+from .common import (
+    ChatdProcess,
+    RawClient,
+    cpu_seconds,
+    free_port,
+    percentile,
+    save,
+    wait_listening,
+)
 
 BODY = b"m" * 100
 
@@ -115,25 +123,28 @@ async def connect_pairs(port: int, npairs: int, token: Any, relay: bool) -> list
     return pairs
 
 
-async def measure(port: int, token: Any, relay: bool, npairs: int, window: int,
+async def measure(port: int, pid: int, token: Any, relay: bool, npairs: int, window: int,
                   seconds: float) -> dict[str, Any]:
     pairs = await connect_pairs(port, npairs, token, relay)
     await run_pairs(pairs, window, min(1.0, seconds / 3), None, [])  # warm up
     lat: list[float] = []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
     done = await run_pairs(pairs, window, seconds, None, lat)
-    peak = done / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    peak, peak_cpu = done / elapsed, (cpu_seconds(pid) - cpu0) / elapsed
     lat.sort()
     half: list[float] = []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
     done_half = await run_pairs(pairs, window, seconds, peak / 2 / npairs, half)
-    half_rate = done_half / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    half_rate, half_cpu = done_half / elapsed, (cpu_seconds(pid) - cpu0) / elapsed
     half.sort()
     for p in pairs:
         await p.sender.stream.aclose()
         await p.receiver.stream.aclose()
     ms = 1000
-    return {"msgs_per_s": round(peak), "p50_ms": round(percentile(lat, 50) * ms, 2),
+    return {"msgs_per_s": round(peak), "server_cpu": round(peak_cpu, 2),
+            "half_load_server_cpu": round(half_cpu, 2), "p50_ms": round(percentile(lat, 50) * ms, 2),
             "p99_ms": round(percentile(lat, 99) * ms, 2),
             "p999_ms": round(percentile(lat, 99.9) * ms, 2),
             "half_load_msgs_per_s": round(half_rate),
@@ -147,14 +158,16 @@ def run(npairs: int, window: int, seconds: float, store: str) -> dict[str, Any]:
     relay = subprocess.Popen([sys.executable, "-m", "bench.relay", str(port)])
     try:
         wait_listening(port, relay)
-        relay_res = trio.run(measure, port, lambda u: u, True, npairs, window, seconds)
+        relay_res = trio.run(measure, port, relay.pid, lambda u: u, True, npairs, window,
+                             seconds)
     finally:
         relay.kill()
         relay.wait()
     with tempfile.TemporaryDirectory() as tmp:
         node = ChatdProcess(tmp, users, store=store.replace("TMP", tmp))
         try:
-            chatd_res = trio.run(measure, node.port, node.token, False, npairs, window, seconds)
+            chatd_res = trio.run(measure, node.port, node.proc.pid, node.token, False, npairs,
+                                 window, seconds)
         finally:
             node.stop()
     return {"pairs": npairs, "window": window, "seconds": seconds, "store": store,
@@ -169,6 +182,7 @@ def main(args: Any) -> None:
         print(f"{name:6} {r['msgs_per_s']:8,} msg/s  p50 {r['p50_ms']:7.2f} ms  p99"
               f" {r['p99_ms']:7.2f} ms  p999 {r['p999_ms']:7.2f} ms | at half load"
               f" {r['half_load_msgs_per_s']:7,} msg/s p50 {r['half_load_p50_ms']:6.2f} ms"
-              f" p99 {r['half_load_p99_ms']:6.2f} ms")
+              f" p99 {r['half_load_p99_ms']:6.2f} ms | server CPU {r['server_cpu']:.0%} at peak,"
+              f" {r['half_load_server_cpu']:.0%} at half")
     print(f"chatd / relay = {result['ratio_vs_relay']:.2f} (bar: >= 0.5)")
     print(f"saved {save('throughput', result)}")
