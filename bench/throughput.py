@@ -144,7 +144,8 @@ async def measure(port: int, pid: int, token: Any, relay: bool, npairs: int, win
         await p.receiver.stream.aclose()
     ms = 1000
     return {"msgs_per_s": round(peak), "server_cpu": round(peak_cpu, 2),
-            "half_load_server_cpu": round(half_cpu, 2), "p50_ms": round(percentile(lat, 50) * ms, 2),
+            "half_load_server_cpu": round(half_cpu, 2),
+            "p50_ms": round(percentile(lat, 50) * ms, 2),
             "p99_ms": round(percentile(lat, 99) * ms, 2),
             "p999_ms": round(percentile(lat, 99.9) * ms, 2),
             "half_load_msgs_per_s": round(half_rate),
