@@ -208,3 +208,40 @@ async def test_ack_then_read_gives_delivered_then_read(node: Node, writes: int) 
             second = await alice.next_event(cc.Delivered, cc.Read)
         assert isinstance(first, cc.Delivered) and isinstance(second, cc.Read)
         assert first.seqs == second.seqs == (sent.seq,)
+
+
+async def test_websocket_text_message_is_malformed(node: Node) -> None:
+    from trio_websocket import ConnectionClosed, open_websocket_url
+
+    from chatd.protocol import Connection, Framing, Role
+
+    async with open_websocket_url(node.ws) as ws:
+        conn = Connection(Role.CLIENT, Framing.MESSAGE)
+        await ws.send_message(conn.send(F.Hello(version=1, token=node.token("alice"))))
+        conn.receive_data(await ws.get_message())
+        assert isinstance(conn.next_event(), F.Welcome)
+        await ws.send_message("{\"t\": 10}")  # text, not a binary frame
+        frames = []
+        with trio.fail_after(5):
+            try:
+                while True:
+                    conn.receive_data(await ws.get_message())
+                    frames.append(conn.next_event())
+            except ConnectionClosed:
+                pass
+        errors = [f for f in frames if isinstance(f, F.Error)]
+        assert [e.code for e in errors] == [ErrorCode.MALFORMED]
+        assert "binary" in errors[0].message
+    await still_serving(node)
+
+
+async def test_sdk_fails_over_to_the_next_url(node: Node) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    async with cc.connect([dead, node.tcp], node.token("alice")) as alice:
+        assert alice.url == node.tcp
+        ack = await alice.send("bob", "via the second url")
+        assert ack.seq == 1
