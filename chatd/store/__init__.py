@@ -9,11 +9,21 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from .base import Appended, Item, NewMessage, Page, Store, StoreError, conv_members, direct_conv
-from .memory import MemoryStore
+from .base import (
+    Appended,
+    GroupInfo,
+    Item,
+    NewMessage,
+    Page,
+    ReceiptState,
+    Store,
+    StoreError,
+    conv_members,
+    direct_conv,
+)
 from .sqlite import SqliteStore
 
-__all__ = ["Appended", "BadStoreURL", "Item", "MemoryStore", "NewMessage", "Page", "SqliteStore",
+__all__ = ["Appended", "BadStoreURL", "GroupInfo", "Item", "NewMessage", "Page", "ReceiptState", "SqliteStore",
            "Store", "StoreError", "conv_members", "direct_conv", "open_store"]
 
 
@@ -23,23 +33,22 @@ class BadStoreURL(ValueError):
 
 @contextlib.asynccontextmanager
 async def open_store(url: str) -> AsyncIterator[Store]:
-    if url == "memory://":
-        store = MemoryStore()
-        yield store
-        return
-    if url.startswith("sqlite://"):
+    if url == "memory://":  # the SQLite store on an in-memory database: nothing on disk
+        sq = SqliteStore(":memory:", synchronous="OFF")
+    elif url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")  # sqlite:///abs/file.db or sqlite://rel/file.db
         if not path:
             raise BadStoreURL(f"{url!r}: expected sqlite:///path/to/file.db")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         sq = SqliteStore(path)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(sq.run)
-                yield sq
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                await sq.aclose()
-        return
-    raise BadStoreURL(f"unknown store {url!r}: use memory:// or sqlite:///path")
+    else:
+        raise BadStoreURL(f"unknown store {url!r}: use memory:// or sqlite:///path")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sq.run)
+            yield sq
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await sq.aclose()
+

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from chatd.protocol.frames import Deliver, HistoryItem, Media, Receipt
 
@@ -35,7 +35,25 @@ class NewMessage:
     body: bytes
     ts: int
     media: tuple[Media, ...] = ()
-    group: str | None = None
+    group: str | None = None  # a group message: the store fans it out to the members
+    event: dict[str, Any] | None = None  # a server-made chat event (membership, mode)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupInfo:
+    group: str
+    name: str
+    members: tuple[str, ...]  # in the order they joined
+    admins: tuple[str, ...]
+    mode: int = 0
+    ttl: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReceiptState:
+    delivered: tuple[str, ...]  # members whose devices have it, not read yet
+    read: tuple[str, ...]
+    pending: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,11 +117,40 @@ class Store(Protocol):
         """Mark conv read by user up to seq upto; append READ receipts to the senders."""
         ...
 
-    async def history(self, conv: str, before: int | None, limit: int) -> list[HistoryItem]:
-        """Messages of conv with seq < before (or the newest), newest first."""
+    async def history(self, conv: str, before: int | None, limit: int,
+                      after: int = 0) -> list[HistoryItem]:
+        """Messages of conv with after < seq < before (or the newest), newest first."""
         ...
 
     async def cursor(self, user: str, device: str) -> int: ...
+
+    # ---- groups --------------------------------------------------------------------------
+    # A group message (NewMessage.group set) goes to the members at send time: the store
+    # commits the message and a fan-out job together (that is SENT), then appends it to the
+    # members' inboxes from that job in later batches, so a large group does not slow the
+    # sender and a crash mid-fan-out resumes where it stopped. Group receipts are coalesced:
+    # the sender gets one Receipt(all=True) when every member has reached delivered / read.
+
+    async def create_group(self, group: str, name: str, creator: str, members: list[str],
+                           ts: int) -> GroupInfo | None:
+        """A new group with the creator as admin; None if the id is taken."""
+        ...
+
+    async def group(self, group: str) -> GroupInfo | None: ...
+
+    async def change_group(self, group: str, actor: str, ts: int, *,
+                           add: tuple[str, ...] = (), remove: tuple[str, ...] = (),
+                           name: str | None = None) -> GroupInfo:
+        """Apply a membership or name change and post its event in the chat."""
+        ...
+
+    async def user_groups(self, user: str) -> list[str]: ...
+
+    async def joined_at(self, group: str, user: str) -> int | None:
+        """The group's last seq when the user joined (what they may page back to)."""
+        ...
+
+    async def receipt_state(self, conv: str, seq: int) -> ReceiptState: ...
 
     async def aclose(self) -> None: ...
 
@@ -123,7 +170,7 @@ def conv_members(conv: str) -> tuple[str, ...] | None:
 
 
 def receipts_for(by: str, status: int, ts: int, delivered: list[tuple[str, str, int]],
-                 next_q: dict[str, int]) -> list[tuple[str, Receipt]]:
+                 next_q: dict[str, int], all_: bool = False) -> list[tuple[str, Receipt]]:
     """Group (sender, conv, seq) triples into one receipt per sender and conversation.
 
     next_q holds each sender's next inbox position and is advanced in place."""
@@ -135,5 +182,5 @@ def receipts_for(by: str, status: int, ts: int, delivered: list[tuple[str, str, 
         q = next_q[sender]
         next_q[sender] = q + 1
         out.append((sender, Receipt(q=q, conv=conv, seqs=tuple(seqs), by=by, status=status,
-                                    ts=ts)))
+                                    ts=ts, all=all_)))
     return out

@@ -15,8 +15,10 @@ token` only adds users, which is safe alongside).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import secrets
 import sqlite3
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
@@ -27,13 +29,24 @@ import trio
 from chatd.protocol.frames import Deliver, HistoryItem, Media, Receipt, Status
 from chatd.protocol.schema import from_map, to_map
 
-from .base import Appended, AppendListener, Item, NewMessage, Page, StoreError, receipts_for
+from .base import (
+    Appended,
+    AppendListener,
+    GroupInfo,
+    Item,
+    NewMessage,
+    Page,
+    ReceiptState,
+    StoreError,
+    receipts_for,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("chatd.store")
 MAX_BATCH: Final = 2000
 RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks without a query
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+FANOUT_CHUNK: Final = 512  # inbox appends per fan-out step
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,6 +72,22 @@ CREATE TABLE IF NOT EXISTS member_state (
     read_upto INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (conv, user)) WITHOUT ROWID;
 """
 
+# Versioned migrations: MIGRATIONS[v] takes a database at version v to v + 1.
+MIGRATIONS: Final = {
+    1: """
+ALTER TABLE messages ADD COLUMN event BLOB;
+CREATE TABLE groups (grp TEXT PRIMARY KEY, name TEXT NOT NULL, created_ts INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE group_members (
+    grp TEXT NOT NULL, user TEXT NOT NULL, admin INTEGER NOT NULL, joined_seq INTEGER NOT NULL,
+    PRIMARY KEY (grp, user)) WITHOUT ROWID;
+CREATE INDEX group_members_by_user ON group_members (user, grp);
+CREATE TABLE fanout (
+    conv TEXT NOT NULL, seq INTEGER NOT NULL, recipients BLOB NOT NULL, done INTEGER NOT NULL,
+    PRIMARY KEY (conv, seq)) WITHOUT ROWID;
+""",
+}
+
 
 @dataclasses.dataclass(slots=True)
 class _Op:
@@ -66,6 +95,27 @@ class _Op:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Group:
+    name: str
+    members: dict[str, tuple[bool, int]]  # user -> (admin, joined_seq), in joining order
+
+    def info(self, group: str) -> GroupInfo:
+        return GroupInfo(group, self.name, tuple(self.members),
+                         tuple(u for u, (admin, _) in self.members.items() if admin))
+
+
+@dataclasses.dataclass(slots=True)
+class _Fanout:
+    """A committed group message still being appended to its recipients' inboxes."""
+
+    conv: str
+    seq: int
+    recipients: list[str]
+    done: int
+    template: Deliver | None  # loaded from the messages table after a restart
 
 
 def _media_blob(media: tuple[Media, ...]) -> bytes | None:
@@ -90,10 +140,11 @@ class _Buffers:
         self.last_seq: dict[str, int] = {}
         self.last_q: dict[str, int] = {}
         self.state: dict[tuple[str, str], list[int]] = {}
+        self.fanout: dict[tuple[str, int], tuple[list[str], int] | None] = {}  # None: finished
 
     def __bool__(self) -> bool:
         return bool(self.users or self.devices or self.messages or self.inbox or self.last_q
-                    or self.state or self.ids or self.last_seq)
+                    or self.state or self.ids or self.last_seq or self.fanout)
 
     def flush(self, db: sqlite3.Connection) -> None:
         if self.users:
@@ -112,7 +163,8 @@ class _Buffers:
             db.executemany("INSERT INTO client_ids VALUES (?, ?, ?, ?, ?)",
                            [(s, c, *v) for (s, c), v in self.ids.items()])
         if self.messages:
-            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.executemany("INSERT INTO messages (conv, seq, ts, sender, device, client_id,"
+                           " body, media, grp, event) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            self.messages)
         if self.inbox:
             db.executemany("INSERT INTO inbox VALUES (?, ?, ?, ?, ?)", self.inbox)
@@ -121,6 +173,13 @@ class _Buffers:
                            " SET delivered_upto=excluded.delivered_upto,"
                            " read_upto=excluded.read_upto",
                            [(c, u, d, r) for (c, u), (d, r) in self.state.items()])
+        if self.fanout:
+            db.executemany("DELETE FROM fanout WHERE conv=? AND seq=?",
+                           [k for k, v in self.fanout.items() if v is None])
+            db.executemany("INSERT INTO fanout VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE"
+                           " SET done=excluded.done",
+                           [(c, q, msgpack.packb(v[0]), v[1])
+                            for (c, q), v in self.fanout.items() if v is not None])
         self.__init__()  # type: ignore[misc]
 
 
@@ -131,9 +190,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                         (str(SCHEMA_VERSION),))
+        self._migrate()
         self._queue: list[_Op] = []
         self._wake = trio.Event()
         self._closed = False
@@ -142,6 +199,22 @@ class SqliteStore:
         self.ops = 0
         self._buf = _Buffers()
         self._reset_caches()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older database up to SCHEMA_VERSION (on start)."""
+        db = self._db
+        db.executescript(SCHEMA)
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')")
+        (version,) = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(version)
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"database schema {version} is newer than this chatd"
+                             f" ({SCHEMA_VERSION}): upgrade chatd")
+        while version < SCHEMA_VERSION:
+            db.executescript("BEGIN;" + MIGRATIONS[version]
+                             + f"UPDATE meta SET value='{version + 1}'"
+                               " WHERE key='schema_version'; COMMIT;")
+            version += 1
 
     def _reset_caches(self) -> None:
         self._users: set[str] = set()
@@ -153,12 +226,20 @@ class SqliteStore:
         # a message, None for a receipt. Complete above _recent_floor[user]; below it, ask SQL.
         self._recent: dict[str, dict[int, tuple[str, str, int] | None]] = {}
         self._recent_floor: dict[str, int] = {}
+        self._groups: dict[str, _Group | None] = {}  # None: known not to exist
+        self._all: dict[str, list[int]] = {}  # group conv -> [delivered, read] by every member
+        self._jobs: collections.deque[_Fanout] = collections.deque(  # resumed after a restart
+            _Fanout(c, q, msgpack.unpackb(r), d, None) for c, q, r, d in self._db.execute(
+                "SELECT conv, seq, recipients, done FROM fanout ORDER BY conv, seq"))
+        self._fanout_queued = False
 
     # ---- the writer ----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run batches until cancelled. Started by open_store()."""
         task_status.started()
+        if self._jobs:
+            self._wake.set()  # fan-out interrupted by a stop or crash: carry on
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
@@ -176,6 +257,10 @@ class SqliteStore:
                                 except Exception:  # a broken listener must not stop the store
                                     log.exception("append listener failed")
                     op.done.set()
+            if self._jobs and not self._fanout_queued:  # fan-out: after SENT, in the background
+                self._fanout_queued = True
+                self._queue.append(_Op(self._fanout_step))
+                self._wake.set()
 
     def _run_batch(self, batch: list[_Op]) -> None:
         db = self._db
@@ -336,31 +421,222 @@ class SqliteStore:
         buf = self._buf
         buf.ids[key] = (msg.conv, seq, msg.ts)
         buf.messages.append((msg.conv, seq, msg.ts, msg.sender, msg.device, msg.client_id,
-                             msg.body, _media_blob(msg.media), msg.group))
+                             msg.body, _media_blob(msg.media), msg.group,
+                             msgpack.packb(msg.event) if msg.event else None))
         template = Deliver(q=1, conv=msg.conv, seq=seq, ts=msg.ts, sender=msg.sender,
                            device=msg.device, id=msg.client_id, body=msg.body, group=msg.group,
-                           media=msg.media)
-        items: list[tuple[str, Item]] = []
-        targets = msg.recipients
-        if len(self._devices_of(db, msg.sender)) > 1:  # a copy for the sender's other devices
-            targets = (*targets, msg.sender)
-        for user in targets:
-            q = self._next_q(db, user)
-            buf.inbox.append((user, q, msg.conv, seq, None))
-            self._remember(user, q, (msg.sender, msg.conv, seq))
-            items.append((user, dataclasses.replace(template, q=q)))
+                           media=msg.media, event=msg.event)
+        copy = len(self._devices_of(db, msg.sender)) > 1  # for the sender's other devices
+        if msg.group is not None:
+            g = self._group(db, msg.group)
+            members = list(g.members) if g is not None else []
+            targets = [u for u in (*members, *msg.recipients) if u != msg.sender]
+            if copy:
+                targets.append(msg.sender)
+            st = self._member_state(db, msg.conv, msg.sender)  # the sender has read it
+            st[0], st[1] = max(st[0], seq), max(st[1], seq)
+            self._set_state(msg.conv, msg.sender, st)
+            self._jobs.append(_Fanout(msg.conv, seq, list(dict.fromkeys(targets)), 0, template))
+            buf.fanout[(msg.conv, seq)] = (self._jobs[-1].recipients, 0)
+            return Appended(msg.conv, seq, msg.ts)
+        targets_ = (*msg.recipients, msg.sender) if copy else msg.recipients
+        items = [self._deliver_to(db, user, template) for user in targets_]
         return Appended(msg.conv, seq, msg.ts, items=tuple(items))
+
+    def _deliver_to(self, db: sqlite3.Connection, user: str,
+                    template: Deliver) -> tuple[str, Item]:
+        q = self._next_q(db, user)
+        self._buf.inbox.append((user, q, template.conv, template.seq, None))
+        self._remember(user, q, (template.sender, template.conv, template.seq))
+        return user, dataclasses.replace(template, q=q)
+
+    def _fanout_step(self, db: sqlite3.Connection) -> Appended:
+        """Append up to FANOUT_CHUNK inbox items from the oldest fan-out jobs."""
+        self._fanout_queued = False
+        items: list[tuple[str, Item]] = []
+        while self._jobs and len(items) < FANOUT_CHUNK:
+            job = self._jobs[0]
+            if job.template is None:
+                job.template = self._load_message(db, job.conv, job.seq)
+            end = min(len(job.recipients), job.done + FANOUT_CHUNK - len(items))
+            if job.template is not None:  # (gone if it expired before its fan-out)
+                items += [self._deliver_to(db, u, job.template)
+                          for u in job.recipients[job.done:end]]
+            job.done = end
+            if end == len(job.recipients) or job.template is None:
+                self._jobs.popleft()
+                self._buf.fanout[(job.conv, job.seq)] = None
+            else:
+                self._buf.fanout[(job.conv, job.seq)] = (job.recipients, end)
+        return Appended(items=tuple(items))
+
+    def _load_message(self, db: sqlite3.Connection, conv: str, seq: int) -> Deliver | None:
+        self._buf.flush(db)
+        row = db.execute("SELECT ts, sender, device, client_id, body, media, grp, event"
+                         " FROM messages WHERE conv=? AND seq=?", (conv, seq)).fetchone()
+        if row is None:
+            return None
+        ts, sender, dev, cid, body, media, grp, event = row
+        return Deliver(q=1, conv=conv, seq=seq, ts=ts, sender=sender, device=dev, id=cid,
+                       body=body, group=grp, media=_media(media),
+                       event=msgpack.unpackb(event) if event else None)
+
+    # ---- groups ----------------------------------------------------------------------------
+
+    def _group(self, db: sqlite3.Connection, group: str) -> _Group | None:
+        if group in self._groups:
+            return self._groups[group]
+        row = db.execute("SELECT name FROM groups WHERE grp=?", (group,)).fetchone()
+        g = None
+        if row is not None:
+            members = {u: (bool(a), j) for u, a, j in db.execute(
+                "SELECT user, admin, joined_seq FROM group_members WHERE grp=?"
+                " ORDER BY joined_seq, user", (group,))}
+            g = _Group(row[0], members)
+        self._groups[group] = g
+        return g
+
+    def _post_event(self, db: sqlite3.Connection, group: str, actor: str, ts: int,
+                    event: dict[str, Any], also: tuple[str, ...] = ()) -> None:
+        """A server-made message in the group chat (fanned out like any message)."""
+        self._append(db, NewMessage(
+            sender=actor, device="server", client_id=f"ev-{secrets.token_hex(8)}",
+            conv=f"g:{group}", recipients=also, body=b"", ts=ts, group=group, event=event))
+
+    async def create_group(self, group: str, name: str, creator: str, members: list[str],
+                           ts: int) -> GroupInfo | None:
+        def op(db: sqlite3.Connection) -> GroupInfo | None:
+            if self._group(db, group) is not None:
+                return None
+            everyone = list(dict.fromkeys([creator, *members]))
+            db.execute("INSERT INTO groups VALUES (?, ?, ?)", (group, name, ts))
+            db.executemany("INSERT INTO group_members VALUES (?, ?, ?, 0)",
+                           [(group, u, int(u == creator)) for u in everyone])
+            self._groups[group] = _Group(name, {u: (u == creator, 0) for u in everyone})
+            self._post_event(db, group, creator, ts, {"kind": "created", "by": creator,
+                                                      "name": name, "users": everyone})
+            return self._groups[group].info(group)  # type: ignore[union-attr]
+
+        return await self._do(op)
+
+    async def group(self, group: str) -> GroupInfo | None:
+        def op(db: sqlite3.Connection) -> GroupInfo | None:
+            g = self._group(db, group)
+            return None if g is None else g.info(group)
+
+        return await self._do(op)
+
+    async def change_group(self, group: str, actor: str, ts: int, *,
+                           add: tuple[str, ...] = (), remove: tuple[str, ...] = (),
+                           name: str | None = None) -> GroupInfo:
+        def op(db: sqlite3.Connection) -> GroupInfo:
+            g = self._group(db, group)
+            if g is None:
+                raise KeyError(group)
+            conv = f"g:{group}"
+            last = self._last_seq_of(db, conv)
+            added = [u for u in dict.fromkeys(add) if u not in g.members]
+            removed = [u for u in dict.fromkeys(remove) if u in g.members]
+            for u in added:  # a new member starts after the messages sent before joining
+                g.members[u] = (False, last)
+                self._set_state(conv, u, [last, last])
+                self._state[(conv, u)] = [last, last]
+            for u in removed:
+                del g.members[u]
+            if g.members and not any(a for a, _ in g.members.values()):
+                first = next(iter(g.members))  # the longest-standing member takes over
+                g.members[first] = (True, g.members[first][1])
+                db.execute("UPDATE group_members SET admin=1 WHERE grp=? AND user=?",
+                           (group, first))
+            db.executemany("INSERT INTO group_members VALUES (?, ?, 0, ?)",
+                           [(group, u, last) for u in added])
+            db.executemany("DELETE FROM group_members WHERE grp=? AND user=?",
+                           [(group, u) for u in removed])
+            if name is not None:
+                g.name = name
+                db.execute("UPDATE groups SET name=? WHERE grp=?", (name, group))
+            if added:
+                self._post_event(db, group, actor, ts,
+                                 {"kind": "added", "by": actor, "users": added})
+            if removed:
+                kind = "left" if removed == [actor] else "removed"
+                self._post_event(db, group, actor, ts,
+                                 {"kind": kind, "by": actor, "users": removed},
+                                 also=tuple(removed))
+                self._all.pop(conv, None)  # the rest may all have it now: recompute
+                self._advance_all(db, conv, actor, ts)
+            if name is not None:
+                self._post_event(db, group, actor, ts,
+                                 {"kind": "renamed", "by": actor, "name": name})
+            return g.info(group)
+
+        return await self._do(op)
+
+    async def user_groups(self, user: str) -> list[str]:
+        return await self._do(lambda db: [g for (g,) in db.execute(
+            "SELECT grp FROM group_members WHERE user=? ORDER BY grp", (user,))])
+
+    async def joined_at(self, group: str, user: str) -> int | None:
+        def op(db: sqlite3.Connection) -> int | None:
+            g = self._group(db, group)
+            return None if g is None or user not in g.members else g.members[user][1]
+
+        return await self._do(op)
+
+    async def receipt_state(self, conv: str, seq: int) -> ReceiptState:
+        def op(db: sqlite3.Connection) -> ReceiptState:
+            g = self._group(db, conv[2:]) if conv.startswith("g:") else None
+            users = list(g.members) if g is not None else conv.split(":")[1:]
+            self._buf.flush(db)
+            row = db.execute("SELECT sender FROM messages WHERE conv=? AND seq=?",
+                             (conv, seq)).fetchone()
+            sender = row[0] if row else None
+            delivered: list[str] = []
+            read: list[str] = []
+            pending: list[str] = []
+            for u in users:
+                if u == sender:
+                    continue
+                d, r = self._member_state(db, conv, u)
+                (read if r >= seq else delivered if d >= seq else pending).append(u)
+            return ReceiptState(tuple(delivered), tuple(read), tuple(pending))
+
+        return await self._do(op)
+
+    def _advance_all(self, db: sqlite3.Connection, conv: str, by: str, ts: int) -> list[
+            tuple[str, Item]]:
+        """Receipts with all=True for the group messages every member now has (or read)."""
+        g = self._group(db, conv[2:])
+        if g is None or not g.members:
+            return []
+        if conv not in self._all:
+            for u, d, r in db.execute("SELECT user, delivered_upto, read_upto FROM member_state"
+                                      " WHERE conv=?", (conv,)):
+                self._state.setdefault((conv, u), [d, r])
+        states = [self._member_state(db, conv, u) for u in g.members]
+        now = [min(st[0] for st in states), min(st[1] for st in states)]
+        before = self._all.setdefault(conv, now)
+        out: list[tuple[str, Item]] = []
+        for i, status in ((0, Status.DELIVERED), (1, Status.READ)):
+            if now[i] > before[i]:
+                self._buf.flush(db)
+                rows = db.execute("SELECT sender, conv, seq FROM messages WHERE conv=? AND"
+                                  " seq>? AND seq<=? AND event IS NULL ORDER BY seq",
+                                  (conv, before[i], now[i])).fetchall()
+                out += self._receipts(db, by, status, ts, rows, all_=True).items
+                before[i] = now[i]
+        return out
 
     def _page(self, db: sqlite3.Connection, user: str, device: str, after: int,
               limit: int) -> Page:
         self._buf.flush(db)
         rows = db.execute(
             "SELECT i.q, i.conv, i.seq, i.receipt, m.ts, m.sender, m.device, m.client_id,"
-            " m.body, m.media, m.grp FROM inbox i LEFT JOIN messages m"
+            " m.body, m.media, m.grp, m.event FROM inbox i LEFT JOIN messages m"
             " ON m.conv = i.conv AND m.seq = i.seq"
             " WHERE i.user=? AND i.q>? ORDER BY i.q LIMIT ?", (user, after, limit)).fetchall()
         items: list[Item] = []
-        for q, conv, seq, receipt, ts, sender, dev, cid, body, media, grp in rows:
+        for q, conv, seq, receipt, ts, sender, dev, cid, body, media, grp, event in rows:
             if receipt is not None:
                 r = msgpack.unpackb(receipt)
                 items.append(Receipt(q=q, conv=conv, seqs=tuple(r["ss"]), by=r["by"],
@@ -368,7 +644,8 @@ class SqliteStore:
             elif sender is not None and not (sender == user and dev == device):
                 items.append(Deliver(q=q, conv=conv, seq=seq, ts=ts, sender=sender,
                                      device=dev, id=cid, body=body, group=grp,
-                                     media=_media(media)))
+                                     media=_media(media),
+                                     event=msgpack.unpackb(event) if event else None))
         upto = rows[-1][0] if rows else after
         return Page(items, upto, len(rows) == limit)
 
@@ -376,15 +653,15 @@ class SqliteStore:
         return await self._do(lambda db: self._page(db, user, device, after, limit))
 
     def _receipts(self, db: sqlite3.Connection, by: str, status: int, ts: int,
-                  newly: list[tuple[str, str, int]]) -> Appended:
+                  newly: list[tuple[str, str, int]], all_: bool = False) -> Appended:
         if not newly:
             return Appended()
         next_q = {s: self._next_q(db, s) for s in {s for s, _, _ in newly}}
-        out = receipts_for(by, status, ts, newly, dict(next_q))
+        out = receipts_for(by, status, ts, newly, dict(next_q), all_)
         for sender, r in out:
             self._remember(sender, r.q, None)
             self._buf.inbox.append((sender, r.q, r.conv, 0, msgpack.packb(
-                {"ss": list(r.seqs), "by": by, "st": status, "ts": ts})))
+                {"ss": list(r.seqs), "by": by, "st": status, "ts": ts, "all": all_})))
             if r.q > self._last_q[sender]:  # _next_q reserved only the first position
                 self._last_q[sender] = self._buf.last_q[sender] = r.q
         return Appended(items=tuple(out))
@@ -403,13 +680,20 @@ class SqliteStore:
                 return Appended()
             devs[device] = self._buf.devices[(user, device)] = new
             newly: list[tuple[str, str, int]] = []
+            groups: set[str] = set()
             for sender, conv, seq in self._delivered_by_ack(db, user, old, new):
                 st = self._member_state(db, conv, user)
                 if seq > st[0]:
                     st[0] = seq
                     self._set_state(conv, user, st)
-                    newly.append((sender, conv, seq))
-            return self._receipts(db, user, Status.DELIVERED, ts, newly)
+                    if conv.startswith("g:"):
+                        groups.add(conv)  # coalesced: one receipt when all have it
+                    else:
+                        newly.append((sender, conv, seq))
+            items = list(self._receipts(db, user, Status.DELIVERED, ts, newly).items)
+            for conv in groups:
+                items += self._advance_all(db, conv, user, ts)
+            return Appended(items=tuple(items))
 
         return await self._do(op)
 
@@ -423,22 +707,26 @@ class SqliteStore:
             old = st[1]
             st[0], st[1] = max(st[0], upto_), upto_
             self._set_state(conv, user, st)
+            if conv.startswith("g:"):
+                return Appended(items=tuple(self._advance_all(db, conv, user, ts)))
             self._buf.flush(db)
             newly = db.execute("SELECT sender, conv, seq FROM messages WHERE conv=? AND seq>?"
-                               " AND seq<=? AND sender != ? ORDER BY seq",
+                               " AND seq<=? AND sender != ? AND event IS NULL ORDER BY seq",
                                (conv, old, upto_, user)).fetchall()
             return self._receipts(db, user, Status.READ, ts, newly)
 
         return await self._do(op)
 
-    async def history(self, conv: str, before: int | None, limit: int) -> list[HistoryItem]:
+    async def history(self, conv: str, before: int | None, limit: int,
+                      after: int = 0) -> list[HistoryItem]:
         def op(db: sqlite3.Connection) -> list[HistoryItem]:
             self._buf.flush(db)
             rows = db.execute(
-                "SELECT seq, ts, sender, device, client_id, body, media FROM messages"
-                " WHERE conv=? AND seq<? ORDER BY seq DESC LIMIT ?",
-                (conv, before if before is not None else 2**62, limit)).fetchall()
-            return [HistoryItem(seq=s, ts=ts, sender=f, device=d, id=i, body=b, media=_media(m))
-                    for s, ts, f, d, i, b, m in rows]
+                "SELECT seq, ts, sender, device, client_id, body, media, event FROM messages"
+                " WHERE conv=? AND seq<? AND seq>? ORDER BY seq DESC LIMIT ?",
+                (conv, before if before is not None else 2**62, after, limit)).fetchall()
+            return [HistoryItem(seq=s, ts=ts, sender=f, device=d, id=i, body=b, media=_media(m),
+                                event=msgpack.unpackb(e) if e else None)
+                    for s, ts, f, d, i, b, m, e in rows]
 
         return await self._do(op)
