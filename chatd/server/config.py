@@ -29,6 +29,7 @@ class Config:
     max_queue: int = 2048  # outbound frames per connection before slow-consumer disconnect
     send_rate: float = 2000.0  # messages per second per connection (token bucket)
     send_burst: float = 4000.0
+    group_max_members: int = 1024
 
     @property
     def store_url(self) -> str:

@@ -9,6 +9,7 @@ one writer. Live items arrive through `offer()` from the router, in commit order
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Final
@@ -26,7 +27,7 @@ from chatd.protocol import (
     encode_body,
 )
 from chatd.protocol import frames as F
-from chatd.store import Item, NewMessage, StoreError, conv_members, direct_conv
+from chatd.store import GroupInfo, Item, NewMessage, StoreError, conv_members, direct_conv
 
 from .transport import RECEIVE_SIZE
 
@@ -40,6 +41,8 @@ HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
 
 
 _ORDER_FREE: Final = (F.Send, F.Ping, F.Pong)  # frames an Ack may be reordered with
+GROUP_FRAMES: Final = (F.GroupCreate, F.GroupAdd, F.GroupRemove, F.GroupLeave, F.GroupRename,
+                       F.GroupInfo, F.GroupList)
 
 
 def now_ms() -> int:
@@ -228,9 +231,28 @@ class Session:
             return 0
         return max(1, int((1 - self._tokens) / cfg.send_rate * 1000))
 
-    def _may_access(self, conv: str) -> bool:
+    async def _group_for(self, group: str, rid: int | None = None,
+                         ref: str | None = None) -> GroupInfo | None:
+        """The group if this user is a member; otherwise answer with the error, None."""
+        info = await self.server.store.group(group)
+        if info is None:
+            self._error(ErrorCode.UNKNOWN_TARGET, f"no group {group!r}", ref=ref, rid=rid)
+        elif self.user not in info.members:
+            self._error(ErrorCode.FORBIDDEN, f"not a member of group {group!r}", ref=ref,
+                        rid=rid)
+        else:
+            return info
+        return None
+
+    async def _may_access(self, conv: str, rid: int | None = None) -> bool:
+        """Whether this user takes part in conv (checked now: membership can change)."""
+        if conv.startswith("g:"):
+            return await self._group_for(conv[2:], rid=rid) is not None
         members = conv_members(conv)
-        return members is not None and self.user in members
+        if members is not None and self.user in members:
+            return True
+        self._error(ErrorCode.FORBIDDEN, f"not a member of {conv}", rid=rid)
+        return False
 
     def _received_frames(self) -> tuple[list[Frame], bool]:
         """The frames the connection has now, and whether the peer closed after them."""
@@ -302,10 +324,8 @@ class Session:
         elif isinstance(ev, F.Ack):
             await server.store.ack(self.user, self.device, ev.upto, now_ms())
         elif isinstance(ev, F.Read):
-            if not self._may_access(ev.conv):
-                self._error(ErrorCode.FORBIDDEN, f"not a member of {ev.conv}")
-                return
-            await server.store.mark_read(self.user, ev.conv, ev.upto, now_ms())
+            if await self._may_access(ev.conv):
+                await server.store.mark_read(self.user, ev.conv, ev.upto, now_ms())
         elif isinstance(ev, F.Ping):
             self.send_frame(F.Pong(nonce=ev.nonce))
         elif isinstance(ev, F.Pong):
@@ -320,6 +340,14 @@ class Session:
         elif isinstance(ev, F.Goodbye):
             self._closing = True
             raise Closing
+        elif isinstance(ev, GROUP_FRAMES):
+            await self._handle_group(ev)
+        elif isinstance(ev, F.ReceiptQuery):
+            if await self._may_access(ev.conv, ev.rid):
+                st = await server.store.receipt_state(ev.conv, ev.seq)
+                self.send_frame(F.ReceiptState(rid=ev.rid, conv=ev.conv, seq=ev.seq,
+                                               delivered=st.delivered, read=st.read,
+                                               pending=st.pending))
         else:
             rid = getattr(ev, "rid", None)
             self._error(ErrorCode.INVALID,
@@ -341,8 +369,7 @@ class Session:
                         f"body of {len(ev.body)} bytes, limit {MAX_BODY_SIZE}", ref=ev.id)
             return False
         if ev.group is not None:
-            self._error(ErrorCode.UNKNOWN_TARGET, f"no group {ev.group!r}", ref=ev.id)
-            return False
+            return await self._group_for(ev.group, ref=ev.id) is not None
         if not await server.user_exists(ev.to):  # type: ignore[arg-type]
             self._error(ErrorCode.UNKNOWN_TARGET, f"no user {ev.to!r}", ref=ev.id)
             return False
@@ -352,14 +379,19 @@ class Session:
         ts = now_ms()
         msgs, ids = [], []
         for ev in sends:
-            if await self._check_send(ev):
-                to = ev.to
-                assert to is not None
-                msgs.append(NewMessage(
-                    sender=self.user, device=self.device, client_id=ev.id,
-                    conv=direct_conv(self.user, to), recipients=() if to == self.user else (to,),
-                    body=ev.body, ts=ts, media=ev.media))
-                ids.append(ev.id)
+            if not await self._check_send(ev):
+                continue
+            recipients: tuple[str, ...] = ()  # for a group, the store fans out to members
+            if ev.group is not None:
+                conv = f"g:{ev.group}"
+            else:
+                assert ev.to is not None
+                conv = direct_conv(self.user, ev.to)
+                recipients = () if ev.to == self.user else (ev.to,)
+            msgs.append(NewMessage(
+                sender=self.user, device=self.device, client_id=ev.id, conv=conv,
+                recipients=recipients, body=ev.body, ts=ts, media=ev.media, group=ev.group))
+            ids.append(ev.id)
         if not msgs:
             return
         results = await self.server.store.append_messages(msgs)
@@ -367,11 +399,71 @@ class Session:
         for cid, r in zip(ids, results, strict=True):
             self.send_frame(F.Sent(id=cid, conv=r.conv, seq=r.seq, ts=r.ts))
 
-    async def _handle_history(self, ev: F.History) -> None:
-        if not self._may_access(ev.conv):
-            self._error(ErrorCode.FORBIDDEN, f"not a member of {ev.conv}", rid=ev.rid)
+    async def _handle_group(self, ev: Frame) -> None:
+        server, store, user = self.server, self.server.store, self.user
+        rid: int = ev.rid  # type: ignore[attr-defined]
+        if isinstance(ev, F.GroupList):
+            self.send_frame(F.Groups(rid=rid, groups=tuple(await store.user_groups(user))))
             return
-        items = await self.server.store.history(ev.conv, ev.before, ev.limit + 1)
+        limit = server.config.group_max_members
+        if isinstance(ev, (F.GroupCreate, F.GroupAdd)):
+            new = ev.members if isinstance(ev, F.GroupCreate) else ev.users
+            unknown = [u for u in new if not await server.user_exists(u)]
+            if unknown:
+                self._error(ErrorCode.UNKNOWN_TARGET, f"no user {', '.join(unknown)}", rid=rid)
+                return
+        if isinstance(ev, F.GroupCreate):
+            if len({user, *ev.members}) > limit:
+                self._error(ErrorCode.INVALID, f"a group has at most {limit} members", rid=rid)
+                return
+            info = None
+            while info is None:  # a fresh random id (a clash is astronomically rare)
+                info = await store.create_group(secrets.token_hex(6), ev.name, user,
+                                                list(ev.members), now_ms())
+            self._send_group(rid, info)
+            return
+        group = await self._group_for(ev.group, rid=rid)  # type: ignore[attr-defined]
+        if group is None:
+            return
+        admin = user in group.admins
+        if isinstance(ev, F.GroupInfo):
+            self._send_group(rid, group)
+        elif isinstance(ev, F.GroupLeave):
+            await store.change_group(group.group, user, now_ms(), remove=(user,))
+            self.send_frame(F.Ok(rid=rid))
+        elif isinstance(ev, F.GroupAdd):
+            if not admin:
+                self._error(ErrorCode.FORBIDDEN, "only admins add members", rid=rid)
+            elif len({*group.members, *ev.users}) > limit:
+                self._error(ErrorCode.INVALID, f"a group has at most {limit} members", rid=rid)
+            else:
+                self._send_group(rid, await store.change_group(group.group, user, now_ms(),
+                                                               add=ev.users))
+        elif isinstance(ev, F.GroupRemove):
+            if not admin and set(ev.users) != {user}:
+                self._error(ErrorCode.FORBIDDEN, "only admins remove other members", rid=rid)
+            else:
+                self._send_group(rid, await store.change_group(group.group, user, now_ms(),
+                                                               remove=ev.users))
+        elif isinstance(ev, F.GroupRename):
+            if not admin:
+                self._error(ErrorCode.FORBIDDEN, "only admins rename the group", rid=rid)
+            else:
+                self._send_group(rid, await store.change_group(group.group, user, now_ms(),
+                                                               name=ev.name))
+
+    def _send_group(self, rid: int, info: GroupInfo) -> None:
+        self.send_frame(F.Group(rid=rid, group=info.group, name=info.name,
+                                members=info.members, admins=info.admins, mode=info.mode,
+                                ttl=info.ttl))
+
+    async def _handle_history(self, ev: F.History) -> None:
+        if not await self._may_access(ev.conv, ev.rid):
+            return
+        after = 0  # a group member pages back to when they joined, not before
+        if ev.conv.startswith("g:"):
+            after = await self.server.store.joined_at(ev.conv[2:], self.user) or 0
+        items = await self.server.store.history(ev.conv, ev.before, ev.limit + 1, after)
         more = len(items) > ev.limit
         page: list[F.HistoryItem] = []
         size = 0

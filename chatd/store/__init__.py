@@ -23,8 +23,8 @@ from .base import (
 )
 from .sqlite import SqliteStore
 
-__all__ = ["Appended", "BadStoreURL", "GroupInfo", "Item", "NewMessage", "Page", "ReceiptState", "SqliteStore",
-           "Store", "StoreError", "conv_members", "direct_conv", "open_store"]
+__all__ = ["Appended", "BadStoreURL", "GroupInfo", "Item", "NewMessage", "Page", "ReceiptState",
+           "SqliteStore", "Store", "StoreError", "conv_members", "direct_conv", "open_store"]
 
 
 class BadStoreURL(ValueError):

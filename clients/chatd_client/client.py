@@ -17,7 +17,7 @@ import itertools
 import random
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -40,6 +40,7 @@ from . import events as ev
 from .transport import Link, open_link
 
 EVENT_BUFFER = 10_000
+T = TypeVar("T")
 
 
 class ChatdError(Exception):
@@ -130,6 +131,42 @@ class Client:
                                                         limit=limit))
         assert isinstance(page, F.HistoryPage)
         return page
+
+    # ---- groups: each returns the group as it is after the change ------------------------
+
+    async def create_group(self, name: str, members: Sequence[str] = ()) -> F.Group:
+        return await self._ask(F.Group, lambda r: F.GroupCreate(rid=r, name=name,
+                                                                  members=tuple(members)))
+
+    async def add_members(self, group: str, users: Sequence[str]) -> F.Group:
+        return await self._ask(F.Group, lambda r: F.GroupAdd(rid=r, group=group,
+                                                               users=tuple(users)))
+
+    async def remove_members(self, group: str, users: Sequence[str]) -> F.Group:
+        return await self._ask(F.Group, lambda r: F.GroupRemove(rid=r, group=group,
+                                                                  users=tuple(users)))
+
+    async def rename_group(self, group: str, name: str) -> F.Group:
+        return await self._ask(F.Group, lambda r: F.GroupRename(rid=r, group=group, name=name))
+
+    async def group_info(self, group: str) -> F.Group:
+        return await self._ask(F.Group, lambda r: F.GroupInfo(rid=r, group=group))
+
+    async def leave_group(self, group: str) -> None:
+        await self._ask(F.Ok, lambda r: F.GroupLeave(rid=r, group=group))
+
+    async def my_groups(self) -> list[str]:
+        return list((await self._ask(F.Groups, lambda r: F.GroupList(rid=r))).groups)
+
+    async def receipt_state(self, conv: str, seq: int) -> F.ReceiptState:
+        """Who has the message (delivered), who read it, who has neither yet."""
+        return await self._ask(F.ReceiptState,
+                               lambda r: F.ReceiptQuery(rid=r, conv=conv, seq=seq))
+
+    async def _ask(self, kind: type[T], make: Any) -> T:
+        answer = await self.request(make)
+        assert isinstance(answer, kind), answer
+        return answer
 
     async def request(self, make: Any) -> Frame:
         """Send a request frame built by make(rid) and wait for its answer."""
@@ -315,7 +352,7 @@ class Client:
             if self._received(frame.q):
                 self._emit(ev.Message(frame.conv, frame.seq, frame.ts, frame.sender,
                                       frame.device, frame.id, frame.body, frame.group,
-                                      frame.media))
+                                      frame.media, frame.event))
         elif isinstance(frame, F.Receipt):
             if self._received(frame.q):
                 kind = ev.Delivered if frame.status == F.Status.DELIVERED else ev.Read

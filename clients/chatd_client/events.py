@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from chatd.protocol.frames import Media
 
@@ -26,6 +27,7 @@ class Message:
     body: bytes
     group: str | None = None
     media: tuple[Media, ...] = ()
+    event: dict[str, Any] | None = None  # a server-made chat event (membership, mode): no body
 
     @property
     def text(self) -> str:

@@ -1,0 +1,115 @@
+"""Groups over real sockets: membership, order, offline members, coalesced receipts, rules."""
+
+from __future__ import annotations
+
+import chatd_client as cc
+import pytest
+import trio
+
+from .conftest import Node, StartNode
+
+
+async def msgs(client: cc.Client, n: int, timeout: float = 10) -> list[cc.Message]:
+    out: list[cc.Message] = []
+    with trio.fail_after(timeout):
+        while len(out) < n:
+            m = await client.next_event(cc.Message)
+            assert isinstance(m, cc.Message)
+            out.append(m)
+    return out
+
+
+async def texts(client: cc.Client, n: int) -> list[str]:
+    """The next n chat lines: bodies, or the event kind for server-made events."""
+    return [m.event["kind"] if m.event else m.text for m in await msgs(client, n)]
+
+
+async def test_group_chat_with_an_offline_member(node: Node) -> None:
+    async with node.connect("alice") as alice, node.connect("bob") as bob:
+        group = await alice.create_group("Family", ["bob", "carol"])
+        assert group.admins == ("alice",) and set(group.members) == {"alice", "bob", "carol"}
+        for i in range(5):
+            ack = await alice.send(None, f"g{i}", group=group.group)
+            assert ack.conv == f"g:{group.group}"
+        await bob.send(None, "bob here", group=group.group)
+        assert await texts(bob, 6) == ["created", "g0", "g1", "g2", "g3", "g4"]
+        assert await texts(alice, 1) == ["bob here"]
+    async with node.connect("carol") as carol:  # was offline: everything, in order
+        got = await msgs(carol, 7)
+        assert [m.seq for m in got] == list(range(1, 8))
+        assert got[-1].sender == "bob" and got[-1].group == group.group
+        assert await carol.my_groups() == [group.group]
+
+
+async def test_membership_rules(node: Node) -> None:
+    async with node.connect("alice") as alice, node.connect("bob") as bob, \
+            node.connect("carol") as carol:
+        g = (await alice.create_group("Club", ["bob"])).group
+        await alice.send(None, "before carol", group=g)
+        with pytest.raises(cc.ChatdError) as info:  # not a member
+            await carol.send(None, "let me in", group=g)
+        assert info.value.name == "FORBIDDEN"
+        with pytest.raises(cc.ChatdError) as info:  # only admins add
+            await bob.add_members(g, ["carol"])
+        assert info.value.name == "FORBIDDEN"
+        with pytest.raises(cc.ChatdError) as info:
+            await alice.add_members(g, ["nobody"])
+        assert info.value.name == "UNKNOWN_TARGET"
+        await alice.add_members(g, ["carol"])
+        await alice.send(None, "welcome carol", group=g)
+        assert await texts(carol, 2) == ["added", "welcome carol"]  # nothing from before
+        page = await carol.history(f"g:{g}")
+        assert b"before carol" not in [i.body for i in page.items]
+        await alice.remove_members(g, ["bob"])
+        await alice.send(None, "bob is gone", group=g)
+        assert await texts(bob, 5) == ["created", "before carol", "added", "welcome carol",
+                                       "removed"]
+        with trio.move_on_after(0.5):
+            extra = await bob.next_event(cc.Message)
+            pytest.fail(f"a removed member got {extra}")
+        with pytest.raises(cc.ChatdError) as info:
+            await bob.group_info(g)
+        assert info.value.name == "FORBIDDEN"
+        await carol.leave_group(g)
+        assert (await alice.group_info(g)).members == ("alice",)
+        with pytest.raises(cc.ChatdError) as info:
+            await carol.send(None, "hello?", group="nosuchgroup")
+        assert info.value.name == "UNKNOWN_TARGET"
+
+
+async def test_group_receipts_go_to_the_sender_once_for_all(node: Node) -> None:
+    async with node.connect("alice", "phone") as alice, node.connect("bob") as bob, \
+            node.connect("carol") as carol:
+        g = (await alice.create_group("Trio", ["bob", "carol"])).group
+        await msgs(bob, 1)
+        await msgs(carol, 1)
+        ack = await alice.send(None, "read me", group=g)
+        m_bob, m_carol = (await msgs(bob, 1))[0], (await msgs(carol, 1))[0]
+        with trio.fail_after(5):
+            d = await alice.next_event(cc.Delivered)
+        assert isinstance(d, cc.Delivered) and d.seqs == (ack.seq,)
+        await bob.mark_read(m_bob.conv, m_bob.seq)
+        with trio.fail_after(5):
+            while (st := await alice.receipt_state(ack.conv, ack.seq)).read != ("bob",):
+                await trio.sleep(0.02)
+        assert st.delivered == ("carol",) and st.pending == ()
+        await carol.mark_read(m_carol.conv, m_carol.seq)
+        with trio.fail_after(5):
+            r = await alice.next_event(cc.Read)
+        assert isinstance(r, cc.Read) and r.seqs == (ack.seq,)
+        # members got no receipts at all: no broadcast
+        with trio.move_on_after(0.3):
+            extra = await bob.next_event(cc.Delivered, cc.Read)
+            pytest.fail(f"a member got a receipt: {extra}")
+
+
+async def test_group_size_is_capped(start_node: StartNode) -> None:
+    node = await start_node(group_max_members=3)
+    await node.add_users("alice", "bob", "carol", "dave")
+    async with node.connect("alice") as alice:
+        with pytest.raises(cc.ChatdError) as info:
+            await alice.create_group("Big", ["bob", "carol", "dave"])
+        assert info.value.name == "INVALID" and "3" in info.value.message
+        g = (await alice.create_group("Ok", ["bob", "carol"])).group
+        with pytest.raises(cc.ChatdError):
+            await alice.add_members(g, ["dave"])
