@@ -24,7 +24,7 @@ from chatd.protocol import (
 )
 from chatd.protocol import frames as F
 from chatd.router import LocalRouter
-from chatd.store import Store, open_store
+from chatd.store import Store, StoreError, open_store
 
 from .config import Config
 from .session import Session, now_ms
@@ -100,6 +100,7 @@ class ChatServer:
                          self.tcp_port, cfg.host, self.ws_port, WS_PATH,
                          cfg.store_url.split("?")[0])
                 listeners.start_soon(self.sweep)
+                listeners.start_soon(self.collect_garbage)
                 task_status.started(self)
                 await self._stop.wait()
                 listeners.cancel_scope.cancel()
@@ -122,6 +123,20 @@ class ChatServer:
             now = trio.current_time()
             for session in self.sessions():
                 session.check_timeouts(now)
+
+    async def collect_garbage(self) -> None:
+        """Delete, now and then, what the chat modes say to forget (see Store.collect)."""
+        while True:
+            await trio.sleep(self.config.gc_interval)
+            try:
+                gone = await self.store.collect(now_ms(), int(self.config.temporary_max_age
+                                                              * 1000))
+            except StoreError as exc:
+                log.warning("collect failed, will retry: %s", exc)
+                continue
+            if any(gone.values()):
+                log.info("collected %s", gone)
+                self.stats.update({f"collected_{k}": v for k, v in gone.items()})
 
     # ---- connections -----------------------------------------------------------------------
 

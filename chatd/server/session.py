@@ -342,6 +342,8 @@ class Session:
             raise Closing
         elif isinstance(ev, GROUP_FRAMES):
             await self._handle_group(ev)
+        elif isinstance(ev, F.SetMode):
+            await self._handle_set_mode(ev)
         elif isinstance(ev, F.ReceiptQuery):
             if await self._may_access(ev.conv, ev.rid):
                 st = await server.store.receipt_state(ev.conv, ev.seq)
@@ -451,6 +453,24 @@ class Session:
             else:
                 self._send_group(rid, await store.change_group(group.group, user, now_ms(),
                                                                name=ev.name))
+
+    async def _handle_set_mode(self, ev: F.SetMode) -> None:
+        if ev.conv.startswith("g:"):
+            group = await self._group_for(ev.conv[2:], rid=ev.rid)
+            if group is None:
+                return
+            if self.user not in group.admins:
+                self._error(ErrorCode.FORBIDDEN, "only admins change the group's mode",
+                            rid=ev.rid)
+                return
+        elif not await self._may_access(ev.conv, ev.rid):
+            return
+        if (ev.mode == F.Mode.DISAPPEARING) != (ev.ttl > 0):
+            self._error(ErrorCode.INVALID, "a ttl goes with DISAPPEARING mode, and only with it",
+                        rid=ev.rid)
+            return
+        await self.server.store.set_mode(ev.conv, ev.mode, ev.ttl, self.user, now_ms())
+        self.send_frame(F.Ok(rid=ev.rid))
 
     def _send_group(self, rid: int, info: GroupInfo) -> None:
         self.send_frame(F.Group(rid=rid, group=info.group, name=info.name,

@@ -152,6 +152,20 @@ class Store(Protocol):
 
     async def receipt_state(self, conv: str, seq: int) -> ReceiptState: ...
 
+    # ---- chat modes ------------------------------------------------------------------------
+
+    async def conv_mode(self, conv: str) -> tuple[int, int]:
+        """(mode, ttl seconds) of a conversation; (TEMPORARY, 0) until set."""
+        ...
+
+    async def set_mode(self, conv: str, mode: int, ttl: int, actor: str, ts: int) -> None:
+        """Change the mode and post the change as an event every participant sees."""
+        ...
+
+    async def collect(self, now: int, max_age_ms: int) -> dict[str, int]:
+        """Delete what the chat modes say to delete; counts of what went, by reason."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -45,7 +45,7 @@ T = TypeVar("T")
 log = logging.getLogger("chatd.store")
 MAX_BATCH: Final = 2000
 RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks without a query
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 FANOUT_CHUNK: Final = 512  # inbox appends per fan-out step
 
 SCHEMA = """
@@ -85,6 +85,13 @@ CREATE INDEX group_members_by_user ON group_members (user, grp);
 CREATE TABLE fanout (
     conv TEXT NOT NULL, seq INTEGER NOT NULL, recipients BLOB NOT NULL, done INTEGER NOT NULL,
     PRIMARY KEY (conv, seq)) WITHOUT ROWID;
+""",
+    2: """
+ALTER TABLE convs ADD COLUMN mode INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE convs ADD COLUMN ttl INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN last_seen INTEGER;
+ALTER TABLE users ADD COLUMN hide_last_seen INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX messages_by_ts ON messages (ts);
 """,
 }
 
@@ -157,8 +164,9 @@ class _Buffers:
                            " SET cursor=excluded.cursor",
                            [(u, d, c) for (u, d), c in self.devices.items()])
         if self.last_seq:
-            db.executemany("INSERT INTO convs VALUES (?, ?) ON CONFLICT DO UPDATE"
-                           " SET last_seq=excluded.last_seq", list(self.last_seq.items()))
+            db.executemany("INSERT INTO convs (conv, last_seq) VALUES (?, ?) ON CONFLICT"
+                           " DO UPDATE SET last_seq=excluded.last_seq",
+                           list(self.last_seq.items()))
         if self.ids:
             db.executemany("INSERT INTO client_ids VALUES (?, ?, ?, ?, ?)",
                            [(s, c, *v) for (s, c), v in self.ids.items()])
@@ -483,6 +491,10 @@ class SqliteStore:
 
     # ---- groups ----------------------------------------------------------------------------
 
+    def _group_info(self, db: sqlite3.Connection, group: str, g: _Group) -> GroupInfo:
+        mode, ttl = self._mode(db, f"g:{group}")
+        return dataclasses.replace(g.info(group), mode=mode, ttl=ttl)
+
     def _group(self, db: sqlite3.Connection, group: str) -> _Group | None:
         if group in self._groups:
             return self._groups[group]
@@ -522,7 +534,7 @@ class SqliteStore:
     async def group(self, group: str) -> GroupInfo | None:
         def op(db: sqlite3.Connection) -> GroupInfo | None:
             g = self._group(db, group)
-            return None if g is None else g.info(group)
+            return None if g is None else self._group_info(db, group, g)
 
         return await self._do(op)
 
@@ -568,7 +580,7 @@ class SqliteStore:
             if name is not None:
                 self._post_event(db, group, actor, ts,
                                  {"kind": "renamed", "by": actor, "name": name})
-            return g.info(group)
+            return self._group_info(db, group, g)
 
         return await self._do(op)
 
@@ -580,6 +592,63 @@ class SqliteStore:
         def op(db: sqlite3.Connection) -> int | None:
             g = self._group(db, group)
             return None if g is None or user not in g.members else g.members[user][1]
+
+        return await self._do(op)
+
+    # ---- chat modes and expiry ---------------------------------------------------------------
+
+    def _mode(self, db: sqlite3.Connection, conv: str) -> tuple[int, int]:
+        row = db.execute("SELECT mode, ttl FROM convs WHERE conv=?", (conv,)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    async def conv_mode(self, conv: str) -> tuple[int, int]:
+        return await self._do(lambda db: self._mode(db, conv))
+
+    async def set_mode(self, conv: str, mode: int, ttl: int, actor: str, ts: int) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            self._buf.flush(db)  # the conversation row may be in the buffer
+            db.execute("INSERT INTO convs (conv, last_seq, mode, ttl) VALUES (?, ?, ?, ?)"
+                       " ON CONFLICT DO UPDATE SET mode=excluded.mode, ttl=excluded.ttl",
+                       (conv, self._last_seq_of(db, conv), mode, ttl))
+            event = {"kind": "mode", "mode": mode, "ttl": ttl, "by": actor}
+            if conv.startswith("g:"):
+                self._post_event(db, conv[2:], actor, ts, event)
+            else:
+                others = tuple(u for u in conv.split(":")[1:] if u != actor)
+                self._append(db, NewMessage(actor, "server", f"ev-{secrets.token_hex(8)}",
+                                            conv, others, b"", ts, event=event))
+
+        await self._do(op)
+
+    async def collect(self, now: int, max_age_ms: int) -> dict[str, int]:
+        """Forget what the chat modes say to forget. Inbox items every device of their user
+        has acknowledged go; then messages of TEMPORARY chats that no inbox holds any more
+        (every recipient device has them) or older than max_age_ms (never delivered), and
+        messages of DISAPPEARING chats older than their ttl. PERMANENT messages stay."""
+        def op(db: sqlite3.Connection) -> dict[str, int]:
+            self._buf.flush(db)
+            acked = db.execute(
+                "DELETE FROM inbox WHERE q <= (SELECT min(cursor) FROM devices d"
+                " WHERE d.user = inbox.user)").rowcount
+            not_pending = ("NOT EXISTS (SELECT 1 FROM fanout f WHERE f.conv = messages.conv"
+                           " AND f.seq = messages.seq)")
+            delivered = db.execute(
+                "DELETE FROM messages WHERE conv IN (SELECT conv FROM convs WHERE mode = 0)"
+                " AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.conv = messages.conv"
+                f" AND i.seq = messages.seq) AND {not_pending}").rowcount
+            too_old = db.execute(
+                "DELETE FROM messages WHERE ts < ? AND conv IN (SELECT conv FROM convs"
+                f" WHERE mode = 0) AND {not_pending}", (now - max_age_ms,)).rowcount
+            expired = db.execute(
+                "DELETE FROM messages WHERE EXISTS (SELECT 1 FROM convs c WHERE"
+                " c.conv = messages.conv AND c.mode = 2 AND messages.ts < ? - c.ttl * 1000)",
+                (now,)).rowcount
+            orphans = db.execute(
+                "DELETE FROM inbox WHERE receipt IS NULL AND NOT EXISTS (SELECT 1 FROM"
+                " messages m WHERE m.conv = inbox.conv AND m.seq = inbox.seq)").rowcount
+            db.execute("DELETE FROM client_ids WHERE ts < ?", (now - max_age_ms,))
+            return {"inbox_acked": acked, "delivered": delivered, "too_old": too_old,
+                    "expired": expired, "inbox_orphans": orphans}
 
         return await self._do(op)
 

@@ -163,6 +163,10 @@ class Client:
         return await self._ask(F.ReceiptState,
                                lambda r: F.ReceiptQuery(rid=r, conv=conv, seq=seq))
 
+    async def set_mode(self, conv: str, mode: int, ttl: int = 0) -> None:
+        """TEMPORARY (0), PERMANENT (1) or DISAPPEARING (2, messages expire after ttl s)."""
+        await self._ask(F.Ok, lambda r: F.SetMode(rid=r, conv=conv, mode=mode, ttl=ttl))
+
     async def _ask(self, kind: type[T], make: Any) -> T:
         answer = await self.request(make)
         assert isinstance(answer, kind), answer
