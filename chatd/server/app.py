@@ -7,6 +7,7 @@ import functools
 import logging
 import ssl
 import sys
+from typing import Any
 
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
@@ -27,6 +28,7 @@ from chatd.router import LocalRouter
 from chatd.store import Store, StoreError, open_store
 
 from .config import Config
+from .presence import PresenceService
 from .session import Session, now_ms
 from .transport import RECEIVE_SIZE, StreamTransport, WebSocketTransport
 
@@ -48,9 +50,16 @@ class ChatServer:
         self._known_users: set[str] = set()
         self._stop = trio.Event()
         self._session_count = 0
+        self.presence = PresenceService(self)
+        self._tasks: trio.Nursery | None = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    def spawn(self, fn: Any, *args: Any) -> None:
+        """Run a short background task of the node's (presence announcements)."""
+        if self._tasks is not None:
+            self._tasks.start_soon(fn, *args)
 
     def sessions(self) -> list[Session]:
         """Every connected device's session on this node."""
@@ -99,6 +108,7 @@ class ChatServer:
                 log.info("chatd listening: tcp %s:%d ws %s:%s%s (store %s)", cfg.host,
                          self.tcp_port, cfg.host, self.ws_port, WS_PATH,
                          cfg.store_url.split("?")[0])
+                self._tasks = listeners
                 listeners.start_soon(self.sweep)
                 listeners.start_soon(self.collect_garbage)
                 task_status.started(self)
@@ -123,6 +133,7 @@ class ChatServer:
             now = trio.current_time()
             for session in self.sessions():
                 session.check_timeouts(now)
+            await self.presence.check(now)
 
     async def collect_garbage(self) -> None:
         """Delete, now and then, what the chat modes say to forget (see Store.collect)."""
@@ -194,6 +205,7 @@ class ChatServer:
                 await self._refuse(transport, conn, ErrorCode.UNAUTHENTICATED, str(exc))
                 return
             device = sys.intern(hello.device)  # devices are mostly named alike
+            background = hello.background
             del hello  # this frame lives as long as the connection: keep no token in it
             if token_device is not None and token_device != device:
                 if device != "default":
@@ -207,7 +219,7 @@ class ChatServer:
                 return
             cursor = await self.store.attach_device(user, device)
             self._session_count += 1
-            session = Session(self, transport, conn, user, device, cursor)
+            session = Session(self, transport, conn, user, device, cursor, background)
             session.send_frame(F.Welcome(
                 version=PROTOCOL_VERSION, user=user, device=device,
                 session=f"{self.node_id}-{self._session_count}", server_time=now_ms(),
@@ -219,11 +231,14 @@ class ChatServer:
                     old.send_frame(F.Goodbye(code=0, reason="replaced by a newer connection"))
                     old.close_with(ErrorCode.SHUTTING_DOWN, "replaced by a newer connection")
             self.router.attach(session)
+            self.presence.activity(session)  # opening the app is activity (unless background)
             self.stats["connections"] += 1
             try:
                 await session.run()
             finally:
                 self.router.detach(session)
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await self.presence.disconnected(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:

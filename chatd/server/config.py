@@ -30,6 +30,7 @@ class Config:
     send_rate: float = 2000.0  # messages per second per connection (token bucket)
     send_burst: float = 4000.0
     group_max_members: int = 1024
+    presence_threshold: float = 30.0  # online while active within this many seconds
     gc_interval: float = 30.0  # seconds between deletions of what chat modes say to forget
     temporary_max_age: float = 30 * 86400.0  # undelivered temporary messages are dropped then
 

@@ -41,6 +41,7 @@ HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
 
 
 _ORDER_FREE: Final = (F.Send, F.Ping, F.Pong)  # frames an Ack may be reordered with
+_NOT_ACTIVITY: Final = (F.Ping, F.Pong, F.Ack, F.Sync, F.Goodbye)  # the app's own doing
 GROUP_FRAMES: Final = (F.GroupCreate, F.GroupAdd, F.GroupRemove, F.GroupLeave, F.GroupRename,
                        F.GroupInfo, F.GroupList)
 
@@ -56,10 +57,12 @@ class Closing(Exception):
 class Session:
     __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_writing", "_sent_upto",
                  "_live", "_need_sync", "_scope", "_nursery", "_closing", "_tokens", "_refill_at",
-                 "rx_at", "frame_at", "_acks_running", "_acks_done")
+                 "rx_at", "frame_at", "_acks_running", "_acks_done", "background", "watching",
+                 "_presence_pending")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
-                 conn: Connection, user: str, device: str, cursor: int) -> None:
+                 conn: Connection, user: str, device: str, cursor: int,
+                 background: bool = False) -> None:
         self.server = server
         self.transport = transport
         self.conn = conn
@@ -79,6 +82,9 @@ class Session:
         self.frame_at: float | None = None  # when the frame being received started
         self._acks_running = 0  # Acks being stored beside the reader
         self._acks_done: trio.Event | None = None  # set when they are all stored
+        self.background = background  # a connection the app made by itself: not activity
+        self.watching: set[str] | None = None  # users whose presence this device follows
+        self._presence_pending: dict[str, F.Presence] | None = None  # held while backed up
 
     # ---- output --------------------------------------------------------------------------
 
@@ -97,6 +103,20 @@ class Session:
     def send_frame(self, frame: Frame) -> None:
         if not self._closing:
             self._queue(self.conn.send(frame))
+
+    def send_presence(self, frame: F.Presence) -> None:
+        """Presence gives way to messages: while this device's queue is backed up, keep only
+        the latest state per user and send it once the queue has drained."""
+        out = self._out
+        if self._closing:
+            return
+        if out is not None and len(out) > self.server.config.max_queue // 4:
+            if self._presence_pending is None:
+                self._presence_pending = {}
+            self._presence_pending[frame.user] = frame
+            self.server.stats["presence_coalesced"] += 1
+        else:
+            self.send_frame(frame)
 
     def close_with(self, code: ErrorCode, message: str, grace: float = 1.0) -> None:
         """Queue an error frame, stop taking work, and end the connection once it is written
@@ -154,6 +174,10 @@ class Session:
                     await transport.send(out.popleft())
             elif self._need_sync and not self._closing:
                 await self._sync_step()
+            elif self._presence_pending:
+                pending, self._presence_pending = self._presence_pending, None
+                for frame in pending.values():
+                    self.send_frame(frame)
             else:
                 self._out = None  # idle: hold no queue
                 return
@@ -271,6 +295,8 @@ class Session:
         in order, a run of consecutive Sends as one store write (so a pipelining client is
         not held to one message per commit). Returns whether the peer closed."""
         frames, peer_closed = received
+        if any(type(ev) not in _NOT_ACTIVITY for ev in frames):
+            self.server.presence.activity(self)
         upto = 0
         rest: list[Frame] = []
         for ev in frames:
@@ -342,6 +368,21 @@ class Session:
             raise Closing
         elif isinstance(ev, GROUP_FRAMES):
             await self._handle_group(ev)
+        elif isinstance(ev, F.PresenceSubscribe):
+            for user in ev.users:
+                server.presence.watch(self, user)
+                self.send_presence(await server.presence.state(user, self.user))
+        elif isinstance(ev, F.PresenceUnsubscribe):
+            for user in ev.users:
+                server.presence.unwatch(self, user)
+        elif isinstance(ev, F.LastSeenQuery):
+            if await server.user_exists(ev.user):
+                self.send_frame(await server.presence.state(ev.user, self.user, ev.rid))
+            else:
+                self._error(ErrorCode.UNKNOWN_TARGET, f"no user {ev.user!r}", rid=ev.rid)
+        elif isinstance(ev, F.SetPrivacy):
+            await server.presence.set_hidden(self.user, ev.last_seen == "nobody")
+            self.send_frame(F.Ok(rid=ev.rid))
         elif isinstance(ev, F.SetMode):
             await self._handle_set_mode(ev)
         elif isinstance(ev, F.ReceiptQuery):

@@ -114,7 +114,9 @@ class Store(Protocol):
         ...
 
     async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:
-        """Mark conv read by user up to seq upto; append READ receipts to the senders."""
+        """Mark conv read by user up to seq upto; append READ receipts to the senders, and
+        (when the user has several devices) one with by=user to the user's own inbox, so the
+        other devices mark the chat read as well."""
         ...
 
     async def history(self, conv: str, before: int | None, limit: int,
@@ -151,6 +153,16 @@ class Store(Protocol):
         ...
 
     async def receipt_state(self, conv: str, seq: int) -> ReceiptState: ...
+
+    # ---- presence --------------------------------------------------------------------------
+
+    async def presence_of(self, user: str) -> tuple[int | None, bool]:
+        """(last seen in ms or None, whether the user hides it)."""
+        ...
+
+    async def set_last_seen(self, user: str, ts: int) -> None: ...
+
+    async def set_privacy(self, user: str, hide_last_seen: bool) -> None: ...
 
     # ---- chat modes ------------------------------------------------------------------------
 

@@ -235,6 +235,7 @@ class SqliteStore:
         self._recent: dict[str, dict[int, tuple[str, str, int] | None]] = {}
         self._recent_floor: dict[str, int] = {}
         self._groups: dict[str, _Group | None] = {}  # None: known not to exist
+        self._seen: dict[str, list[Any]] = {}  # user -> [last_seen ms or None, hidden]
         self._all: dict[str, list[int]] = {}  # group conv -> [delivered, read] by every member
         self._jobs: collections.deque[_Fanout] = collections.deque(  # resumed after a restart
             _Fanout(c, q, msgpack.unpackb(r), d, None) for c, q, r, d in self._db.execute(
@@ -595,6 +596,44 @@ class SqliteStore:
 
         return await self._do(op)
 
+    # ---- presence ------------------------------------------------------------------------
+
+    def _presence(self, db: sqlite3.Connection, user: str) -> list[Any]:
+        p = self._seen.get(user)
+        if p is None:
+            row = db.execute("SELECT last_seen, hide_last_seen FROM users WHERE user=?",
+                             (user,)).fetchone()
+            p = self._seen[user] = [row[0], bool(row[1])] if row else [None, False]
+        return p
+
+    async def presence_of(self, user: str) -> tuple[int | None, bool]:
+        def op(db: sqlite3.Connection) -> tuple[int | None, bool]:
+            last, hidden = self._presence(db, user)
+            return last, hidden
+
+        return await self._do(op)
+
+    async def set_last_seen(self, user: str, ts: int) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            p = self._presence(db, user)
+            if p[0] is None or ts > p[0]:
+                p[0] = ts
+                self._ensure_user(db, user)
+                self._buf.flush(db)
+                db.execute("UPDATE users SET last_seen=? WHERE user=?", (ts, user))
+
+        await self._do(op)
+
+    async def set_privacy(self, user: str, hide_last_seen: bool) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            self._presence(db, user)[1] = hide_last_seen
+            self._ensure_user(db, user)
+            self._buf.flush(db)
+            db.execute("UPDATE users SET hide_last_seen=? WHERE user=?",
+                       (int(hide_last_seen), user))
+
+        await self._do(op)
+
     # ---- chat modes and expiry ---------------------------------------------------------------
 
     def _mode(self, db: sqlite3.Connection, conv: str) -> tuple[int, int]:
@@ -776,13 +815,18 @@ class SqliteStore:
             old = st[1]
             st[0], st[1] = max(st[0], upto_), upto_
             self._set_state(conv, user, st)
+            mine: list[tuple[str, Item]] = []
+            if len(self._devices_of(db, user)) > 1:  # read here: read on my other devices too
+                mine = list(self._receipts(db, user, Status.READ, ts,
+                                           [(user, conv, upto_)]).items)
             if conv.startswith("g:"):
-                return Appended(items=tuple(self._advance_all(db, conv, user, ts)))
+                return Appended(items=(*mine, *self._advance_all(db, conv, user, ts)))
             self._buf.flush(db)
             newly = db.execute("SELECT sender, conv, seq FROM messages WHERE conv=? AND seq>?"
                                " AND seq<=? AND sender != ? AND event IS NULL ORDER BY seq",
                                (conv, old, upto_, user)).fetchall()
-            return self._receipts(db, user, Status.READ, ts, newly)
+            return Appended(items=(*mine, *self._receipts(db, user, Status.READ, ts,
+                                                          newly).items))
 
         return await self._do(op)
 

@@ -7,11 +7,14 @@ from .events import (
     Disconnected,
     Event,
     Message,
+    Presence,
     Read,
     SentAck,
     ServerError,
     Synced,
+    presence_text,
 )
 
 __all__ = ["ChatdError", "Client", "Connected", "ConnectionLost", "Delivered", "Disconnected",
-           "Event", "Message", "Read", "SentAck", "ServerError", "Synced", "connect"]
+           "Event", "Message", "Presence", "Read", "SentAck", "ServerError", "Synced", "connect",
+           "presence_text"]

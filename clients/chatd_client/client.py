@@ -107,6 +107,7 @@ class Client:
         self._fatal: BaseException | None = None
         self.heartbeat = 30.0
         self.reconnects = 0
+        self._watching: set[str] = set()  # watched again after a reconnect
 
     # ---- public API ------------------------------------------------------------------------
 
@@ -166,6 +167,25 @@ class Client:
     async def set_mode(self, conv: str, mode: int, ttl: int = 0) -> None:
         """TEMPORARY (0), PERMANENT (1) or DISAPPEARING (2, messages expire after ttl s)."""
         await self._ask(F.Ok, lambda r: F.SetMode(rid=r, conv=conv, mode=mode, ttl=ttl))
+
+    # ---- presence ------------------------------------------------------------------------
+
+    async def watch(self, users: Sequence[str]) -> None:
+        """Get a Presence event for each user now, and whenever they come and go."""
+        await self._write_when_connected(F.PresenceSubscribe(users=tuple(users)))
+        self._watching.update(users)
+
+    async def unwatch(self, users: Sequence[str]) -> None:
+        self._watching.difference_update(users)
+        await self._write_when_connected(F.PresenceUnsubscribe(users=tuple(users)))
+
+    async def last_seen(self, user: str) -> ev.Presence:
+        p = await self._ask(F.Presence, lambda r: F.LastSeenQuery(rid=r, user=user))
+        return ev.Presence(p.user, p.online, p.last_seen)
+
+    async def hide_last_seen(self, hide: bool = True) -> None:
+        await self._ask(F.Ok, lambda r: F.SetPrivacy(rid=r, last_seen="nobody" if hide
+                                                     else "everyone"))
 
     async def _ask(self, kind: type[T], make: Any) -> T:
         answer = await self.request(make)
@@ -320,6 +340,8 @@ class Client:
                     await self._write(waiter.frame)
                 for waiter in list(self._requests.values()):
                     await self._write(waiter.frame)
+                if self._watching:
+                    await self._write(F.PresenceSubscribe(users=tuple(self._watching)))
                 while True:
                     frame = await self._read_frame(conn, link, self.heartbeat * 2 + 5)
                     if frame is None:
@@ -366,6 +388,8 @@ class Client:
             if waiter is not None:
                 waiter.result = ev.SentAck(frame.id, frame.conv, frame.seq, frame.ts)
                 waiter.done.set()
+        elif isinstance(frame, F.Presence) and frame.rid is None:
+            self._emit(ev.Presence(frame.user, frame.online, frame.last_seen))
         elif isinstance(frame, F.Synced):
             self._emit(ev.Synced(frame.upto))
         elif isinstance(frame, F.Ping):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import time
 from typing import Any
 
 from chatd.protocol.frames import Media
@@ -53,6 +55,16 @@ class Read(_Receipt):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Presence:
+    """A watched user came online or went offline. last_seen (ms) is None while online, or
+    when the user hides it (or you hide yours)."""
+
+    user: str
+    online: bool
+    last_seen: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Synced:
     """Everything that was waiting on the server has been received; delivery is now live."""
 
@@ -79,4 +91,30 @@ class ServerError:
     ref: str | None = None
 
 
-Event = Message | Delivered | Read | Synced | Connected | Disconnected | ServerError
+Event = (Message | Delivered | Read | Presence | Synced | Connected | Disconnected
+         | ServerError)
+
+
+def presence_text(p: Presence, now: float | None = None) -> str:
+    """For people: "online", "last seen just now", "last seen 5 minutes ago", "last seen
+    today at 09:12", "last seen yesterday at 14:02", "last seen 3 Mar at 18:40"."""
+    if p.online:
+        return "online"
+    if p.last_seen is None:
+        return "last seen hidden"
+    now = time.time() if now is None else now
+    seen = p.last_seen / 1000
+    ago = max(0.0, now - seen)
+    if ago < 60:
+        return "last seen just now"
+    if ago < 3600:
+        minutes = int(ago // 60)
+        return f"last seen {minutes} minute{'s' if minutes > 1 else ''} ago"
+    day, today = time.localtime(seen), time.localtime(now)
+    clock = time.strftime("%H:%M", day)
+    days = (datetime.date(*today[:3]) - datetime.date(*day[:3])).days
+    if days == 0:
+        return f"last seen today at {clock}"
+    if days == 1:
+        return f"last seen yesterday at {clock}"
+    return f"last seen {day.tm_mday} {time.strftime('%b', day)} at {clock}"

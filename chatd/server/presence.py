@@ -1,0 +1,114 @@
+"""Online / last seen on this node.
+
+A user is *online* while one of their devices is connected in the foreground and the user did
+something within the threshold (30 s by default): opened the app (a foreground connect), sent,
+read, paged history, managed groups. Pings, acks and background connections (Hello.bg, e.g. a
+sync the app started on its own) are not activity. Otherwise the user's *last seen* is the time
+of their last activity, kept in the store. Devices watch users with PresenceSubscribe and get a
+Presence frame when that user comes online or goes offline.
+
+Privacy: a user who sets last seen to "nobody" is shown to others without a last seen (online
+still shows while online), and, as in WhatsApp, sees nobody else's last seen either.
+
+Presence matters less than messages: a device whose outbound queue is backed up gets only the
+latest state per watched user once it catches up (Session.send_presence), and presence never
+gets a device disconnected as a slow consumer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from chatd.protocol import frames as F
+
+if TYPE_CHECKING:
+    from .app import ChatServer
+    from .session import Session
+
+
+class PresenceService:
+    def __init__(self, server: ChatServer) -> None:
+        self.server = server
+        self._active: dict[str, tuple[float, int]] = {}  # user -> (trio time, wall ms)
+        self._online: set[str] = set()
+        self._watchers: dict[str, set[Session]] = {}
+        self._hidden: dict[str, bool] = {}
+
+    def _foreground(self, user: str) -> bool:
+        return any(not s.background for s in self.server.router.targets(user))  # type: ignore[attr-defined]
+
+    def activity(self, session: Session) -> None:
+        """The user did something on this device."""
+        if session.background:
+            return
+        user = session.user
+        self._active[user] = (trio.current_time(), int(time.time() * 1000))
+        if user not in self._online:
+            self._online.add(user)
+            self._announce(user)
+
+    async def check(self, now: float) -> None:
+        """Users whose activity is older than the threshold, or with no foreground device
+        left, go offline (called by the server's sweeper and on disconnects)."""
+        threshold = self.server.config.presence_threshold
+        for user in list(self._online):
+            at, wall = self._active[user]
+            if now - at > threshold or not self._foreground(user):
+                self._online.discard(user)
+                await self.server.store.set_last_seen(user, wall)
+                self._announce(user)
+
+    async def disconnected(self, session: Session) -> None:
+        for user in list(session.watching or ()):
+            self.unwatch(session, user)
+        if session.user in self._online and not self._foreground(session.user):
+            await self.check(trio.current_time())
+
+    async def _is_hidden(self, user: str) -> bool:
+        hidden = self._hidden.get(user)
+        if hidden is None:
+            hidden = self._hidden[user] = (await self.server.store.presence_of(user))[1]
+        return hidden
+
+    async def set_hidden(self, user: str, hidden: bool) -> None:
+        await self.server.store.set_privacy(user, hidden)
+        self._hidden[user] = hidden
+
+    async def state(self, user: str, viewer: str, rid: int | None = None) -> F.Presence:
+        """What viewer may see of user now."""
+        online = user in self._online
+        last: int | None = None
+        if not online:
+            if user in self._active:
+                last = self._active[user][1]
+            else:
+                last = (await self.server.store.presence_of(user))[0]
+            if await self._is_hidden(user) or await self._is_hidden(viewer):
+                last = None
+        return F.Presence(user=user, online=online, last_seen=last, rid=rid)
+
+    def watch(self, session: Session, user: str) -> None:
+        self._watchers.setdefault(user, set()).add(session)
+        if session.watching is None:
+            session.watching = set()
+        session.watching.add(user)
+
+    def unwatch(self, session: Session, user: str) -> None:
+        watchers = self._watchers.get(user)
+        if watchers is not None:
+            watchers.discard(session)
+            if not watchers:
+                del self._watchers[user]
+        if session.watching is not None:
+            session.watching.discard(user)
+
+    def _announce(self, user: str) -> None:
+        if user in self._watchers:
+            self.server.spawn(self._send_states, user)
+
+    async def _send_states(self, user: str) -> None:
+        for session in list(self._watchers.get(user, ())):
+            session.send_presence(await self.state(user, session.user))
