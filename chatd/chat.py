@@ -1,7 +1,9 @@
 """`chatd chat`: a small interactive terminal chat with sent / delivered / read marks.
 
-Type a line to send it to the current peer; `/to USER` switches peer; `/quit` leaves.
-Incoming messages are marked read as they are shown (the chat is open on screen).
+Type a line to send it to the current peer; `/to USER` (or `/to #GROUP`) switches peer;
+`/quit` leaves. Incoming messages are marked read as they are shown (the chat is open on
+screen). The peer's presence is shown as it changes: "bob: online", "bob: last seen 5
+minutes ago".
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import chatd_client as cc
 import trio
 
 BLUE, DIM, RESET = "\033[34m", "\033[2m", "\033[0m"
-HELP = "type a message and Enter to send; /to USER switches peer; /quit leaves"
+HELP = "type a message and Enter to send; /to USER or /to #GROUP switches peer; /quit leaves"
 
 
 def clock(ts_ms: int) -> str:
@@ -48,7 +50,16 @@ class ChatView:
 
     def message(self, m: cc.Message, me: str) -> None:
         who = "you (other device)" if m.sender == me else m.sender
-        self.line(f"[{clock(m.ts)}] {who}: {m.text}")
+        where = f"#{m.group} " if m.group else ""
+        if m.event is not None:
+            details = ", ".join(f"{k}={v}" for k, v in m.event.items() if k != "kind")
+            self.line(self.paint(f"[{clock(m.ts)}] {where}-- {m.event['kind']} ({details})",
+                                 DIM))
+        else:
+            self.line(f"[{clock(m.ts)}] {where}{who}: {m.text}")
+
+    def presence(self, p: cc.Presence) -> None:
+        self.line(self.paint(f"-- {p.user}: {cc.presence_text(p)}", DIM))
 
 
 async def run_chat(args: argparse.Namespace) -> int:
@@ -59,6 +70,8 @@ async def run_chat(args: argparse.Namespace) -> int:
     async with cc.connect(args.url.split(","), need_token(args), args.device,
                           ca_file=args.ca_file) as client:
         view.line(view.paint(f"chatd: you are {client.user} ({client.device}). {HELP}", DIM))
+        if peer and not peer.startswith("#"):
+            await client.watch([peer])
 
         async def show_events() -> None:
             async for event in client.events():
@@ -67,7 +80,10 @@ async def run_chat(args: argparse.Namespace) -> int:
                     if event.sender != client.user:
                         await client.mark_read(event.conv, event.seq)
                 elif isinstance(event, (cc.Delivered, cc.Read)):
-                    view.receipt(event)
+                    if event.by != client.user:  # not my own other device's read marks
+                        view.receipt(event)
+                elif isinstance(event, cc.Presence):
+                    view.presence(event)
                 elif isinstance(event, cc.Disconnected):
                     view.line(view.paint(f"-- disconnected ({event.reason}), reconnecting", DIM))
                 elif isinstance(event, cc.Connected):
@@ -85,6 +101,8 @@ async def run_chat(args: argparse.Namespace) -> int:
                 if text.startswith("/to "):
                     peer = text[4:].strip()
                     view.line(view.paint(f"-- talking to {peer}", DIM))
+                    if not peer.startswith("#"):
+                        await client.watch([peer])
                 elif text.startswith("/"):
                     view.line(HELP)
                 elif not text:
@@ -93,7 +111,10 @@ async def run_chat(args: argparse.Namespace) -> int:
                     view.line("!! choose a peer first: /to USER")
                 else:
                     try:
-                        ack = await client.send(peer, text)
+                        if peer.startswith("#"):
+                            ack = await client.send(None, text, group=peer[1:])
+                        else:
+                            ack = await client.send(peer, text)
                     except cc.ChatdError as exc:
                         view.line(f"!! {exc}")
                     else:

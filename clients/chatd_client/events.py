@@ -96,12 +96,12 @@ Event = (Message | Delivered | Read | Presence | Synced | Connected | Disconnect
 
 
 def presence_text(p: Presence, now: float | None = None) -> str:
-    """For people: "online", "last seen just now", "last seen 5 minutes ago", "last seen
+    """For people: "online", "offline" (no last seen known or shown), "last seen just now", "last seen 5 minutes ago", "last seen
     today at 09:12", "last seen yesterday at 14:02", "last seen 3 Mar at 18:40"."""
     if p.online:
         return "online"
     if p.last_seen is None:
-        return "last seen hidden"
+        return "offline"  # never seen, or hidden: the protocol does not say which
     now = time.time() if now is None else now
     seen = p.last_seen / 1000
     ago = max(0.0, now - seen)

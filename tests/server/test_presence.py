@@ -66,7 +66,7 @@ async def test_hidden_last_seen_both_ways(node: Node) -> None:
             assert (await alice.last_seen("carol")).last_seen is None  # reciprocal
         p = await bob.last_seen("alice")
         assert not p.online and p.last_seen is None
-        assert cc.presence_text(p) == "last seen hidden"
+        assert cc.presence_text(p) == "offline"
         assert (await bob.last_seen("carol")).last_seen is not None
 
 
