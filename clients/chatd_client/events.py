@@ -96,8 +96,9 @@ Event = (Message | Delivered | Read | Presence | Synced | Connected | Disconnect
 
 
 def presence_text(p: Presence, now: float | None = None) -> str:
-    """For people: "online", "offline" (no last seen known or shown), "last seen just now", "last seen 5 minutes ago", "last seen
-    today at 09:12", "last seen yesterday at 14:02", "last seen 3 Mar at 18:40"."""
+    """For people: "online", "offline" (no last seen known or shown), "last seen just now",
+    "last seen 5 minutes ago", "last seen today at 09:12", "last seen yesterday at 14:02",
+    "last seen 3 Mar at 18:40"."""
     if p.online:
         return "online"
     if p.last_seen is None:
