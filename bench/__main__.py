@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import codec, drain, memory, throughput
+from . import codec, drain, fanout, memory, throughput
 
 
 def main() -> None:
@@ -22,6 +22,9 @@ def main() -> None:
     m.add_argument("--connections", type=int, default=5000)
     d = sub.add_parser("drain", help="a reconnecting device drains N queued messages")
     d.add_argument("--messages", type=int, default=10_000)
+    f = sub.add_parser("fanout", help="send -> last member of a large group, and SENT meanwhile")
+    f.add_argument("--members", type=int, default=1024)
+    f.add_argument("--messages", type=int, default=20)
     a = sub.add_parser("all", help="everything with the defaults")
     a.set_defaults(seconds=5)
     args = p.parse_args()
@@ -31,8 +34,10 @@ def main() -> None:
                                            store="sqlite://TMP/chatd.db"))
         memory.main(argparse.Namespace(connections=5000))
         drain.main(argparse.Namespace(messages=10_000))
+        fanout.main(argparse.Namespace(members=1024, messages=20))
         return
-    {"codec": codec, "throughput": throughput, "memory": memory, "drain": drain}[
+    {"codec": codec, "throughput": throughput, "memory": memory, "drain": drain,
+     "fanout": fanout}[
         args.what].main(args)
 
 

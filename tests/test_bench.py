@@ -26,3 +26,10 @@ def test_drain_bench_receives_everything() -> None:
 def test_memory_bench_measures_both_servers() -> None:
     result = memory.run(50)
     assert result["chatd"]["connections"] == result["bare_trio"]["connections"] == 50
+
+
+def test_fanout_bench_reaches_every_member() -> None:
+    from bench import fanout
+
+    result = fanout.run(size=20, messages=2)
+    assert result["members"] == 20 and result["fanout_to_last_member_ms"]["max"] > 0

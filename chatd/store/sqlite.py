@@ -237,6 +237,9 @@ class SqliteStore:
         self._groups: dict[str, _Group | None] = {}  # None: known not to exist
         self._seen: dict[str, list[Any]] = {}  # user -> [last_seen ms or None, hidden]
         self._all: dict[str, list[int]] = {}  # group conv -> [delivered, read] by every member
+        # group conv -> (members per delivered watermark, per read watermark, who is counted)
+        self._marks: dict[str, tuple[collections.Counter[int], collections.Counter[int],
+                                     set[str]]] = {}
         self._jobs: collections.deque[_Fanout] = collections.deque(  # resumed after a restart
             _Fanout(c, q, msgpack.unpackb(r), d, None) for c, q, r, d in self._db.execute(
                 "SELECT conv, seq, recipients, done FROM fanout ORDER BY conv, seq"))
@@ -442,9 +445,7 @@ class SqliteStore:
             targets = [u for u in (*members, *msg.recipients) if u != msg.sender]
             if copy:
                 targets.append(msg.sender)
-            st = self._member_state(db, msg.conv, msg.sender)  # the sender has read it
-            st[0], st[1] = max(st[0], seq), max(st[1], seq)
-            self._set_state(msg.conv, msg.sender, st)
+            self._mark(db, msg.conv, msg.sender, seq, seq)  # the sender has read it
             self._jobs.append(_Fanout(msg.conv, seq, list(dict.fromkeys(targets)), 0, template))
             buf.fanout[(msg.conv, seq)] = (self._jobs[-1].recipients, 0)
             return Appended(msg.conv, seq, msg.ts)
@@ -554,6 +555,7 @@ class SqliteStore:
                 g.members[u] = (False, last)
                 self._set_state(conv, u, [last, last])
                 self._state[(conv, u)] = [last, last]
+            self._marks.pop(conv, None)  # counted again over the new members when needed
             for u in removed:
                 del g.members[u]
             if g.members and not any(a for a, _ in g.members.values()):
@@ -576,8 +578,7 @@ class SqliteStore:
                 self._post_event(db, group, actor, ts,
                                  {"kind": kind, "by": actor, "users": removed},
                                  also=tuple(removed))
-                self._all.pop(conv, None)  # the rest may all have it now: recompute
-                self._advance_all(db, conv, actor, ts)
+                self._advance_all(db, conv, actor, ts)  # the rest may all have it now
             if name is not None:
                 self._post_event(db, group, actor, ts,
                                  {"kind": "renamed", "by": actor, "name": name})
@@ -711,18 +712,43 @@ class SqliteStore:
 
         return await self._do(op)
 
+    def _mark(self, db: sqlite3.Connection, conv: str, user: str, delivered: int | None,
+              read: int | None) -> None:
+        """Raise a member's watermarks (never lower them), keeping a group's counts right."""
+        st = self._member_state(db, conv, user)
+        marks = self._marks.get(conv)
+        counted = marks is not None and user in marks[2]
+        for i, value in ((0, delivered), (1, read)):
+            if value is not None and value > st[i]:
+                if marks is not None and counted:
+                    counts = marks[0] if i == 0 else marks[1]
+                    counts[st[i]] -= 1
+                    if not counts[st[i]]:
+                        del counts[st[i]]
+                    counts[value] += 1
+                st[i] = value
+        self._set_state(conv, user, st)
+
     def _advance_all(self, db: sqlite3.Connection, conv: str, by: str, ts: int) -> list[
             tuple[str, Item]]:
-        """Receipts with all=True for the group messages every member now has (or read)."""
+        """Receipts with all=True for the group messages every member now has (or read).
+
+        How many members stand at each watermark is counted per group, so the group's
+        minimum is the smallest count key: an ack costs O(distinct watermarks), not
+        O(members)."""
         g = self._group(db, conv[2:])
         if g is None or not g.members:
             return []
-        if conv not in self._all:
+        marks = self._marks.get(conv)
+        if marks is None:
             for u, d, r in db.execute("SELECT user, delivered_upto, read_upto FROM member_state"
                                       " WHERE conv=?", (conv,)):
                 self._state.setdefault((conv, u), [d, r])
-        states = [self._member_state(db, conv, u) for u in g.members]
-        now = [min(st[0] for st in states), min(st[1] for st in states)]
+            states = [self._member_state(db, conv, u) for u in g.members]
+            marks = self._marks[conv] = (collections.Counter(st[0] for st in states),
+                                         collections.Counter(st[1] for st in states),
+                                         set(g.members))
+        now = [min(marks[0]), min(marks[1])]
         before = self._all.setdefault(conv, now)
         out: list[tuple[str, Item]] = []
         for i, status in ((0, Status.DELIVERED), (1, Status.READ)):
@@ -790,10 +816,8 @@ class SqliteStore:
             newly: list[tuple[str, str, int]] = []
             groups: set[str] = set()
             for sender, conv, seq in self._delivered_by_ack(db, user, old, new):
-                st = self._member_state(db, conv, user)
-                if seq > st[0]:
-                    st[0] = seq
-                    self._set_state(conv, user, st)
+                if seq > self._member_state(db, conv, user)[0]:
+                    self._mark(db, conv, user, seq, None)
                     if conv.startswith("g:"):
                         groups.add(conv)  # coalesced: one receipt when all have it
                     else:
@@ -813,8 +837,7 @@ class SqliteStore:
             if upto_ <= st[1]:
                 return Appended()
             old = st[1]
-            st[0], st[1] = max(st[0], upto_), upto_
-            self._set_state(conv, user, st)
+            self._mark(db, conv, user, upto_, upto_)
             mine: list[tuple[str, Item]] = []
             if len(self._devices_of(db, user)) > 1:  # read here: read on my other devices too
                 mine = list(self._receipts(db, user, Status.READ, ts,

@@ -105,3 +105,17 @@ async def test_fanout_resumes_after_a_restart(tmp_path: Path) -> None:
         for u in (members[0], members[600], members[-1]):
             got = await delivered(store, u)
             assert [d.seq for d in got].count(sent.seq) == 1
+
+
+async def test_removing_the_last_laggard_completes_delivered_to_all(store: Store) -> None:
+    await setup(store, ["bob", "carol"])
+    sent = await store.append_message(gmsg("hi"))
+    await settle(store)
+    await store.ack("bob", "phone", (await delivered(store, "bob"))[-1].q, ts=5)
+    page = await store.inbox("alice", "phone", 0, 100)
+    assert not [i for i in page.items if isinstance(i, Receipt)]
+    await store.change_group("fam", "alice", ts=6, remove=("carol",))  # carol never got it
+    page = await store.inbox("alice", "phone", 0, 100)
+    receipts = [i for i in page.items if isinstance(i, Receipt)]
+    assert [(r.seqs, r.status, r.all) for r in receipts] == [
+        ((sent.seq,), Status.DELIVERED, True)]
