@@ -1,5 +1,7 @@
 """chatd Python SDK: `async with chatd_client.connect(url, token=...) as c:`."""
 
+from chatd.protocol.frames import Mode
+
 from .client import ChatdError, Client, ConnectionLost, connect
 from .events import (
     Connected,
@@ -16,5 +18,5 @@ from .events import (
 )
 
 __all__ = ["ChatdError", "Client", "Connected", "ConnectionLost", "Delivered", "Disconnected",
-           "Event", "Message", "Presence", "Read", "SentAck", "ServerError", "Synced", "connect",
+           "Event", "Message", "Mode", "Presence", "Read", "SentAck", "ServerError", "Synced", "connect",
            "presence_text"]
