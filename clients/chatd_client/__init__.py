@@ -18,5 +18,5 @@ from .events import (
 )
 
 __all__ = ["ChatdError", "Client", "Connected", "ConnectionLost", "Delivered", "Disconnected",
-           "Event", "Message", "Mode", "Presence", "Read", "SentAck", "ServerError", "Synced", "connect",
-           "presence_text"]
+           "Event", "Message", "Mode", "Presence", "Read", "SentAck", "ServerError", "Synced",
+           "connect", "presence_text"]
