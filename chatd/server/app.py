@@ -133,7 +133,7 @@ class ChatServer:
             now = trio.current_time()
             for session in self.sessions():
                 session.check_timeouts(now)
-            await self.presence.check(now)
+            await self.presence.check()
 
     async def collect_garbage(self) -> None:
         """Delete, now and then, what the chat modes say to forget (see Store.collect)."""

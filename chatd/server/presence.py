@@ -20,8 +20,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import trio
-
 from chatd.protocol import frames as F
 
 if TYPE_CHECKING:
@@ -32,7 +30,7 @@ if TYPE_CHECKING:
 class PresenceService:
     def __init__(self, server: ChatServer) -> None:
         self.server = server
-        self._active: dict[str, tuple[float, int]] = {}  # user -> (trio time, wall ms)
+        self._active: dict[str, int] = {}  # user -> last activity, wall ms (one int a user)
         self._online: set[str] = set()
         self._watchers: dict[str, set[Session]] = {}
         self._hidden: dict[str, bool] = {}
@@ -45,27 +43,27 @@ class PresenceService:
         if session.background:
             return
         user = session.user
-        self._active[user] = (trio.current_time(), int(time.time() * 1000))
+        self._active[user] = int(time.time() * 1000)
         if user not in self._online:
             self._online.add(user)
             self._announce(user)
 
-    async def check(self, now: float) -> None:
+    async def check(self) -> None:
         """Users whose activity is older than the threshold, or with no foreground device
         left, go offline (called by the server's sweeper and on disconnects)."""
-        threshold = self.server.config.presence_threshold
+        oldest = int(time.time() * 1000 - self.server.config.presence_threshold * 1000)
         for user in list(self._online):
-            at, wall = self._active[user]
-            if now - at > threshold or not self._foreground(user):
+            at = self._active[user]
+            if at < oldest or not self._foreground(user):
                 self._online.discard(user)
-                await self.server.store.set_last_seen(user, wall)
+                await self.server.store.set_last_seen(user, at)
                 self._announce(user)
 
     async def disconnected(self, session: Session) -> None:
         for user in list(session.watching or ()):
             self.unwatch(session, user)
         if session.user in self._online and not self._foreground(session.user):
-            await self.check(trio.current_time())
+            await self.check()
 
     async def _is_hidden(self, user: str) -> bool:
         hidden = self._hidden.get(user)
@@ -83,7 +81,7 @@ class PresenceService:
         last: int | None = None
         if not online:
             if user in self._active:
-                last = self._active[user][1]
+                last = self._active[user]
             else:
                 last = (await self.server.store.presence_of(user))[0]
             if await self._is_hidden(user) or await self._is_hidden(viewer):

@@ -199,7 +199,7 @@ class Session:
 
     async def run(self) -> None:
         """Serve the connection until it ends. Cancelled from outside on shutdown."""
-        conn, receive = self.conn, self.transport.receive
+        conn, transport = self.conn, self.transport
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
             self._nursery = nursery
@@ -208,7 +208,7 @@ class Session:
                 while not self._closing:
                     # No timer here (ChatServer.sweep checks every connection's timeouts), and
                     # no local holds the bytes or frames of the last read while we wait.
-                    conn.receive_data(await receive(RECEIVE_SIZE))
+                    conn.receive_data(await transport.receive(RECEIVE_SIZE))
                     self.rx_at = trio.current_time()
                     if await self.handle_all(self._received_frames()):
                         break

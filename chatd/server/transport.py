@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -15,13 +17,15 @@ class StreamTransport:
 
     framing = Framing.STREAM
     coalesce = True  # several frames may go out in one write
-    __slots__ = ("receive", "stream")
+    __slots__ = ("stream",)
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        # receive(max_bytes): bytes, b"" at the end; BrokenResourceError if the peer reset.
-        # The stream's own method, not a wrapper: no extra coroutine frame per idle connection.
-        self.receive = stream.receive_some
+
+    def receive(self, max_bytes: int) -> Awaitable[bytes | bytearray]:
+        """Bytes, b"" at the end; BrokenResourceError if the peer reset. Not a coroutine of
+        its own: the stream's, so an idle connection holds no extra frame for it."""
+        return self.stream.receive_some(max_bytes)
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
