@@ -69,9 +69,6 @@ class LocalRouter:
     def __len__(self) -> int:
         return self._count
 
-    def online(self, user: str) -> bool:
-        return user in self._by_user
-
     def dispatch(self, items: Iterable[tuple[str, Item]]) -> None:
         """Called by the store, in commit order, with every inbox item it appended."""
         by_user = self._by_user

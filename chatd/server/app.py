@@ -125,7 +125,7 @@ class ChatServer:
 
     async def sweep(self) -> None:
         """One task for every connection's idle and slow-frame timeouts (a timer per
-        connection would cost each idle connection a cancel scope)."""
+        connection would cost each idle connection a cancel scope), and for presence."""
         cfg = self.config
         interval = max(0.05, min(1.0, cfg.idle_timeout / 4, cfg.frame_timeout / 4))
         while True:

@@ -344,12 +344,9 @@ class Session:
             self.close_with(ErrorCode.INTERNAL, f"store unavailable: {exc}")
 
     async def handle(self, ev: Frame) -> None:
+        """One frame other than Send and Ack (handle_all batches those)."""
         server = self.server
-        if isinstance(ev, F.Send):
-            await self._handle_sends([ev])
-        elif isinstance(ev, F.Ack):
-            await server.store.ack(self.user, self.device, ev.upto, now_ms())
-        elif isinstance(ev, F.Read):
+        if isinstance(ev, F.Read):
             if await self._may_access(ev.conv):
                 await server.store.mark_read(self.user, ev.conv, ev.upto, now_ms())
         elif isinstance(ev, F.Ping):

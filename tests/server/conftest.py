@@ -64,3 +64,15 @@ async def node(start_node: StartNode) -> Node:
     n: Node = await start_node()
     await n.add_users("alice", "bob", "carol")
     return n
+
+
+async def messages(client: chatd_client.Client, n: int,
+                   timeout: float = 10) -> list[chatd_client.Message]:
+    """The client's next n messages (other events skipped), failing after timeout."""
+    out: list[chatd_client.Message] = []
+    with trio.fail_after(timeout):
+        while len(out) < n:
+            m = await client.next_event(chatd_client.Message)
+            assert isinstance(m, chatd_client.Message)
+            out.append(m)
+    return out

@@ -6,22 +6,12 @@ import chatd_client as cc
 import pytest
 import trio
 
-from .conftest import Node, StartNode
-
-
-async def msgs(client: cc.Client, n: int, timeout: float = 10) -> list[cc.Message]:
-    out: list[cc.Message] = []
-    with trio.fail_after(timeout):
-        while len(out) < n:
-            m = await client.next_event(cc.Message)
-            assert isinstance(m, cc.Message)
-            out.append(m)
-    return out
+from .conftest import Node, StartNode, messages
 
 
 async def texts(client: cc.Client, n: int) -> list[str]:
     """The next n chat lines: bodies, or the event kind for server-made events."""
-    return [m.event["kind"] if m.event else m.text for m in await msgs(client, n)]
+    return [m.event["kind"] if m.event else m.text for m in await messages(client, n)]
 
 
 async def test_group_chat_with_an_offline_member(node: Node) -> None:
@@ -35,7 +25,7 @@ async def test_group_chat_with_an_offline_member(node: Node) -> None:
         assert await texts(bob, 6) == ["created", "g0", "g1", "g2", "g3", "g4"]
         assert await texts(alice, 1) == ["bob here"]
     async with node.connect("carol") as carol:  # was offline: everything, in order
-        got = await msgs(carol, 7)
+        got = await messages(carol, 7)
         assert [m.seq for m in got] == list(range(1, 8))
         assert got[-1].sender == "bob" and got[-1].group == group.group
         assert await carol.my_groups() == [group.group]
@@ -81,10 +71,10 @@ async def test_group_receipts_go_to_the_sender_once_for_all(node: Node) -> None:
     async with node.connect("alice", "phone") as alice, node.connect("bob") as bob, \
             node.connect("carol") as carol:
         g = (await alice.create_group("Trio", ["bob", "carol"])).group
-        await msgs(bob, 1)
-        await msgs(carol, 1)
+        await messages(bob, 1)
+        await messages(carol, 1)
         ack = await alice.send(None, "read me", group=g)
-        m_bob, m_carol = (await msgs(bob, 1))[0], (await msgs(carol, 1))[0]
+        m_bob, m_carol = (await messages(bob, 1))[0], (await messages(carol, 1))[0]
         with trio.fail_after(5):
             d = await alice.next_event(cc.Delivered)
         assert isinstance(d, cc.Delivered) and d.seqs == (ack.seq,)

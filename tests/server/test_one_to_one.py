@@ -6,22 +6,12 @@ import chatd_client as cc
 import pytest
 import trio
 
-from .conftest import Node
+from .conftest import Node, messages
 
 
 async def first(client: cc.Client, kind: type, timeout: float = 5) -> cc.Event:
     with trio.fail_after(timeout):
         return await client.next_event(kind)
-
-
-async def messages(client: cc.Client, n: int, timeout: float = 10) -> list[cc.Message]:
-    out: list[cc.Message] = []
-    with trio.fail_after(timeout):
-        while len(out) < n:
-            m = await client.next_event(cc.Message)
-            assert isinstance(m, cc.Message)
-            out.append(m)
-    return out
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
