@@ -141,3 +141,28 @@ def test_cli_reports_errors_plainly(chatd_proc: Proc) -> None:
     out = subprocess.run([*CHATD, "serve", "--store", "postgres://x"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode != 0 and "unknown store" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_sigkill_mid_fanout_loses_nothing(chatd_proc: Proc) -> None:
+    from chatd.store import open_store
+
+    members = [f"m{i}" for i in range(1023)]  # a full group: 1,024 with alice
+    async with open_store(f"sqlite://{chatd_proc.data_dir}/chatd.db") as store:
+        for u in ["alice", *members]:
+            await store.add_user(u)
+    alice = chatd_proc.token("alice")
+    chatd_proc.start()
+    async with cc.connect(chatd_proc.url, alice, reconnect=False) as client:
+        group = await client.create_group("Everyone", members)
+        ack = await client.send(None, "to all 1,023 of you", group=group.group)
+        assert chatd_proc.kill(signal.SIGKILL) == -signal.SIGKILL  # right after SENT
+    chatd_proc.start()
+    for name in (members[0], members[600], members[-1]):
+        async with cc.connect(chatd_proc.url, chatd_proc.token(name)) as member:
+            with trio.fail_after(10):
+                while True:
+                    m = await member.next_event(cc.Message)
+                    assert isinstance(m, cc.Message)
+                    if m.seq == ack.seq:
+                        assert m.text == "to all 1,023 of you"
+                        break

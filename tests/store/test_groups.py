@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import trio
@@ -100,6 +101,8 @@ async def test_fanout_resumes_after_a_restart(tmp_path: Path) -> None:
         await settle(store)
         sent = await store.append_message(gmsg("big"))
         # leave at once: the fan-out job is committed with the message, not done yet
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM fanout").fetchone()[0] == 1
     async with open_store(url) as store:
         await settle(store)
         for u in (members[0], members[600], members[-1]):
