@@ -255,18 +255,23 @@ class Session:
             return 0
         return max(1, int((1 - self._tokens) / cfg.send_rate * 1000))
 
+    def _group_problem(self, group: str, info: GroupInfo | None
+                       ) -> tuple[ErrorCode, str] | None:
+        if info is None:
+            return ErrorCode.UNKNOWN_TARGET, f"no group {group!r}"
+        if self.user not in info.members:
+            return ErrorCode.FORBIDDEN, f"not a member of group {group!r}"
+        return None
+
     async def _group_for(self, group: str, rid: int | None = None,
                          ref: str | None = None) -> GroupInfo | None:
         """The group if this user is a member; otherwise answer with the error, None."""
         info = await self.server.store.group(group)
-        if info is None:
-            self._error(ErrorCode.UNKNOWN_TARGET, f"no group {group!r}", ref=ref, rid=rid)
-        elif self.user not in info.members:
-            self._error(ErrorCode.FORBIDDEN, f"not a member of group {group!r}", ref=ref,
-                        rid=rid)
-        else:
-            return info
-        return None
+        problem = self._group_problem(group, info)
+        if problem is not None:
+            self._error(*problem, ref=ref, rid=rid)
+            return None
+        return info
 
     async def _may_access(self, conv: str, rid: int | None = None) -> bool:
         """Whether this user takes part in conv (checked now: membership can change)."""
@@ -393,8 +398,10 @@ class Session:
             self._error(ErrorCode.INVALID,
                         f"{type(ev).__name__} is not available on this server yet", rid=rid)
 
-    async def _check_send(self, ev: F.Send) -> bool:
-        """Validate one send; on a problem, answer with its error and return False."""
+    async def _check_send(self, ev: F.Send,
+                          groups: dict[str, tuple[ErrorCode, str] | None]) -> bool:
+        """Validate one send; on a problem, answer with its error and return False. `groups`
+        remembers membership checks within one batch of sends (one store call per group)."""
         server = self.server
         wait = self._take_token()
         if wait:
@@ -409,7 +416,13 @@ class Session:
                         f"body of {len(ev.body)} bytes, limit {MAX_BODY_SIZE}", ref=ev.id)
             return False
         if ev.group is not None:
-            return await self._group_for(ev.group, ref=ev.id) is not None
+            if ev.group not in groups:
+                groups[ev.group] = self._group_problem(
+                    ev.group, await server.store.group(ev.group))
+            problem = groups[ev.group]
+            if problem is not None:
+                self._error(*problem, ref=ev.id)
+            return problem is None
         if not await server.user_exists(ev.to):  # type: ignore[arg-type]
             self._error(ErrorCode.UNKNOWN_TARGET, f"no user {ev.to!r}", ref=ev.id)
             return False
@@ -418,8 +431,9 @@ class Session:
     async def _handle_sends(self, sends: list[F.Send]) -> None:
         ts = now_ms()
         msgs, ids = [], []
+        groups: dict[str, tuple[ErrorCode, str] | None] = {}
         for ev in sends:
-            if not await self._check_send(ev):
+            if not await self._check_send(ev, groups):
                 continue
             recipients: tuple[str, ...] = ()  # for a group, the store fans out to members
             if ev.group is not None:

@@ -103,3 +103,26 @@ async def test_group_size_is_capped(start_node: StartNode) -> None:
         g = (await alice.create_group("Ok", ["bob", "carol"])).group
         with pytest.raises(cc.ChatdError):
             await alice.add_members(g, ["dave"])
+
+
+async def test_pipelined_group_sends_each_get_the_right_error(node: Node) -> None:
+    from chatd.protocol import ErrorCode
+    from chatd.protocol import frames as F
+
+    from .raw import Raw
+
+    async with node.connect("alice") as alice:
+        g = (await alice.create_group("Private", ["bob"])).group
+    carol = await Raw.open(node.server.tcp_port)
+    await carol.hello(node.token("carol"))
+    await carol.send_bytes(b"".join(carol.conn.send(F.Send(id=f"s{i}", group=grp, body=b"x"))
+                                    for i, grp in enumerate(["nope", "nope", g, g])))
+    errors: dict[str, int] = {}
+    with trio.fail_after(5):
+        while len(errors) < 4:
+            f = await carol.recv()
+            if isinstance(f, F.Error):
+                assert f.ref is not None
+                errors[f.ref] = f.code
+    assert errors == {"s0": ErrorCode.UNKNOWN_TARGET, "s1": ErrorCode.UNKNOWN_TARGET,
+                      "s2": ErrorCode.FORBIDDEN, "s3": ErrorCode.FORBIDDEN}
