@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 import msgpack
 import trio
 
-from chatd.protocol.frames import Deliver, HistoryItem, Media, Receipt, Status
+from chatd.protocol.frames import Deliver, HistoryItem, Media, Mode, Receipt, Status
 from chatd.protocol.schema import from_map, to_map
 
 from .base import (
@@ -45,7 +45,8 @@ T = TypeVar("T")
 log = logging.getLogger("chatd.store")
 MAX_BATCH: Final = 2000
 RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks without a query
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
+COLLECT_LIMIT: Final = 10_000  # messages looked at per expiry rule per collect pass
 FANOUT_CHUNK: Final = 512  # inbox appends per fan-out step
 
 SCHEMA = """
@@ -92,6 +93,11 @@ ALTER TABLE convs ADD COLUMN ttl INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN last_seen INTEGER;
 ALTER TABLE users ADD COLUMN hide_last_seen INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX messages_by_ts ON messages (ts);
+""",
+    3: """
+CREATE INDEX inbox_by_message ON inbox (conv, seq);
+CREATE INDEX client_ids_by_ts ON client_ids (ts);
+CREATE INDEX convs_by_mode ON convs (mode);
 """,
 }
 
@@ -236,6 +242,10 @@ class SqliteStore:
         self._recent_floor: dict[str, int] = {}
         self._groups: dict[str, _Group | None] = {}  # None: known not to exist
         self._seen: dict[str, list[Any]] = {}  # user -> [last_seen ms or None, hidden]
+        # Users whose devices acknowledged something since the last collect(). After a
+        # restart it starts with every user who has a device: nothing acknowledged is missed.
+        self._acked_users: set[str] = {u for (u,) in self._db.execute(
+            "SELECT DISTINCT user FROM devices")}
         self._all: dict[str, list[int]] = {}  # group conv -> [delivered, read] by every member
         # group conv -> (members per delivered watermark, per read watermark, who is counted)
         self._marks: dict[str, tuple[collections.Counter[int], collections.Counter[int],
@@ -664,31 +674,53 @@ class SqliteStore:
         """Forget what the chat modes say to forget. Inbox items every device of their user
         has acknowledged go; then messages of TEMPORARY chats that no inbox holds any more
         (every recipient device has them) or older than max_age_ms (never delivered), and
-        messages of DISAPPEARING chats older than their ttl. PERMANENT messages stay."""
+        messages of DISAPPEARING chats older than their ttl. PERMANENT messages stay.
+
+        Every step uses an index and touches only what changed: the users whose devices
+        acknowledged something since the last pass, the messages their deleted inbox items
+        pointed at, and at most COLLECT_LIMIT expired messages per rule (the rest next pass),
+        because the writer does nothing else meanwhile."""
         def op(db: sqlite3.Connection) -> dict[str, int]:
             self._buf.flush(db)
-            acked = db.execute(
-                "DELETE FROM inbox WHERE q <= (SELECT min(cursor) FROM devices d"
-                " WHERE d.user = inbox.user)").rowcount
-            not_pending = ("NOT EXISTS (SELECT 1 FROM fanout f WHERE f.conv = messages.conv"
-                           " AND f.seq = messages.seq)")
-            delivered = db.execute(
-                "DELETE FROM messages WHERE conv IN (SELECT conv FROM convs WHERE mode = 0)"
-                " AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.conv = messages.conv"
-                f" AND i.seq = messages.seq) AND {not_pending}").rowcount
-            too_old = db.execute(
-                "DELETE FROM messages WHERE ts < ? AND conv IN (SELECT conv FROM convs"
-                f" WHERE mode = 0) AND {not_pending}", (now - max_age_ms,)).rowcount
-            expired = db.execute(
-                "DELETE FROM messages WHERE EXISTS (SELECT 1 FROM convs c WHERE"
-                " c.conv = messages.conv AND c.mode = 2 AND messages.ts < ? - c.ttl * 1000)",
-                (now,)).rowcount
-            orphans = db.execute(
-                "DELETE FROM inbox WHERE receipt IS NULL AND NOT EXISTS (SELECT 1 FROM"
-                " messages m WHERE m.conv = inbox.conv AND m.seq = inbox.seq)").rowcount
+            users, self._acked_users = self._acked_users, set()
+            candidates: set[tuple[str, int]] = set()
+            acked = 0
+            for user in users:
+                devs = self._devices_of(db, user)
+                if not devs:
+                    continue
+                rows = db.execute("DELETE FROM inbox WHERE user=? AND q<=? RETURNING conv, seq",
+                                  (user, min(devs.values()))).fetchall()
+                acked += len(rows)
+                candidates.update((c, q) for c, q in rows if q)  # receipts have seq 0
+            pending = {(j.conv, j.seq) for j in self._jobs}
+            modes: dict[str, int] = {}
+
+            def mode(conv: str) -> int:
+                if conv not in modes:
+                    modes[conv] = self._mode(db, conv)[0]
+                return modes[conv]
+
+            delivered = [k for k in candidates if mode(k[0]) == Mode.TEMPORARY and k not in
+                         pending and db.execute("SELECT 1 FROM inbox WHERE conv=? AND seq=?",
+                                                k).fetchone() is None]
+            db.executemany("DELETE FROM messages WHERE conv=? AND seq=?", delivered)
+            old = db.execute("SELECT conv, seq FROM messages WHERE ts < ? ORDER BY ts LIMIT ?",
+                             (now - max_age_ms, COLLECT_LIMIT)).fetchall()
+            too_old = [k for k in old if mode(k[0]) == Mode.TEMPORARY and k not in pending]
+            expired: list[tuple[str, int]] = []
+            for conv, ttl in db.execute("SELECT conv, ttl FROM convs WHERE mode=?",
+                                        (Mode.DISAPPEARING,)).fetchall():
+                expired += db.execute("SELECT conv, seq FROM messages WHERE conv=? AND ts<?"
+                                      " LIMIT ?", (conv, now - ttl * 1000, COLLECT_LIMIT))
+            gone = too_old + expired
+            db.executemany("DELETE FROM messages WHERE conv=? AND seq=?", gone)
+            orphans = 0
+            for k in gone:  # inbox items of messages that will never be delivered now
+                orphans += db.execute("DELETE FROM inbox WHERE conv=? AND seq=?", k).rowcount
             db.execute("DELETE FROM client_ids WHERE ts < ?", (now - max_age_ms,))
-            return {"inbox_acked": acked, "delivered": delivered, "too_old": too_old,
-                    "expired": expired, "inbox_orphans": orphans}
+            return {"inbox_acked": acked, "delivered": len(delivered), "too_old": len(too_old),
+                    "expired": len(expired), "inbox_orphans": orphans}
 
         return await self._do(op)
 
@@ -813,6 +845,7 @@ class SqliteStore:
             if new <= old:
                 return Appended()
             devs[device] = self._buf.devices[(user, device)] = new
+            self._acked_users.add(user)  # collect() may delete what all devices now have
             newly: list[tuple[str, str, int]] = []
             groups: set[str] = set()
             for sender, conv, seq in self._delivered_by_ack(db, user, old, new):

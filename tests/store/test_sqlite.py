@@ -46,3 +46,20 @@ async def test_acks_beyond_the_memory_index_fall_back_to_sql(
         assert [i.seqs for _, i in r.items if isinstance(i, Receipt)] == [tuple(range(1, 11))]
         page = await store.inbox("bob", "phone", 0, 100)
         assert len([i for i in page.items if isinstance(i, Deliver)]) == 10
+
+
+async def test_a_database_from_a_newer_chatd_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from chatd.store import StoreError
+
+    url = f"sqlite://{tmp_path}/db.sqlite"
+    async with open_store(url):
+        pass  # created at the current schema version, through every migration
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+            str(sqlite_store.SCHEMA_VERSION),)
+        db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    with pytest.raises(StoreError, match="newer"):
+        async with open_store(url):
+            pass
