@@ -108,6 +108,7 @@ class _Op:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
+    ids: list[tuple[str, str]] | None = None  # (sender, client id) keys it will look up
 
 
 @dataclasses.dataclass(slots=True)
@@ -212,6 +213,8 @@ class SqliteStore:
         self.batches = 0
         self.ops = 0
         self._buf = _Buffers()
+        self._known_ids: dict[tuple[str, str], tuple[str, int, int]] = {}
+        self._ids_prefetched: set[tuple[str, str]] = set()
         self._reset_caches()
 
     def _migrate(self) -> None:
@@ -288,6 +291,7 @@ class SqliteStore:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
+            self._prefetch_ids(db, [k for op in batch if op.ids for k in op.ids])
             for op in batch:
                 try:
                     op.result = op.fn(db)
@@ -307,10 +311,24 @@ class SqliteStore:
         self.batches += 1
         self.ops += len(batch)
 
-    async def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _prefetch_ids(self, db: sqlite3.Connection, keys: list[tuple[str, str]]) -> None:
+        """Which of a batch's client ids are already stored: one query per 500 keys instead
+        of one per message (each query gives the GIL up and waits to get it back)."""
+        self._known_ids = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            for sender, cid, conv, seq, ts in db.execute(
+                    "SELECT sender, client_id, conv, seq, ts FROM client_ids WHERE"
+                    " (sender, client_id) IN (VALUES " + ",".join(["(?, ?)"] * len(chunk))
+                    + ")", [x for k in chunk for x in k]):
+                self._known_ids[(sender, cid)] = (conv, seq, ts)
+        self._ids_prefetched = set(keys)
+
+    async def _do(self, fn: Callable[[sqlite3.Connection], T],
+                  ids: list[tuple[str, str]] | None = None) -> T:
         if self._closed:
             raise StoreError("store is closed")
-        op = _Op(fn)
+        op = _Op(fn, ids=ids)
         self._queue.append(op)
         self._wake.set()
         await op.done.wait()
@@ -425,15 +443,17 @@ class SqliteStore:
         return await self._do(lambda db: self._devices_of(db, user).get(device, 0))
 
     async def append_messages(self, msgs: list[NewMessage]) -> list[Appended]:
-        return await self._do(lambda db: [self._append(db, m) for m in msgs])
+        return await self._do(lambda db: [self._append(db, m) for m in msgs],
+                              ids=[(m.sender, m.client_id) for m in msgs])
 
     async def append_message(self, msg: NewMessage) -> Appended:
-        return await self._do(lambda db: self._append(db, msg))
+        return await self._do(lambda db: self._append(db, msg),
+                              ids=[(msg.sender, msg.client_id)])
 
     def _append(self, db: sqlite3.Connection, msg: NewMessage) -> Appended:
         key = (msg.sender, msg.client_id)
-        row = self._buf.ids.get(key)
-        if row is None:
+        row = self._buf.ids.get(key) or self._known_ids.get(key)
+        if row is None and key not in self._ids_prefetched:  # (server-made events)
             row = db.execute("SELECT conv, seq, ts FROM client_ids WHERE sender=? AND"
                              " client_id=?", key).fetchone()
         if row is not None:
