@@ -195,18 +195,10 @@ def conv_members(conv: str) -> tuple[str, ...] | None:
     return None
 
 
-def receipts_for(by: str, status: int, ts: int, delivered: list[tuple[str, str, int]],
-                 next_q: dict[str, int], all_: bool = False) -> list[tuple[str, Receipt]]:
-    """Group (sender, conv, seq) triples into one receipt per sender and conversation.
-
-    next_q holds each sender's next inbox position and is advanced in place."""
+def group_receipts(delivered: list[tuple[str, str, int]]) -> dict[tuple[str, str], list[int]]:
+    """(sender, conv, seq) triples -> the seqs of each (sender, conversation): one receipt
+    per sender and conversation, however many messages it covers."""
     grouped: dict[tuple[str, str], list[int]] = {}
     for sender, conv, seq in delivered:
         grouped.setdefault((sender, conv), []).append(seq)
-    out = []
-    for (sender, conv), seqs in grouped.items():
-        q = next_q[sender]
-        next_q[sender] = q + 1
-        out.append((sender, Receipt(q=q, conv=conv, seqs=tuple(seqs), by=by, status=status,
-                                    ts=ts, all=all_)))
-    return out
+    return grouped

@@ -38,7 +38,7 @@ from .base import (
     Page,
     ReceiptState,
     StoreError,
-    receipts_for,
+    group_receipts,
 )
 
 T = TypeVar("T")
@@ -146,6 +146,9 @@ class _Buffers:
     """Rows written by the operations of one batch, flushed table by table."""
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
         self.users: list[tuple[Any, ...]] = []
         self.devices: dict[tuple[str, str], int] = {}
         self.messages: list[tuple[Any, ...]] = []
@@ -195,7 +198,7 @@ class _Buffers:
                            " SET done=excluded.done",
                            [(c, q, msgpack.packb(v[0]), v[1])
                             for (c, q), v in self.fanout.items() if v is not None])
-        self.__init__()  # type: ignore[misc]
+        self.clear()
 
 
 class SqliteStore:
@@ -356,13 +359,18 @@ class SqliteStore:
             self._users.add(user)
             self._buf.users.append((user,))
 
-    def _next_q(self, db: sqlite3.Connection, user: str) -> int:
+    def _last_q_of(self, db: sqlite3.Connection, user: str) -> int:
+        """The user's last inbox position."""
         q = self._last_q.get(user)
         if q is None:
-            self._ensure_user(db, user)
             row = db.execute("SELECT last_q FROM users WHERE user=?", (user,)).fetchone()
-            q = row[0] if row else 0
-        q += 1
+            q = self._last_q[user] = row[0] if row else 0
+        return q
+
+    def _next_q(self, db: sqlite3.Connection, user: str) -> int:
+        if user not in self._last_q:
+            self._ensure_user(db, user)
+        q = self._last_q_of(db, user) + 1
         self._last_q[user] = self._buf.last_q[user] = q
         return q
 
@@ -840,16 +848,14 @@ class SqliteStore:
 
     def _receipts(self, db: sqlite3.Connection, by: str, status: int, ts: int,
                   newly: list[tuple[str, str, int]], all_: bool = False) -> Appended:
-        if not newly:
-            return Appended()
-        next_q = {s: self._next_q(db, s) for s in {s for s, _, _ in newly}}
-        out = receipts_for(by, status, ts, newly, dict(next_q), all_)
-        for sender, r in out:
-            self._remember(sender, r.q, None)
-            self._buf.inbox.append((sender, r.q, r.conv, 0, msgpack.packb(
-                {"ss": list(r.seqs), "by": by, "st": status, "ts": ts, "all": all_})))
-            if r.q > self._last_q[sender]:  # _next_q reserved only the first position
-                self._last_q[sender] = self._buf.last_q[sender] = r.q
+        out: list[tuple[str, Item]] = []
+        for (sender, conv), seqs in group_receipts(newly).items():
+            q = self._next_q(db, sender)
+            self._remember(sender, q, None)
+            self._buf.inbox.append((sender, q, conv, 0, msgpack.packb(
+                {"ss": seqs, "by": by, "st": status, "ts": ts, "all": all_})))
+            out.append((sender, Receipt(q=q, conv=conv, seqs=tuple(seqs), by=by,
+                                        status=status, ts=ts, all=all_)))
         return Appended(items=tuple(out))
 
     async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
@@ -858,10 +864,7 @@ class SqliteStore:
             old = devs.get(device)
             if old is None:
                 return Appended()
-            if user not in self._last_q:
-                row = db.execute("SELECT last_q FROM users WHERE user=?", (user,)).fetchone()
-                self._last_q[user] = row[0] if row else 0
-            new = min(upto, self._last_q[user])
+            new = min(upto, self._last_q_of(db, user))
             if new <= old:
                 return Appended()
             devs[device] = self._buf.devices[(user, device)] = new
