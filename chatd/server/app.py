@@ -228,8 +228,7 @@ class ChatServer:
             for old in self.router.targets(user):
                 if old.device == device:
                     assert isinstance(old, Session)
-                    old.send_frame(F.Goodbye(code=0, reason="replaced by a newer connection"))
-                    old.close_with(ErrorCode.SHUTTING_DOWN, "replaced by a newer connection")
+                    old.end(F.Goodbye(code=0, reason="replaced by a newer connection"))
             self.router.attach(session)
             self.presence.activity(session)  # opening the app is activity (unless background)
             self.stats["connections"] += 1

@@ -56,7 +56,7 @@ class Closing(Exception):
 
 class Session:
     __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_writing", "_sent_upto",
-                 "_live", "_need_sync", "_scope", "_nursery", "_closing", "_tokens", "_refill_at",
+                 "_live", "_need_sync", "_nursery", "_closing", "_tokens", "_refill_at",
                  "rx_at", "frame_at", "_acks_running", "_acks_done", "background", "watching",
                  "_presence_pending")
 
@@ -73,7 +73,6 @@ class Session:
         self._sent_upto = cursor  # highest inbox position handed to the writer (or skipped)
         self._live = False  # the backlog is drained; offers in sequence go straight out
         self._need_sync = True
-        self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._tokens = server.config.send_burst
@@ -119,14 +118,19 @@ class Session:
             self.send_frame(frame)
 
     def close_with(self, code: ErrorCode, message: str, grace: float = 1.0) -> None:
-        """Queue an error frame, stop taking work, and end the connection once it is written
+        """End the connection with an error frame (see end)."""
+        self.end(F.Error(code=code, message=message), grace)
+
+    def end(self, last: F.Error | F.Goodbye, grace: float = 1.0) -> None:
+        """Queue a last frame, stop taking work, and end the connection once it is written
         (or after `grace` seconds if the device does not read it)."""
         if self._closing:
             return
-        self.send_frame(F.Error(code=code, message=message))
+        self.send_frame(last)
         self._closing = True
-        if self._scope is not None:
-            self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace)
+        if self._nursery is not None:
+            scope = self._nursery.cancel_scope
+            scope.deadline = min(scope.deadline, trio.current_time() + grace)
 
     def offer(self, item: Item, body: bytes) -> None:
         """An inbox item for this user was committed. Never blocks."""
@@ -156,8 +160,8 @@ class Session:
             self._closing = True
         finally:
             self._writing = False
-        if self._closing and self._scope is not None:
-            self._scope.cancel()  # everything, including the error frame, is written
+        if self._closing and self._nursery is not None:
+            self._nursery.cancel_scope.cancel()  # all is written, the last frame included
 
     async def _write_loop(self) -> None:
         transport = self.transport
@@ -201,7 +205,6 @@ class Session:
         """Serve the connection until it ends. Cancelled from outside on shutdown."""
         conn, transport = self.conn, self.transport
         async with trio.open_nursery() as nursery:
-            self._scope = nursery.cancel_scope
             self._nursery = nursery
             self._kick()  # write what was queued before (Welcome) and drain the backlog
             try:
@@ -395,8 +398,8 @@ class Session:
                                                pending=st.pending))
         else:
             rid = getattr(ev, "rid", None)
-            self._error(ErrorCode.INVALID,
-                        f"{type(ev).__name__} is not available on this server yet", rid=rid)
+            self._error(ErrorCode.INVALID, f"this server does not handle {type(ev).__name__}",
+                        rid=rid)
 
     async def _check_send(self, ev: F.Send,
                           groups: dict[str, tuple[ErrorCode, str] | None]) -> bool:

@@ -245,3 +245,17 @@ async def test_sdk_fails_over_to_the_next_url(node: Node) -> None:
         assert alice.url == node.tcp
         ack = await alice.send("bob", "via the second url")
         assert ack.seq == 1
+
+
+async def test_a_newer_connection_of_the_same_device_replaces_the_old(node: Node) -> None:
+    old = await Raw.open(node.server.tcp_port)
+    await old.hello(node.token("alice"), "phone")
+    await old.recv_until(F.Synced)
+    new = await Raw.open(node.server.tcp_port)
+    await new.hello(node.token("alice"), "phone")
+    last = []
+    while (f := await old.recv()) is not None:
+        last.append(f)
+    assert [type(f) for f in last] == [F.Goodbye] and "replaced" in last[0].reason
+    await new.send(F.Ping(nonce=5))
+    assert await new.recv_until(F.Pong) == F.Pong(nonce=5)
