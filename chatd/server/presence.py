@@ -50,20 +50,24 @@ class PresenceService:
 
     async def check(self) -> None:
         """Users whose activity is older than the threshold, or with no foreground device
-        left, go offline (called by the server's sweeper and on disconnects)."""
+        left, go offline (called by the server's sweeper)."""
         oldest = int(time.time() * 1000 - self.server.config.presence_threshold * 1000)
-        for user in list(self._online):
-            at = self._active[user]
-            if at < oldest or not self._foreground(user):
-                self._online.discard(user)
-                await self.server.store.set_last_seen(user, at)
-                self._announce(user)
+        await self._offline([u for u in self._online
+                             if self._active[u] < oldest or not self._foreground(u)])
 
     async def disconnected(self, session: Session) -> None:
         for user in list(session.watching or ()):
             self.unwatch(session, user)
         if session.user in self._online and not self._foreground(session.user):
-            await self.check()
+            await self._offline([session.user])  # this user only: no scan of everyone
+
+    async def _offline(self, users: list[str]) -> None:
+        if not users:
+            return
+        for user in users:
+            self._online.discard(user)
+            self._announce(user)
+        await self.server.store.set_last_seen({u: self._active[u] for u in users})
 
     async def _is_hidden(self, user: str) -> bool:
         hidden = self._hidden.get(user)

@@ -652,14 +652,17 @@ class SqliteStore:
 
         return await self._do(op)
 
-    async def set_last_seen(self, user: str, ts: int) -> None:
+    async def set_last_seen(self, seen: dict[str, int]) -> None:
         def op(db: sqlite3.Connection) -> None:
-            p = self._presence(db, user)
-            if p[0] is None or ts > p[0]:
-                p[0] = ts
-                self._ensure_user(db, user)
-                self._buf.flush(db)
-                db.execute("UPDATE users SET last_seen=? WHERE user=?", (ts, user))
+            rows = []
+            for user, ts in seen.items():
+                p = self._presence(db, user)
+                if p[0] is None or ts > p[0]:
+                    p[0] = ts
+                    self._ensure_user(db, user)
+                    rows.append((ts, user))
+            self._buf.flush(db)
+            db.executemany("UPDATE users SET last_seen=? WHERE user=?", rows)
 
         await self._do(op)
 
