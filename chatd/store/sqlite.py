@@ -9,8 +9,11 @@ batch's single COMMIT (one fsync in WAL mode with synchronous=FULL). An awaited 
 only after its batch committed, so "returned" means "durable". If a commit fails, every
 operation of the batch fails with StoreError and the caches are dropped (reloaded from disk).
 
-This process must be the only writer of the database file (chatd serve holds it; `chatd
-token` only adds users, which is safe alongside).
+Several processes may write the same file (the workers of `chatd serve --workers N`, or nodes
+on one host): a batch starts with BEGIN IMMEDIATE, which takes the database's write lock, and
+then reads `PRAGMA data_version`; if another connection committed since this one's last batch,
+every cache is dropped and reloaded from the tables on demand. So the caches are only ever used
+while they are known to be current, and a single writer pays nothing for this.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ T = TypeVar("T")
 log = logging.getLogger("chatd.store")
 MAX_BATCH: Final = 2000
 RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks without a query
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 COLLECT_LIMIT: Final = 10_000  # messages looked at per expiry rule per collect pass
 FANOUT_CHUNK: Final = 512  # inbox appends per fan-out step
 
@@ -98,6 +101,19 @@ CREATE INDEX messages_by_ts ON messages (ts);
 CREATE INDEX inbox_by_message ON inbox (conv, seq);
 CREATE INDEX client_ids_by_ts ON client_ids (ts);
 CREATE INDEX convs_by_mode ON convs (mode);
+""",
+    # The group messages every member has (has read) up to: kept in the table, not only in
+    # memory, so a restart or another process does not miss the next "all" receipt. Existing
+    # groups start from the members' current lowest watermarks.
+    4: """
+ALTER TABLE convs ADD COLUMN all_delivered INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE convs ADD COLUMN all_read INTEGER NOT NULL DEFAULT 0;
+UPDATE convs SET
+  all_delivered = COALESCE((SELECT MIN(s.delivered_upto) FROM member_state s JOIN group_members m
+    ON m.grp = substr(convs.conv, 3) AND m.user = s.user WHERE s.conv = convs.conv), 0),
+  all_read = COALESCE((SELECT MIN(s.read_upto) FROM member_state s JOIN group_members m
+    ON m.grp = substr(convs.conv, 3) AND m.user = s.user WHERE s.conv = convs.conv), 0)
+  WHERE conv LIKE 'g:%';
 """,
 }
 
@@ -158,10 +174,11 @@ class _Buffers:
         self.last_q: dict[str, int] = {}
         self.state: dict[tuple[str, str], list[int]] = {}
         self.fanout: dict[tuple[str, int], tuple[list[str], int] | None] = {}  # None: finished
+        self.all: dict[str, list[int]] = {}  # group conv -> [all delivered, all read]
 
     def __bool__(self) -> bool:
         return bool(self.users or self.devices or self.messages or self.inbox or self.last_q
-                    or self.state or self.ids or self.last_seq or self.fanout)
+                    or self.state or self.ids or self.last_seq or self.fanout or self.all)
 
     def flush(self, db: sqlite3.Connection) -> None:
         if self.users:
@@ -198,6 +215,9 @@ class _Buffers:
                            " SET done=excluded.done",
                            [(c, q, msgpack.packb(v[0]), v[1])
                             for (c, q), v in self.fanout.items() if v is not None])
+        if self.all:
+            db.executemany("UPDATE convs SET all_delivered=?, all_read=? WHERE conv=?",
+                           [(d, r, c) for c, (d, r) in self.all.items()])
         self.clear()
 
 
@@ -218,6 +238,12 @@ class SqliteStore:
         self._buf = _Buffers()
         self._known_ids: dict[tuple[str, str], tuple[str, int, int]] = {}
         self._ids_prefetched: set[tuple[str, str]] = set()
+        self._data_version = -1
+        self.resets = 0  # caches dropped because another process wrote
+        # Users whose devices acknowledged something since the last collect(). After a
+        # start it holds every user who has a device: nothing acknowledged is missed.
+        self._acked_users: set[str] = {u for (u,) in self._db.execute(
+            "SELECT DISTINCT user FROM devices")}
         self._reset_caches()
 
     def _migrate(self) -> None:
@@ -248,10 +274,6 @@ class SqliteStore:
         self._recent_floor: dict[str, int] = {}
         self._groups: dict[str, _Group | None] = {}  # None: known not to exist
         self._seen: dict[str, list[Any]] = {}  # user -> [last_seen ms or None, hidden]
-        # Users whose devices acknowledged something since the last collect(). After a
-        # restart it starts with every user who has a device: nothing acknowledged is missed.
-        self._acked_users: set[str] = {u for (u,) in self._db.execute(
-            "SELECT DISTINCT user FROM devices")}
         self._all: dict[str, list[int]] = {}  # group conv -> [delivered, read] by every member
         # group conv -> (members per delivered watermark, per read watermark, who is counted)
         self._marks: dict[str, tuple[collections.Counter[int], collections.Counter[int],
@@ -294,6 +316,12 @@ class SqliteStore:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
+            (version,) = db.execute("PRAGMA data_version").fetchone()
+            if version != self._data_version:  # another process committed: caches are stale
+                if self._data_version != -1:
+                    self._reset_caches()
+                    self.resets += 1
+                self._data_version = version
             self._prefetch_ids(db, [k for op in batch if op.ids for k in op.ids])
             for op in batch:
                 try:
@@ -309,6 +337,7 @@ class SqliteStore:
                 db.execute("ROLLBACK")
             self._buf = _Buffers()
             self._reset_caches()
+            self._data_version = -1
             for op in batch:
                 op.result, op.error = None, StoreError(f"sqlite: {exc}")
         self.batches += 1
@@ -812,7 +841,11 @@ class SqliteStore:
                                          collections.Counter(st[1] for st in states),
                                          set(g.members))
         now = [min(marks[0]), min(marks[1])]
-        before = self._all.setdefault(conv, now)
+        before = self._all.get(conv)
+        if before is None:
+            row = db.execute("SELECT all_delivered, all_read FROM convs WHERE conv=?",
+                             (conv,)).fetchone()
+            before = self._all[conv] = list(row) if row else [0, 0]
         out: list[tuple[str, Item]] = []
         for i, status in ((0, Status.DELIVERED), (1, Status.READ)):
             if now[i] > before[i]:
@@ -822,6 +855,7 @@ class SqliteStore:
                                   (conv, before[i], now[i])).fetchall()
                 out += self._receipts(db, by, status, ts, rows, all_=True).items
                 before[i] = now[i]
+                self._buf.all[conv] = before
         return out
 
     def _page(self, db: sqlite3.Connection, user: str, device: str, after: int,
