@@ -17,7 +17,7 @@ import trio
 
 from chatd.auth import load_or_create_secret, make_token
 from chatd.server import ConfigError, load_config, serve
-from chatd.store import BadStoreURL, open_store
+from chatd.store import BadStoreURL, check_store_url, open_store
 from chatd.util import single_errors
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -53,6 +53,10 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--send-rate", type=float, help="messages per second per connection")
     p.add_argument("--send-burst", type=float, help="burst allowance for --send-rate")
     p.add_argument("--max-queue", type=int, help="outbound frames before slow-consumer close")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on"
+                   " http://HOST:PORT/metrics (default off)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the ports"
+                   " (default: one per core; 1 runs everything in this process)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -97,22 +101,58 @@ def build_parser() -> argparse.ArgumentParser:
 def server_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     flags = {k: getattr(args, k, None) for k in (
         "data_dir", "store", "host", "tcp_port", "ws_port", "tls_cert", "tls_key", "heartbeat",
-        "idle_timeout", "send_rate", "send_burst", "max_queue", *extra)}
+        "idle_timeout", "send_rate", "send_burst", "max_queue", "workers", "metrics_port", *extra)}
     return load_config(args.config, flags, dict(os.environ))
+
+
+def serving_line(cfg: Any, tcp_port: int, ws_port: int, workers: int) -> str:
+    return (f"chatd serving tcp://{cfg.host}:{tcp_port}"
+            + (f" and ws://{cfg.host}:{ws_port}/ws" if cfg.ws_port >= 0 else "")
+            + f" (store {cfg.store_url}"
+            + (f", {workers} workers" if workers > 1 else "") + "); Ctrl-C stops")
 
 
 async def run_serve(args: argparse.Namespace) -> int:
     cfg = server_config(args)
+    check_store_url(cfg.store_url)
+    workers = cfg.workers or os.cpu_count() or 1
+    if workers > 1 and cfg.store_url == "memory://":
+        raise ConfigError("memory:// lives in one process: use --workers 1 with it")
+    if workers > 1:
+        return await run_supervisor(cfg, workers)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve, cfg)
-        print(f"chatd serving tcp://{cfg.host}:{server.tcp_port}"
-              + (f" and ws://{cfg.host}:{server.ws_port}/ws" if cfg.ws_port >= 0 else "")
-              + f" (store {cfg.store_url}); Ctrl-C stops", file=sys.stderr, flush=True)
+        print(serving_line(cfg, server.tcp_port, server.ws_port, 1), file=sys.stderr,
+              flush=True)
+        if server.metrics_port >= 0:
+            print(f"chatd metrics on http://{cfg.host}:{server.metrics_port}/metrics",
+                  file=sys.stderr, flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 print(f"chatd: {signal.Signals(signum).name}, shutting down", file=sys.stderr,
                       flush=True)
                 server.stop()
+                break
+    return 0
+
+
+async def run_supervisor(cfg: Any, workers: int) -> int:
+    from chatd.server.workers import Supervisor
+
+    sup = Supervisor(cfg, workers)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            final = await nursery.start(sup.run)
+            print(serving_line(final, final.tcp_port, final.ws_port, workers), file=sys.stderr,
+                  flush=True)
+            if sup.metrics_port >= 0:
+                print(f"chatd metrics on http://{cfg.host}:{sup.metrics_port}/metrics",
+                      file=sys.stderr, flush=True)
+            async for signum in signals:
+                print(f"chatd: {signal.Signals(signum).name}, shutting down", file=sys.stderr,
+                      flush=True)
+                await sup.stop()
+                nursery.cancel_scope.cancel()
                 break
     return 0
 
@@ -208,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except RuntimeError as exc:  # a worker of `chatd serve --workers N` did not start
+        if type(exc).__name__ != "WorkerFailed":
+            raise
+        print(f"chatd: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"chatd: {exc}", file=sys.stderr)
         return 1

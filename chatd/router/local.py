@@ -18,6 +18,9 @@ class Target(Protocol):
     def offer(self, item: Item, body: bytes) -> None:
         """Take an inbox item (and its encoded frame body) for delivery. Never blocks."""
 
+    def poke(self) -> None:
+        """The user's inbox grew where the router did not see it: read the store."""
+
 
 class LocalRouter:
     """Most users have one device online: that case is stored as the target itself, not a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import ssl
@@ -10,7 +11,7 @@ import sys
 from typing import Any
 
 import trio
-from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from chatd.auth import AuthError, load_or_create_secret, verify_token
 from chatd.protocol import (
@@ -22,11 +23,15 @@ from chatd.protocol import (
     ErrorCode,
     ProtocolError,
     Role,
+    decode_body,
+    encode_body,
 )
 from chatd.protocol import frames as F
 from chatd.router import LocalRouter
+from chatd.router.peers import Peers, UnixPeers
 from chatd.store import Store, StoreError, open_store
 
+from . import metrics
 from .config import Config
 from .presence import PresenceService
 from .session import Session, now_ms
@@ -34,21 +39,53 @@ from .transport import RECEIVE_SIZE, StreamTransport, WebSocketTransport
 
 log = logging.getLogger("chatd")
 WS_PATH = "/ws"
+BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
+
+
+async def listen(host: str, port: int, reuse_port: bool = False) -> list[trio.SocketListener]:
+    """Listening sockets for host:port; with reuse_port, several processes may listen on the
+    same port and the kernel spreads the connections between them (SO_REUSEPORT)."""
+    out = []
+    for family, type_, proto, _, addr in await trio.socket.getaddrinfo(
+            host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE):
+        sock = trio.socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            if family == trio.socket.AF_INET6:
+                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+            await sock.bind(addr)
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        out.append(trio.SocketListener(sock))
+        if port == 0:  # one kernel-chosen port: every address would get a different one
+            break
+    return out
 
 
 class ChatServer:
-    def __init__(self, config: Config, store: Store, secret: bytes, node_id: str = "n1") -> None:
+    def __init__(self, config: Config, store: Store, secret: bytes, node_id: str = "n1",
+                 peers: Peers | None = None) -> None:
         self.config = config
         self.store = store
         self.secret = secret
         self.node_id = node_id
         self.router = LocalRouter()
-        store.on_append = self.router.dispatch
+        self.peers = peers
+        if hasattr(store, "on_batch"):
+            store.on_batch = metrics.STORE_COMMIT.observe
+        self.reuse_port = peers is not None  # workers share the listening ports
+        store.on_append = self.router.dispatch if peers is None else self._dispatch
         self.stats: collections.Counter[str] = collections.Counter()
         self.tcp_port = 0
         self.ws_port = 0
+        self.metrics_port = -1
         self._known_users: set[str] = set()
         self._stop = trio.Event()
+        self.stopped = trio.Event()
         self._session_count = 0
         self.presence = PresenceService(self)
         self._tasks: trio.Nursery | None = None
@@ -60,6 +97,43 @@ class ChatServer:
         """Run a short background task of the node's (presence announcements)."""
         if self._tasks is not None:
             self._tasks.start_soon(fn, *args)
+
+    def _dispatch(self, items: tuple[tuple[str, Any], ...]) -> None:
+        """Committed inbox items: to this process's sessions, and to the peers'."""
+        self.router.dispatch(items)
+        assert self.peers is not None
+        self.peers.outbox.items((user, encode_body(item)) for user, item in items)
+        self.peers.flush_soon()
+
+    # ---- what peers tell this process (chatd.router.peers.PeerHandler) ---------------------
+
+    def peer_items(self, items: list[tuple[str, bytes]]) -> None:
+        targets = self.router.targets
+        for user, body in items:
+            here = targets(user)
+            if here:
+                item = decode_body(body)
+                for t in here:
+                    t.offer(item, body)  # type: ignore[arg-type]
+        self.stats["peer_items"] += len(items)
+        metrics.PEER_ITEMS.inc(len(items))
+
+    def peer_poke(self, users: list[str]) -> None:
+        for user in users:
+            for t in self.router.targets(user):
+                t.poke()
+
+    def peer_presence(self, origin: str, user: str, online: bool, active: int) -> None:
+        self.presence.remote(origin, user, online, active)
+
+    def peer_kick(self, user: str, device: str, at: int) -> None:
+        for old in self.router.targets(user):
+            if old.device == device:
+                assert isinstance(old, Session)
+                old.end(F.Goodbye(code=0, reason="replaced by a newer connection"))
+
+    def peer_restarted(self, origin: str) -> None:
+        self.presence.forget(origin)
 
     def sessions(self) -> list[Session]:
         """Every connected device's session on this node."""
@@ -88,23 +162,23 @@ class ChatServer:
         ssl_ctx = self._ssl_context()
         async with trio.open_nursery() as sessions:
             async with trio.open_nursery() as listeners:
-                if ssl_ctx is None:
-                    tcp = await listeners.start(functools.partial(
-                        trio.serve_tcp, self.serve_connection, cfg.tcp_port, host=cfg.host,
-                        handler_nursery=sessions))
-                else:
-                    tcp = await listeners.start(functools.partial(
-                        trio.serve_ssl_over_tcp, self.serve_connection, cfg.tcp_port, ssl_ctx,
-                        host=cfg.host, handler_nursery=sessions))
-                first = tcp[0]
-                sock_listener = getattr(first, "transport_listener", first)  # TLS wraps it
-                self.tcp_port = sock_listener.socket.getsockname()[1]
+                tcp = await listen(cfg.host, cfg.tcp_port, self.reuse_port)
+                self.tcp_port = tcp[0].socket.getsockname()[1]
+                wrapped: Any = tcp if ssl_ctx is None else [
+                    trio.SSLListener(t, ssl_ctx, https_compatible=False) for t in tcp]
+                await listeners.start(functools.partial(
+                    trio.serve_listeners, self.serve_connection, wrapped,
+                    handler_nursery=sessions))
                 if cfg.ws_port >= 0:
-                    ws = await listeners.start(functools.partial(
-                        serve_websocket, self.handle_ws, cfg.host, cfg.ws_port, ssl_ctx,
+                    ws = await listen(cfg.host, cfg.ws_port, self.reuse_port)
+                    self.ws_port = ws[0].socket.getsockname()[1]
+                    await listeners.start(WebSocketServer(
+                        self.handle_ws, ws if ssl_ctx is None else [
+                            trio.SSLListener(w, ssl_ctx, https_compatible=True) for w in ws],
                         handler_nursery=sessions, max_message_size=MAX_FRAME_SIZE,
-                        connect_timeout=cfg.auth_timeout, disconnect_timeout=2))
-                    self.ws_port = ws.port
+                        connect_timeout=cfg.auth_timeout, disconnect_timeout=2).run)
+                if cfg.metrics_port >= 0 and self.peers is None:  # (workers: the supervisor)
+                    self.metrics_port = metrics.serve_metrics(cfg.host, cfg.metrics_port)
                 log.info("chatd listening: tcp %s:%d ws %s:%s%s (store %s)", cfg.host,
                          self.tcp_port, cfg.host, self.ws_port, WS_PATH,
                          cfg.store_url.split("?")[0])
@@ -122,18 +196,27 @@ class ChatServer:
                 while len(self.router):
                     await trio.sleep(0.05)
             sessions.cancel_scope.cancel()
+        self.stopped.set()
 
     async def sweep(self) -> None:
         """One task for every connection's idle and slow-frame timeouts (a timer per
         connection would cost each idle connection a cancel scope), and for presence."""
         cfg = self.config
         interval = max(0.05, min(1.0, cfg.idle_timeout / 4, cfg.frame_timeout / 4))
+        sampled = 0.0
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
+            queued = 0
             for session in self.sessions():
                 session.check_timeouts(now)
+                queued += session.queued
             await self.presence.check()
+            if now - sampled >= 2:
+                sampled = now
+                metrics.OUTBOUND_QUEUED.set(queued)
+                metrics.STORE_QUEUE.set(getattr(self.store, "queue_depth", 0))
+                metrics.sample_process()
 
     async def collect_garbage(self) -> None:
         """Delete, now and then, what the chat modes say to forget (see Store.collect)."""
@@ -229,13 +312,18 @@ class ChatServer:
                 if old.device == device:
                     assert isinstance(old, Session)
                     old.end(F.Goodbye(code=0, reason="replaced by a newer connection"))
+            if self.peers is not None:  # the device's older connection may be on a peer
+                self.peers.outbox.kick(user, device, now_ms())
+                self.peers.flush_soon()
             self.router.attach(session)
             self.presence.activity(session)  # opening the app is activity (unless background)
             self.stats["connections"] += 1
+            metrics.CONNECTIONS.inc()
             try:
                 await session.run()
             finally:
                 self.router.detach(session)
+                metrics.CONNECTIONS.dec()
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self.presence.disconnected(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -248,10 +336,31 @@ class ChatServer:
                 await transport.aclose()
 
 
-async def serve(config: Config, *, task_status: trio.TaskStatus[ChatServer]
-                = trio.TASK_STATUS_IGNORED) -> None:
-    """Run a node until stop() is called on it (or the task is cancelled)."""
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """This process is worker `index` of `count` of one node (see chatd.server.workers)."""
+
+    index: int
+    count: int
+    run_dir: str
+
+
+async def serve(config: Config, *, worker: Worker | None = None,
+                task_status: trio.TaskStatus[ChatServer] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a node (or one worker of it) until stop() is called on it (or the task is
+    cancelled)."""
     secret = load_or_create_secret(config.data_dir)
     async with open_store(config.store_url) as store:
-        server = ChatServer(config, store, secret)
-        await server.run(task_status=task_status)
+        peers = None
+        node_id = "n1"
+        if worker is not None:
+            peers = UnixPeers(worker.run_dir, worker.index, worker.count)
+            node_id = f"w{worker.index}"
+        server = ChatServer(config, store, secret, node_id, peers)
+        async with trio.open_nursery() as nursery:
+            if peers is not None:
+                await nursery.start(functools.partial(peers.run, server))
+            await nursery.start(server.run)
+            task_status.started(server)
+            await server.stopped.wait()
+            nursery.cancel_scope.cancel()

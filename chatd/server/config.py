@@ -33,6 +33,8 @@ class Config:
     presence_threshold: float = 30.0  # online while active within this many seconds
     gc_interval: float = 30.0  # seconds between deletions of what chat modes say to forget
     temporary_max_age: float = 30 * 86400.0  # undelivered temporary messages are dropped then
+    metrics_port: int = -1  # Prometheus /metrics on this port; -1: off, 0: any free port
+    workers: int = 0  # processes of `chatd serve` sharing the ports; 0: one per core
 
     @property
     def store_url(self) -> str:

@@ -34,6 +34,35 @@ class PresenceService:
         self._online: set[str] = set()
         self._watchers: dict[str, set[Session]] = {}
         self._hidden: dict[str, bool] = {}
+        self._remote: dict[str, set[str]] = {}  # user -> peers that say the user is online
+
+    def is_online(self, user: str) -> bool:
+        return user in self._online or user in self._remote
+
+    def remote(self, origin: str, user: str, online: bool, active: int) -> None:
+        """A peer process says a user came online or went offline there."""
+        before = self.is_online(user)
+        if active > self._active.get(user, 0):
+            self._active[user] = active
+        if online:
+            self._remote.setdefault(user, set()).add(origin)
+        elif user in self._remote:
+            self._remote[user].discard(origin)
+            if not self._remote[user]:
+                del self._remote[user]
+        if self.is_online(user) != before:
+            self._announce(user)
+
+    def forget(self, origin: str) -> None:
+        """A peer restarted: what it said about who is online there no longer holds."""
+        for user in [u for u, origins in self._remote.items() if origin in origins]:
+            self.remote(origin, user, False, 0)
+
+    def _tell_peers(self, user: str, online: bool) -> None:
+        peers = self.server.peers
+        if peers is not None:
+            peers.outbox.presence(user, online, self._active.get(user, 0))
+            peers.flush_soon()
 
     def _foreground(self, user: str) -> bool:
         return any(not s.background for s in self.server.router.targets(user))  # type: ignore[attr-defined]
@@ -45,8 +74,11 @@ class PresenceService:
         user = session.user
         self._active[user] = int(time.time() * 1000)
         if user not in self._online:
+            was = self.is_online(user)
             self._online.add(user)
-            self._announce(user)
+            self._tell_peers(user, True)
+            if not was:
+                self._announce(user)
 
     async def check(self) -> None:
         """Users whose activity is older than the threshold, or with no foreground device
@@ -66,7 +98,9 @@ class PresenceService:
             return
         for user in users:
             self._online.discard(user)
-            self._announce(user)
+            self._tell_peers(user, False)
+            if not self.is_online(user):  # still online through another process: no change
+                self._announce(user)
         await self.server.store.set_last_seen({u: self._active[u] for u in users})
 
     async def _is_hidden(self, user: str) -> bool:
@@ -81,7 +115,7 @@ class PresenceService:
 
     async def state(self, user: str, viewer: str, rid: int | None = None) -> F.Presence:
         """What viewer may see of user now."""
-        online = user in self._online
+        online = self.is_online(user)
         last: int | None = None
         if not online:
             if user in self._active:

@@ -29,6 +29,7 @@ from chatd.protocol import (
 from chatd.protocol import frames as F
 from chatd.store import GroupInfo, Item, NewMessage, StoreError, conv_members, direct_conv
 
+from . import metrics
 from .transport import RECEIVE_SIZE
 
 if TYPE_CHECKING:
@@ -148,7 +149,21 @@ class Session:
                                 "outbound queue full; reconnect to resume from the store")
                 return
             self._queue(self.conn.frame_bytes(body))
+            metrics.ITEMS_OUT.inc()
+            if type(item) is F.Deliver:
+                metrics.observe_delivery(item.ts)
         else:
+            self._need_sync = True
+            self._kick()
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting to be written."""
+        return len(self._out) if self._out is not None else 0
+
+    def poke(self) -> None:
+        """The user's inbox grew somewhere else: read the store from this device's position."""
+        if not self._closing:
             self._need_sync = True
             self._kick()
 
@@ -192,6 +207,9 @@ class Session:
         for item in page.items:
             if item.q > self._sent_upto:
                 self._queue(self.conn.frame_bytes(encode_body(item)))
+                metrics.ITEMS_OUT.inc()
+                if type(item) is F.Deliver:
+                    metrics.observe_delivery(item.ts)
         self._sent_upto = max(self._sent_upto, page.upto)
         if page.more:
             self._need_sync = True
@@ -453,6 +471,7 @@ class Session:
             return
         results = await self.server.store.append_messages(msgs)
         self.server.stats["messages_in"] += len(msgs)
+        metrics.MESSAGES_IN.inc(sum(1 for r in results if not r.duplicate))
         for cid, r in zip(ids, results, strict=True):
             self.send_frame(F.Sent(id=cid, conv=r.conv, seq=r.seq, ts=r.ts))
 

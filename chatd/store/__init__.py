@@ -24,11 +24,18 @@ from .base import (
 from .sqlite import SqliteStore
 
 __all__ = ["Appended", "BadStoreURL", "GroupInfo", "Item", "NewMessage", "Page", "ReceiptState",
-           "SqliteStore", "Store", "StoreError", "conv_members", "direct_conv", "open_store"]
+           "SqliteStore", "Store", "StoreError", "check_store_url",
+           "conv_members", "direct_conv", "open_store"]
 
 
 class BadStoreURL(ValueError):
     pass
+
+
+def check_store_url(url: str) -> None:
+    """Raise BadStoreURL unless open_store knows what to do with url."""
+    if url != "memory://" and not (url.startswith("sqlite://") and url != "sqlite://"):
+        raise BadStoreURL(f"unknown store {url!r}: use memory:// or sqlite:///path")
 
 
 @contextlib.asynccontextmanager

@@ -233,6 +233,7 @@ class SqliteStore:
         self._wake = trio.Event()
         self._closed = False
         self.on_append: AppendListener | None = None
+        self.on_batch: Callable[[float], None] | None = None  # seconds each batch took
         self.batches = 0
         self.ops = 0
         self._buf = _Buffers()
@@ -295,7 +296,10 @@ class SqliteStore:
             self._wake = trio.Event()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                started = trio.current_time()
                 await trio.to_thread.run_sync(self._run_batch, batch, abandon_on_cancel=False)
+                if self.on_batch is not None:
+                    self.on_batch(trio.current_time() - started)
                 listener = self.on_append
                 for op in batch:
                     if listener is not None and op.result:
@@ -355,6 +359,10 @@ class SqliteStore:
                     + ")", [x for k in chunk for x in k]):
                 self._known_ids[(sender, cid)] = (conv, seq, ts)
         self._ids_prefetched = set(keys)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
 
     async def _do(self, fn: Callable[[sqlite3.Connection], T],
                   ids: list[tuple[str, str]] | None = None) -> T:

@@ -1,0 +1,187 @@
+"""Other processes serving the same users: the workers of one node (`chatd serve --workers N`),
+and (with Redis) other nodes.
+
+The store is the source of truth; peers only tell each other *when to look*. A process that
+commits inbox items for a user hands them to its own sessions (LocalRouter.dispatch) and to its
+peers, which offer them to the sessions they hold for that user. An item that arrives out of
+sequence makes the session read the store from its position, so a late, reordered or lost
+peer message delays nothing that a reconnect would not repair, and never loses a message.
+
+Peer messages are small msgpack arrays, batched per scheduler tick:
+  ["d", origin, [[user, item_body] ...]]   committed inbox items (frame bodies as on the wire)
+  ["i", origin, [user ...]]                 inbox grew (item too large to carry): read the store
+  ["p", origin, user, online, active_ms]    presence of a user on the origin
+  ["k", origin, user, device, at_ms]        a device connected at at_ms: end older connections
+  ["h", origin]                             origin (re)started: forget its presence claims
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
+
+import msgpack
+import trio
+
+log = logging.getLogger("chatd.peers")
+MAX_DATAGRAM: Final = 60_000  # bytes of one peer message (Unix datagrams allow ~200 KB)
+MAX_CARRIED: Final = 8_192  # larger items travel as a poke: the receiver reads the store
+
+
+class PeerHandler(Protocol):
+    """What a process does with its peers' news."""
+
+    def peer_items(self, items: list[tuple[str, bytes]]) -> None: ...
+
+    def peer_poke(self, users: list[str]) -> None: ...
+
+    def peer_presence(self, origin: str, user: str, online: bool, active: int) -> None: ...
+
+    def peer_kick(self, user: str, device: str, at: int) -> None: ...
+
+    def peer_restarted(self, origin: str) -> None: ...
+
+
+class Outbox:
+    """Peer news gathered until the next flush, then packed into messages of bounded size.
+    Sans-IO: `take()` returns the bytes to send; transports send them."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self._items: list[list[Any]] = []
+        self._pokes: list[str] = []
+        self._other: list[list[Any]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._items or self._pokes or self._other)
+
+    def items(self, items: Iterable[tuple[str, bytes]]) -> None:
+        for user, body in items:
+            if len(body) > MAX_CARRIED:
+                self._pokes.append(user)
+            else:
+                self._items.append([user, body])
+
+    def presence(self, user: str, online: bool, active: int) -> None:
+        self._other.append(["p", self.origin, user, online, active])
+
+    def kick(self, user: str, device: str, at: int) -> None:
+        self._other.append(["k", self.origin, user, device, at])
+
+    def hello(self) -> None:
+        self._other.append(["h", self.origin])
+
+    def take(self) -> list[bytes]:
+        out = [msgpack.packb(m) for m in self._other]
+        for kind, entries in (("d", self._items), ("i", self._pokes)):
+            chunk: list[Any] = []
+            size = 0
+            for e in entries:
+                n = len(e[1]) + len(e[0]) + 8 if kind == "d" else len(e) + 4
+                if chunk and size + n > MAX_DATAGRAM:
+                    out.append(msgpack.packb([kind, self.origin, chunk]))
+                    chunk, size = [], 0
+                chunk.append(e)
+                size += n
+            if chunk:
+                out.append(msgpack.packb([kind, self.origin, chunk]))
+        self._items, self._pokes, self._other = [], [], []
+        return out
+
+
+def handle(data: bytes, handler: PeerHandler) -> None:
+    """Apply one peer message; malformed ones are logged and dropped."""
+    try:
+        m = msgpack.unpackb(data)
+        kind = m[0]
+        if kind == "d":
+            handler.peer_items([(str(u), bytes(b)) for u, b in m[2]])
+        elif kind == "i":
+            handler.peer_poke([str(u) for u in m[2]])
+        elif kind == "p":
+            handler.peer_presence(str(m[1]), str(m[2]), bool(m[3]), int(m[4]))
+        elif kind == "k":
+            handler.peer_kick(str(m[2]), str(m[3]), int(m[4]))
+        elif kind == "h":
+            handler.peer_restarted(str(m[1]))
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+    except Exception as exc:  # a peer's bug must not take this process down
+        log.warning("dropped a bad peer message (%d bytes): %r", len(data), exc)
+
+
+class Peers(Protocol):
+    """A way to reach the other processes (UnixPeers for workers, RedisPeers for nodes)."""
+
+    outbox: Outbox
+
+    def flush_soon(self) -> None: ...
+
+    async def run(self, handler: PeerHandler, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
+class UnixPeers:
+    """The workers of one node: one Unix datagram socket each, `<run_dir>/w<i>.sock`.
+    Datagrams between live processes on one host are neither lost nor reordered; a worker
+    that is gone is skipped (its devices reconnect to another worker and read the store)."""
+
+    def __init__(self, run_dir: str, index: int, count: int) -> None:
+        self.run_dir = run_dir
+        self.index = index
+        self.paths = [os.path.join(run_dir, f"w{i}.sock") for i in range(count)]
+        self.outbox = Outbox(f"w{index}")
+        self._wake = trio.Event()
+        self.sent = 0
+        self.received = 0
+
+    def flush_soon(self) -> None:
+        self._wake.set()
+
+    async def run(self, handler: PeerHandler, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        path = self.paths[self.index]
+        os.makedirs(self.run_dir, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
+        await sock.bind(path)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4 << 20)
+        out = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
+        self.outbox.hello()
+        self._wake.set()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive, sock, handler)
+                task_status.started()
+                while True:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    await trio.lowlevel.checkpoint()  # gather what this tick adds
+                    for data in self.outbox.take():
+                        for i, peer in enumerate(self.paths):
+                            if i != self.index:
+                                await self._send(out, data, peer)
+        finally:
+            sock.close()
+            out.close()
+            if os.path.exists(path):
+                os.unlink(path)
+
+    async def _send(self, out: trio.socket.SocketType, data: bytes, peer: str) -> None:
+        try:
+            with trio.move_on_after(1):  # a stuck peer: the store keeps what it misses
+                await out.sendto(data, peer)
+                self.sent += 1
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                log.warning("peer %s: %s", peer, exc)
+
+    async def _receive(self, sock: trio.socket.SocketType, handler: PeerHandler) -> None:
+        while True:
+            data = await sock.recv(1 << 17)
+            self.received += 1
+            handle(data, handler)
