@@ -1,10 +1,12 @@
-"""python -m bench {codec,throughput,memory,drain,all}: figures, saved to bench/results/."""
+"""python -m bench {codec,throughput,memory,drain,fanout,connections,report,all}: figures,
+saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from . import codec, drain, fanout, memory, throughput
+from . import codec, connections, drain, fanout, memory, report, throughput
 
 
 def main() -> None:
@@ -18,6 +20,11 @@ def main() -> None:
     t.add_argument("--seconds", type=float, default=5)
     t.add_argument("--store", default="sqlite://TMP/chatd.db",
                    help="store URL for the chatd node (TMP: a temporary dir)")
+    t.add_argument("--workers", type=int, default=1, help="chatd worker processes")
+    t.add_argument("--sweep", action="store_true",
+                   help="peak msg/s and latency for every pairs x window (with a plot)")
+    t.add_argument("--sweep-pairs", default="10,50,100")
+    t.add_argument("--sweep-windows", default="1,4,16,64")
     m = sub.add_parser("memory", help="server memory per idle authenticated connection")
     m.add_argument("--connections", type=int, default=5000)
     d = sub.add_parser("drain", help="a reconnecting device drains N queued messages")
@@ -25,6 +32,16 @@ def main() -> None:
     f = sub.add_parser("fanout", help="send -> last member of a large group, and SENT meanwhile")
     f.add_argument("--members", type=int, default=1024)
     f.add_argument("--messages", type=int, default=20)
+    n = sub.add_parser("connections", help="ramp to N idle authenticated connections, hold"
+                       " them; memory, CPU, latency (with a plot)")
+    n.add_argument("--target", type=int, default=100_000)
+    n.add_argument("--workers", type=int, default=max(6, os.cpu_count() or 1),
+                   help="chatd workers (each may hold < 20,000 files here)")
+    n.add_argument("--hold", type=float, default=20, help="seconds to hold them")
+    n.add_argument("--heartbeat", type=float, default=30)
+    n.add_argument("--max-seconds", type=float, default=900,
+                   help="the whole run stops by itself after this")
+    sub.add_parser("report", help="write bench/results/SUMMARY.md from the saved results")
     a = sub.add_parser("all", help="everything with the defaults")
     a.set_defaults(seconds=5)
     args = p.parse_args()
@@ -35,10 +52,10 @@ def main() -> None:
         memory.main(argparse.Namespace(connections=5000))
         drain.main(argparse.Namespace(messages=10_000))
         fanout.main(argparse.Namespace(members=1024, messages=20))
+        report.main(args)
         return
     {"codec": codec, "throughput": throughput, "memory": memory, "drain": drain,
-     "fanout": fanout}[
-        args.what].main(args)
+     "fanout": fanout, "connections": connections, "report": report}[args.what].main(args)
 
 
 if __name__ == "__main__":

@@ -54,10 +54,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class ChatdProcess:
-    """`python -m chatd serve` on a free port with users registered beforehand."""
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
 
-    def __init__(self, data_dir: str, users: list[str], store: str = "") -> None:
+
+class ChatdProcess:
+    """`python -m chatd serve` on a free port with users registered beforehand; `workers`
+    worker processes (1: the whole node in one process)."""
+
+    def __init__(self, data_dir: str, users: list[str], store: str = "", workers: int = 1,
+                 extra: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.secret = load_or_create_secret(data_dir)
@@ -69,9 +79,26 @@ class ChatdProcess:
         self.proc = subprocess.Popen(
             [*command, "serve", "--data-dir", data_dir, "--store", self.store, "--tcp-port",
              str(self.port), "--ws-port", "-1", "--send-rate", "1e9",
-             "--send-burst", "1e9", "--max-queue", "100000"],
+             "--send-burst", "1e9", "--max-queue", "100000", "--workers", str(workers),
+             *extra],
             stderr=None if os.environ.get("CHATD_BENCH_SERVER") else subprocess.DEVNULL)
         wait_listening(self.port, self.proc)
+        self.workers = workers
+        if workers > 1:  # every worker listening, not only the first
+            end = time.monotonic() + 30
+            while len(self.pids()) < workers + 1 and time.monotonic() < end:
+                time.sleep(0.05)
+            time.sleep(1.0)
+
+    def pids(self) -> list[int]:
+        """The processes of the node: the supervisor and its workers (or the one process)."""
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def rss_kib(self) -> int:
+        return sum(rss_kib(p) for p in self.pids())
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids())
 
     async def _register(self, users: list[str]) -> None:
         async with open_store(self.store) as store:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -55,6 +56,9 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-queue", type=int, help="outbound frames before slow-consumer close")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on"
                    " http://HOST:PORT/metrics (default off)")
+    p.add_argument("--node-id", help="this node's name in a cluster (default: host name)")
+    p.add_argument("--redis", help="join a cluster: redis://host:port, or"
+                   " redis+cluster://host:port[,host:port...] for Redis Cluster")
     p.add_argument("--workers", type=int, help="worker processes sharing the ports"
                    " (default: one per core; 1 runs everything in this process)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -101,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 def server_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     flags = {k: getattr(args, k, None) for k in (
         "data_dir", "store", "host", "tcp_port", "ws_port", "tls_cert", "tls_key", "heartbeat",
-        "idle_timeout", "send_rate", "send_burst", "max_queue", "workers", "metrics_port", *extra)}
+        "idle_timeout", "send_rate", "send_burst", "max_queue", "workers", "metrics_port",
+        "node_id", "redis", *extra)}
     return load_config(args.config, flags, dict(os.environ))
 
 
@@ -115,6 +120,11 @@ def serving_line(cfg: Any, tcp_port: int, ws_port: int, workers: int) -> str:
 async def run_serve(args: argparse.Namespace) -> int:
     cfg = server_config(args)
     check_store_url(cfg.store_url)
+    if cfg.redis and not cfg.node_id:
+        cfg.node_id = socket.gethostname()
+    if cfg.redis and not cfg.redis.startswith(("redis://", "redis+cluster://")):
+        raise ConfigError(f"--redis {cfg.redis!r}: expected redis://host:port or"
+                          " redis+cluster://host:port[,host:port...]")
     workers = cfg.workers or os.cpu_count() or 1
     if workers > 1 and cfg.store_url == "memory://":
         raise ConfigError("memory:// lives in one process: use --workers 1 with it")

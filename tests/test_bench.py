@@ -33,3 +33,31 @@ def test_fanout_bench_reaches_every_member() -> None:
 
     result = fanout.run(size=20, messages=2)
     assert result["members"] == 20 and result["fanout_to_last_member_ms"]["max"] > 0
+
+
+def test_connections_bench_opens_holds_and_reports(tmp_path: object) -> None:
+    from bench import connections, plots
+
+    result = connections.run(target=40, workers=2, hold=0.5, heartbeat=0.2, max_seconds=60,
+                             probe_pairs=2, probe_rate=50)
+    assert result["opened"] == 40 and result["failed"] == 0
+    assert result["held_after_hold"] == 40  # pinged every 0.2 s, none dropped
+    assert result["probe"]["messages"] > 0
+    import pathlib
+
+    png = plots.plot_ramp(result, pathlib.Path(str(tmp_path)) / "ramp.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_throughput_sweep_pairs_every_point_with_the_relay(tmp_path: object) -> None:
+    import pathlib
+
+    from bench import plots
+
+    result = throughput.sweep([1, 2], [1, 2], seconds=0.2, store="sqlite://TMP/chatd.db")
+    assert [(r["pairs"], r["window"]) for r in result["runs"]] == [(1, 1), (1, 2), (2, 1),
+                                                                   (2, 2)]
+    assert all(r["chatd"]["msgs_per_s"] > 0 and r["relay"]["msgs_per_s"] > 0
+               for r in result["runs"])
+    png = plots.plot_sweep(result, pathlib.Path(str(tmp_path)) / "sweep.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"

@@ -7,7 +7,8 @@ peers, which offer them to the sessions they hold for that user. An item that ar
 sequence makes the session read the store from its position, so a late, reordered or lost
 peer message delays nothing that a reconnect would not repair, and never loses a message.
 
-Peer messages are small msgpack arrays, batched per scheduler tick:
+Peer messages are small msgpack arrays, gathered per scheduler tick and sent as datagrams that
+each hold an array of them (one datagram, not one per message, for a burst of connects):
   ["d", origin, [[user, item_body] ...]]   committed inbox items (frame bodies as on the wire)
   ["i", origin, [user ...]]                 inbox grew (item too large to carry): read the store
   ["p", origin, user, online, active_ms]    presence of a user on the origin
@@ -65,6 +66,18 @@ class Outbox:
             else:
                 self._items.append([user, body])
 
+    def poke(self, user: str) -> None:
+        self._pokes.append(user)
+
+    def raw(self, message: list[Any]) -> None:
+        self._other.append(message)
+
+    def split(self) -> tuple[list[tuple[str, bytes]], list[str], list[list[Any]]]:
+        """Take what was gathered, unpacked: (items, pokes, other messages)."""
+        out = ([(u, b) for u, b in self._items], self._pokes, self._other)
+        self._items, self._pokes, self._other = [], [], []
+        return out
+
     def presence(self, user: str, online: bool, active: int) -> None:
         self._other.append(["p", self.origin, user, online, active])
 
@@ -75,27 +88,52 @@ class Outbox:
         self._other.append(["h", self.origin])
 
     def take(self) -> list[bytes]:
-        out = [msgpack.packb(m) for m in self._other]
+        """Everything gathered, as datagrams of at most about MAX_DATAGRAM bytes, each an
+        array of messages, in the order they were gathered within each kind."""
+        messages: list[tuple[int, list[Any]]] = [(32, m) for m in self._other]
         for kind, entries in (("d", self._items), ("i", self._pokes)):
             chunk: list[Any] = []
             size = 0
             for e in entries:
                 n = len(e[1]) + len(e[0]) + 8 if kind == "d" else len(e) + 4
                 if chunk and size + n > MAX_DATAGRAM:
-                    out.append(msgpack.packb([kind, self.origin, chunk]))
+                    messages.append((size, [kind, self.origin, chunk]))
                     chunk, size = [], 0
                 chunk.append(e)
                 size += n
             if chunk:
-                out.append(msgpack.packb([kind, self.origin, chunk]))
+                messages.append((size, [kind, self.origin, chunk]))
         self._items, self._pokes, self._other = [], [], []
+        out: list[bytes] = []
+        batch: list[Any] = []
+        total = 0
+        for size, m in messages:
+            if batch and total + size > MAX_DATAGRAM:
+                out.append(msgpack.packb(batch))
+                batch, total = [], 0
+            batch.append(m)
+            total += size
+        if batch:
+            out.append(msgpack.packb(batch))
         return out
 
 
 def handle(data: bytes, handler: PeerHandler) -> None:
-    """Apply one peer message; malformed ones are logged and dropped."""
+    """Apply one datagram (an array of peer messages); malformed ones are logged and
+    dropped."""
     try:
-        m = msgpack.unpackb(data)
+        batch = msgpack.unpackb(data)
+        if type(batch) is not list:
+            raise ValueError("not an array")
+    except Exception as exc:
+        log.warning("dropped a bad peer datagram (%d bytes): %r", len(data), exc)
+        return
+    for m in batch:
+        _handle_one(m, handler)
+
+
+def _handle_one(m: Any, handler: PeerHandler) -> None:
+    try:
         kind = m[0]
         if kind == "d":
             handler.peer_items([(str(u), bytes(b)) for u, b in m[2]])
@@ -110,7 +148,7 @@ def handle(data: bytes, handler: PeerHandler) -> None:
         else:
             raise ValueError(f"unknown kind {kind!r}")
     except Exception as exc:  # a peer's bug must not take this process down
-        log.warning("dropped a bad peer message (%d bytes): %r", len(data), exc)
+        log.warning("dropped a bad peer message: %r", exc)
 
 
 class Peers(Protocol):
@@ -119,6 +157,12 @@ class Peers(Protocol):
     outbox: Outbox
 
     def flush_soon(self) -> None: ...
+
+    def attach(self, user: str, device: str) -> None:
+        """A device of user connected to this process."""
+
+    def detach(self, user: str, device: str) -> None:
+        """The device's last connection to this process ended."""
 
     async def run(self, handler: PeerHandler, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
@@ -140,6 +184,12 @@ class UnixPeers:
 
     def flush_soon(self) -> None:
         self._wake.set()
+
+    def attach(self, user: str, device: str) -> None:
+        pass  # workers tell every other worker everything: no registry
+
+    def detach(self, user: str, device: str) -> None:
+        pass
 
     async def run(self, handler: PeerHandler, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -202,20 +202,26 @@ class ChatServer:
         """One task for every connection's idle and slow-frame timeouts (a timer per
         connection would cost each idle connection a cancel scope), and for presence."""
         cfg = self.config
-        interval = max(0.05, min(1.0, cfg.idle_timeout / 4, cfg.frame_timeout / 4))
-        sampled = 0.0
+        # Timeouts are enforced within an eighth of their length (at most 5 s late), presence
+        # within a second: every connection is looked at in a timeout pass, so those are few.
+        every = max(0.05, min(5.0, cfg.idle_timeout / 8, cfg.frame_timeout / 8))
+        interval = max(0.05, min(1.0, every, cfg.presence_threshold / 8))
+        checked = sampled = 0.0
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
-            queued = 0
-            for session in self.sessions():
-                session.check_timeouts(now)
-                queued += session.queued
+            if now - checked >= every - interval / 2:
+                checked = now
+                queued = 0
+                for session in self.sessions():
+                    session.check_timeouts(now)
+                    queued += session.queued
+                metrics.OUTBOUND_QUEUED.set(queued)
             await self.presence.check()
             if now - sampled >= 2:
                 sampled = now
-                metrics.OUTBOUND_QUEUED.set(queued)
                 metrics.STORE_QUEUE.set(getattr(self.store, "queue_depth", 0))
+                metrics.FANOUT_PENDING.set(getattr(self.store, "fanout_pending", 0))
                 metrics.sample_process()
 
     async def collect_garbage(self) -> None:
@@ -314,6 +320,7 @@ class ChatServer:
                     old.end(F.Goodbye(code=0, reason="replaced by a newer connection"))
             if self.peers is not None:  # the device's older connection may be on a peer
                 self.peers.outbox.kick(user, device, now_ms())
+                self.peers.attach(user, device)
                 self.peers.flush_soon()
             self.router.attach(session)
             self.presence.activity(session)  # opening the app is activity (unless background)
@@ -324,6 +331,9 @@ class ChatServer:
             finally:
                 self.router.detach(session)
                 metrics.CONNECTIONS.dec()
+                if self.peers is not None and not any(
+                        t.device == device for t in self.router.targets(user)):
+                    self.peers.detach(user, device)
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self.presence.disconnected(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -351,11 +361,17 @@ async def serve(config: Config, *, worker: Worker | None = None,
     cancelled)."""
     secret = load_or_create_secret(config.data_dir)
     async with open_store(config.store_url) as store:
-        peers = None
-        node_id = "n1"
+        peers: Peers | None = None
+        node_id = config.node_id or "n1"
         if worker is not None:
+            node_id = f"{config.node_id}-w{worker.index}" if config.node_id else \
+                f"w{worker.index}"
+        if config.redis:  # several nodes (each worker of a node is one of them)
+            from chatd.router.redis import RedisPeers
+
+            peers = RedisPeers(config.redis, node_id)
+        elif worker is not None:
             peers = UnixPeers(worker.run_dir, worker.index, worker.count)
-            node_id = f"w{worker.index}"
         server = ChatServer(config, store, secret, node_id, peers)
         async with trio.open_nursery() as nursery:
             if peers is not None:

@@ -34,6 +34,8 @@ class Config:
     gc_interval: float = 30.0  # seconds between deletions of what chat modes say to forget
     temporary_max_age: float = 30 * 86400.0  # undelivered temporary messages are dropped then
     metrics_port: int = -1  # Prometheus /metrics on this port; -1: off, 0: any free port
+    node_id: str = ""  # this node's name among several (with redis); default: the host name
+    redis: str = ""  # redis://host:port or redis+cluster://host:port,...: join a cluster
     workers: int = 0  # processes of `chatd serve` sharing the ports; 0: one per core
 
     @property

@@ -9,8 +9,8 @@ Unix datagram sockets in <data_dir>/run (chatd.router.peers), so a message reach
 whichever worker holds it. The store stays the source of truth, so every guarantee of the
 one-process server holds: what a worker misses, its devices read from the store.
 
-A worker dies with its supervisor (PR_SET_PDEATHSIG), so `kill -9` of the supervisor leaves no
-worker holding the ports.
+A worker is killed with its supervisor (PR_SET_PDEATHSIG, and a check of its parent every half
+second besides), so `kill -9` of the supervisor leaves no worker holding the ports.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -33,8 +34,8 @@ from .app import Worker, serve
 from .config import Config
 
 log = logging.getLogger("chatd.workers")
-READY = b"ready\n"
 PR_SET_PDEATHSIG = 1
+READY = b"ready\n"
 
 
 def reserve_port(host: str, port: int) -> tuple[int, Any]:
@@ -58,7 +59,7 @@ class Supervisor:
         self.config = config
         self.count = count
         self.run_dir = os.path.join(os.path.abspath(config.data_dir), "run")
-        self.procs: dict[int, trio.Process] = {}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = False
         self.restarts = 0
         self._held: list[Any] = []
@@ -103,17 +104,24 @@ class Supervisor:
                    PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
         backoff = 0.5
         while True:
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "chatd.server.workers"], env=env, stdout=-1)
+            # Spawned from this (the main) thread, so PR_SET_PDEATHSIG fires only when the
+            # supervisor itself dies (trio's open_process forks from a cache thread).
+            proc = subprocess.Popen([sys.executable, "-m", "chatd.server.workers"], env=env,
+                                    stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
             self.procs[index] = proc
             assert proc.stdout is not None
             line = b""
-            with trio.move_on_after(60):
-                while not line.endswith(b"\n"):
-                    chunk = await proc.stdout.receive_some(64)
-                    if not chunk:
-                        break
-                    line += chunk
+            out = trio.lowlevel.FdStream(os.dup(proc.stdout.fileno()))
+            proc.stdout.close()
+            try:
+                with trio.move_on_after(60):
+                    while not line.endswith(b"\n"):
+                        chunk = await out.receive_some(64)
+                        if not chunk:
+                            break
+                        line += chunk
+            finally:
+                await out.aclose()
             if line == READY:
                 if task_status is not trio.TASK_STATUS_IGNORED:
                     task_status.started()
@@ -121,8 +129,8 @@ class Supervisor:
                 backoff = 0.5
             elif task_status is not trio.TASK_STATUS_IGNORED:  # never came up: give up
                 proc.kill()
-                raise WorkerFailed(f"worker {index} did not start (exit {await proc.wait()})")
-            rc = await proc.wait()
+                raise WorkerFailed(f"worker {index} did not start (exit {await wait(proc)})")
+            rc = await wait(proc)
             multiprocess.mark_process_dead(proc.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
             if self.stopping:
                 return
@@ -137,30 +145,49 @@ class Supervisor:
         """SIGTERM every worker (each drains like a one-process node), then wait."""
         self.stopping = True
         for proc in self.procs.values():
-            if proc.returncode is None:
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         with trio.move_on_after(self.config.shutdown_grace + 5):
             for proc in self.procs.values():
-                await proc.wait()
+                await wait(proc)
         for proc in self.procs.values():
-            if proc.returncode is None:
+            if proc.poll() is None:
                 proc.kill()
 
 
+async def wait(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for a child without a thread: its pidfd becomes readable when it exits."""
+    if proc.poll() is None:
+        fd = os.pidfd_open(proc.pid)
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+    return proc.wait()
+
+
 def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the worker outlives a killed supervisor
-        pass
+    """In the child before exec: SIGKILL when the supervisor dies."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-async def worker_main(spec: dict[str, Any], index: int) -> None:
+async def watch_parent(parent: int) -> None:
+    """End this worker at once when its supervisor is gone (killed with SIGKILL, say): an
+    orphan must not keep serving the port. (PR_SET_PDEATHSIG would fire when the *thread*
+    that spawned the worker ends, and trio spawns from its thread cache.)"""
+    while True:
+        await trio.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+async def worker_main(spec: dict[str, Any], index: int, parent: int) -> None:
     cfg = Config()
     for k, v in spec["config"].items():
         setattr(cfg, k, v)
     worker = Worker(index, spec["count"], spec["run_dir"])
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_parent, parent)
         server = await nursery.start(lambda task_status: serve(
             cfg, worker=worker, task_status=task_status))
         os.write(1, READY)
@@ -168,18 +195,17 @@ async def worker_main(spec: dict[str, Any], index: int) -> None:
             async for _ in signals:
                 server.stop()
                 break
+        await server.stopped.wait()
+        nursery.cancel_scope.cancel()
 
 
 def main() -> None:
     parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:  # the supervisor died before the line above
-        sys.exit(1)
     spec = json.loads(os.environ["CHATD_WORKER"])
     index = int(os.environ["CHATD_WORKER_INDEX"])
     logging.basicConfig(level=os.environ.get("CHATD_LOG_LEVEL", "WARNING"),
                         format=f"%(asctime)s w{index} %(name)s %(levelname)s %(message)s")
-    trio.run(worker_main, spec, index)
+    trio.run(worker_main, spec, index, parent)
 
 
 if __name__ == "__main__":

@@ -364,6 +364,11 @@ class SqliteStore:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    @property
+    def fanout_pending(self) -> int:
+        """Inbox appends that committed group messages still owe (the fan-out lag)."""
+        return sum(len(j.recipients) - j.done for j in self._jobs)
+
     async def _do(self, fn: Callable[[sqlite3.Connection], T],
                   ids: list[tuple[str, str]] | None = None) -> T:
         if self._closed:

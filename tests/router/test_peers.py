@@ -60,6 +60,18 @@ def test_large_items_travel_as_pokes() -> None:
 
 
 def test_bad_peer_messages_are_dropped() -> None:
-    r = deliver([b"\xc1", msgpack.packb(["zz", "w1"]), msgpack.packb(["d", "w1", [[1]]]),
-                 msgpack.packb([])])
+    r = deliver([b"\xc1", msgpack.packb([["zz", "w1"]]), msgpack.packb([["d", "w1", [[1]]]]),
+                 msgpack.packb([[]]), msgpack.packb({"a": 1}), msgpack.packb(["p"])])
     assert r.calls == []
+    r = deliver([msgpack.packb([["zz"], ["h", "w2"]])])  # the good one after a bad one
+    assert r.calls == [("restarted", "w2")]
+
+
+def test_a_burst_of_small_messages_shares_datagrams() -> None:
+    box = peers.Outbox("w0")
+    for i in range(1000):
+        box.presence(f"u{i}", True, i)
+        box.kick(f"u{i}", "d", i)
+    out = box.take()
+    assert len(out) <= 3
+    assert len(deliver(out).calls) == 2000

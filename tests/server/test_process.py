@@ -59,12 +59,33 @@ class Proc:
         raise AssertionError("chatd serve did not start listening")
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
+        """Signal the node (its supervisor, which has the workers) and wait until every
+        process of it is gone (the workers die with the supervisor, a moment later)."""
         assert self.proc is not None
+        pid = self.proc.pid
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                workers = [int(w) for w in f.read().split()]
+        except FileNotFoundError:
+            workers = []
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout=20)
+        rc = self.proc.wait(timeout=20)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{w}") and not _zombie(w) for w in workers):
+            assert time.monotonic() < deadline, "workers outlived their supervisor"
+            time.sleep(0.02)
+        return rc
 
     def token(self, user: str) -> str:
         return cli("token", user, data_dir=self.data_dir).strip()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 @pytest.fixture

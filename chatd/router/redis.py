@@ -1,0 +1,341 @@
+"""Several chatd nodes: a session registry in Redis and cross-node delivery through Redis.
+
+Redis says *where to try*, never what was said: the store (shared by every node) stays the
+source of truth. Keys (every key is one slot, so this works the same on Redis Cluster):
+
+  chatd:node:{id}     node liveness: the node's boot id, with a TTL refreshed every few seconds
+  chatd:nodes         hash node -> boot id of every node that ever joined (pruned by liveness)
+  chatd:u:{user}      the registry: hash device -> "node boot", TTL refreshed by heartbeats
+  chatd:nu:{id}       the users node id registered (to clean its stale entries when it restarts)
+  chatd:in:{id}       the node's inbound stream: peer datagrams (chatd.router.peers) to apply
+
+A node hands the inbox items it committed to the nodes the registry names for each user, with
+one pipeline per flush (one XADD per destination node), never a round trip per message. A
+route cache (ROUTE_TTL) saves registry reads. When a device connects, its node tells every
+live node ("k"): they end an older connection of that device and drop their cached route for
+the user. A route that is still wrong sends a message to a node that no longer holds the
+device (ignored there); the device, which reconnected somewhere else, read the store on
+connect, so nothing is black-holed. When Redis is unreachable the node keeps serving its own
+devices and retries; when Redis comes back (restarted, maybe empty) the node registers its
+devices again and has every local device re-read the store, so whatever crossed Redis while it
+was away is delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any, Final
+
+import coredis
+import coredis.exceptions
+import trio
+from coredis.typing import Node
+
+from .peers import Outbox, PeerHandler, handle
+
+log = logging.getLogger("chatd.redis")
+NODE_TTL: Final = 10  # seconds a node counts as alive without a heartbeat
+REGISTRY_TTL: Final = 90  # seconds a registry entry lives without a heartbeat
+HEARTBEAT: Final = 3.0
+ROUTE_TTL: Final = 2.0  # seconds a looked-up route is trusted
+STREAM_MAXLEN: Final = 100_000
+REDIS_ERRORS: Final = (coredis.exceptions.RedisError, OSError, trio.BrokenResourceError,
+                       trio.ClosedResourceError, trio.TooSlowError)
+
+
+def connect_redis(url: str) -> Any:
+    """`redis://host:port` for one Redis; `redis+cluster://host:port[,host:port...]` (seed
+    nodes) for Redis Cluster."""
+    if url.startswith("redis+cluster://"):
+        seeds = []
+        for part in url.removeprefix("redis+cluster://").split(","):
+            host, _, port = part.rstrip("/").rpartition(":")
+            seeds.append(Node(host=host, port=int(port)))
+        return coredis.RedisCluster(startup_nodes=seeds, stream_timeout=5, connect_timeout=2)
+    if url.startswith("redis://"):
+        return coredis.Redis.from_url(url, stream_timeout=5, connect_timeout=2)
+    raise ValueError(f"{url!r}: expected redis://host:port or redis+cluster://host:port,...")
+
+
+class RedisPeers:
+    def __init__(self, url: str, node_id: str) -> None:
+        self.url = url
+        self.node_id = node_id
+        self.boot = secrets.token_hex(4)
+        self.outbox = Outbox(node_id)
+        self.redis: Any = None
+        self._wake = trio.Event()
+        self._routes: dict[str, tuple[float, set[str]]] = {}
+        self._live: dict[str, str] = {}  # node -> boot id, refreshed every heartbeat
+        self._live_at = 0.0
+        self._attached: dict[tuple[str, str], bool] = {}  # (user, device) -> registered yet
+        self._detached: list[tuple[str, str]] = []
+        self.healthy = trio.Event()
+        self.sent = 0
+        self.received = 0
+        self.errors = 0
+
+    # ---- what the node calls ----------------------------------------------------------------
+
+    def flush_soon(self) -> None:
+        self._wake.set()
+
+    def attach(self, user: str, device: str) -> None:
+        self._attached[(user, device)] = False
+        self._routes.pop(user, None)
+        self._wake.set()
+
+    def detach(self, user: str, device: str) -> None:
+        self._attached.pop((user, device), None)
+        self._detached.append((user, device))
+        self._wake.set()
+
+    # ---- running ----------------------------------------------------------------------------
+
+    async def run(self, handler: PeerHandler, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.redis = connect_redis(self.url)
+        async with self.redis, trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_alive, handler)
+            with trio.move_on_after(10):  # start even if Redis is down: it may come back
+                await self.healthy.wait()
+            nursery.start_soon(self._receive, handler)
+            nursery.start_soon(self._send_loop)
+            task_status.started()
+
+    async def _keep_alive(self, handler: PeerHandler) -> None:
+        """Heartbeat: node liveness, registry TTLs, the live-node list. After Redis was away,
+        register every device again and have them all re-read the store."""
+        first = True
+        while True:
+            try:
+                with trio.fail_after(5):
+                    if first or not self.healthy.is_set():
+                        for key in self._attached:  # (Redis may have come back empty)
+                            self._attached[key] = False
+                        self._routes.clear()
+                        await self._join()
+                        await self._register()
+                        if not first:
+                            log.warning("redis is back: re-registering, devices resync")
+                            handler.peer_poke(sorted({u for u, _ in self._attached}))
+                        first = False
+                        self.healthy.set()
+                    await self._heartbeat()
+            except REDIS_ERRORS as exc:
+                self.errors += 1
+                if self.healthy.is_set():
+                    log.warning("redis unreachable (%r): serving local devices, retrying", exc)
+                self.healthy = trio.Event()
+            await trio.sleep(HEARTBEAT if self.healthy.is_set() else 0.5)
+
+    async def _join(self) -> None:
+        """Announce this node, and clean the entries an earlier run of it left behind."""
+        r = self.redis
+        stale = await r.smembers(f"chatd:nu:{self.node_id}")
+        if stale:
+            async with r.pipeline(transaction=False) as p:
+                for user in stale:
+                    p.hgetall(f"chatd:u:{_s(user)}")
+            for user, entries in zip(stale, p.results or (), strict=False):
+                mine = [d for d, v in (entries or {}).items()
+                        if _s(v).split(" ")[0] == self.node_id
+                        and (_s(user), _s(d)) not in self._attached]
+                if mine:
+                    await r.hdel(f"chatd:u:{_s(user)}", mine)
+            await r.delete([f"chatd:nu:{self.node_id}"])
+        await r.set(f"chatd:node:{self.node_id}", self.boot, ex=NODE_TTL)
+        await r.hset("chatd:nodes", {self.node_id: self.boot})
+        # peers forget what this node said about presence before a restart
+        self.outbox.hello()
+        self._wake.set()
+
+    async def _heartbeat(self) -> None:
+        r = self.redis
+        await r.set(f"chatd:node:{self.node_id}", self.boot, ex=NODE_TTL)
+        await self._refresh_live()
+        # refresh every registered device's TTL (a pipeline per 5,000)
+        users = sorted({u for u, _ in self._attached})
+        for i in range(0, len(users), 5000):
+            async with r.pipeline(transaction=False) as p:
+                for u in users[i : i + 5000]:
+                    p.expire(f"chatd:u:{u}", REGISTRY_TTL)
+        await r.expire(f"chatd:nu:{self.node_id}", REGISTRY_TTL * 2)
+
+    async def _refresh_live(self) -> None:
+        """Which nodes are alive (a node's liveness key expires NODE_TTL after its last
+        heartbeat)."""
+        r = self.redis
+        self._live_at = time.monotonic()
+        nodes = await r.hgetall("chatd:nodes")
+        names = [_s(n) for n in nodes]
+        async with r.pipeline(transaction=False) as p:
+            for n in names:
+                p.get(f"chatd:node:{n}")
+        alive = p.results or []
+        self._live = {n: _s(b) for n, b in zip(names, alive, strict=False) if b is not None}
+        gone = [n for n in names if n not in self._live]
+        if gone:
+            await r.hdel("chatd:nodes", gone)
+
+    async def _register(self) -> None:
+        """Registry writes for devices that connected or left since the last flush."""
+        new = [k for k, done in self._attached.items() if not done]
+        gone, self._detached = self._detached, []
+        if not new and not gone:
+            return
+        value = f"{self.node_id} {self.boot}"
+        async with self.redis.pipeline(transaction=False) as p:
+            for user, device in new:
+                p.hset(f"chatd:u:{user}", {device: value})
+                p.expire(f"chatd:u:{user}", REGISTRY_TTL)
+            if new:
+                p.sadd(f"chatd:nu:{self.node_id}", [u for u, _ in new])
+            for user, device in gone:
+                if (user, device) not in self._attached:
+                    p.hdel(f"chatd:u:{user}", [device])
+        for k in new:
+            if k in self._attached:
+                self._attached[k] = True
+
+    async def _routes_for(self, users: set[str]) -> dict[str, set[str]]:
+        """user -> live nodes other than this one that hold one of the user's devices."""
+        now = time.monotonic()
+        out: dict[str, set[str]] = {}
+        missing = []
+        for u in users:
+            cached = self._routes.get(u)
+            if cached is not None and cached[0] > now:
+                out[u] = cached[1]
+            else:
+                missing.append(u)
+        if missing:
+            async with self.redis.pipeline(transaction=False) as p:
+                for u in missing:
+                    p.hgetall(f"chatd:u:{u}")
+            found = {u: [_s(v).partition(" ")[::2] for v in (entries or {}).values()]
+                     for u, entries in zip(missing, p.results or (), strict=False)}
+            unknown = {n for entries in found.values() for n, b in entries
+                       if n != self.node_id and self._live.get(n) != b}
+            if unknown:  # a node that joined since the last heartbeat: is it alive?
+                names = sorted(unknown)
+                async with self.redis.pipeline(transaction=False) as p:
+                    for n in names:
+                        p.get(f"chatd:node:{n}")
+                for n, b in zip(names, p.results or (), strict=False):
+                    if b is not None:
+                        self._live[n] = _s(b)
+            for u, entries in found.items():
+                # a dead node's (or an earlier boot's) entry is skipped
+                nodes = {n for n, b in entries if n != self.node_id and self._live.get(n) == b}
+                self._routes[u] = (now + ROUTE_TTL, nodes)
+                out[u] = nodes
+            if len(self._routes) > 100_000:
+                self._routes = {k: v for k, v in self._routes.items() if v[0] > now}
+        return out
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.lowlevel.checkpoint()  # gather what this tick adds
+            if not self.healthy.is_set():
+                self.outbox.take()  # Redis is away: devices resync when it is back
+                continue
+            try:
+                with trio.fail_after(5):
+                    await self._register()
+                    await self._flush()
+            except REDIS_ERRORS as exc:
+                self.errors += 1
+                log.warning("redis send failed (%r): will resync when it is back", exc)
+                self.healthy = trio.Event()
+
+    async def _flush(self) -> None:
+        if not self.outbox:
+            return
+        items, pokes, other = self.outbox.split()
+        if other and time.monotonic() - self._live_at > 0.5:
+            await self._refresh_live()  # broadcasts must reach a node that just joined
+        routes = await self._routes_for({u for u, _ in items} | set(pokes))
+        per_node: dict[str, Outbox] = {}
+
+        def box(node: str) -> Outbox:
+            if node not in per_node:
+                per_node[node] = Outbox(self.node_id)
+            return per_node[node]
+
+        for user, body in items:
+            for node in routes.get(user, ()):
+                box(node).items([(user, body)])
+        for user in pokes:
+            for node in routes.get(user, ()):
+                box(node).poke(user)
+        for m in other:  # presence, hellos and "device connected here": to every live node
+            for node in set(self._live) - {self.node_id}:
+                box(node).raw(m)
+        if not per_node:
+            return
+        async with self.redis.pipeline(transaction=False) as p:
+            for node, ob in per_node.items():
+                for data in ob.take():
+                    p.xadd(f"chatd:in:{node}", {"b": data},
+                           trim_strategy=coredis.PureToken.MAXLEN, threshold=STREAM_MAXLEN,
+                           trim_operator=coredis.PureToken.APPROXIMATELY)
+                    self.sent += 1
+
+    def peer_joined(self, origin: str) -> None:
+        """A node (re)started and said hello: look at who is alive before the next
+        broadcast, so presence reaches it at once."""
+        self._live_at = 0.0
+
+    async def _receive(self, handler: PeerHandler) -> None:
+        key = f"chatd:in:{self.node_id}"
+        handler = _Joined(handler, self)
+        last = "$"
+        while True:
+            try:
+                if last == "$":  # (re)started: only what arrives from now on
+                    info = await self.redis.xrevrange(key, count=1)
+                    last = _s(info[0].identifier) if info else "0-0"
+                got = await self.redis.xread({key: last}, count=500, block=1000)
+            except REDIS_ERRORS as exc:
+                self.errors += 1
+                log.debug("redis read failed: %r", exc)
+                last = "$"
+                await trio.sleep(0.5)
+                continue
+            for entries in (got or {}).values():
+                for entry in entries:
+                    last = _s(entry.identifier)
+                    data = entry.field_values.get(b"b") or entry.field_values.get("b")
+                    if data is not None:
+                        self.received += 1
+                        handle(bytes(data) if not isinstance(data, str) else data.encode(),
+                               handler)
+
+
+class _Joined:
+    """The node's handler, plus: a hello from a peer refreshes the live-node list."""
+
+    def __init__(self, handler: PeerHandler, peers: RedisPeers) -> None:
+        self._h = handler
+        self._peers = peers
+        self.peer_items = handler.peer_items
+        self.peer_poke = handler.peer_poke
+        self.peer_presence = handler.peer_presence
+
+    def peer_restarted(self, origin: str) -> None:
+        self._peers.peer_joined(origin)
+        self._h.peer_restarted(origin)
+
+    def peer_kick(self, user: str, device: str, at: int) -> None:
+        self._peers._routes.pop(user, None)  # the device is elsewhere now: look it up again
+        self._h.peer_kick(user, device, at)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+

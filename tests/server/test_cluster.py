@@ -1,0 +1,181 @@
+"""Several chatd nodes joined through Redis (`--node-id`, `--redis`), sharing one store: 1:1,
+groups, receipts and presence across nodes; a node killed with SIGKILL; Redis restarted
+mid-run. Everything runs against one Redis and against a three-master Redis Cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import chatd_client as cc
+import pytest
+import trio
+
+from chatd.auth import load_or_create_secret, make_token
+from chatd.server import Config
+from chatd.server.app import serve
+
+from .conftest import Node, messages
+from .redis_servers import RedisCluster, RedisServer
+from .test_presence import presence
+
+
+@pytest.fixture(params=["redis", "cluster"], scope="module")
+def redis(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[RedisServer | RedisCluster]:
+    work = tmp_path_factory.mktemp("redis")
+    r = RedisServer(work) if request.param == "redis" else RedisCluster(work)
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+async def nodes(redis: RedisServer | RedisCluster, tmp_path: Path,
+                nursery: trio.Nursery) -> AsyncIterator[list[Node]]:
+    data = tmp_path / "data"
+    load_or_create_secret(str(data))
+    out = []
+    for i in range(3):
+        cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
+                     node_id=f"{tmp_path.name[-12:]}-n{i}", redis=redis.url,
+                     presence_threshold=5)
+        server = await nursery.start(lambda task_status, c=cfg: serve(
+            c, task_status=task_status))
+        out.append(Node(server, cfg))
+    await out[0].add_users("alice", "bob", "carol")
+    yield out
+
+
+async def first(client: cc.Client, kind: type, timeout: float = 10) -> cc.Event:
+    with trio.fail_after(timeout):
+        return await client.next_event(kind)
+
+
+async def test_one_to_one_and_receipts_across_nodes(nodes: list[Node]) -> None:
+    n0, n1, _ = nodes
+    async with n0.connect("alice", "phone") as alice, n1.connect("bob", "phone") as bob:
+        await first(bob, cc.Synced)
+        acks = [await alice.send("bob", f"m{i}") for i in range(30)]
+        got = await messages(bob, 30)
+        assert [m.text for m in got] == [f"m{i}" for i in range(30)]
+        delivered: set[int] = set()
+        with trio.fail_after(10):
+            while len(delivered) < 30:
+                d = await alice.next_event(cc.Delivered)
+                assert isinstance(d, cc.Delivered)
+                delivered.update(d.seqs)
+        assert delivered == {a.seq for a in acks}
+        await bob.mark_read(got[-1].conv, got[-1].seq)
+        r = await first(alice, cc.Read)
+        assert isinstance(r, cc.Read) and max(r.seqs) == 30
+    assert n1.server.stats["peer_items"] > 0  # it came through Redis, not by polling
+
+
+async def test_group_across_three_nodes(nodes: list[Node]) -> None:
+    n0, n1, n2 = nodes
+    async with n0.connect("alice") as alice, n1.connect("bob") as bob, \
+            n2.connect("carol") as carol:
+        g = await alice.create_group("team", ["bob", "carol"])
+        ack = await alice.send(None, "hello team", group=g.group)
+        for c in (bob, carol):
+            with trio.fail_after(10):
+                while True:
+                    m = await c.next_event(cc.Message)
+                    assert isinstance(m, cc.Message)
+                    if m.event is None:
+                        break
+            assert m.text == "hello team"
+        with trio.fail_after(10):
+            while True:
+                d = await alice.next_event(cc.Delivered)
+                assert isinstance(d, cc.Delivered)
+                if ack.seq in d.seqs:
+                    break
+
+
+async def test_presence_across_nodes(nodes: list[Node]) -> None:
+    n0, _, n2 = nodes
+    async with n2.connect("bob") as bob:
+        await bob.watch(["alice"])
+        assert not (await presence(bob, "alice")).online
+        async with n0.connect("alice") as alice:
+            await first(alice, cc.Synced)
+            assert (await presence(bob, "alice", timeout=10)).online
+        p = await presence(bob, "alice", timeout=10)
+        assert not p.online and p.last_seen is not None
+
+
+async def test_redis_restart_mid_run(redis: RedisServer | RedisCluster,
+                                     nodes: list[Node]) -> None:
+    if isinstance(redis, RedisCluster):
+        pytest.skip("restarting one server of the cluster is not this test")
+    n0, n1, _ = nodes
+    async with n0.connect("alice") as alice, n1.connect("bob") as bob:
+        await first(bob, cc.Synced)
+        await alice.send("bob", "before")
+        assert (await messages(bob, 1))[0].text == "before"
+        redis.stop()
+        sent_while_down = [await alice.send("bob", f"down {i}") for i in range(5)]
+        assert all(a.seq for a in sent_while_down)  # SENT: stored, whatever Redis does
+        redis.start()  # empty: registrations and streams are gone
+        got = await messages(bob, 5, timeout=30)  # re-registered; bob re-read the store
+        assert [m.text for m in got] == [f"down {i}" for i in range(5)]
+        await alice.send("bob", "after")
+        assert (await messages(bob, 1, timeout=20))[0].text == "after"
+
+
+# ---- real processes: SIGKILL one node ------------------------------------------------------
+
+CHATD = [sys.executable, "-m", "chatd.cli"]
+
+
+@contextlib.contextmanager
+def node_process(data: Path, node_id: str, redis_url: str) -> Iterator[tuple[Any, int]]:
+    proc = subprocess.Popen([*CHATD, "serve", "--workers", "1", "--data-dir", str(data),
+                             "--tcp-port", "0", "--ws-port", "-1", "--node-id", node_id,
+                             "--redis", redis_url], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    m = re.search(r"tcp://127.0.0.1:(\d+)", line)
+    assert m, line
+    try:
+        yield proc, int(m.group(1))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+
+
+async def test_a_killed_node_loses_nothing_sent(redis: RedisServer | RedisCluster,
+                                                tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    secret = load_or_create_secret(str(data))
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(node_process(data, f"{tmp_path.name[-10:]}k{i}",
+                                                  redis.url)) for i in range(3)]
+        urls = [f"tcp://127.0.0.1:{port}" for _, port in procs]
+        async with contextlib.AsyncExitStack() as astack:
+            # bob is on node 0 first (his URL list starts there), alice on node 1
+            bob = await astack.enter_async_context(cc.connect(
+                [urls[0], urls[2]], make_token(secret, "bob"), "phone"))
+            alice = await astack.enter_async_context(cc.connect(
+                [urls[1], urls[2]], make_token(secret, "alice"), "phone"))
+            await first(bob, cc.Synced)
+            await alice.send("bob", "one")
+            assert (await messages(bob, 1))[0].text == "one"
+            os.kill(procs[0][0].pid, signal.SIGKILL)  # bob's node dies
+            sent = [await alice.send("bob", f"after {i}") for i in range(10)]
+            assert all(a.seq for a in sent)
+            # bob fails over to node 2; the registry still names dead node 0 until it
+            # expires, but nothing is black-holed: bob reads the store on connect
+            got = await messages(bob, 10, timeout=30)
+            assert [m.text for m in got] == [f"after {i}" for i in range(10)]
+            await alice.send("bob", "live again")
+            assert (await messages(bob, 1, timeout=20))[0].text == "live again"
