@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import codec, connections, drain, fanout, memory, report, throughput
+from . import cluster, codec, connections, drain, fanout, memory, report, throughput
 
 
 def main() -> None:
@@ -41,6 +41,11 @@ def main() -> None:
     n.add_argument("--heartbeat", type=float, default=30)
     n.add_argument("--max-seconds", type=float, default=900,
                    help="the whole run stops by itself after this")
+    c2 = sub.add_parser("cluster", help="two nodes through Redis: cross-node vs same-node"
+                        " 1:1, and the registry's cost per connect")
+    c2.add_argument("--pairs", type=int, default=20)
+    c2.add_argument("--window", type=int, default=8)
+    c2.add_argument("--seconds", type=float, default=5)
     sub.add_parser("report", help="write bench/results/SUMMARY.md from the saved results")
     a = sub.add_parser("all", help="everything with the defaults")
     a.set_defaults(seconds=5)
@@ -55,7 +60,8 @@ def main() -> None:
         report.main(args)
         return
     {"codec": codec, "throughput": throughput, "memory": memory, "drain": drain,
-     "fanout": fanout, "connections": connections, "report": report}[args.what].main(args)
+     "fanout": fanout, "connections": connections, "cluster": cluster,
+     "report": report}[args.what].main(args)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,11 @@ def test_throughput_sweep_pairs_every_point_with_the_relay(tmp_path: object) -> 
                for r in result["runs"])
     png = plots.plot_sweep(result, pathlib.Path(str(tmp_path)) / "sweep.png")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cluster_bench_compares_cross_and_same_node() -> None:
+    from bench import cluster
+
+    result = cluster.run(npairs=2, window=2, seconds=0.3, churn_n=20)
+    assert result["same_node"]["msgs_per_s"] > 0 and result["cross_node"]["msgs_per_s"] > 0
+    assert result["connect_cycles_per_s"]["with_redis"] > 0

@@ -70,6 +70,8 @@ class RedisPeers:
         self._routes: dict[str, tuple[float, set[str]]] = {}
         self._live: dict[str, str] = {}  # node -> boot id, refreshed every heartbeat
         self._live_at = 0.0
+        self._last_id = "$"  # the last entry of this node's stream that was read
+        self._route_epoch = 0  # bumped when a device connects anywhere (routes may change)
         self._attached: dict[tuple[str, str], bool] = {}  # (user, device) -> registered yet
         self._detached: list[tuple[str, str]] = []
         self.healthy = trio.Event()
@@ -134,6 +136,9 @@ class RedisPeers:
     async def _join(self) -> None:
         """Announce this node, and clean the entries an earlier run of it left behind."""
         r = self.redis
+        if self._last_id == "$":  # read what peers send from here on, announced or not yet
+            info = await r.xrevrange(f"chatd:in:{self.node_id}", count=1)
+            self._last_id = _s(info[0].identifier) if info else "0-0"
         stale = await r.smembers(f"chatd:nu:{self.node_id}")
         if stale:
             async with r.pipeline(transaction=False) as p:
@@ -212,6 +217,7 @@ class RedisPeers:
             else:
                 missing.append(u)
         if missing:
+            epoch = self._route_epoch  # a device that moves meanwhile makes these stale
             async with self.redis.pipeline(transaction=False) as p:
                 for u in missing:
                     p.hgetall(f"chatd:u:{u}")
@@ -230,7 +236,8 @@ class RedisPeers:
             for u, entries in found.items():
                 # a dead node's (or an earlier boot's) entry is skipped
                 nodes = {n for n, b in entries if n != self.node_id and self._live.get(n) == b}
-                self._routes[u] = (now + ROUTE_TTL, nodes)
+                if epoch == self._route_epoch:
+                    self._routes[u] = (now + ROUTE_TTL, nodes)
                 out[u] = nodes
             if len(self._routes) > 100_000:
                 self._routes = {k: v for k, v in self._routes.items() if v[0] > now}
@@ -257,8 +264,8 @@ class RedisPeers:
         if not self.outbox:
             return
         items, pokes, other = self.outbox.split()
-        if other and time.monotonic() - self._live_at > 0.5:
-            await self._refresh_live()  # broadcasts must reach a node that just joined
+        if other:  # broadcasts must reach a node that joined a moment ago: ask Redis now
+            await self._refresh_live()
         routes = await self._routes_for({u for u, _ in items} | set(pokes))
         per_node: dict[str, Outbox] = {}
 
@@ -286,6 +293,12 @@ class RedisPeers:
                            trim_operator=coredis.PureToken.APPROXIMATELY)
                     self.sent += 1
 
+    def route_changed(self, user: str) -> None:
+        """A device of user connected somewhere: look the user up again (and do not cache a
+        lookup that was under way)."""
+        self._routes.pop(user, None)
+        self._route_epoch += 1
+
     def peer_joined(self, origin: str) -> None:
         """A node (re)started and said hello: look at who is alive before the next
         broadcast, so presence reaches it at once."""
@@ -294,22 +307,23 @@ class RedisPeers:
     async def _receive(self, handler: PeerHandler) -> None:
         key = f"chatd:in:{self.node_id}"
         handler = _Joined(handler, self)
-        last = "$"
         while True:
             try:
-                if last == "$":  # (re)started: only what arrives from now on
-                    info = await self.redis.xrevrange(key, count=1)
-                    last = _s(info[0].identifier) if info else "0-0"
-                got = await self.redis.xread({key: last}, count=500, block=1000)
+                if self._last_id == "$":  # Redis was away: what arrives from now on
+                    await self.healthy.wait()
+                    if self._last_id == "$":
+                        info = await self.redis.xrevrange(key, count=1)
+                        self._last_id = _s(info[0].identifier) if info else "0-0"
+                got = await self.redis.xread({key: self._last_id}, count=500, block=1000)
             except REDIS_ERRORS as exc:
                 self.errors += 1
                 log.debug("redis read failed: %r", exc)
-                last = "$"
+                self._last_id = "$"
                 await trio.sleep(0.5)
                 continue
             for entries in (got or {}).values():
                 for entry in entries:
-                    last = _s(entry.identifier)
+                    self._last_id = _s(entry.identifier)
                     data = entry.field_values.get(b"b") or entry.field_values.get("b")
                     if data is not None:
                         self.received += 1
@@ -332,7 +346,7 @@ class _Joined:
         self._h.peer_restarted(origin)
 
     def peer_kick(self, user: str, device: str, at: int) -> None:
-        self._peers._routes.pop(user, None)  # the device is elsewhere now: look it up again
+        self._peers.route_changed(user)
         self._h.peer_kick(user, device, at)
 
 

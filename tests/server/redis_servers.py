@@ -23,9 +23,11 @@ def require_redis() -> None:
                            " (.ci/run does it)")
 
 
-def wait_ping(port: int, timeout: float = 10) -> None:
+def wait_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server on {port} exited ({proc.returncode})")
         out = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
                              text=True)
         if out.stdout.strip() == "PONG":
@@ -38,6 +40,8 @@ class RedisServer:
     def __init__(self, workdir: Path, port: int = 0, cluster: bool = False) -> None:
         require_redis()
         self.port = port or free_port()
+        self.fixed_port = bool(port)
+        self.started = False
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cluster = cluster
@@ -45,13 +49,28 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
+        for attempt in range(5):  # the free port may be taken meanwhile: pick another
+            try:
+                self._start()
+                self.started = True
+                return
+            except RuntimeError:
+                if self.proc is not None and self.proc.poll() is None:
+                    raise
+                if attempt == 4 or self.fixed_port or self.started:
+                    raise  # (a restart keeps its port: clients know it)
+                self.port = free_port()
+                self.dir = self.dir.parent / f"redis-{self.port}"
+                self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _start(self) -> None:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "no"]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file",
                      str(self.dir / "nodes.conf"), "--cluster-node-timeout", "2000"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_ping(self.port)
+        wait_ping(self.port, self.proc)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,9 +23,10 @@ from chatd.auth import load_or_create_secret, make_token
 from chatd.server import Config
 from chatd.server.app import serve
 
+from . import scenarios
 from .conftest import Node, messages
 from .redis_servers import RedisCluster, RedisServer
-from .test_presence import presence
+from .scenarios import first
 
 
 @pytest.fixture(params=["redis", "cluster"], scope="module")
@@ -42,9 +44,10 @@ async def nodes(redis: RedisServer | RedisCluster, tmp_path: Path,
     data = tmp_path / "data"
     load_or_create_secret(str(data))
     out = []
+    run = secrets.token_hex(3)  # node ids unique in the module's Redis
     for i in range(3):
         cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
-                     node_id=f"{tmp_path.name[-12:]}-n{i}", redis=redis.url,
+                     node_id=f"{run}-n{i}", redis=redis.url,
                      presence_threshold=5)
         server = await nursery.start(lambda task_status, c=cfg: serve(
             c, task_status=task_status))
@@ -53,63 +56,17 @@ async def nodes(redis: RedisServer | RedisCluster, tmp_path: Path,
     yield out
 
 
-async def first(client: cc.Client, kind: type, timeout: float = 10) -> cc.Event:
-    with trio.fail_after(timeout):
-        return await client.next_event(kind)
-
-
 async def test_one_to_one_and_receipts_across_nodes(nodes: list[Node]) -> None:
-    n0, n1, _ = nodes
-    async with n0.connect("alice", "phone") as alice, n1.connect("bob", "phone") as bob:
-        await first(bob, cc.Synced)
-        acks = [await alice.send("bob", f"m{i}") for i in range(30)]
-        got = await messages(bob, 30)
-        assert [m.text for m in got] == [f"m{i}" for i in range(30)]
-        delivered: set[int] = set()
-        with trio.fail_after(10):
-            while len(delivered) < 30:
-                d = await alice.next_event(cc.Delivered)
-                assert isinstance(d, cc.Delivered)
-                delivered.update(d.seqs)
-        assert delivered == {a.seq for a in acks}
-        await bob.mark_read(got[-1].conv, got[-1].seq)
-        r = await first(alice, cc.Read)
-        assert isinstance(r, cc.Read) and max(r.seqs) == 30
-    assert n1.server.stats["peer_items"] > 0  # it came through Redis, not by polling
+    await scenarios.one_to_one_with_receipts(nodes[0], nodes[1])
+    assert nodes[1].server.stats["peer_items"] > 0  # it came through Redis, not by polling
 
 
 async def test_group_across_three_nodes(nodes: list[Node]) -> None:
-    n0, n1, n2 = nodes
-    async with n0.connect("alice") as alice, n1.connect("bob") as bob, \
-            n2.connect("carol") as carol:
-        g = await alice.create_group("team", ["bob", "carol"])
-        ack = await alice.send(None, "hello team", group=g.group)
-        for c in (bob, carol):
-            with trio.fail_after(10):
-                while True:
-                    m = await c.next_event(cc.Message)
-                    assert isinstance(m, cc.Message)
-                    if m.event is None:
-                        break
-            assert m.text == "hello team"
-        with trio.fail_after(10):
-            while True:
-                d = await alice.next_event(cc.Delivered)
-                assert isinstance(d, cc.Delivered)
-                if ack.seq in d.seqs:
-                    break
+    await scenarios.group_message(*nodes)
 
 
 async def test_presence_across_nodes(nodes: list[Node]) -> None:
-    n0, _, n2 = nodes
-    async with n2.connect("bob") as bob:
-        await bob.watch(["alice"])
-        assert not (await presence(bob, "alice")).online
-        async with n0.connect("alice") as alice:
-            await first(alice, cc.Synced)
-            assert (await presence(bob, "alice", timeout=10)).online
-        p = await presence(bob, "alice", timeout=10)
-        assert not p.online and p.last_seen is not None
+    await scenarios.presence_seen_elsewhere(nodes[0], nodes[2])
 
 
 async def test_redis_restart_mid_run(redis: RedisServer | RedisCluster,
@@ -158,8 +115,9 @@ async def test_a_killed_node_loses_nothing_sent(redis: RedisServer | RedisCluste
     data = tmp_path / "data"
     secret = load_or_create_secret(str(data))
     with contextlib.ExitStack() as stack:
-        procs = [stack.enter_context(node_process(data, f"{tmp_path.name[-10:]}k{i}",
-                                                  redis.url)) for i in range(3)]
+        run = secrets.token_hex(3)
+        procs = [stack.enter_context(node_process(data, f"{run}-k{i}", redis.url))
+                 for i in range(3)]
         urls = [f"tcp://127.0.0.1:{port}" for _, port in procs]
         async with contextlib.AsyncExitStack() as astack:
             # bob is on node 0 first (his URL list starts there), alice on node 1

@@ -24,8 +24,9 @@ from chatd.auth import load_or_create_secret, make_token
 from chatd.server import Config
 from chatd.server.app import Worker, serve
 
+from . import scenarios
 from .conftest import Node, messages
-from .test_presence import presence
+from .scenarios import first
 
 
 @pytest.fixture
@@ -43,66 +44,17 @@ async def workers(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[list[N
     yield nodes
 
 
-async def first(client: cc.Client, kind: type) -> cc.Event:
-    with trio.fail_after(5):
-        return await client.next_event(kind)
-
-
 async def test_messages_and_receipts_cross_workers(workers: list[Node]) -> None:
-    w0, w1 = workers
-    async with w0.connect("alice", "phone") as alice, w1.connect("bob", "phone") as bob:
-        await first(bob, cc.Synced)
-        acks = [await alice.send("bob", f"m{i}") for i in range(50)]
-        got = await messages(bob, 50)
-        assert [m.text for m in got] == [f"m{i}" for i in range(50)]
-        delivered: set[int] = set()
-        with trio.fail_after(5):
-            while len(delivered) < 50:
-                d = await alice.next_event(cc.Delivered)
-                assert isinstance(d, cc.Delivered)
-                delivered.update(d.seqs)
-        assert delivered == {a.seq for a in acks}
-        await bob.mark_read(got[-1].conv, got[-1].seq)
-        r = await first(alice, cc.Read)
-        assert isinstance(r, cc.Read) and max(r.seqs) == 50
-        await bob.send("alice", "back")
-        assert (await messages(alice, 1))[0].text == "back"
-    assert w1.server.stats["peer_items"] > 0
+    await scenarios.one_to_one_with_receipts(workers[0], workers[1], 50)
+    assert workers[1].server.stats["peer_items"] > 0  # pushed by the other worker
 
 
 async def test_group_across_workers(workers: list[Node]) -> None:
-    w0, w1 = workers
-    async with w0.connect("alice") as alice, w1.connect("bob") as bob, \
-            w1.connect("carol") as carol:
-        g = await alice.create_group("team", ["bob", "carol"])
-        ack = await alice.send(None, "hello team", group=g.group)
-        for c in (bob, carol):
-            with trio.fail_after(5):
-                while True:
-                    m = await c.next_event(cc.Message)
-                    assert isinstance(m, cc.Message)
-                    if m.event is None:
-                        break
-            assert m.text == "hello team"
-        with trio.fail_after(5):
-            while True:
-                d = await alice.next_event(cc.Delivered)
-                assert isinstance(d, cc.Delivered)
-                if ack.seq in d.seqs:
-                    break
+    await scenarios.group_message(workers[0], workers[1], workers[1])
 
 
 async def test_presence_across_workers(workers: list[Node]) -> None:
-    w0, w1 = workers
-    async with w1.connect("bob") as bob:
-        await bob.watch(["alice"])
-        assert not (await presence(bob, "alice")).online
-        async with w0.connect("alice") as alice:
-            await first(alice, cc.Synced)
-            assert (await presence(bob, "alice")).online
-            assert (await bob.last_seen("alice")).online  # a query answers the same
-        p = await presence(bob, "alice")
-        assert not p.online and p.last_seen is not None
+    await scenarios.presence_seen_elsewhere(workers[0], workers[1])
 
 
 async def test_a_device_that_moves_worker_replaces_its_old_connection(
