@@ -8,14 +8,25 @@ source of truth. Keys (every key is one slot, so this works the same on Redis Cl
   chatd:u:{user}      the registry: hash device -> "node boot", TTL refreshed by heartbeats
   chatd:nu:{id}       the users node id registered (to clean its stale entries when it restarts)
   chatd:in:{id}       the node's inbound stream: peer datagrams (chatd.router.peers) to apply
+  chatd:fanout        group fan-out jobs (conversation, seq), consumer group "chatd": each job
+                      is run by one node; its lag and pending count are the fan-out backlog
+
+Group fan-out: the store commits a group message together with its fan-out job (that is
+SENT); the node then adds the job to the chatd:fanout stream, and whichever node reads it
+first (XREADGROUP) runs it through the shared store and acknowledges it (XACK). A job taken by
+a node that died is claimed by another after FANOUT_CLAIM_MS. The job itself stays in the
+store until it is done, so a job that never reached Redis (down at the time) or that Redis
+lost (restarted empty) is added again from the store when the node (re)joins: Redis
+distributes the work, the store remembers it.
 
 A node hands the inbox items it committed to the nodes the registry names for each user, with
 one pipeline per flush (one XADD per destination node), never a round trip per message. A
 route cache (ROUTE_TTL) saves registry reads. When a device connects, its node tells every
 live node ("k"): they end an older connection of that device and drop their cached route for
 the user. A route that is still wrong sends a message to a node that no longer holds the
-device (ignored there); the device, which reconnected somewhere else, read the store on
-connect, so nothing is black-holed. When Redis is unreachable the node keeps serving its own
+device (ignored there). Nothing is black-holed: the device read the store when it connected,
+and its new node has it read the store once more ROUTE_TTL + 1 s after registering it, when
+no node can still hold the old route. When Redis is unreachable the node keeps serving its own
 devices and retries; when Redis comes back (restarted, maybe empty) the node registers its
 devices again and has every local device re-read the store, so whatever crossed Redis while it
 was away is delivered.
@@ -41,6 +52,9 @@ REGISTRY_TTL: Final = 90  # seconds a registry entry lives without a heartbeat
 HEARTBEAT: Final = 3.0
 ROUTE_TTL: Final = 2.0  # seconds a looked-up route is trusted
 STREAM_MAXLEN: Final = 100_000
+FANOUT_STREAM: Final = "chatd:fanout"
+FANOUT_GROUP: Final = "chatd"
+FANOUT_CLAIM_MS: Final = 30_000  # a job unacknowledged this long is taken over
 REDIS_ERRORS: Final = (coredis.exceptions.RedisError, OSError, trio.BrokenResourceError,
                        trio.ClosedResourceError, trio.TooSlowError)
 
@@ -60,7 +74,7 @@ def connect_redis(url: str) -> Any:
 
 
 class RedisPeers:
-    def __init__(self, url: str, node_id: str) -> None:
+    def __init__(self, url: str, node_id: str, store: Any = None) -> None:
         self.url = url
         self.node_id = node_id
         self.boot = secrets.token_hex(4)
@@ -70,11 +84,17 @@ class RedisPeers:
         self._routes: dict[str, tuple[float, set[str]]] = {}
         self._live: dict[str, str] = {}  # node -> boot id, refreshed every heartbeat
         self._live_at = 0.0
+        self._handler: Any = None
+        self._nursery: Any = None
         self._last_id = "$"  # the last entry of this node's stream that was read
         self._route_epoch = 0  # bumped when a device connects anywhere (routes may change)
         self._attached: dict[tuple[str, str], bool] = {}  # (user, device) -> registered yet
         self._detached: list[tuple[str, str]] = []
         self.healthy = trio.Event()
+        self.store = store if hasattr(store, "fanout_mode") else None
+        self._fanouts: list[tuple[str, int]] = []  # jobs to add to the stream
+        self.fanout_lag = 0  # jobs in the stream not yet read or not yet acknowledged
+        self.fanouts_run = 0
         self.sent = 0
         self.received = 0
         self.errors = 0
@@ -99,12 +119,19 @@ class RedisPeers:
     async def run(self, handler: PeerHandler, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.redis = connect_redis(self.url)
+        if self.store is not None:
+            self.store.fanout_mode = "external"
+            self.store.on_fanout = self._enqueue_fanout
+        self._handler = handler
         async with self.redis, trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._keep_alive, handler)
             with trio.move_on_after(10):  # start even if Redis is down: it may come back
                 await self.healthy.wait()
             nursery.start_soon(self._receive, handler)
             nursery.start_soon(self._send_loop)
+            if self.store is not None:
+                nursery.start_soon(self._fanout_worker)
             task_status.started()
 
     async def _keep_alive(self, handler: PeerHandler) -> None:
@@ -151,6 +178,13 @@ class RedisPeers:
                 if mine:
                     await r.hdel(f"chatd:u:{_s(user)}", mine)
             await r.delete([f"chatd:nu:{self.node_id}"])
+        if self.store is not None:
+            try:
+                await r.xgroup_create(FANOUT_STREAM, FANOUT_GROUP, "$", mkstream=True)
+            except coredis.exceptions.StreamDuplicateConsumerGroupError:
+                pass  # made by another node (or an earlier run)
+            # jobs the store still owes: maybe never added (Redis was down) or lost by Redis
+            self._fanouts.extend(await self.store.pending_fanouts())
         await r.set(f"chatd:node:{self.node_id}", self.boot, ex=NODE_TTL)
         await r.hset("chatd:nodes", {self.node_id: self.boot})
         # peers forget what this node said about presence before a restart
@@ -204,6 +238,15 @@ class RedisPeers:
         for k in new:
             if k in self._attached:
                 self._attached[k] = True
+        if new:
+            # Until every node has dropped its cached route (the "k" broadcast, at most
+            # ROUTE_TTL), a message may still go to the device's old node: read the store
+            # once more after that, so a device that moved misses nothing.
+            self._nursery.start_soon(self._resync_later, sorted({u for u, _ in new}))
+
+    async def _resync_later(self, users: list[str]) -> None:
+        await trio.sleep(ROUTE_TTL + 1.0)
+        self._handler.peer_poke(users)
 
     async def _routes_for(self, users: set[str]) -> dict[str, set[str]]:
         """user -> live nodes other than this one that hold one of the user's devices."""
@@ -260,7 +303,23 @@ class RedisPeers:
                 log.warning("redis send failed (%r): will resync when it is back", exc)
                 self.healthy = trio.Event()
 
+    def _enqueue_fanout(self, conv: str, seq: int) -> None:
+        self._fanouts.append((conv, seq))
+        self._wake.set()
+
     async def _flush(self) -> None:
+        if self._fanouts:
+            jobs, self._fanouts = self._fanouts, []
+            try:
+                async with self.redis.pipeline(transaction=False) as p:
+                    for conv, seq in jobs:
+                        p.xadd(FANOUT_STREAM, {"c": conv, "s": str(seq)},
+                               trim_strategy=coredis.PureToken.MAXLEN,
+                               threshold=STREAM_MAXLEN,
+                               trim_operator=coredis.PureToken.APPROXIMATELY)
+            except BaseException:
+                self._fanouts[:0] = jobs  # (also in the store: added again on rejoin)
+                raise
         if not self.outbox:
             return
         items, pokes, other = self.outbox.split()
@@ -277,6 +336,8 @@ class RedisPeers:
         for user, body in items:
             for node in routes.get(user, ()):
                 box(node).items([(user, body)])
+        if items:
+            log.debug("routes %s", {u: sorted(routes.get(u, ())) for u, _ in items})
         for user in pokes:
             for node in routes.get(user, ()):
                 box(node).poke(user)
@@ -292,6 +353,52 @@ class RedisPeers:
                            trim_strategy=coredis.PureToken.MAXLEN, threshold=STREAM_MAXLEN,
                            trim_operator=coredis.PureToken.APPROXIMATELY)
                     self.sent += 1
+
+    async def _fanout_worker(self) -> None:
+        """Take fan-out jobs from the stream (one node runs each) and run them."""
+        await self.healthy.wait()
+        claimed_at = 0.0
+        while True:
+            try:
+                if time.monotonic() - claimed_at > FANOUT_CLAIM_MS / 2000:
+                    claimed_at = time.monotonic()
+                    taken = await self.redis.xautoclaim(
+                        FANOUT_STREAM, FANOUT_GROUP, self.node_id, FANOUT_CLAIM_MS, "0-0",
+                        count=100)
+                    await self._run_jobs(taken[1] if taken else ())
+                    await self._sample_lag()
+                got = await self.redis.xreadgroup(FANOUT_GROUP, self.node_id,
+                                                  streams={FANOUT_STREAM: ">"}, count=20,
+                                                  block=1000)
+                for entries in (got or {}).values():
+                    await self._run_jobs(entries)
+            except REDIS_ERRORS as exc:
+                self.errors += 1
+                log.debug("fan-out stream: %r", exc)
+                await trio.sleep(0.5)
+                await self.healthy.wait()
+
+    async def _run_jobs(self, entries: Any) -> None:
+        from chatd.store import StoreError
+
+        assert self.store is not None
+        for entry in entries or ():
+            fields = {_s(k): _s(v) for k, v in entry.field_values.items()}
+            try:
+                await self.store.fanout(fields["c"], int(fields["s"]))
+            except StoreError as exc:  # not acknowledged: taken again after the claim time
+                log.warning("fan-out of %s failed, will retry: %s", fields, exc)
+                continue
+            except (KeyError, ValueError):
+                log.warning("dropped a bad fan-out job: %r", fields)
+            await self.redis.xack(FANOUT_STREAM, FANOUT_GROUP, [entry.identifier])
+            self.fanouts_run += 1
+
+    async def _sample_lag(self) -> None:
+        for g in await self.redis.xinfo_groups(FANOUT_STREAM):
+            g = {_s(k): v for k, v in g.items()}
+            if _s(g.get("name", "")) == FANOUT_GROUP:
+                self.fanout_lag = int(g.get("lag") or 0) + int(g.get("pending") or 0)
 
     def route_changed(self, user: str) -> None:
         """A device of user connected somewhere: look the user up again (and do not cache a
@@ -346,6 +453,7 @@ class _Joined:
         self._h.peer_restarted(origin)
 
     def peer_kick(self, user: str, device: str, at: int) -> None:
+        log.debug("kick %s/%s", user, device)
         self._peers.route_changed(user)
         self._h.peer_kick(user, device, at)
 

@@ -222,6 +222,7 @@ class ChatServer:
                 sampled = now
                 metrics.STORE_QUEUE.set(getattr(self.store, "queue_depth", 0))
                 metrics.FANOUT_PENDING.set(getattr(self.store, "fanout_pending", 0))
+                metrics.FANOUT_QUEUE.set(getattr(self.peers, "fanout_lag", 0))
                 metrics.sample_process()
 
     async def collect_garbage(self) -> None:
@@ -369,7 +370,7 @@ async def serve(config: Config, *, worker: Worker | None = None,
         if config.redis:  # several nodes (each worker of a node is one of them)
             from chatd.router.redis import RedisPeers
 
-            peers = RedisPeers(config.redis, node_id)
+            peers = RedisPeers(config.redis, node_id, store)
         elif worker is not None:
             peers = UnixPeers(worker.run_dir, worker.index, worker.count)
         server = ChatServer(config, store, secret, node_id, peers)

@@ -234,6 +234,12 @@ class SqliteStore:
         self._closed = False
         self.on_append: AppendListener | None = None
         self.on_batch: Callable[[float], None] | None = None  # seconds each batch took
+        # Fan-out jobs run by this store's writer on its own ("auto"), or only when asked
+        # through fanout() ("external": several nodes take the jobs from a Redis Stream).
+        # Either way the job is in the fanout table, committed with the message.
+        self.fanout_mode = "auto"
+        self.on_fanout: Callable[[str, int], None] | None = None  # a job was committed
+        self._new_jobs: list[tuple[str, int]] = []
         self.batches = 0
         self.ops = 0
         self._buf = _Buffers()
@@ -289,7 +295,7 @@ class SqliteStore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run batches until cancelled. Started by open_store()."""
         task_status.started()
-        if self._jobs:
+        if self._jobs and self.fanout_mode == "auto":
             self._wake.set()  # fan-out interrupted by a stop or crash: carry on
         while True:
             await self._wake.wait()
@@ -311,6 +317,12 @@ class SqliteStore:
                                 except Exception:  # a broken listener must not stop the store
                                     log.exception("append listener failed")
                     op.done.set()
+                new, self._new_jobs = self._new_jobs, []
+                if self.on_fanout is not None:
+                    for conv, seq in new:
+                        self.on_fanout(conv, seq)
+            if self.fanout_mode != "auto":
+                continue
             if self._jobs and not self._fanout_queued:  # fan-out: after SENT, in the background
                 self._fanout_queued = True
                 self._queue.append(_Op(self._fanout_step))
@@ -340,6 +352,7 @@ class SqliteStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self._buf = _Buffers()
+            self._new_jobs = []
             self._reset_caches()
             self._data_version = -1
             for op in batch:
@@ -528,6 +541,7 @@ class SqliteStore:
             self._mark(db, msg.conv, msg.sender, seq, seq)  # the sender has read it
             self._jobs.append(_Fanout(msg.conv, seq, list(dict.fromkeys(targets)), 0, template))
             buf.fanout[(msg.conv, seq)] = (self._jobs[-1].recipients, 0)
+            self._new_jobs.append((msg.conv, seq))
             return Appended(msg.conv, seq, msg.ts)
         targets_ = (*msg.recipients, msg.sender) if copy else msg.recipients
         items = [self._deliver_to(db, user, template) for user in targets_]
@@ -540,12 +554,37 @@ class SqliteStore:
         self._remember(user, q, (template.sender, template.conv, template.seq))
         return user, dataclasses.replace(template, q=q)
 
-    def _fanout_step(self, db: sqlite3.Connection) -> Appended:
-        """Append up to FANOUT_CHUNK inbox items from the oldest fan-out jobs."""
-        self._fanout_queued = False
+    async def fanout(self, conv: str, seq: int) -> bool:
+        """Run the fan-out job of a group message to the end (FANOUT_CHUNK inbox appends per
+        batch). False if there is no such job (done already, by this node or another)."""
+        found = False
+        while True:
+            more = await self._do(lambda db: self._fanout_step(db, (conv, seq)))
+            if more is None:
+                return found
+            found = True
+            if not more.items and not any((j.conv, j.seq) == (conv, seq) for j in self._jobs):
+                return True
+
+    async def pending_fanouts(self) -> list[tuple[str, int]]:
+        """Committed group messages whose fan-out has not finished (from the table)."""
+        return await self._do(lambda db: [(c, q) for c, q in db.execute(
+            "SELECT conv, seq FROM fanout ORDER BY conv, seq")])
+
+    def _fanout_step(self, db: sqlite3.Connection,
+                     only: tuple[str, int] | None = None) -> Appended | None:
+        """Append up to FANOUT_CHUNK inbox items from the oldest fan-out jobs (or from the
+        one job `only`; None if it does not exist)."""
+        jobs = self._jobs
+        if only is not None:
+            jobs = collections.deque(j for j in self._jobs if (j.conv, j.seq) == only)
+            if not jobs:
+                return None
+        else:
+            self._fanout_queued = False
         items: list[tuple[str, Item]] = []
-        while self._jobs and len(items) < FANOUT_CHUNK:
-            job = self._jobs[0]
+        while jobs and len(items) < FANOUT_CHUNK:
+            job = jobs[0]
             if job.template is None:
                 job.template = self._load_message(db, job.conv, job.seq)
             end = min(len(job.recipients), job.done + FANOUT_CHUNK - len(items))
@@ -554,7 +593,9 @@ class SqliteStore:
                           for u in job.recipients[job.done:end]]
             job.done = end
             if end == len(job.recipients) or job.template is None:
-                self._jobs.popleft()
+                jobs.popleft()
+                if jobs is not self._jobs:
+                    self._jobs.remove(job)
                 self._buf.fanout[(job.conv, job.seq)] = None
             else:
                 self._buf.fanout[(job.conv, job.seq)] = (job.recipients, end)
