@@ -87,7 +87,16 @@ class RedisCluster:
     """Three masters, no replicas, created with redis-cli --cluster create."""
 
     def __init__(self, workdir: Path) -> None:
-        self.servers = [RedisServer(workdir, cluster=True) for _ in range(3)]
+        self.servers: list[RedisServer] = []
+        try:
+            for _ in range(3):
+                self.servers.append(RedisServer(workdir, cluster=True))
+            self._create()
+        except BaseException:
+            self.stop()  # no server left behind by a cluster that did not come up
+            raise
+
+    def _create(self) -> None:
         out = subprocess.run(
             ["redis-cli", "--cluster", "create",
              *[f"127.0.0.1:{s.port}" for s in self.servers], "--cluster-replicas", "0",
