@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from .common import ChatdProcess, RawClient, free_port, percentile, save
-from .throughput import Pair, run_pairs
+from .throughput import connect_pairs, run_pairs
 
 
 def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -39,20 +39,9 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("redis did not start")
 
 
-async def pairs_between(a: ChatdProcess, b: ChatdProcess, n: int) -> list[Pair]:
-    pairs = []
-    for i in range(n):
-        s = await RawClient.connect(a.port, a.token(f"s{i}"))
-        r = await RawClient.connect(b.port, b.token(f"r{i}"))
-        p = Pair(s, r, relay=False)
-        p.sender_user, p.receiver_user = f"s{i}", f"r{i}"  # type: ignore[attr-defined]
-        pairs.append(p)
-    return pairs
-
-
 async def load(a: ChatdProcess, b: ChatdProcess, npairs: int, window: int, seconds: float,
                rate: float | None) -> dict[str, Any]:
-    pairs = await pairs_between(a, b, npairs)
+    pairs = await connect_pairs(a.port, npairs, a.token, False, receiver_port=b.port)
     await trio.sleep(1.0)  # the registry entries are written and routes can be found
     await run_pairs(pairs, window, min(1.0, seconds / 3), rate, [])  # warm up
     lat: list[float] = []

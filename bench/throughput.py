@@ -120,11 +120,13 @@ async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float 
     return done
 
 
-async def connect_pairs(port: int, npairs: int, token: Any, relay: bool) -> list[Pair]:
+async def connect_pairs(port: int, npairs: int, token: Any, relay: bool,
+                        receiver_port: int | None = None) -> list[Pair]:
+    """Senders s0.. and receivers r0.. (on receiver_port if given: another node)."""
     pairs = []
     for i in range(npairs):
         s = await RawClient.connect(port, token(f"s{i}"))
-        r = await RawClient.connect(port, token(f"r{i}"))
+        r = await RawClient.connect(receiver_port or port, token(f"r{i}"))
         p = Pair(s, r, relay)
         p.sender_user, p.receiver_user = f"s{i}", f"r{i}"  # type: ignore[attr-defined]
         pairs.append(p)

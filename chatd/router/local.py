@@ -72,17 +72,24 @@ class LocalRouter:
     def __len__(self) -> int:
         return self._count
 
+    def __contains__(self, user: str) -> bool:
+        return user in self._by_user
+
+    def offer(self, user: str, item: Item, body: bytes) -> None:
+        """Offer an inbox item (and its encoded frame body) to the user's devices here."""
+        have = self._by_user.get(user)
+        if have is None:
+            return
+        if isinstance(have, list):
+            for t in list(have):
+                t.offer(item, body)
+        else:
+            have.offer(item, body)
+        self.dispatched += 1
+
     def dispatch(self, items: Iterable[tuple[str, Item]]) -> None:
         """Called by the store, in commit order, with every inbox item it appended."""
         by_user = self._by_user
         for user, item in items:
-            have = by_user.get(user)
-            if have is None:
-                continue
-            body = encode_body(item)  # once per user, shared by all of its devices
-            if isinstance(have, list):
-                for t in list(have):
-                    t.offer(item, body)
-            else:
-                have.offer(item, body)
-            self.dispatched += 1
+            if user in by_user:
+                self.offer(user, item, encode_body(item))  # once per user, for all devices

@@ -179,8 +179,6 @@ class UnixPeers:
         self.paths = [os.path.join(run_dir, f"w{i}.sock") for i in range(count)]
         self.outbox = Outbox(f"w{index}")
         self._wake = trio.Event()
-        self.sent = 0
-        self.received = 0
 
     def flush_soon(self) -> None:
         self._wake.set()
@@ -225,7 +223,6 @@ class UnixPeers:
         try:
             with trio.move_on_after(1):  # a stuck peer: the store keeps what it misses
                 await out.sendto(data, peer)
-                self.sent += 1
         except OSError as exc:
             if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
                 log.warning("peer %s: %s", peer, exc)
@@ -233,5 +230,4 @@ class UnixPeers:
     async def _receive(self, sock: trio.socket.SocketType, handler: PeerHandler) -> None:
         while True:
             data = await sock.recv(1 << 17)
-            self.received += 1
             handle(data, handler)

@@ -5,7 +5,7 @@ source of truth. Keys (every key is one slot, so this works the same on Redis Cl
 
   chatd:node:{id}     node liveness: the node's boot id, with a TTL refreshed every few seconds
   chatd:nodes         hash node -> boot id of every node that ever joined (pruned by liveness)
-  chatd:u:{user}      the registry: hash device -> "node boot", TTL refreshed by heartbeats
+  chatd:u:{user}      the registry: hash device -> "node boot", TTL refreshed every 30 s
   chatd:nu:{id}       the users node id registered (to clean its stale entries when it restarts)
   chatd:in:{id}       the node's inbound stream: peer datagrams (chatd.router.peers) to apply
   chatd:fanout        group fan-out jobs (conversation, seq), consumer group "chatd": each job
@@ -48,7 +48,7 @@ from .peers import Outbox, PeerHandler, handle
 
 log = logging.getLogger("chatd.redis")
 NODE_TTL: Final = 10  # seconds a node counts as alive without a heartbeat
-REGISTRY_TTL: Final = 90  # seconds a registry entry lives without a heartbeat
+REGISTRY_TTL: Final = 90  # seconds a registry entry lives unrefreshed (every 30 s)
 HEARTBEAT: Final = 3.0
 ROUTE_TTL: Final = 2.0  # seconds a looked-up route is trusted
 STREAM_MAXLEN: Final = 100_000
@@ -83,7 +83,7 @@ class RedisPeers:
         self._wake = trio.Event()
         self._routes: dict[str, tuple[float, set[str]]] = {}
         self._live: dict[str, str] = {}  # node -> boot id, refreshed every heartbeat
-        self._live_at = 0.0
+        self._ttl_at = 0.0  # when the registry TTLs were last refreshed
         self._handler: Any = None
         self._nursery: Any = None
         self._last_id = "$"  # the last entry of this node's stream that was read
@@ -94,10 +94,6 @@ class RedisPeers:
         self.store = store if hasattr(store, "fanout_mode") else None
         self._fanouts: list[tuple[str, int]] = []  # jobs to add to the stream
         self.fanout_lag = 0  # jobs in the stream not yet read or not yet acknowledged
-        self.fanouts_run = 0
-        self.sent = 0
-        self.received = 0
-        self.errors = 0
 
     # ---- what the node calls ----------------------------------------------------------------
 
@@ -154,7 +150,6 @@ class RedisPeers:
                         self.healthy.set()
                     await self._heartbeat()
             except REDIS_ERRORS as exc:
-                self.errors += 1
                 if self.healthy.is_set():
                     log.warning("redis unreachable (%r): serving local devices, retrying", exc)
                 self.healthy = trio.Event()
@@ -195,7 +190,10 @@ class RedisPeers:
         r = self.redis
         await r.set(f"chatd:node:{self.node_id}", self.boot, ex=NODE_TTL)
         await self._refresh_live()
-        # refresh every registered device's TTL (a pipeline per 5,000)
+        if time.monotonic() - self._ttl_at < REGISTRY_TTL / 3:
+            return
+        self._ttl_at = time.monotonic()
+        # every registered device's TTL, a third of the way through it (a pipeline per 5,000)
         users = sorted({u for u, _ in self._attached})
         for i in range(0, len(users), 5000):
             async with r.pipeline(transaction=False) as p:
@@ -207,7 +205,6 @@ class RedisPeers:
         """Which nodes are alive (a node's liveness key expires NODE_TTL after its last
         heartbeat)."""
         r = self.redis
-        self._live_at = time.monotonic()
         nodes = await r.hgetall("chatd:nodes")
         names = [_s(n) for n in nodes]
         async with r.pipeline(transaction=False) as p:
@@ -299,7 +296,6 @@ class RedisPeers:
                     await self._register()
                     await self._flush()
             except REDIS_ERRORS as exc:
-                self.errors += 1
                 log.warning("redis send failed (%r): will resync when it is back", exc)
                 self.healthy = trio.Event()
 
@@ -352,7 +348,6 @@ class RedisPeers:
                     p.xadd(f"chatd:in:{node}", {"b": data},
                            trim_strategy=coredis.PureToken.MAXLEN, threshold=STREAM_MAXLEN,
                            trim_operator=coredis.PureToken.APPROXIMATELY)
-                    self.sent += 1
 
     async def _fanout_worker(self) -> None:
         """Take fan-out jobs from the stream (one node runs each) and run them."""
@@ -373,7 +368,6 @@ class RedisPeers:
                 for entries in (got or {}).values():
                     await self._run_jobs(entries)
             except REDIS_ERRORS as exc:
-                self.errors += 1
                 log.debug("fan-out stream: %r", exc)
                 await trio.sleep(0.5)
                 await self.healthy.wait()
@@ -392,7 +386,6 @@ class RedisPeers:
             except (KeyError, ValueError):
                 log.warning("dropped a bad fan-out job: %r", fields)
             await self.redis.xack(FANOUT_STREAM, FANOUT_GROUP, [entry.identifier])
-            self.fanouts_run += 1
 
     async def _sample_lag(self) -> None:
         for g in await self.redis.xinfo_groups(FANOUT_STREAM):
@@ -406,11 +399,6 @@ class RedisPeers:
         self._routes.pop(user, None)
         self._route_epoch += 1
 
-    def peer_joined(self, origin: str) -> None:
-        """A node (re)started and said hello: look at who is alive before the next
-        broadcast, so presence reaches it at once."""
-        self._live_at = 0.0
-
     async def _receive(self, handler: PeerHandler) -> None:
         key = f"chatd:in:{self.node_id}"
         handler = _Joined(handler, self)
@@ -423,7 +411,6 @@ class RedisPeers:
                         self._last_id = _s(info[0].identifier) if info else "0-0"
                 got = await self.redis.xread({key: self._last_id}, count=500, block=1000)
             except REDIS_ERRORS as exc:
-                self.errors += 1
                 log.debug("redis read failed: %r", exc)
                 self._last_id = "$"
                 await trio.sleep(0.5)
@@ -433,13 +420,13 @@ class RedisPeers:
                     self._last_id = _s(entry.identifier)
                     data = entry.field_values.get(b"b") or entry.field_values.get("b")
                     if data is not None:
-                        self.received += 1
                         handle(bytes(data) if not isinstance(data, str) else data.encode(),
                                handler)
 
 
 class _Joined:
-    """The node's handler, plus: a hello from a peer refreshes the live-node list."""
+    """The node's handler, plus: a device that connected on another node invalidates the
+    cached route of its user."""
 
     def __init__(self, handler: PeerHandler, peers: RedisPeers) -> None:
         self._h = handler
@@ -447,10 +434,7 @@ class _Joined:
         self.peer_items = handler.peer_items
         self.peer_poke = handler.peer_poke
         self.peer_presence = handler.peer_presence
-
-    def peer_restarted(self, origin: str) -> None:
-        self._peers.peer_joined(origin)
-        self._h.peer_restarted(origin)
+        self.peer_restarted = handler.peer_restarted
 
     def peer_kick(self, user: str, device: str, at: int) -> None:
         log.debug("kick %s/%s", user, device)

@@ -99,22 +99,29 @@ class ChatServer:
             self._tasks.start_soon(fn, *args)
 
     def _dispatch(self, items: tuple[tuple[str, Any], ...]) -> None:
-        """Committed inbox items: to this process's sessions, and to the peers'."""
-        self.router.dispatch(items)
+        """Committed inbox items: to this process's sessions, and to the peers' (each item
+        encoded once for both)."""
         assert self.peers is not None
-        self.peers.outbox.items((user, encode_body(item)) for user, item in items)
+        encoded = [(user, item, encode_body(item)) for user, item in items]
+        for user, item, body in encoded:
+            self.router.offer(user, item, body)
+        self.peers.outbox.items((user, body) for user, _, body in encoded)
         self.peers.flush_soon()
+
+    def _replace(self, user: str, device: str) -> None:
+        """The device connected again (here or on a peer): end its older connections here."""
+        for old in self.router.targets(user):
+            if old.device == device:
+                assert isinstance(old, Session)
+                old.end(F.Goodbye(code=0, reason="replaced by a newer connection"))
 
     # ---- what peers tell this process (chatd.router.peers.PeerHandler) ---------------------
 
     def peer_items(self, items: list[tuple[str, bytes]]) -> None:
-        targets = self.router.targets
+        router = self.router
         for user, body in items:
-            here = targets(user)
-            if here:
-                item = decode_body(body)
-                for t in here:
-                    t.offer(item, body)  # type: ignore[arg-type]
+            if user in router:
+                router.offer(user, decode_body(body), body)  # type: ignore[arg-type]
         self.stats["peer_items"] += len(items)
         metrics.PEER_ITEMS.inc(len(items))
 
@@ -127,10 +134,7 @@ class ChatServer:
         self.presence.remote(origin, user, online, active)
 
     def peer_kick(self, user: str, device: str, at: int) -> None:
-        for old in self.router.targets(user):
-            if old.device == device:
-                assert isinstance(old, Session)
-                old.end(F.Goodbye(code=0, reason="replaced by a newer connection"))
+        self._replace(user, device)
 
     def peer_restarted(self, origin: str) -> None:
         self.presence.forget(origin)
@@ -315,10 +319,7 @@ class ChatServer:
                 session=f"{self.node_id}-{self._session_count}", server_time=now_ms(),
                 heartbeat_ms=int(cfg.heartbeat * 1000), max_frame=MAX_FRAME_SIZE,
                 cursor=cursor))
-            for old in self.router.targets(user):
-                if old.device == device:
-                    assert isinstance(old, Session)
-                    old.end(F.Goodbye(code=0, reason="replaced by a newer connection"))
+            self._replace(user, device)
             if self.peers is not None:  # the device's older connection may be on a peer
                 self.peers.outbox.kick(user, device, now_ms())
                 self.peers.attach(user, device)

@@ -557,14 +557,10 @@ class SqliteStore:
     async def fanout(self, conv: str, seq: int) -> bool:
         """Run the fan-out job of a group message to the end (FANOUT_CHUNK inbox appends per
         batch). False if there is no such job (done already, by this node or another)."""
-        found = False
-        while True:
-            more = await self._do(lambda db: self._fanout_step(db, (conv, seq)))
-            if more is None:
-                return found
-            found = True
-            if not more.items and not any((j.conv, j.seq) == (conv, seq) for j in self._jobs):
-                return True
+        ran = False
+        while await self._do(lambda db: self._fanout_step(db, (conv, seq))) is not None:
+            ran = True  # (the step after the last one finds no job)
+        return ran
 
     async def pending_fanouts(self) -> list[tuple[str, int]]:
         """Committed group messages whose fan-out has not finished (from the table)."""
