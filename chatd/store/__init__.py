@@ -1,11 +1,12 @@
-"""Pluggable storage. `open_store(url)` gives a running Store for `memory://` or
-`sqlite:///path/to/file.db`."""
+"""Pluggable storage. `open_store(url)` gives a running Store for `memory://`,
+`sqlite:///path/to/file.db` or `cassandra://host[:port][,host...]/keyspace[?options]`."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from typing import Final
 
 import trio
 
@@ -21,9 +22,11 @@ from .base import (
     conv_members,
     direct_conv,
 )
+from .cassandra import CassandraStore
+from .cql import BadCassandraURL, CassandraURL
 from .sqlite import SqliteStore
 
-__all__ = ["Appended", "BadStoreURL", "GroupInfo", "Item", "NewMessage", "Page", "ReceiptState",
+__all__ = ["Appended", "BadStoreURL", "CassandraStore", "GroupInfo", "Item", "NewMessage", "Page", "ReceiptState",
            "SqliteStore", "Store", "StoreError", "check_store_url",
            "conv_members", "direct_conv", "open_store"]
 
@@ -32,15 +35,28 @@ class BadStoreURL(ValueError):
     pass
 
 
+USE: Final = "use memory://, sqlite:///path or cassandra://host[:port][,host...]/keyspace"
+
+
 def check_store_url(url: str) -> None:
     """Raise BadStoreURL unless open_store knows what to do with url."""
-    if url != "memory://" and not (url.startswith("sqlite://") and url != "sqlite://"):
-        raise BadStoreURL(f"unknown store {url!r}: use memory:// or sqlite:///path")
+    if url.startswith("cassandra:"):
+        try:
+            CassandraURL.parse(url)
+        except BadCassandraURL as exc:
+            raise BadStoreURL(str(exc)) from None
+    elif url != "memory://" and not (url.startswith("sqlite://") and url != "sqlite://"):
+        raise BadStoreURL(f"unknown store {url!r}: {USE}")
 
 
 @contextlib.asynccontextmanager
 async def open_store(url: str) -> AsyncIterator[Store]:
-    if url == "memory://":  # the SQLite store on an in-memory database: nothing on disk
+    check_store_url(url)
+    sq: SqliteStore | CassandraStore
+    if url.startswith("cassandra:"):
+        sq = CassandraStore(url)
+        await sq.connect()
+    elif url == "memory://":  # the SQLite store on an in-memory database: nothing on disk
         sq = SqliteStore(":memory:", synchronous="OFF")
     elif url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")  # sqlite:///abs/file.db or sqlite://rel/file.db
@@ -49,7 +65,7 @@ async def open_store(url: str) -> AsyncIterator[Store]:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         sq = SqliteStore(path)
     else:
-        raise BadStoreURL(f"unknown store {url!r}: use memory:// or sqlite:///path")
+        raise BadStoreURL(f"unknown store {url!r}: {USE}")
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(sq.run)

@@ -8,11 +8,16 @@ import pytest
 
 from chatd.store import Store, open_store
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "cassandra"]
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIterator[Store]:
-    url = "memory://" if request.param == "memory" else f"sqlite://{tmp_path}/chatd.db"
+    if request.param == "cassandra":
+        node = request.getfixturevalue("cassandra")  # started once, emptied for each test
+        node.truncate()
+        url = node.url()
+    else:
+        url = "memory://" if request.param == "memory" else f"sqlite://{tmp_path}/chatd.db"
     async with open_store(url) as s:
         yield s

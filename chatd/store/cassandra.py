@@ -1,0 +1,1026 @@
+"""Cassandra store: the store several chatd nodes share. docs/CASSANDRA.md has the schema and why.
+
+Counters without a single owner. A conversation's seq and a user's inbox position q are each a
+static column of one partition, moved only by a conditional batch (a lightweight transaction,
+Paxos) in that same partition together with what they number: the client ids of the messages
+(`sends`), or the inbox items (`inbox`). So two nodes can never hand out the same number, no
+number is taken without its rows, and a retried send (same sender and client id) finds its
+claim instead of taking a new seq. Inside one process, writes to one partition are combined:
+the requests that arrive while one conditional batch is in flight go in the next one (group
+commit per partition), so a busy inbox costs one transaction per round trip, not per item.
+
+A send: (1) claim the seq with the client id; (2) write the message row (and, for a group, its
+fan-out job); (3) append inbox items; (4) mark the claim done. Each step is idempotent, so a
+send interrupted between steps (Cassandra down, chatd killed) is completed by the client's
+retry, which finds its claim not done and redoes 2-4 with the seq it already has. Until then
+nothing was acknowledged as SENT. A retry while the first attempt may still be running gets a
+StoreError (retry later) rather than a second copy.
+
+Watermarks that only ever rise (device cursors, delivered/read marks, last seen) are written
+with the value as the write timestamp: the highest value wins on every replica, whichever node
+wrote last, without a transaction.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, TypeVar
+
+import msgpack
+import trio
+
+from chatd.protocol.frames import Deliver, HistoryItem, Mode, Receipt, Status
+
+from .base import (
+    Appended,
+    AppendListener,
+    GroupInfo,
+    Item,
+    NewMessage,
+    Page,
+    ReceiptState,
+    StoreError,
+    group_receipts,
+)
+from .cql import SCHEMA_VERSION, CassandraURL, Session, schema_version
+from .sqlite import _media, _media_blob
+
+T = TypeVar("T")
+log = logging.getLogger("chatd.store.cassandra")
+
+BUCKET: Final = 1000  # messages per partition: (conv, seq // BUCKET)
+CHUNK: Final = 100  # rows per conditional batch
+FANOUT_CHUNK: Final = 256  # inbox appends per fan-out step
+DAY_MS: Final = 86_400_000
+IDS_TTL: Final = 30 * 86_400  # seconds a client id is remembered for retries
+REDO_AFTER_MS: Final = 15_000  # an unfinished send older than this is completed by its retry
+COLLECT_LIMIT: Final = 10_000
+CACHE_S: Final = 2.0  # how long a conversation's mode is trusted from memory
+
+STATEMENTS: Final = {
+    "add_user": "INSERT INTO users (user) VALUES (?)",
+    "user": "SELECT user, last_seen, hide_last_seen FROM users WHERE user = ?",
+    "seen": "UPDATE users USING TIMESTAMP ? SET last_seen = ? WHERE user = ?",
+    "hide": "UPDATE users SET hide_last_seen = ? WHERE user = ?",
+    "devices": "SELECT device, cursor FROM devices WHERE user = ?",
+    "set_cursor": "UPDATE devices USING TIMESTAMP ? SET cursor = ? WHERE user = ? AND device = ?",
+    "last_q": "SELECT last_q FROM inbox WHERE user = ? LIMIT 1",
+    "move_q": "UPDATE inbox SET last_q = ? WHERE user = ? IF last_q = ?",
+    "put_item": "INSERT INTO inbox (user, q, conv, seq, sender, receipt) VALUES (?, ?, ?, ?, ?, ?)",
+    "items": "SELECT q, conv, seq, sender, receipt FROM inbox WHERE user = ? AND q > ? LIMIT ?",
+    "items_upto": "SELECT q, conv, seq, sender, receipt FROM inbox"
+                  " WHERE user = ? AND q > ? AND q <= ?",
+    "prune": "DELETE FROM inbox WHERE user = ? AND q <= ?",
+    "last_seq": "SELECT last_seq FROM sends WHERE conv = ? LIMIT 1",
+    "move_seq": "UPDATE sends SET last_seq = ? WHERE conv = ? IF last_seq = ?",
+    "claim": "INSERT INTO sends (conv, sender, client_id, seq, ts, at, done)"
+             " VALUES (?, ?, ?, ?, ?, ?, false) IF NOT EXISTS USING TTL ?",
+    "done": "UPDATE sends USING TTL ? SET done = true"
+            " WHERE conv = ? AND sender = ? AND client_id = ?",
+    "put_msg": "INSERT INTO messages (conv, bucket, seq, ts, sender, device, client_id, body,"
+               " media, grp, event, holders) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+               " USING TTL ?",
+    "msgs_in": "SELECT seq, ts, sender, device, client_id, body, media, grp, event FROM messages"
+               " WHERE conv = ? AND bucket = ? AND seq IN ?",
+    "msgs_down": "SELECT seq, ts, sender, device, client_id, body, media, event FROM messages"
+                 " WHERE conv = ? AND bucket = ? AND seq > ? AND seq <= ? LIMIT ?",
+    "msgs_up": "SELECT seq, ts, sender, event FROM messages WHERE conv = ? AND bucket = ?"
+               " AND seq > ? AND seq <= ? ORDER BY seq ASC LIMIT ?",
+    "drop_holders": "UPDATE messages SET holders = holders - ?"
+                    " WHERE conv = ? AND bucket = ? AND seq = ?",
+    "holders": "SELECT holders FROM messages WHERE conv = ? AND bucket = ? AND seq = ?",
+    "del_msg": "DELETE FROM messages WHERE conv = ? AND bucket = ? AND seq = ?",
+    "del_msgs_upto": "DELETE FROM messages WHERE conv = ? AND bucket = ? AND seq <= ?",
+    "conv": "SELECT mode, ttl, all_delivered, all_read, expired_upto FROM convs WHERE conv = ?",
+    "set_mode": "UPDATE convs SET mode = ?, ttl = ? WHERE conv = ?",
+    "set_all_delivered": "UPDATE convs SET all_delivered = ? WHERE conv = ?"
+                         " IF all_delivered = ?",
+    "set_all_read": "UPDATE convs SET all_read = ? WHERE conv = ? IF all_read = ?",
+    "set_expired": "UPDATE convs SET expired_upto = ? WHERE conv = ?",
+    "disappearing": "SELECT conv FROM disappearing WHERE k = 0",
+    "add_disappearing": "INSERT INTO disappearing (k, conv) VALUES (0, ?)",
+    "del_disappearing": "DELETE FROM disappearing WHERE k = 0 AND conv = ?",
+    "marks": "SELECT user, delivered, read FROM marks WHERE conv = ?",
+    "mark": "SELECT delivered, read FROM marks WHERE conv = ? AND user = ?",
+    "set_delivered": "UPDATE marks USING TIMESTAMP ? SET delivered = ?"
+                     " WHERE conv = ? AND user = ?",
+    "set_read": "UPDATE marks USING TIMESTAMP ? SET read = ? WHERE conv = ? AND user = ?",
+    "new_group": "INSERT INTO groups (grp, name, created_ts) VALUES (?, ?, ?) IF NOT EXISTS",
+    "group": "SELECT name FROM groups WHERE grp = ?",
+    "rename": "UPDATE groups SET name = ? WHERE grp = ?",
+    "members": "SELECT user, admin, joined_seq, pos FROM group_members WHERE grp = ?",
+    "add_member": "INSERT INTO group_members (grp, user, admin, joined_seq, pos)"
+                  " VALUES (?, ?, ?, ?, ?)",
+    "del_member": "DELETE FROM group_members WHERE grp = ? AND user = ?",
+    "make_admin": "UPDATE group_members SET admin = true WHERE grp = ? AND user = ?",
+    "user_groups": "SELECT grp FROM user_groups WHERE user = ?",
+    "add_user_group": "INSERT INTO user_groups (user, grp) VALUES (?, ?)",
+    "del_user_group": "DELETE FROM user_groups WHERE user = ? AND grp = ?",
+    "add_job": "INSERT INTO fanout (shard, conv, seq, recipients, done) VALUES (0, ?, ?, ?, 0)",
+    "job": "SELECT recipients, done FROM fanout WHERE shard = 0 AND conv = ? AND seq = ?",
+    "jobs": "SELECT conv, seq FROM fanout WHERE shard = 0",
+    "job_step": "UPDATE fanout SET done = ? WHERE shard = 0 AND conv = ? AND seq = ? IF done = ?",
+    "job_done": "DELETE FROM fanout WHERE shard = 0 AND conv = ? AND seq = ? IF EXISTS",
+    "queue": "INSERT INTO temp_queue (day, ts, conv, seq) VALUES (?, ?, ?, ?)",
+    "queued": "SELECT ts, conv, seq FROM temp_queue WHERE day = ? AND ts < ? LIMIT ?",
+    "unqueue": "DELETE FROM temp_queue WHERE day = ? AND ts < ?",
+    "add_day": "INSERT INTO temp_days (k, day) VALUES (0, ?)",
+    "days": "SELECT day FROM temp_days WHERE k = 0 AND day <= ?",
+    "del_day": "DELETE FROM temp_days WHERE k = 0 AND day = ?",
+}
+
+
+@dataclasses.dataclass(slots=True)
+class _Slot:
+    entries: list[Any]
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    result: list[Any] | None = None
+    error: BaseException | None = None
+
+
+class _Combiner:
+    """Group commit per partition: entries for one key that arrive while a write for that key
+    runs are written together by the next write. The writes run in the store's nursery, so a
+    caller that is cancelled does not cut a write in half."""
+
+    def __init__(self, store: CassandraStore,
+                 write: Callable[[str, list[Any]], Awaitable[list[Any]]]) -> None:
+        self._store = store
+        self._write = write
+        self._pending: dict[str, list[_Slot]] = {}
+
+    async def submit(self, key: str, entries: list[Any]) -> list[Any]:
+        slot = _Slot(entries)
+        waiting = self._pending.get(key)
+        if waiting is None:
+            self._pending[key] = [slot]
+            self._store._spawn(self._flush, key)
+        else:
+            waiting.append(slot)
+        await slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    async def _flush(self, key: str) -> None:
+        while True:
+            slots = self._pending.get(key)
+            if not slots:
+                self._pending.pop(key, None)
+                return
+            self._pending[key] = []
+            try:
+                results = await self._write(key, [e for s in slots for e in s.entries])
+                i = 0
+                for s in slots:
+                    s.result = results[i : i + len(s.entries)]
+                    i += len(s.entries)
+            except Exception as exc:
+                for s in slots:
+                    s.error = exc
+            for s in slots:
+                s.done.set()
+
+
+@dataclasses.dataclass(slots=True)
+class _Claim:
+    seq: int
+    ts: int
+    new: bool  # this call took the seq
+    done: bool = False
+    at: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class _Members:
+    name: str
+    members: dict[str, tuple[bool, int]]  # user -> (admin, joined_seq), in joining order
+
+    def info(self, group: str, mode: tuple[int, int] = (0, 0)) -> GroupInfo:
+        return GroupInfo(group, self.name, tuple(self.members),
+                         tuple(u for u, (admin, _) in self.members.items() if admin), *mode)
+
+
+def bucket(seq: int) -> int:
+    return seq // BUCKET
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _receipt_blob(seqs: list[int], by: str, status: int, ts: int, all_: bool) -> bytes:
+    return msgpack.packb({"ss": seqs, "by": by, "st": status, "ts": ts, "all": all_})
+
+
+class CassandraStore:
+    def __init__(self, url: str) -> None:
+        self.url = CassandraURL.parse(url)
+        self.db = Session(self.url)
+        self.on_append: AppendListener | None = None
+        self.on_batch: Callable[[float], None] | None = None
+        self.fanout_mode = "auto"  # or "external": see SqliteStore
+        self.on_fanout: Callable[[str, int], None] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._inboxes = _Combiner(self, self._write_inbox)
+        self._claims = _Combiner(self, self._write_claims)
+        self._last_q: dict[str, int] = {}  # guesses; a failed transaction corrects them
+        self._last_seq: dict[str, int] = {}
+        self._modes: dict[str, tuple[float, tuple[int, int]]] = {}
+        self._days: set[int] = set()
+        self._acked_users: set[str] = set()
+        self._ack_locks: dict[str, trio.Lock] = {}
+        self._jobs: collections.deque[tuple[str, int]] = collections.deque()
+        self._job_left: dict[tuple[str, int], int] = {}
+        self._wake = trio.Event()
+        self._closed = False
+        self.inflight = 0
+
+    # ---- life ----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self.db.connect(self.url.keyspace)
+        version = await schema_version(self.db)
+        if version != SCHEMA_VERSION:
+            await self.db.close()
+            what = "has no chatd schema" if version == 0 else f"has schema {version}"
+            raise StoreError(f"keyspace {self.url.keyspace} {what}, this chatd needs"
+                             f" {SCHEMA_VERSION}: run `chatd migrate --store <url>` first")
+        await self.db.prepare(STATEMENTS)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            nursery.start_soon(self._resume_fanouts)
+            while True:
+                while self._jobs and self.fanout_mode == "auto":
+                    conv, seq = self._jobs[0]
+                    try:
+                        await self.fanout(conv, seq)
+                    except StoreError as exc:
+                        log.warning("fan-out of %s/%d failed, retrying: %s", conv, seq, exc)
+                        await trio.sleep(1)
+                        continue
+                    self._jobs.popleft()
+                    self._job_left.pop((conv, seq), None)
+                await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def _resume_fanouts(self) -> None:
+        """Fan-outs left unfinished by a stop or a crash, carried on ("auto" mode only: with
+        Redis, the nodes share them through a stream)."""
+        await trio.sleep(0.5)  # the server has set fanout_mode by now
+        while self.fanout_mode == "auto":
+            try:
+                self._jobs.extend(j for j in await self.pending_fanouts() if j not in self._jobs)
+                self._wake.set()
+                return
+            except StoreError as exc:
+                log.warning("could not list unfinished fan-outs, retrying: %s", exc)
+                await trio.sleep(5)
+
+    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is None:
+            raise StoreError("store is not running")
+        self._nursery.start_soon(fn, *args)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self.db.close()
+
+    @property
+    def queue_depth(self) -> int:
+        return self.inflight
+
+    @property
+    def fanout_pending(self) -> int:
+        return sum(self._job_left.values())
+
+    async def _op(self, coro: Awaitable[T]) -> T:
+        if self._closed:
+            raise StoreError("store is closed")
+        self.inflight += 1
+        started = trio.current_time()
+        try:
+            return await coro
+        finally:
+            self.inflight -= 1
+            if self.on_batch is not None:
+                self.on_batch(trio.current_time() - started)
+
+    async def _gather(self, calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run calls concurrently; the first StoreError is raised as itself."""
+        fns = list(calls)
+        if len(fns) == 1:
+            return [await fns[0]()]
+        results: list[Any] = [None] * len(fns)
+        errors: list[StoreError] = []
+
+        async def one(i: int, fn: Callable[[], Awaitable[T]]) -> None:
+            try:
+                results[i] = await fn()
+            except StoreError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i, fn in enumerate(fns):
+                nursery.start_soon(one, i, fn)
+        if errors:
+            raise errors[0]
+        return results
+
+    # ---- users and devices -----------------------------------------------------------------
+
+    async def add_user(self, user: str) -> None:
+        await self._op(self.db.run("add_user", (user,)))
+
+    async def has_user(self, user: str) -> bool:
+        return bool(await self._op(self.db.run("user", (user,))))
+
+    async def _devices(self, user: str) -> dict[str, int]:
+        return {r["device"]: r["cursor"] or 0 for r in await self.db.run("devices", (user,))}
+
+    async def attach_device(self, user: str, device: str) -> int:
+        async def op() -> int:
+            await self.db.run("add_user", (user,))
+            devs = await self._devices(user)
+            if device in devs:
+                return devs[device]
+            cursor = min(devs.values(), default=0)
+            await self.db.run("set_cursor", (cursor + 1, cursor, user, device))
+            return cursor
+
+        return await self._op(op())
+
+    async def cursor(self, user: str, device: str) -> int:
+        return (await self._op(self._devices(user))).get(device, 0)
+
+    # ---- counters: conditional batches, combined per partition -----------------------------
+
+    async def _read_last_q(self, user: str) -> int:
+        rows = await self.db.run("last_q", (user,))
+        return (rows[0]["last_q"] or 0) if rows else 0
+
+    async def _read_last_seq(self, conv: str) -> int:
+        rows = await self.db.run("last_seq", (conv,))
+        return (rows[0]["last_seq"] or 0) if rows else 0
+
+    async def _write_inbox(self, user: str, entries: list[Item]) -> list[tuple[str, Item]]:
+        """Append items (q unset) to the user's inbox; the listener sees them in q order."""
+        last = self._last_q.get(user)
+        if last is None:
+            last = await self._read_last_q(user)
+        out: list[tuple[str, Item]] = []
+        for i in range(0, len(entries), CHUNK):
+            chunk = entries[i : i + CHUNK]
+            while True:
+                rows: list[tuple[str, tuple[Any, ...]]] = [
+                    ("move_q", (last + len(chunk), user, last or None))]
+                for n, it in enumerate(chunk, last + 1):
+                    if type(it) is Deliver:
+                        rows.append(("put_item", (user, n, it.conv, it.seq, it.sender, None)))
+                    else:
+                        assert type(it) is Receipt
+                        rows.append(("put_item", (user, n, it.conv, 0, None, _receipt_blob(
+                            list(it.seqs), it.by, it.status, it.ts, it.all))))
+                try:
+                    ok, current = await self.db.applied(self.db.batch(rows))
+                except StoreError:
+                    self._last_q.pop(user, None)  # unknown whether it applied: read again
+                    raise
+                if ok:
+                    break
+                last = (current[0].get("last_q") or 0) if current else 0  # another node's
+            items = tuple((user, dataclasses.replace(it, q=n))
+                          for n, it in enumerate(chunk, last + 1))
+            last += len(chunk)
+            self._last_q[user] = last
+            out += items
+            if self.on_append is not None:
+                try:
+                    self.on_append(items)
+                except Exception:
+                    log.exception("append listener failed")
+        return out
+
+    async def _append_items(self, per_user: dict[str, list[Item]]) -> list[tuple[str, Item]]:
+        results = await self._gather(
+            (lambda u=u, e=e: self._inboxes.submit(u, e)) for u, e in per_user.items() if e)
+        return [x for r in results for x in r]
+
+    async def _write_claims(self, conv: str, msgs: list[NewMessage]) -> list[_Claim]:
+        """Take seqs for the messages not sent before; find the claims of those that were."""
+        found: dict[tuple[str, str], _Claim] = {}
+        todo = list({(m.sender, m.client_id): m for m in msgs}.values())
+        last = self._last_seq.get(conv)
+        if last is None:
+            last = await self._read_last_seq(conv)
+        at = now_ms()
+        while todo:
+            chunk = todo[:CHUNK]
+            rows: list[tuple[str, tuple[Any, ...]]] = [
+                ("move_seq", (last + len(chunk), conv, last or None))]
+            rows += [("claim", (conv, m.sender, m.client_id, n, m.ts, at, IDS_TTL))
+                     for n, m in enumerate(chunk, last + 1)]
+            try:
+                ok, current = await self.db.applied(self.db.batch(rows))
+            except StoreError:
+                self._last_seq.pop(conv, None)
+                raise
+            if ok:
+                for n, m in enumerate(chunk, last + 1):
+                    found[(m.sender, m.client_id)] = _Claim(n, m.ts, True)
+                last += len(chunk)
+                todo = todo[CHUNK:]
+                continue
+            last = max((r.get("last_seq") or 0 for r in current), default=0)
+            for r in current:  # client ids claimed before: retries
+                if r.get("client_id") is not None and r.get("seq") is not None:
+                    found[(r["sender"], r["client_id"])] = _Claim(
+                        r["seq"], r["ts"], False, bool(r["done"]), r["at"] or 0)
+            todo = [m for m in todo if (m.sender, m.client_id) not in found]
+        self._last_seq[conv] = last
+        out = []
+        for m in msgs:  # a client id twice in one call: the second is a retry of the first
+            c = found[(m.sender, m.client_id)]
+            out.append(c)
+            if c.new:
+                found[(m.sender, m.client_id)] = _Claim(c.seq, c.ts, False, True)
+        return out
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    async def _mode(self, conv: str, fresh: bool = False) -> tuple[int, int]:
+        cached = self._modes.get(conv)
+        if cached is not None and not fresh and trio.current_time() - cached[0] < CACHE_S:
+            return cached[1]
+        rows = await self.db.run("conv", (conv,))
+        mode = (rows[0]["mode"] or 0, rows[0]["ttl"] or 0) if rows else (0, 0)
+        self._modes[conv] = (trio.current_time(), mode)
+        return mode
+
+    async def append_message(self, msg: NewMessage) -> Appended:
+        return (await self.append_messages([msg]))[0]
+
+    async def append_messages(self, msgs: list[NewMessage]) -> list[Appended]:
+        return await self._op(self._append_all(msgs))
+
+    async def _append_all(self, msgs: list[NewMessage]) -> list[Appended]:
+        by_conv: dict[str, list[int]] = {}
+        for i, m in enumerate(msgs):
+            by_conv.setdefault(m.conv, []).append(i)
+        senders = {m.sender for m in msgs}
+        groups = {m.group for m in msgs if m.group is not None}
+        convs = list(by_conv)
+        claims: list[_Claim | None] = [None] * len(msgs)
+
+        async def claim(conv: str) -> None:
+            idx = by_conv[conv]
+            for i, c in zip(idx, await self._claims.submit(conv, [msgs[i] for i in idx]),
+                            strict=True):
+                claims[i] = c
+
+        calls: list[Callable[[], Awaitable[Any]]] = [lambda c=c: claim(c) for c in convs]
+        calls += [lambda c=c: self._mode(c) for c in convs]
+        calls += [lambda u=u: self._devices(u) for u in senders]
+        calls += [lambda g=g: self._group(g) for g in groups]
+        got = await self._gather(calls)
+        modes = dict(zip(convs, got[len(convs) : 2 * len(convs)], strict=True))
+        devices = dict(zip(senders, got[2 * len(convs) : 2 * len(convs) + len(senders)],
+                           strict=True))
+        members = dict(zip(groups, got[2 * len(convs) + len(senders) :], strict=True))
+        results: list[Appended] = []
+        writes: list[Callable[[], Awaitable[Any]]] = []
+        inbox: dict[str, list[Item]] = {}
+        done: list[tuple[Any, ...]] = []
+        for m, c in zip(msgs, claims, strict=True):
+            assert c is not None
+            if not c.new:
+                if c.done:
+                    results.append(Appended(m.conv, c.seq, c.ts, duplicate=True))
+                    continue
+                if now_ms() - c.at < REDO_AFTER_MS:
+                    raise StoreError(f"message {m.client_id!r} is still being stored:"
+                                     " send it again in a moment")
+            template = Deliver(q=1, conv=m.conv, seq=c.seq, ts=c.ts, sender=m.sender,
+                               device=m.device, id=m.client_id, body=m.body, group=m.group,
+                               media=m.media, event=m.event)
+            copy = len(devices[m.sender]) > 1  # for the sender's other devices
+            if m.group is not None:
+                g = members[m.group]
+                targets = [u for u in (*(g.members if g else ()), *m.recipients)
+                           if u != m.sender]
+                if copy:
+                    targets.append(m.sender)
+                targets = list(dict.fromkeys(targets))
+                writes.append(lambda m=m, c=c, t=targets: self.db.run(
+                    "add_job", (m.conv, c.seq, t)))
+                writes.append(lambda m=m, c=c: self._set_marks(m.conv, m.sender, c.seq, c.seq))
+            else:
+                targets = [*m.recipients, m.sender] if copy else list(m.recipients)
+                for u in targets:
+                    inbox.setdefault(u, []).append(template)
+            mode, ttl = modes[m.conv]
+            writes.append(lambda m=m, c=c, t=targets, ttl=(
+                    ttl if mode == Mode.DISAPPEARING else 0): self.db.run("put_msg", (
+                m.conv, bucket(c.seq), c.seq, c.ts, m.sender, m.device, m.client_id, m.body,
+                _media_blob(m.media), m.group, msgpack.packb(m.event) if m.event else None,
+                set(t) or None, ttl)))
+            if mode == Mode.TEMPORARY:
+                day = c.ts // DAY_MS
+                writes.append(lambda m=m, c=c, day=day: self.db.run(
+                    "queue", (day, c.ts, m.conv, c.seq)))
+                if day not in self._days:
+                    writes.append(lambda day=day: self._add_day(day))
+            done.append((IDS_TTL, m.conv, m.sender, m.client_id))
+            results.append(Appended(m.conv, c.seq, c.ts))
+        await self._gather(writes)  # the message rows exist before anything points at them
+        items = await self._append_items(inbox)
+        await self._gather(lambda d=d: self.db.run("done", d) for d in done)
+        for m, r in zip(msgs, results, strict=False):
+            if m.group is not None and not r.duplicate:
+                self._job_left[(r.conv, r.seq)] = 1
+                if self.fanout_mode == "auto":
+                    self._jobs.append((r.conv, r.seq))
+                    self._wake.set()
+                if self.on_fanout is not None:
+                    self.on_fanout(r.conv, r.seq)
+        # each result carries its own inbox items (for callers that look at them)
+        by_msg: dict[tuple[str, int], list[tuple[str, Item]]] = {}
+        for user, it in items:
+            by_msg.setdefault((it.conv, getattr(it, "seq", 0)), []).append((user, it))
+        return [r if r.duplicate else dataclasses.replace(
+            r, items=tuple(by_msg.get((r.conv, r.seq), ()))) for r in results]
+
+    async def _add_day(self, day: int) -> None:
+        await self.db.run("add_day", (day,))
+        self._days.add(day)
+
+    async def _post_event(self, group: str, actor: str, ts: int, event: dict[str, Any],
+                          also: tuple[str, ...] = ()) -> None:
+        """A server-made message in the group chat (fanned out like any message)."""
+        await self._append_all([NewMessage(
+            sender=actor, device="server", client_id=f"ev-{secrets.token_hex(8)}",
+            conv=f"g:{group}", recipients=also, body=b"", ts=ts, group=group, event=event)])
+
+    # ---- fan-out of group messages ---------------------------------------------------------
+
+    async def pending_fanouts(self) -> list[tuple[str, int]]:
+        rows = await self._op(self.db.run("jobs"))
+        return [(r["conv"], r["seq"]) for r in rows]
+
+    async def fanout(self, conv: str, seq: int) -> bool:
+        """Run the fan-out job of a group message to the end. False if there is no such job
+        (done already, by this node or another). Progress is a conditional update, so two
+        nodes running one job repeat at most one step between them."""
+        return await self._op(self._fanout(conv, seq))
+
+    async def _fanout(self, conv: str, seq: int) -> bool:
+        rows = await self.db.run("job", (conv, seq))
+        if not rows:
+            return False
+        recipients, done = rows[0]["recipients"] or [], rows[0]["done"] or 0
+        found = await self._load(conv, [seq])
+        template = found.get(seq)
+        while template is not None and done < len(recipients):
+            self._job_left[(conv, seq)] = len(recipients) - done
+            end = min(len(recipients), done + FANOUT_CHUNK)
+            await self._append_items({u: [template] for u in recipients[done:end]})
+            ok, current = await self.db.applied("job_step", (end, conv, seq, done))
+            if not ok:
+                if not current or current[0].get("done") is None:
+                    return True  # finished by another node
+                done = current[0]["done"]
+                continue
+            done = end
+        await self.db.run("job_done", (conv, seq))
+        self._job_left.pop((conv, seq), None)
+        return True
+
+    async def _load(self, conv: str, seqs: list[int]) -> dict[int, Deliver]:
+        """Messages of conv by seq (those that still exist)."""
+        parts: dict[int, list[int]] = {}
+        for s in seqs:
+            parts.setdefault(bucket(s), []).append(s)
+        pages = await self._gather(
+            lambda b=b, s=s: self.db.run("msgs_in", (conv, b, s)) for b, s in parts.items())
+        return {r["seq"]: Deliver(
+            q=1, conv=conv, seq=r["seq"], ts=r["ts"], sender=r["sender"], device=r["device"],
+            id=r["client_id"], body=r["body"] or b"", group=r["grp"], media=_media(r["media"]),
+            event=msgpack.unpackb(r["event"]) if r["event"] else None)
+            for rows in pages for r in rows}
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    async def inbox(self, user: str, device: str, after: int, limit: int) -> Page:
+        async def op() -> Page:
+            rows = await self.db.run("items", (user, after, limit))
+            wanted: dict[str, list[int]] = {}
+            for r in rows:
+                if r["receipt"] is None:
+                    wanted.setdefault(r["conv"], []).append(r["seq"])
+            loaded = await self._gather(lambda c=c, s=s: self._load(c, s)
+                                        for c, s in wanted.items()) if wanted else []
+            msgs = dict(zip(wanted, loaded, strict=True))
+            items: list[Item] = []
+            for r in rows:
+                if r["receipt"] is not None:
+                    x = msgpack.unpackb(r["receipt"])
+                    items.append(Receipt(q=r["q"], conv=r["conv"], seqs=tuple(x["ss"]),
+                                         by=x["by"], status=x["st"], ts=x["ts"],
+                                         all=x.get("all", False)))
+                    continue
+                d = msgs[r["conv"]].get(r["seq"])
+                if d is not None and not (d.sender == user and d.device == device):
+                    items.append(dataclasses.replace(d, q=r["q"]))
+            upto = rows[-1]["q"] if rows else after
+            return Page(items, upto, len(rows) == limit)
+
+        return await self._op(op())
+
+    async def history(self, conv: str, before: int | None, limit: int,
+                      after: int = 0) -> list[HistoryItem]:
+        async def op() -> list[HistoryItem]:
+            hi = before - 1 if before is not None else await self._read_last_seq(conv)
+            out: list[HistoryItem] = []
+            b = bucket(hi)
+            while b >= bucket(after + 1) and hi > after and len(out) < limit:
+                for r in await self.db.run("msgs_down", (conv, b, after, hi, limit - len(out))):
+                    out.append(HistoryItem(
+                        seq=r["seq"], ts=r["ts"], sender=r["sender"], device=r["device"],
+                        id=r["client_id"], body=r["body"] or b"", media=_media(r["media"]),
+                        event=msgpack.unpackb(r["event"]) if r["event"] else None))
+                b -= 1
+            return out
+
+        return await self._op(op())
+
+    async def _messages_between(self, conv: str, lo: int, hi: int) -> list[dict[str, Any]]:
+        """seq, ts, sender, event of the messages with lo < seq <= hi, oldest first."""
+        out: list[dict[str, Any]] = []
+        for b in range(bucket(lo + 1), bucket(hi) + 1):
+            out += await self.db.run("msgs_up", (conv, b, lo, hi, COLLECT_LIMIT))
+        return out
+
+    # ---- receipts --------------------------------------------------------------------------
+
+    async def _marks(self, conv: str, user: str) -> list[int]:
+        rows = await self.db.run("mark", (conv, user))
+        return [rows[0]["delivered"] or 0, rows[0]["read"] or 0] if rows else [0, 0]
+
+    async def _set_marks(self, conv: str, user: str, delivered: int | None,
+                         read: int | None) -> None:
+        """Raise a member's watermarks; a lower value never wins (it is the write time)."""
+        calls: list[Callable[[], Awaitable[Any]]] = []
+        if delivered is not None:
+            calls.append(lambda: self.db.run("set_delivered",
+                                             (delivered + 1, delivered, conv, user)))
+        if read is not None:
+            calls.append(lambda: self.db.run("set_read", (read + 1, read, conv, user)))
+        await self._gather(calls)
+
+    def _receipt_items(self, by: str, status: int, ts: int,
+                       newly: list[tuple[str, str, int]], all_: bool = False
+                       ) -> dict[str, list[Item]]:
+        out: dict[str, list[Item]] = {}
+        for (sender, conv), seqs in group_receipts(newly).items():
+            out.setdefault(sender, []).append(Receipt(q=1, conv=conv, seqs=tuple(seqs), by=by,
+                                                      status=status, ts=ts, all=all_))
+        return out
+
+    def _ack_lock(self, user: str) -> trio.Lock:
+        lock = self._ack_locks.get(user)
+        if lock is None:
+            lock = self._ack_locks[user] = trio.Lock()
+        return lock
+
+    async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
+        async def op() -> Appended:
+            async with self._ack_lock(user):
+                devs, last = await self._gather([lambda: self._devices(user),
+                                                 lambda: self._read_last_q(user)])
+                old = devs.get(device)
+                if old is None:
+                    return Appended()
+                new = min(upto, last)
+                if new <= old:
+                    return Appended()
+                rows, _ = await self._gather([
+                    lambda: self.db.run("items_upto", (user, old, new)),
+                    lambda: self.db.run("set_cursor", (new + 1, new, user, device))])
+            lock = self._ack_locks.get(user)
+            if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
+                del self._ack_locks[user]
+            self._acked_users.add(user)  # collect() may prune what all devices now have
+            convs = list({r["conv"] for r in rows if r["receipt"] is None})
+            states = dict(zip(convs, await self._gather(
+                lambda c=c: self._marks(c, user) for c in convs), strict=True))
+            newly: list[tuple[str, str, int]] = []
+            groups: set[str] = set()
+            raised: dict[str, int] = {}
+            for r in rows:
+                sender, conv, seq = r["sender"], r["conv"], r["seq"]
+                if r["receipt"] is not None or sender == user or seq <= states[conv][0]:
+                    continue
+                states[conv][0] = raised[conv] = seq
+                if conv.startswith("g:"):
+                    groups.add(conv)  # coalesced: one receipt when all have it
+                else:
+                    newly.append((sender, conv, seq))
+            await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
+                               for c, s in raised.items())
+            items = await self._append_items(
+                self._receipt_items(user, Status.DELIVERED, ts, newly))
+            for conv in groups:
+                items += await self._advance_all(conv, user, ts)
+            return Appended(items=tuple(items))
+
+        return await self._op(op())
+
+    async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:
+        async def op() -> Appended:
+            last, st, devs = await self._gather([
+                lambda: self._read_last_seq(conv), lambda: self._marks(conv, user),
+                lambda: self._devices(user)])
+            upto_ = min(upto, last)
+            if upto_ <= st[1]:
+                return Appended()
+            old = st[1]
+            await self._set_marks(conv, user, upto_, upto_)
+            mine: dict[str, list[Item]] = {}
+            if len(devs) > 1:  # read here: read on my other devices too
+                mine = self._receipt_items(user, Status.READ, ts, [(user, conv, upto_)])
+            if conv.startswith("g:"):
+                items = await self._append_items(mine)
+                return Appended(items=(*items, *await self._advance_all(conv, user, ts)))
+            newly = [(r["sender"], conv, r["seq"])
+                     for r in await self._messages_between(conv, old, upto_)
+                     if r["sender"] != user and r["event"] is None]
+            for sender, its in self._receipt_items(user, Status.READ, ts, newly).items():
+                mine.setdefault(sender, []).extend(its)
+            return Appended(items=tuple(await self._append_items(mine)))
+
+        return await self._op(op())
+
+    async def _advance_all(self, conv: str, by: str, ts: int) -> list[tuple[str, Item]]:
+        """Receipts with all=True for the group messages every member now has (or read).
+        Moving the group's watermark is a conditional update: one node sends each."""
+        g = await self._group(conv[2:])
+        if g is None or not g.members:
+            return []
+        marks = {r["user"]: (r["delivered"] or 0, r["read"] or 0)
+                 for r in await self.db.run("marks", (conv,))}
+        now = [min(marks.get(u, (0, 0))[i] for u in g.members) for i in (0, 1)]
+        rows = await self.db.run("conv", (conv,))
+        before = [(rows[0][k] or 0) if rows else 0 for k in ("all_delivered", "all_read")]
+        out: list[tuple[str, Item]] = []
+        for i, status, stmt, col in ((0, Status.DELIVERED, "set_all_delivered", "all_delivered"),
+                                     (1, Status.READ, "set_all_read", "all_read")):
+            while now[i] > before[i]:
+                ok, current = await self.db.applied(stmt, (now[i], conv, before[i] or None))
+                if not ok:
+                    before[i] = (current[0].get(col) or 0) if current else 0
+                    continue
+                newly = [(r["sender"], conv, r["seq"])
+                         for r in await self._messages_between(conv, before[i], now[i])
+                         if r["event"] is None]
+                out += await self._append_items(
+                    self._receipt_items(by, status, ts, newly, all_=True))
+                before[i] = now[i]
+        return out
+
+    async def receipt_state(self, conv: str, seq: int) -> ReceiptState:
+        async def op() -> ReceiptState:
+            g = await self._group(conv[2:]) if conv.startswith("g:") else None
+            users = list(g.members) if g is not None else conv.split(":")[1:]
+            found = await self._load(conv, [seq])
+            sender = found[seq].sender if seq in found else None
+            marks = {r["user"]: (r["delivered"] or 0, r["read"] or 0)
+                     for r in await self.db.run("marks", (conv,))}
+            delivered: list[str] = []
+            read: list[str] = []
+            pending: list[str] = []
+            for u in users:
+                if u == sender:
+                    continue
+                d, r = marks.get(u, (0, 0))
+                (read if r >= seq else delivered if d >= seq else pending).append(u)
+            return ReceiptState(tuple(delivered), tuple(read), tuple(pending))
+
+        return await self._op(op())
+
+    # ---- groups ----------------------------------------------------------------------------
+
+    async def _group(self, group: str) -> _Members | None:
+        head, rows = await self._gather([lambda: self.db.run("group", (group,)),
+                                         lambda: self.db.run("members", (group,))])
+        if not head:
+            return None
+        rows.sort(key=lambda r: (r["joined_seq"] or 0, r["pos"] or 0, r["user"]))
+        return _Members(head[0]["name"], {r["user"]: (bool(r["admin"]), r["joined_seq"] or 0)
+                                          for r in rows})
+
+    async def _add_members(self, group: str, users: list[str], admin: str | None,
+                           joined: int) -> None:
+        await self._gather(
+            [lambda u=u, i=i: self.db.run("add_member", (group, u, u == admin, joined, i))
+             for i, u in enumerate(users)]
+            + [lambda u=u: self.db.run("add_user_group", (u, group)) for u in users])
+
+    async def create_group(self, group: str, name: str, creator: str, members: list[str],
+                           ts: int) -> GroupInfo | None:
+        async def op() -> GroupInfo | None:
+            ok, _ = await self.db.applied("new_group", (group, name, ts))
+            if not ok:
+                return None
+            everyone = list(dict.fromkeys([creator, *members]))
+            await self._add_members(group, everyone, creator, 0)
+            await self._post_event(group, creator, ts, {"kind": "created", "by": creator,
+                                                        "name": name, "users": everyone})
+            return _Members(name, {u: (u == creator, 0) for u in everyone}).info(group)
+
+        return await self._op(op())
+
+    async def group(self, group: str) -> GroupInfo | None:
+        async def op() -> GroupInfo | None:
+            g, mode = await self._gather([lambda: self._group(group),
+                                          lambda: self._mode(f"g:{group}", fresh=True)])
+            return None if g is None else g.info(group, mode)
+
+        return await self._op(op())
+
+    async def change_group(self, group: str, actor: str, ts: int, *,
+                           add: tuple[str, ...] = (), remove: tuple[str, ...] = (),
+                           name: str | None = None) -> GroupInfo:
+        async def op() -> GroupInfo:
+            g = await self._group(group)
+            if g is None:
+                raise KeyError(group)
+            conv = f"g:{group}"
+            last = await self._read_last_seq(conv)
+            added = [u for u in dict.fromkeys(add) if u not in g.members]
+            removed = [u for u in dict.fromkeys(remove) if u in g.members]
+            for u in added:  # a new member starts after the messages sent before joining
+                g.members[u] = (False, last)
+            for u in removed:
+                del g.members[u]
+            writes: list[Callable[[], Awaitable[Any]]] = [
+                lambda u=u: self._set_marks(conv, u, last, last) for u in added]
+            writes += [lambda u=u: self.db.run("del_member", (group, u)) for u in removed]
+            writes += [lambda u=u: self.db.run("del_user_group", (u, group)) for u in removed]
+            if g.members and not any(a for a, _ in g.members.values()):
+                first = next(iter(g.members))  # the longest-standing member takes over
+                g.members[first] = (True, g.members[first][1])
+                writes.append(lambda: self.db.run("make_admin", (group, first)))
+            if name is not None:
+                g.name = name
+                writes.append(lambda: self.db.run("rename", (name, group)))
+            writes.append(lambda: self._add_members(group, added, None, last))
+            await self._gather(writes)
+            if added:
+                await self._post_event(group, actor, ts,
+                                       {"kind": "added", "by": actor, "users": added})
+            if removed:
+                kind = "left" if removed == [actor] else "removed"
+                await self._post_event(group, actor, ts,
+                                       {"kind": kind, "by": actor, "users": removed},
+                                       also=tuple(removed))
+                await self._advance_all(conv, actor, ts)  # the rest may all have it now
+            if name is not None:
+                await self._post_event(group, actor, ts,
+                                       {"kind": "renamed", "by": actor, "name": name})
+            return g.info(group, await self._mode(conv, fresh=True))
+
+        return await self._op(op())
+
+    async def user_groups(self, user: str) -> list[str]:
+        return [r["grp"] for r in await self._op(self.db.run("user_groups", (user,)))]
+
+    async def joined_at(self, group: str, user: str) -> int | None:
+        g = await self._op(self._group(group))
+        return None if g is None or user not in g.members else g.members[user][1]
+
+    # ---- presence --------------------------------------------------------------------------
+
+    async def presence_of(self, user: str) -> tuple[int | None, bool]:
+        rows = await self._op(self.db.run("user", (user,)))
+        return (rows[0]["last_seen"], bool(rows[0]["hide_last_seen"])) if rows else (None, False)
+
+    async def set_last_seen(self, seen: dict[str, int]) -> None:
+        # the time is the write timestamp: an older time never replaces a newer one
+        if seen:
+            await self._op(self._gather(lambda u=u, t=t: self.db.run("seen", (t * 1000, t, u))
+                                        for u, t in seen.items()))
+
+    async def set_privacy(self, user: str, hide_last_seen: bool) -> None:
+        await self._op(self.db.run("hide", (hide_last_seen, user)))
+
+    # ---- chat modes and expiry ---------------------------------------------------------------
+
+    async def conv_mode(self, conv: str) -> tuple[int, int]:
+        return await self._op(self._mode(conv, fresh=True))
+
+    async def set_mode(self, conv: str, mode: int, ttl: int, actor: str, ts: int) -> None:
+        async def op() -> None:
+            await self._gather([
+                lambda: self.db.run("set_mode", (mode, ttl, conv)),
+                lambda: self.db.run("add_disappearing" if mode == Mode.DISAPPEARING
+                                    else "del_disappearing", (conv,))])
+            self._modes[conv] = (trio.current_time(), (mode, ttl))
+            event = {"kind": "mode", "mode": mode, "ttl": ttl, "by": actor}
+            if conv.startswith("g:"):
+                await self._post_event(conv[2:], actor, ts, event)
+            else:
+                others = tuple(u for u in conv.split(":")[1:] if u != actor)
+                await self._append_all([NewMessage(actor, "server",
+                                                   f"ev-{secrets.token_hex(8)}", conv, others,
+                                                   b"", ts, event=event)])
+
+        await self._op(op())
+
+    async def collect(self, now: int, max_age_ms: int) -> dict[str, int]:
+        """Forget what the chat modes say to forget (see SqliteStore.collect for the rules).
+
+        Inbox items every device acknowledged go with one range delete per user (users whose
+        devices acknowledged through this node since its last pass). A TEMPORARY message
+        keeps the set of users whose inboxes still hold it (`holders`); the user whose
+        prune empties it deletes the row. Never-delivered TEMPORARY messages are found
+        through a queue partitioned by day, dropped a whole day at a time. DISAPPEARING
+        messages also carry a TTL; collect deletes each chat's expired prefix with one range
+        delete per bucket."""
+        return await self._op(self._collect(now, max_age_ms))
+
+    async def _collect(self, now: int, max_age_ms: int) -> dict[str, int]:
+        users, self._acked_users = self._acked_users, set()
+        held: dict[tuple[str, int], set[str]] = {}
+        acked = 0
+        for user in users:
+            devs = await self._devices(user)
+            if not devs:
+                continue
+            upto = min(devs.values())
+            rows = await self.db.run("items_upto", (user, 0, upto))
+            if not rows:
+                continue
+            await self.db.run("prune", (user, upto))
+            acked += len(rows)
+            for r in rows:
+                if r["receipt"] is None:
+                    held.setdefault((r["conv"], r["seq"]), set()).add(user)
+        delivered = 0
+        for (conv, seq), gone_from in held.items():
+            if (await self._mode(conv))[0] != Mode.TEMPORARY:
+                continue
+            key = (conv, bucket(seq), seq)
+            await self.db.run("drop_holders", (gone_from, *key))
+            rows = await self.db.run("holders", key)
+            if rows and not rows[0]["holders"]:
+                await self.db.run("del_msg", key)
+                delivered += 1
+        too_old = 0
+        cutoff = now - max_age_ms
+        for d in await self.db.run("days", (cutoff // DAY_MS,)):
+            day = d["day"]
+            rows = await self.db.run("queued", (day, cutoff, COLLECT_LIMIT))
+            for r in rows:
+                conv, seq = r["conv"], r["seq"]
+                if (await self._mode(conv))[0] != Mode.TEMPORARY or await self.db.run(
+                        "job", (conv, seq)):
+                    continue
+                if await self.db.run("holders", (conv, bucket(seq), seq)):
+                    await self.db.run("del_msg", (conv, bucket(seq), seq))
+                    too_old += 1
+            if len(rows) < COLLECT_LIMIT:
+                await self.db.run("unqueue", (day, cutoff))
+                if day < cutoff // DAY_MS:
+                    await self.db.run("del_day", (day,))
+                    self._days.discard(day)
+        expired = 0
+        for r in await self.db.run("disappearing"):
+            conv = r["conv"]
+            rows = await self.db.run("conv", (conv,))
+            if not rows or rows[0]["mode"] != Mode.DISAPPEARING:
+                continue
+            start, end = rows[0]["expired_upto"] or 0, now - (rows[0]["ttl"] or 0) * 1000
+            upto, last = start, await self._read_last_seq(conv)
+            for b in range(bucket(start + 1), bucket(last) + 1):  # oldest first, up to the
+                found = await self.db.run("msgs_up", (conv, b, start, last, COLLECT_LIMIT))
+                young = [m for m in found if m["ts"] >= end]  # first one not expired yet
+                for m in found[: found.index(young[0]) if young else len(found)]:
+                    upto = m["seq"]
+                    expired += 1
+                if young or expired >= COLLECT_LIMIT:
+                    break
+            if upto > start:
+                await self._gather(lambda b=b: self.db.run("del_msgs_upto", (conv, b, upto))
+                                   for b in range(bucket(start + 1), bucket(upto) + 1))
+                await self.db.run("set_expired", (upto, conv))
+        return {"inbox_acked": acked, "delivered": delivered, "too_old": too_old,
+                "expired": expired, "inbox_orphans": 0}

@@ -1,0 +1,317 @@
+"""cassandra-driver under trio: the URL, the connection, awaiting a request, the schema.
+
+The driver runs its own I/O thread. A request is sent with `execute_async`; its callbacks run
+on that thread and hand each page to the trio task through `run_sync_soon` (thread-safe), so
+the event loop never blocks on Cassandra. Blocking driver calls (connecting, preparing,
+shutting down) run in `trio.to_thread`. Every driver error becomes a StoreError: the server
+treats it as "the store cannot do this now", and the client sends again later.
+
+Schema changes are made by `chatd migrate --store cassandra://...`, not by `chatd serve`:
+Cassandra schema changes are cluster-wide and not transactional, and several nodes starting at
+once would race to make them. `serve` checks the schema version and refuses to start (with the
+command to run) if the keyspace is missing, older or newer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any, Final
+
+import trio
+
+from .base import StoreError
+
+log = logging.getLogger("chatd.store.cassandra")
+
+LEVELS: Final = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM",
+                 "LOCAL_ONE")
+SERIAL_LEVELS: Final = ("SERIAL", "LOCAL_SERIAL")
+
+
+class BadCassandraURL(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class CassandraURL:
+    """cassandra://host[:port][,host[:port]...]/keyspace[?option=value&...]
+
+    Options: replication=N (SimpleStrategy, N copies) or replication=dc1:3,dc2:3
+    (NetworkTopologyStrategy; used by `chatd migrate` when it creates the keyspace),
+    consistency=LOCAL_QUORUM (reads and writes), serial=LOCAL_SERIAL (lightweight
+    transactions), dc=NAME (the local data centre for routing), timeout=SECONDS (per request).
+    """
+
+    hosts: tuple[tuple[str, int], ...]
+    keyspace: str
+    replication: dict[str, int] = dataclasses.field(default_factory=lambda: {"": 1})
+    consistency: str = "LOCAL_QUORUM"
+    serial: str = "LOCAL_SERIAL"
+    dc: str | None = None
+    timeout: float = 5.0
+
+    @classmethod
+    def parse(cls, url: str) -> CassandraURL:
+        u = urllib.parse.urlsplit(url)
+        if u.scheme != "cassandra" or not u.netloc:
+            raise BadCassandraURL(f"{url!r}: expected cassandra://host[:port][,host...]/keyspace")
+        hosts = []
+        for part in u.netloc.split(","):
+            host, _, port = part.rpartition(":") if ":" in part else (part, "", "9042")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise BadCassandraURL(f"{url!r}: bad host {part!r}")
+            hosts.append((host, int(port)))
+        keyspace = u.path.strip("/")
+        if not keyspace.replace("_", "a").isalnum() or len(keyspace) > 48:
+            raise BadCassandraURL(f"{url!r}: the keyspace must be 1-48 letters, digits or _")
+        opts: dict[str, Any] = {}
+        for key, values in urllib.parse.parse_qs(u.query, keep_blank_values=True).items():
+            value = values[-1]
+            if key == "replication":
+                opts[key] = _replication(url, value)
+            elif key == "consistency":
+                if value.upper() not in LEVELS:
+                    raise BadCassandraURL(f"{url!r}: consistency is one of {', '.join(LEVELS)}")
+                opts[key] = value.upper()
+            elif key == "serial":
+                if value.upper() not in SERIAL_LEVELS:
+                    raise BadCassandraURL(f"{url!r}: serial is SERIAL or LOCAL_SERIAL")
+                opts[key] = value.upper()
+            elif key == "dc":
+                opts[key] = value
+            elif key == "timeout":
+                try:
+                    opts[key] = float(value)
+                except ValueError:
+                    opts[key] = -1.0
+                if not 0 < opts[key] <= 600:
+                    raise BadCassandraURL(f"{url!r}: timeout is seconds, 0 < timeout <= 600")
+            else:
+                raise BadCassandraURL(f"{url!r}: unknown option {key!r} (replication,"
+                                      " consistency, serial, dc, timeout)")
+        return cls(tuple(hosts), keyspace.lower(), **opts)
+
+    def replication_cql(self) -> str:
+        if "" in self.replication:
+            return ("{'class': 'SimpleStrategy', 'replication_factor': %d}"
+                    % self.replication[""])
+        dcs = ", ".join(f"'{dc}': {n}" for dc, n in self.replication.items())
+        return "{'class': 'NetworkTopologyStrategy', " + dcs + "}"
+
+
+def _replication(url: str, value: str) -> dict[str, int]:
+    try:
+        if value.isdigit():
+            out = {"": int(value)}
+        else:
+            out = {dc: int(n) for dc, _, n in (p.partition(":") for p in value.split(","))}
+    except ValueError:
+        out = {}
+    if not out or not all(0 < n <= 10 for n in out.values()) or any(
+            not dc.replace("_", "a").replace("-", "a").isalnum() for dc in out if dc):
+        raise BadCassandraURL(f"{url!r}: replication is N or dc1:N,dc2:M")
+    return out
+
+
+def store_error(exc: BaseException) -> StoreError:
+    """A driver error as the project's own: the message says what failed and that it is
+    Cassandra, without the driver's internals."""
+    text = str(exc).split("\n")[0][:300] or type(exc).__name__
+    return StoreError(f"cassandra: {type(exc).__name__}: {text}")
+
+
+class Session:
+    """One driver Session for one trio run: prepared statements and awaited requests."""
+
+    def __init__(self, url: CassandraURL) -> None:
+        self.url = url
+        self._cluster: Any = None
+        self._session: Any = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._prepared: dict[str, Any] = {}
+
+    async def connect(self, keyspace: str | None) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        try:
+            await trio.to_thread.run_sync(self._connect, keyspace)
+        except Exception as exc:
+            await self.close()
+            raise store_error(exc) from exc
+
+    def _connect(self, keyspace: str | None) -> None:
+        from cassandra import ConsistencyLevel
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import (
+            ConstantReconnectionPolicy,
+            DCAwareRoundRobinPolicy,
+            TokenAwarePolicy,
+        )
+        from cassandra.query import dict_factory
+
+        u = self.url
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=u.dc)),
+            consistency_level=getattr(ConsistencyLevel, u.consistency),
+            serial_consistency_level=getattr(ConsistencyLevel, u.serial),
+            request_timeout=u.timeout, row_factory=dict_factory)
+        self._cluster = Cluster(
+            contact_points=list(u.hosts), execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            protocol_version=5, connect_timeout=u.timeout,
+            # come back within a second of the node returning, whatever the outage length
+            reconnection_policy=ConstantReconnectionPolicy(1.0, None))
+        self._session = self._cluster.connect(keyspace)
+
+    async def close(self) -> None:
+        if self._cluster is not None:
+            cluster, self._cluster = self._cluster, None
+            await trio.to_thread.run_sync(cluster.shutdown)
+
+    async def prepare(self, statements: dict[str, str]) -> None:
+        def run() -> None:
+            for name, cql in statements.items():
+                self._prepared[name] = self._session.prepare(cql)
+
+        try:
+            await trio.to_thread.run_sync(run)
+        except Exception as exc:
+            raise store_error(exc) from exc
+
+    def __getitem__(self, name: str) -> Any:
+        return self._prepared[name]
+
+    def batch(self, items: Sequence[tuple[str, Sequence[Any]]]) -> Any:
+        """One batch of prepared statements (a conditional batch if they have IF: those must
+        all be in one partition)."""
+        from cassandra.query import BatchStatement, BatchType
+
+        b = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for name, params in items:
+            b.add(self._prepared[name], params)
+        return b
+
+    async def run(self, stmt: Any, params: Sequence[Any] | None = None, *,
+                  pages: bool = True) -> list[dict[str, Any]]:
+        """Execute and await the rows (every page of them unless pages=False). stmt is the
+        name of a prepared statement, CQL text, or a batch."""
+        if isinstance(stmt, str):
+            stmt = stmt if " " in stmt else self._prepared[stmt]
+        token = self._token
+        assert token is not None and self._session is not None, "not connected"
+        send, recv = trio.open_memory_channel[tuple[bool, Any]](math.inf)
+
+        def deliver(ok: bool, value: Any) -> None:
+            try:
+                token.run_sync_soon(send.send_nowait, (ok, value))
+            except trio.RunFinishedError:
+                pass
+
+        try:
+            future = self._session.execute_async(stmt, params)
+        except Exception as exc:
+            raise store_error(exc) from exc
+        future.add_callbacks(lambda rows: deliver(True, rows), lambda exc: deliver(False, exc))
+        out: list[dict[str, Any]] = []
+        while True:
+            ok, value = await recv.receive()
+            if not ok:
+                raise store_error(value)
+            if value:
+                out.extend(value)
+            if not (pages and future.has_more_pages):
+                return out
+            future.start_fetching_next_page()
+
+    async def applied(self, stmt: Any, params: Sequence[Any] | None = None
+                      ) -> tuple[bool, list[dict[str, Any]]]:
+        """A lightweight transaction: (applied, the current rows when it was not)."""
+        rows = await self.run(stmt, params)
+        return bool(rows and rows[0].get("[applied]")), rows
+
+
+# ---- schema -----------------------------------------------------------------------------
+
+# MIGRATIONS[v] takes the keyspace from version v to v + 1. See docs/CASSANDRA.md for why
+# each table looks the way it does.
+MIGRATIONS: Final[dict[int, list[str]]] = {
+    0: [
+        "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value int)",
+        "CREATE TABLE IF NOT EXISTS users (user text PRIMARY KEY, last_seen bigint,"
+        " hide_last_seen boolean)",
+        "CREATE TABLE IF NOT EXISTS devices (user text, device text, cursor bigint,"
+        " PRIMARY KEY (user, device))",
+        # Each user's inbox: one partition, items by position q; last_q is the counter, moved
+        # with the items it numbers in one conditional batch.
+        "CREATE TABLE IF NOT EXISTS inbox (user text, q bigint, conv text, seq bigint,"
+        " sender text, receipt blob, last_q bigint static, PRIMARY KEY (user, q))",
+        # Each conversation's sequence counter and the client ids sent in it (idempotency),
+        # claimed together in one conditional batch.
+        "CREATE TABLE IF NOT EXISTS sends (conv text, sender text, client_id text,"
+        " seq bigint, ts bigint, at bigint, done boolean, last_seq bigint static,"
+        " PRIMARY KEY (conv, sender, client_id))",
+        "CREATE TABLE IF NOT EXISTS messages (conv text, bucket bigint, seq bigint, ts bigint,"
+        " sender text, device text, client_id text, body blob, media blob, grp text,"
+        " event blob, holders set<text>, PRIMARY KEY ((conv, bucket), seq))"
+        " WITH CLUSTERING ORDER BY (seq DESC) AND gc_grace_seconds = 10800",
+        "CREATE TABLE IF NOT EXISTS convs (conv text PRIMARY KEY, mode int, ttl int,"
+        " all_delivered bigint, all_read bigint, expired_upto bigint)",
+        "CREATE TABLE IF NOT EXISTS disappearing (k int, conv text, PRIMARY KEY (k, conv))",
+        "CREATE TABLE IF NOT EXISTS marks (conv text, user text, delivered bigint,"
+        " read bigint, PRIMARY KEY (conv, user))",
+        "CREATE TABLE IF NOT EXISTS groups (grp text PRIMARY KEY, name text,"
+        " created_ts bigint)",
+        "CREATE TABLE IF NOT EXISTS group_members (grp text, user text, admin boolean,"
+        " joined_seq bigint, pos int, PRIMARY KEY (grp, user))",
+        "CREATE TABLE IF NOT EXISTS user_groups (user text, grp text,"
+        " PRIMARY KEY (user, grp))",
+        "CREATE TABLE IF NOT EXISTS fanout (shard int, conv text, seq bigint,"
+        " recipients list<text>, done int, PRIMARY KEY (shard, conv, seq))"
+        " WITH gc_grace_seconds = 3600",
+        "CREATE TABLE IF NOT EXISTS temp_queue (day bigint, ts bigint, conv text, seq bigint,"
+        " PRIMARY KEY (day, ts, conv, seq)) WITH gc_grace_seconds = 10800 AND compaction ="
+        " {'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'DAYS',"
+        " 'compaction_window_size': 1}",
+        "CREATE TABLE IF NOT EXISTS temp_days (k int, day bigint, PRIMARY KEY (k, day))",
+    ],
+}
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+TABLES: Final = ("meta", "users", "devices", "inbox", "sends", "messages", "convs",
+                 "disappearing", "marks", "groups", "group_members", "user_groups", "fanout",
+                 "temp_queue", "temp_days")
+
+
+async def schema_version(session: Session) -> int:
+    try:
+        rows = await session.run(f"SELECT value FROM {session.url.keyspace}.meta"
+                                 " WHERE key = 'schema_version'")
+    except StoreError as exc:
+        if "unconfigured table" in str(exc) or "does not exist" in str(exc):
+            return 0
+        raise
+    return int(rows[0]["value"]) if rows else 0
+
+
+async def migrate(url: str) -> tuple[int, int]:
+    """Create the keyspace if needed and bring it to SCHEMA_VERSION: (before, after)."""
+    u = CassandraURL.parse(url)
+    s = Session(u)
+    await s.connect(None)
+    try:
+        await s.run(f"CREATE KEYSPACE IF NOT EXISTS {u.keyspace} WITH replication ="
+                    f" {u.replication_cql()}")
+        before = version = await schema_version(s)
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"keyspace {u.keyspace} has schema {version}, newer than this"
+                             f" chatd ({SCHEMA_VERSION}): upgrade chatd")
+        while version < SCHEMA_VERSION:
+            for cql in MIGRATIONS[version]:
+                await s.run(cql.replace("EXISTS ", f"EXISTS {u.keyspace}.", 1))
+            version += 1
+            await s.run(f"INSERT INTO {u.keyspace}.meta (key, value)"
+                        f" VALUES ('schema_version', {version})")
+        return before, version
+    finally:
+        await s.close()
