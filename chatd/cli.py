@@ -18,7 +18,7 @@ import trio
 
 from chatd.auth import load_or_create_secret, make_token
 from chatd.server import ConfigError, load_config, serve
-from chatd.store import BadStoreURL, check_store_url, open_store
+from chatd.store import BadStoreURL, StoreError, check_store_url, open_store
 from chatd.util import single_errors
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,7 +37,9 @@ def server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with the settings (a [server] table)")
     p.add_argument("--data-dir", help="where the SQLite store and the token secret live"
                    " (default ./chatd-data)")
-    p.add_argument("--store", help="memory:// or sqlite:///path/to/file.db")
+    p.add_argument("--store", help="memory://, sqlite:///path/to/file.db, or"
+                   " cassandra://host[:port][,host...]/keyspace[?replication=3&"
+                   "consistency=LOCAL_QUORUM&serial=LOCAL_SERIAL&dc=NAME&timeout=5]")
 
 
 def add_serve(sub: Any) -> None:
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatd", description="chatd messaging server")
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve(sub)
+    p = sub.add_parser("migrate", help="create or upgrade the store's schema (Cassandra:"
+                       " needed before serve; SQLite: done on start anyway)")
+    server_options(p)
     p = sub.add_parser("token", help="register a user and print a signed token")
     server_options(p)
     p.add_argument("user")
@@ -167,6 +172,22 @@ async def run_supervisor(cfg: Any, workers: int) -> int:
     return 0
 
 
+async def run_migrate(args: argparse.Namespace) -> int:
+    cfg = server_config(args)
+    check_store_url(cfg.store_url)
+    if cfg.store_url.startswith("cassandra:"):
+        from chatd.store.cql import migrate
+
+        before, after = await migrate(cfg.store_url)
+        print(f"chatd: {cfg.store_url}: schema {before} -> {after}"
+              + (" (up to date)" if before == after else ""))
+    else:
+        async with open_store(cfg.store_url):  # SQLite migrates when it opens
+            pass
+        print(f"chatd: {cfg.store_url}: schema up to date")
+    return 0
+
+
 async def run_token(args: argparse.Namespace) -> int:
     cfg = server_config(args)
     secret = load_or_create_secret(cfg.data_dir)
@@ -245,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runners = {"serve": run_serve, "token": run_token, "send": run_send, "listen": run_listen}
+    runners = {"serve": run_serve, "migrate": run_migrate, "token": run_token,
+               "send": run_send, "listen": run_listen}
     try:
         with single_errors():  # trio nurseries wrap errors: report the one
             if args.command == "chat":
@@ -256,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, BadStoreURL) as exc:
         print(f"chatd: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:  # e.g. Cassandra unreachable, or its schema not made yet
+        print(f"chatd: store: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:  # a worker of `chatd serve --workers N` did not start

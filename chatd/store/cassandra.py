@@ -245,13 +245,14 @@ class CassandraStore:
     # ---- life ----------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        await self.db.connect(self.url.keyspace)
+        await self.db.connect(None)
         version = await schema_version(self.db)
         if version != SCHEMA_VERSION:
             await self.db.close()
             what = "has no chatd schema" if version == 0 else f"has schema {version}"
             raise StoreError(f"keyspace {self.url.keyspace} {what}, this chatd needs"
                              f" {SCHEMA_VERSION}: run `chatd migrate --store <url>` first")
+        await self.db.use(self.url.keyspace)
         await self.db.prepare(STATEMENTS)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -136,10 +136,19 @@ class Session:
 
     async def connect(self, keyspace: str | None) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        driver_log = logging.getLogger("cassandra")
+        if driver_log.level == logging.NOTSET:  # its tracebacks say what our StoreError says
+            driver_log.setLevel(logging.CRITICAL)
         try:
             await trio.to_thread.run_sync(self._connect, keyspace)
         except Exception as exc:
             await self.close()
+            raise store_error(exc) from exc
+
+    async def use(self, keyspace: str) -> None:
+        try:
+            await trio.to_thread.run_sync(self._session.set_keyspace, keyspace)
+        except Exception as exc:
             raise store_error(exc) from exc
 
     def _connect(self, keyspace: str | None) -> None:
@@ -288,7 +297,8 @@ async def schema_version(session: Session) -> int:
         rows = await session.run(f"SELECT value FROM {session.url.keyspace}.meta"
                                  " WHERE key = 'schema_version'")
     except StoreError as exc:
-        if "unconfigured table" in str(exc) or "does not exist" in str(exc):
+        if "unconfigured table" in str(exc) or "does not exist" in str(exc) or (
+                "Keyspace" in str(exc)):
             return 0
         raise
     return int(rows[0]["value"]) if rows else 0

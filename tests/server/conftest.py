@@ -43,13 +43,20 @@ class Node:
 StartNode = Callable[..., Any]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "cassandra"])
 async def start_node(request: pytest.FixtureRequest, tmp_path: Path,
                      nursery: trio.Nursery) -> AsyncIterator[StartNode]:
+    """Start a node on the embedded store, and again (the same test) on Cassandra."""
+    url = None
+    if request.param == "cassandra":
+        cassandra = request.getfixturevalue("cassandra")
+        cassandra.truncate()
+        url = cassandra.url()
+
     async def start(**overrides: Any) -> Node:
         cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(tmp_path / "data"))
-        if request.param == "memory":
-            cfg.store = "memory://"
+        if url is not None:
+            cfg.store = url
         for k, v in overrides.items():
             setattr(cfg, k, v)
         load_or_create_secret(cfg.data_dir)

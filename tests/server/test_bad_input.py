@@ -167,13 +167,20 @@ async def test_slow_consumer_is_disconnected_and_loses_nothing(start_node: Start
     # bob reads nothing while alice sends more than his socket buffers and queue hold
     body = b"y" * 8000
     n = 400
-    async with node.connect("alice") as alice:
-        for i in range(n):
-            await alice.send("bob", body + str(i).encode())
-    assert node.server.stats["slow_consumers"] == 1
     frames = []
-    while (f := await slow.recv()) is not None:
-        frames.append(f)
+
+    async def read_once_cut_off() -> None:  # (within the server's 1 s grace for the error)
+        while not node.server.stats["slow_consumers"]:
+            await trio.sleep(0.01)
+        while (f := await slow.recv()) is not None:
+            frames.append(f)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_once_cut_off)
+        async with node.connect("alice") as alice:
+            for i in range(n):
+                await alice.send("bob", body + str(i).encode())
+    assert node.server.stats["slow_consumers"] == 1
     errors = [f for f in frames if isinstance(f, F.Error)]
     assert [e.code for e in errors] == [ErrorCode.SLOW_CONSUMER]
     got = [f for f in frames if isinstance(f, F.Deliver)]
