@@ -340,6 +340,9 @@ class ChatServer:
                     await self.presence.disconnected(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except StoreError as exc:  # while the store is down: say so; the client retries
+            log.warning("connection refused: store unavailable: %s", exc)
+            await self._refuse(transport, conn, ErrorCode.INTERNAL, f"store unavailable: {exc}")
         except Exception:
             log.exception("connection failed")
             await self._refuse(transport, conn, ErrorCode.INTERNAL, "internal error")
