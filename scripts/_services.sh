@@ -1,14 +1,27 @@
 # Sourced by scripts/test: the outside programs the tests run for real.
-# Redis (tests/server/redis_servers.py starts its own servers on spare loopback ports).
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  echo "== installing redis-server (Debian package) for the multi-node tests"
+# Redis (tests/server/redis_servers.py starts its own servers on spare loopback ports) and
+# Cassandra 5.0 (tests/cassandra_node.py starts one node on spare loopback ports, from the
+# jars scripts/cassandra-fetch gets from Maven Central; Java 17 runs it).
+apt_install() {  # apt_install WHAT PACKAGE...
+  echo "== installing $1 (Debian packages: ${*:2})"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null
+    apt-get update -q >/dev/null && apt-get install -y -q "${@:2}" >/dev/null
   else
-    echo "error: redis-server is missing and cannot be installed here (need root and apt-get);" \
-         "install Redis 7 (redis-server, redis-cli) and run again" >&2
+    echo "error: $1 is missing and cannot be installed here (need root and apt-get);" \
+         "install ${*:2} and run again" >&2
     exit 1
   fi
+}
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  apt_install "Redis for the multi-node tests" redis-server
 fi
 echo "== $(redis-server --version | cut -d' ' -f1-3)"
+if [ ! -x /usr/lib/jvm/java-17-openjdk-amd64/bin/java ]; then
+  apt_install "Java 17 for the Cassandra tests" openjdk-17-jre-headless
+fi
+if ! command -v mvn >/dev/null; then
+  apt_install "Maven to fetch Cassandra" maven
+fi
+CASSANDRA_LIB="$(scripts/cassandra-fetch)" || { echo "error: could not fetch Cassandra" >&2; exit 1; }
+echo "== Cassandra $(basename "$(dirname "$CASSANDRA_LIB")") jars in $CASSANDRA_LIB"

@@ -26,7 +26,8 @@ from .cassandra import CassandraStore
 from .cql import BadCassandraURL, CassandraURL
 from .sqlite import SqliteStore
 
-__all__ = ["Appended", "BadStoreURL", "CassandraStore", "GroupInfo", "Item", "NewMessage", "Page", "ReceiptState",
+__all__ = ["Appended", "BadStoreURL", "CassandraStore", "GroupInfo", "Item", "NewMessage",
+           "Page", "ReceiptState",
            "SqliteStore", "Store", "StoreError", "check_store_url",
            "conv_members", "direct_conv", "open_store"]
 

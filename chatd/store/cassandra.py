@@ -60,6 +60,7 @@ DAY_MS: Final = 86_400_000
 IDS_TTL: Final = 30 * 86_400  # seconds a client id is remembered for retries
 REDO_AFTER_MS: Final = 15_000  # an unfinished send older than this is completed by its retry
 COLLECT_LIMIT: Final = 10_000
+LEASE_MS: Final = 30_000  # a fan-out job is another node's for this long after its last step
 CACHE_S: Final = 2.0  # how long a conversation's mode is trusted from memory
 
 STATEMENTS: Final = {
@@ -122,10 +123,14 @@ STATEMENTS: Final = {
     "add_user_group": "INSERT INTO user_groups (user, grp) VALUES (?, ?)",
     "del_user_group": "DELETE FROM user_groups WHERE user = ? AND grp = ?",
     "add_job": "INSERT INTO fanout (shard, conv, seq, recipients, done) VALUES (0, ?, ?, ?, 0)",
-    "job": "SELECT recipients, done FROM fanout WHERE shard = 0 AND conv = ? AND seq = ?",
+    "job": "SELECT recipients, done, owner, lease FROM fanout"
+           " WHERE shard = 0 AND conv = ? AND seq = ?",
     "jobs": "SELECT conv, seq FROM fanout WHERE shard = 0",
-    "job_step": "UPDATE fanout SET done = ? WHERE shard = 0 AND conv = ? AND seq = ? IF done = ?",
-    "job_done": "DELETE FROM fanout WHERE shard = 0 AND conv = ? AND seq = ? IF EXISTS",
+    "job_take": "UPDATE fanout SET owner = ?, lease = ? WHERE shard = 0 AND conv = ? AND seq = ?"
+                " IF owner = ? AND lease = ?",
+    "job_step": "UPDATE fanout SET done = ?, lease = ? WHERE shard = 0 AND conv = ? AND seq = ?"
+                " IF owner = ? AND done = ?",
+    "job_done": "DELETE FROM fanout WHERE shard = 0 AND conv = ? AND seq = ? IF owner = ?",
     "queue": "INSERT INTO temp_queue (day, ts, conv, seq) VALUES (?, ?, ?, ?)",
     "queued": "SELECT ts, conv, seq FROM temp_queue WHERE day = ? AND ts < ? LIMIT ?",
     "unqueue": "DELETE FROM temp_queue WHERE day = ? AND ts < ?",
@@ -216,7 +221,8 @@ def now_ms() -> int:
 
 
 def _receipt_blob(seqs: list[int], by: str, status: int, ts: int, all_: bool) -> bytes:
-    return msgpack.packb({"ss": seqs, "by": by, "st": status, "ts": ts, "all": all_})
+    blob: bytes = msgpack.packb({"ss": seqs, "by": by, "st": status, "ts": ts, "all": all_})
+    return blob
 
 
 class CassandraStore:
@@ -241,6 +247,7 @@ class CassandraStore:
         self._wake = trio.Event()
         self._closed = False
         self.inflight = 0
+        self.node_id = secrets.token_hex(8)  # owns the fan-out jobs it runs
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -316,7 +323,7 @@ class CassandraStore:
             if self.on_batch is not None:
                 self.on_batch(trio.current_time() - started)
 
-    async def _gather(self, calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    async def _gather(self, calls: Iterable[Callable[..., Awaitable[Any]]]) -> list[Any]:
         """Run calls concurrently; the first StoreError is raised as itself."""
         fns = list(calls)
         if len(fns) == 1:
@@ -324,7 +331,7 @@ class CassandraStore:
         results: list[Any] = [None] * len(fns)
         errors: list[StoreError] = []
 
-        async def one(i: int, fn: Callable[[], Awaitable[T]]) -> None:
+        async def one(i: int, fn: Callable[..., Awaitable[Any]]) -> None:
             try:
                 results[i] = await fn()
             except StoreError as exc:
@@ -488,7 +495,7 @@ class CassandraStore:
                             strict=True):
                 claims[i] = c
 
-        calls: list[Callable[[], Awaitable[Any]]] = [lambda c=c: claim(c) for c in convs]
+        calls: list[Callable[..., Awaitable[Any]]] = [lambda c=c: claim(c) for c in convs]
         calls += [lambda c=c: self._mode(c) for c in convs]
         calls += [lambda u=u: self._devices(u) for u in senders]
         calls += [lambda g=g: self._group(g) for g in groups]
@@ -498,7 +505,7 @@ class CassandraStore:
                            strict=True))
         members = dict(zip(groups, got[2 * len(convs) + len(senders) :], strict=True))
         results: list[Appended] = []
-        writes: list[Callable[[], Awaitable[Any]]] = []
+        writes: list[Callable[..., Awaitable[Any]]] = []
         inbox: dict[str, list[Item]] = {}
         done: list[tuple[Any, ...]] = []
         for m, c in zip(msgs, claims, strict=True):
@@ -579,30 +586,35 @@ class CassandraStore:
 
     async def fanout(self, conv: str, seq: int) -> bool:
         """Run the fan-out job of a group message to the end. False if there is no such job
-        (done already, by this node or another). Progress is a conditional update, so two
-        nodes running one job repeat at most one step between them."""
+        (done already, by this node or another); StoreError if another node is running it
+        (try again later: its lease runs out if that node died)."""
         return await self._op(self._fanout(conv, seq))
 
     async def _fanout(self, conv: str, seq: int) -> bool:
         rows = await self.db.run("job", (conv, seq))
         if not rows:
             return False
-        recipients, done = rows[0]["recipients"] or [], rows[0]["done"] or 0
-        found = await self._load(conv, [seq])
-        template = found.get(seq)
+        job = rows[0]
+        recipients, done = job["recipients"] or [], job["done"] or 0
+        if job["owner"] not in (None, self.node_id) and (job["lease"] or 0) > now_ms():
+            raise StoreError(f"the fan-out of {conv}/{seq} is running on another node")
+        key = (conv, seq)
+        ok, _ = await self.db.applied("job_take", (self.node_id, now_ms() + LEASE_MS, *key,
+                                                   job["owner"], job["lease"]))
+        if not ok:
+            raise StoreError(f"the fan-out of {conv}/{seq} was just taken by another node")
+        template = (await self._load(conv, [seq])).get(seq)
         while template is not None and done < len(recipients):
-            self._job_left[(conv, seq)] = len(recipients) - done
+            self._job_left[key] = len(recipients) - done
             end = min(len(recipients), done + FANOUT_CHUNK)
             await self._append_items({u: [template] for u in recipients[done:end]})
-            ok, current = await self.db.applied("job_step", (end, conv, seq, done))
-            if not ok:
-                if not current or current[0].get("done") is None:
-                    return True  # finished by another node
-                done = current[0]["done"]
-                continue
+            ok, _ = await self.db.applied("job_step", (end, now_ms() + LEASE_MS, *key,
+                                                       self.node_id, done))
+            if not ok:  # too slow: the lease ran out and another node took the job over
+                raise StoreError(f"the fan-out of {conv}/{seq} was taken over")
             done = end
-        await self.db.run("job_done", (conv, seq))
-        self._job_left.pop((conv, seq), None)
+        await self.db.run("job_done", (*key, self.node_id))
+        self._job_left.pop(key, None)
         return True
 
     async def _load(self, conv: str, seqs: list[int]) -> dict[int, Deliver]:
@@ -679,7 +691,7 @@ class CassandraStore:
     async def _set_marks(self, conv: str, user: str, delivered: int | None,
                          read: int | None) -> None:
         """Raise a member's watermarks; a lower value never wins (it is the write time)."""
-        calls: list[Callable[[], Awaitable[Any]]] = []
+        calls: list[Callable[..., Awaitable[Any]]] = []
         if delivered is not None:
             calls.append(lambda: self.db.run("set_delivered",
                                              (delivered + 1, delivered, conv, user)))
@@ -872,7 +884,7 @@ class CassandraStore:
                 g.members[u] = (False, last)
             for u in removed:
                 del g.members[u]
-            writes: list[Callable[[], Awaitable[Any]]] = [
+            writes: list[Callable[..., Awaitable[Any]]] = [
                 lambda u=u: self._set_marks(conv, u, last, last) for u in added]
             writes += [lambda u=u: self.db.run("del_member", (group, u)) for u in removed]
             writes += [lambda u=u: self.db.run("del_user_group", (u, group)) for u in removed]
@@ -1020,8 +1032,9 @@ class CassandraStore:
                 if young or expired >= COLLECT_LIMIT:
                     break
             if upto > start:
-                await self._gather(lambda b=b: self.db.run("del_msgs_upto", (conv, b, upto))
-                                   for b in range(bucket(start + 1), bucket(upto) + 1))
+                await self._gather(
+                    lambda b=b, c=conv, u=upto: self.db.run("del_msgs_upto", (c, b, u))
+                    for b in range(bucket(start + 1), bucket(upto) + 1))
                 await self.db.run("set_expired", (upto, conv))
         return {"inbox_acked": acked, "delivered": delivered, "too_old": too_old,
                 "expired": expired, "inbox_orphans": 0}

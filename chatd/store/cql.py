@@ -97,8 +97,8 @@ class CassandraURL:
 
     def replication_cql(self) -> str:
         if "" in self.replication:
-            return ("{'class': 'SimpleStrategy', 'replication_factor': %d}"
-                    % self.replication[""])
+            return ("{'class': 'SimpleStrategy', 'replication_factor': "
+                    f"{self.replication['']}}}")
         dcs = ", ".join(f"'{dc}': {n}" for dc, n in self.replication.items())
         return "{'class': 'NetworkTopologyStrategy', " + dcs + "}"
 
@@ -277,7 +277,8 @@ MIGRATIONS: Final[dict[int, list[str]]] = {
         "CREATE TABLE IF NOT EXISTS user_groups (user text, grp text,"
         " PRIMARY KEY (user, grp))",
         "CREATE TABLE IF NOT EXISTS fanout (shard int, conv text, seq bigint,"
-        " recipients list<text>, done int, PRIMARY KEY (shard, conv, seq))"
+        " recipients list<text>, done int, owner text, lease bigint,"
+        " PRIMARY KEY (shard, conv, seq))"
         " WITH gc_grace_seconds = 3600",
         "CREATE TABLE IF NOT EXISTS temp_queue (day bigint, ts bigint, conv text, seq bigint,"
         " PRIMARY KEY (day, ts, conv, seq)) WITH gc_grace_seconds = 10800 AND compaction ="

@@ -1,6 +1,7 @@
 """Several chatd nodes joined through Redis (`--node-id`, `--redis`), sharing one store: 1:1,
 groups, receipts and presence across nodes; a node killed with SIGKILL; Redis restarted
-mid-run. Everything runs against one Redis and against a three-master Redis Cluster."""
+mid-run. Everything runs against one Redis and against a three-master Redis Cluster, with the
+nodes sharing one SQLite file, and again (one Redis) with the nodes sharing Cassandra."""
 
 from __future__ import annotations
 
@@ -39,8 +40,20 @@ def redis(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     r.stop()
 
 
+@pytest.fixture(params=["sqlite", "cassandra"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """The store the nodes share: None for the SQLite file in their data dir."""
+    if request.param == "sqlite":
+        return None
+    if request.node.callspec.params.get("redis") == "cluster":
+        pytest.skip("Cassandra runs with one Redis (the Redis Cluster is tested on SQLite)")
+    cassandra = request.getfixturevalue("cassandra")
+    cassandra.truncate()
+    return str(cassandra.url())
+
+
 @pytest.fixture
-async def nodes(redis: RedisServer | RedisCluster, tmp_path: Path,
+async def nodes(redis: RedisServer | RedisCluster, tmp_path: Path, store_url: str | None,
                 nursery: trio.Nursery) -> AsyncIterator[list[Node]]:
     data = tmp_path / "data"
     load_or_create_secret(str(data))
@@ -49,7 +62,7 @@ async def nodes(redis: RedisServer | RedisCluster, tmp_path: Path,
     for i in range(3):
         cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
                      node_id=f"{run}-n{i}", redis=redis.url,
-                     presence_threshold=5)
+                     presence_threshold=5, store=store_url)
         server = await nursery.start(lambda task_status, c=cfg: serve(
             c, task_status=task_status))
         out.append(Node(server, cfg))
@@ -99,12 +112,14 @@ CHATD = [sys.executable, "-m", "chatd.cli"]
 
 
 @contextlib.contextmanager
-def node_process(data: Path, node_id: str, redis_url: str) -> Iterator[tuple[Any, int]]:
+def node_process(data: Path, node_id: str, redis_url: str,
+                 store_url: str | None) -> Iterator[tuple[Any, int]]:
     log = data.parent / f"{node_id}.log"  # a file, not a pipe nobody reads: it never fills
+    store = ["--store", store_url] if store_url else []
     with open(log, "w") as err:
         proc = subprocess.Popen([*CHATD, "serve", "--workers", "1", "--data-dir", str(data),
                                  "--tcp-port", "0", "--ws-port", "-1", "--node-id", node_id,
-                                 "--redis", redis_url], stderr=err, text=True)
+                                 "--redis", redis_url, *store], stderr=err, text=True)
     deadline = time.monotonic() + 30
     while not (m := re.search(r"tcp://127.0.0.1:(\d+)", log.read_text())):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -118,12 +133,12 @@ def node_process(data: Path, node_id: str, redis_url: str) -> Iterator[tuple[Any
 
 
 async def test_a_killed_node_loses_nothing_sent(redis: RedisServer | RedisCluster,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, store_url: str | None) -> None:
     data = tmp_path / "data"
     secret = load_or_create_secret(str(data))
     with contextlib.ExitStack() as stack:
         run = secrets.token_hex(3)
-        procs = [stack.enter_context(node_process(data, f"{run}-k{i}", redis.url))
+        procs = [stack.enter_context(node_process(data, f"{run}-k{i}", redis.url, store_url))
                  for i in range(3)]
         urls = [f"tcp://127.0.0.1:{port}" for _, port in procs]
         async with contextlib.AsyncExitStack() as astack:
