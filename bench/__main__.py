@@ -1,12 +1,12 @@
-"""python -m bench {codec,throughput,memory,drain,fanout,connections,report,all}: figures,
-saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`)."""
+"""python -m bench {codec,throughput,memory,drain,fanout,connections,cluster,stores,report,
+all}: figures, saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from . import cluster, codec, connections, drain, fanout, memory, report, throughput
+from . import cluster, codec, connections, drain, fanout, memory, report, stores, throughput
 
 
 def main() -> None:
@@ -46,6 +46,13 @@ def main() -> None:
     c2.add_argument("--pairs", type=int, default=20)
     c2.add_argument("--window", type=int, default=8)
     c2.add_argument("--seconds", type=float, default=5)
+    s2 = sub.add_parser("stores", help="1:1 msg/s and latency on SQLite and on Cassandra (and"
+                        " the relay), same run")
+    s2.add_argument("--pairs", type=int, default=20)
+    s2.add_argument("--window", type=int, default=8)
+    s2.add_argument("--seconds", type=float, default=5)
+    s2.add_argument("--cassandra", help="cassandra://... of a running node (default: start"
+                    " one on loopback for the run)")
     sub.add_parser("report", help="write bench/results/SUMMARY.md from the saved results")
     a = sub.add_parser("all", help="everything with the defaults")
     a.set_defaults(seconds=5)
@@ -60,7 +67,7 @@ def main() -> None:
         report.main(args)
         return
     {"codec": codec, "throughput": throughput, "memory": memory, "drain": drain,
-     "fanout": fanout, "connections": connections, "cluster": cluster,
+     "fanout": fanout, "connections": connections, "cluster": cluster, "stores": stores,
      "report": report}[args.what].main(args)
 
 

@@ -19,6 +19,7 @@ import trio
 from chatd.auth import load_or_create_secret, make_token
 from chatd.server import ConfigError, load_config, serve
 from chatd.store import BadStoreURL, StoreError, check_store_url, open_store
+from chatd.store.cql import redact
 from chatd.util import single_errors
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -118,7 +119,7 @@ def server_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
 def serving_line(cfg: Any, tcp_port: int, ws_port: int, workers: int) -> str:
     return (f"chatd serving tcp://{cfg.host}:{tcp_port}"
             + (f" and ws://{cfg.host}:{ws_port}/ws" if cfg.ws_port >= 0 else "")
-            + f" (store {cfg.store_url}"
+            + f" (store {redact(cfg.store_url)}"
             + (f", {workers} workers" if workers > 1 else "") + "); Ctrl-C stops")
 
 
@@ -179,7 +180,7 @@ async def run_migrate(args: argparse.Namespace) -> int:
         from chatd.store.cql import migrate
 
         before, after = await migrate(cfg.store_url)
-        print(f"chatd: {cfg.store_url}: schema {before} -> {after}"
+        print(f"chatd: {redact(cfg.store_url)}: schema {before} -> {after}"
               + (" (up to date)" if before == after else ""))
     else:
         async with open_store(cfg.store_url):  # SQLite migrates when it opens

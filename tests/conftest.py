@@ -9,7 +9,7 @@ import pytest
 import trio
 from hypothesis import settings
 
-from tests.cassandra_node import CassandraNode
+from bench.cassandra import CassandraNode
 
 settings.register_profile("ci", max_examples=100, deadline=None)
 settings.register_profile("dev", deadline=None)

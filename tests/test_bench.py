@@ -69,3 +69,12 @@ def test_cluster_bench_compares_cross_and_same_node() -> None:
     result = cluster.run(npairs=2, window=2, seconds=0.3, churn_n=20)
     assert result["same_node"]["msgs_per_s"] > 0 and result["cross_node"]["msgs_per_s"] > 0
     assert result["connect_cycles_per_s"]["with_redis"] > 0
+
+
+def test_stores_bench_runs_sqlite_and_cassandra(cassandra: object) -> None:
+    from bench import stores
+    from bench.cassandra import CassandraNode
+
+    assert isinstance(cassandra, CassandraNode)
+    result = stores.run(npairs=2, window=2, seconds=0.3, cassandra=cassandra.url("chatd_bench"))
+    assert result["sqlite"]["msgs_per_s"] > 0 and result["cassandra"]["msgs_per_s"] > 0

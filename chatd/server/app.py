@@ -30,6 +30,7 @@ from chatd.protocol import frames as F
 from chatd.router import LocalRouter
 from chatd.router.peers import Peers, UnixPeers
 from chatd.store import Store, StoreError, open_store
+from chatd.store.cql import redact
 
 from . import metrics
 from .config import Config
@@ -185,7 +186,7 @@ class ChatServer:
                     self.metrics_port = metrics.serve_metrics(cfg.host, cfg.metrics_port)
                 log.info("chatd listening: tcp %s:%d ws %s:%s%s (store %s)", cfg.host,
                          self.tcp_port, cfg.host, self.ws_port, WS_PATH,
-                         cfg.store_url.split("?")[0])
+                         redact(cfg.store_url).split("?")[0])
                 self._tasks = listeners
                 listeners.start_soon(self.sweep)
                 listeners.start_soon(self.collect_garbage)

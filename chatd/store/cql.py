@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Final
@@ -36,9 +37,14 @@ class BadCassandraURL(ValueError):
     pass
 
 
+def redact(url: str) -> str:
+    """The URL with its password (if any) replaced, for messages and logs."""
+    return re.sub(r"^(cassandra://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 @dataclasses.dataclass(frozen=True)
 class CassandraURL:
-    """cassandra://host[:port][,host[:port]...]/keyspace[?option=value&...]
+    """cassandra://[user:password@]host[:port][,host[:port]...]/keyspace[?option=value&...]
 
     Options: replication=N (SimpleStrategy, N copies) or replication=dc1:3,dc2:3
     (NetworkTopologyStrategy; used by `chatd migrate` when it creates the keyspace),
@@ -53,14 +59,19 @@ class CassandraURL:
     serial: str = "LOCAL_SERIAL"
     dc: str | None = None
     timeout: float = 5.0
+    user: str | None = None  # password authentication (PasswordAuthenticator)
+    password: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def parse(cls, url: str) -> CassandraURL:
         u = urllib.parse.urlsplit(url)
+        url = redact(url)  # (for the messages below)
         if u.scheme != "cassandra" or not u.netloc:
             raise BadCassandraURL(f"{url!r}: expected cassandra://host[:port][,host...]/keyspace")
         hosts = []
-        for part in u.netloc.split(","):
+        userinfo, _, netloc = u.netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        for part in netloc.split(","):
             host, _, port = part.rpartition(":") if ":" in part else (part, "", "9042")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise BadCassandraURL(f"{url!r}: bad host {part!r}")
@@ -93,6 +104,9 @@ class CassandraURL:
             else:
                 raise BadCassandraURL(f"{url!r}: unknown option {key!r} (replication,"
                                       " consistency, serial, dc, timeout)")
+        if user:
+            opts["user"] = urllib.parse.unquote(user)
+            opts["password"] = urllib.parse.unquote(password)
         return cls(tuple(hosts), keyspace.lower(), **opts)
 
     def replication_cql(self) -> str:
@@ -153,6 +167,7 @@ class Session:
 
     def _connect(self, keyspace: str | None) -> None:
         from cassandra import ConsistencyLevel
+        from cassandra.auth import PlainTextAuthProvider
         from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import (
             ConstantReconnectionPolicy,
@@ -171,7 +186,8 @@ class Session:
             contact_points=list(u.hosts), execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             protocol_version=5, connect_timeout=u.timeout,
             # come back within a second of the node returning, whatever the outage length
-            reconnection_policy=ConstantReconnectionPolicy(1.0, None))
+            reconnection_policy=ConstantReconnectionPolicy(1.0, None),
+            auth_provider=PlainTextAuthProvider(u.user, u.password or "") if u.user else None)
         self._session = self._cluster.connect(keyspace)
 
     async def close(self) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import chatd_client as cc
 import trio
 
+from bench.cassandra import CassandraNode
 from chatd.auth import load_or_create_secret
 from chatd.protocol import frames as F
 from chatd.protocol.errors import ErrorCode
 from chatd.server import Config, serve
-from tests.cassandra_node import CassandraNode
 
 from .conftest import Node
 from .raw import Raw

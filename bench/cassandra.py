@@ -1,6 +1,7 @@
-"""A real Cassandra 5.0 node for tests, on spare loopback ports, started once per test session
-(scripts/cassandra-fetch gets the jars from Maven Central; scripts/cassandra/run.sh runs it).
-Tests may stop and start it again: the data stays in its directory."""
+"""A real Cassandra 5.0 node on spare loopback ports, for the tests (one per test session) and
+the benchmarks (scripts/cassandra-fetch gets the jars from Maven Central, cached;
+scripts/cassandra/run.sh runs it). It may be stopped and started again: the data stays in its
+directory."""
 
 from __future__ import annotations
 
