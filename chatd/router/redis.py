@@ -379,7 +379,14 @@ class RedisPeers:
         for entry in entries or ():
             fields = {_s(k): _s(v) for k, v in entry.field_values.items()}
             try:
-                await self.store.fanout(fields["c"], int(fields["s"]))
+                for attempt in range(3):  # a timeout under load: try again soon
+                    try:
+                        await self.store.fanout(fields["c"], int(fields["s"]))
+                        break
+                    except StoreError:
+                        if attempt == 2:
+                            raise
+                        await trio.sleep(0.5 * (attempt + 1))
             except StoreError as exc:  # not acknowledged: taken again after the claim time
                 log.warning("fan-out of %s failed, will retry: %s", fields, exc)
                 continue

@@ -55,6 +55,7 @@ log = logging.getLogger("chatd.store.cassandra")
 
 BUCKET: Final = 1000  # messages per partition: (conv, seq // BUCKET)
 CHUNK: Final = 100  # rows per conditional batch
+RETRIES: Final = 2  # a timed-out transaction is tried again this many times
 FANOUT_CHUNK: Final = 256  # inbox appends per fan-out step
 DAY_MS: Final = 86_400_000
 IDS_TTL: Final = 30 * 86_400  # seconds a client id is remembered for retries
@@ -122,15 +123,16 @@ STATEMENTS: Final = {
     "user_groups": "SELECT grp FROM user_groups WHERE user = ?",
     "add_user_group": "INSERT INTO user_groups (user, grp) VALUES (?, ?)",
     "del_user_group": "DELETE FROM user_groups WHERE user = ? AND grp = ?",
-    "add_job": "INSERT INTO fanout (shard, conv, seq, recipients, done) VALUES (0, ?, ?, ?, 0)",
-    "job": "SELECT recipients, done, owner, lease FROM fanout"
-           " WHERE shard = 0 AND conv = ? AND seq = ?",
-    "jobs": "SELECT conv, seq FROM fanout WHERE shard = 0",
-    "job_take": "UPDATE fanout SET owner = ?, lease = ? WHERE shard = 0 AND conv = ? AND seq = ?"
+    "add_job": "INSERT INTO fanout (conv, seq, recipients, done) VALUES (?, ?, ?, 0)",
+    "list_job": "INSERT INTO fanout_jobs (shard, conv, seq) VALUES (0, ?, ?)",
+    "unlist_job": "DELETE FROM fanout_jobs WHERE shard = 0 AND conv = ? AND seq = ?",
+    "jobs": "SELECT conv, seq FROM fanout_jobs WHERE shard = 0",
+    "job": "SELECT recipients, done, owner, lease FROM fanout WHERE conv = ? AND seq = ?",
+    "job_take": "UPDATE fanout SET owner = ?, lease = ? WHERE conv = ? AND seq = ?"
                 " IF owner = ? AND lease = ?",
-    "job_step": "UPDATE fanout SET done = ?, lease = ? WHERE shard = 0 AND conv = ? AND seq = ?"
+    "job_step": "UPDATE fanout SET done = ?, lease = ? WHERE conv = ? AND seq = ?"
                 " IF owner = ? AND done = ?",
-    "job_done": "DELETE FROM fanout WHERE shard = 0 AND conv = ? AND seq = ? IF owner = ?",
+    "job_done": "DELETE FROM fanout WHERE conv = ? AND seq = ? IF owner = ?",
     "queue": "INSERT INTO temp_queue (day, ts, conv, seq) VALUES (?, ?, ?, ?)",
     "queued": "SELECT ts, conv, seq FROM temp_queue WHERE day = ? AND ts < ? LIMIT ?",
     "unqueue": "DELETE FROM temp_queue WHERE day = ? AND ts < ?",
@@ -210,6 +212,11 @@ class _Members:
     def info(self, group: str, mode: tuple[int, int] = (0, 0)) -> GroupInfo:
         return GroupInfo(group, self.name, tuple(self.members),
                          tuple(u for u, (admin, _) in self.members.items() if admin), *mode)
+
+
+def _timed_out(exc: StoreError) -> bool:
+    """A transaction whose outcome is unknown (it may have applied): worth trying again."""
+    return "Timeout" in str(exc) or "timed out" in str(exc)
 
 
 def bucket(seq: int) -> int:
@@ -386,6 +393,7 @@ class CassandraStore:
         if last is None:
             last = await self._read_last_q(user)
         out: list[tuple[str, Item]] = []
+        tries = 0
         for i in range(0, len(entries), CHUNK):
             chunk = entries[i : i + CHUNK]
             while True:
@@ -400,9 +408,12 @@ class CassandraStore:
                             list(it.seqs), it.by, it.status, it.ts, it.all))))
                 try:
                     ok, current = await self.db.applied(self.db.batch(rows))
-                except StoreError:
+                except StoreError as exc:
                     self._last_q.pop(user, None)  # unknown whether it applied: read again
-                    raise
+                    if not _timed_out(exc) or (tries := tries + 1) > RETRIES:
+                        raise
+                    last = await self._read_last_q(user)  # (if it did: a repeat, see above)
+                    continue
                 if ok:
                     break
                 last = (current[0].get("last_q") or 0) if current else 0  # another node's
@@ -430,7 +441,8 @@ class CassandraStore:
         last = self._last_seq.get(conv)
         if last is None:
             last = await self._read_last_seq(conv)
-        at = now_ms()
+        at = now_ms()  # marks this call's claims: seen again after a timeout, they are ours
+        tries = 0
         while todo:
             chunk = todo[:CHUNK]
             rows: list[tuple[str, tuple[Any, ...]]] = [
@@ -439,9 +451,12 @@ class CassandraStore:
                      for n, m in enumerate(chunk, last + 1)]
             try:
                 ok, current = await self.db.applied(self.db.batch(rows))
-            except StoreError:
+            except StoreError as exc:
                 self._last_seq.pop(conv, None)
-                raise
+                if not _timed_out(exc) or (tries := tries + 1) > RETRIES:
+                    raise
+                last = await self._read_last_seq(conv)  # (if it applied: our claims, below)
+                continue
             if ok:
                 for n, m in enumerate(chunk, last + 1):
                     found[(m.sender, m.client_id)] = _Claim(n, m.ts, True)
@@ -449,10 +464,12 @@ class CassandraStore:
                 todo = todo[CHUNK:]
                 continue
             last = max((r.get("last_seq") or 0 for r in current), default=0)
-            for r in current:  # client ids claimed before: retries
+            mine = {(m.sender, m.client_id) for m in chunk}
+            for r in current:  # client ids claimed before: retries (or ours, timed out)
                 if r.get("client_id") is not None and r.get("seq") is not None:
-                    found[(r["sender"], r["client_id"])] = _Claim(
-                        r["seq"], r["ts"], False, bool(r["done"]), r["at"] or 0)
+                    key = (r["sender"], r["client_id"])
+                    found[key] = _Claim(r["seq"], r["ts"], key in mine and r["at"] == at,
+                                        bool(r["done"]), r["at"] or 0)
             todo = [m for m in todo if (m.sender, m.client_id) not in found]
         self._last_seq[conv] = last
         out = []
@@ -530,6 +547,7 @@ class CassandraStore:
                 targets = list(dict.fromkeys(targets))
                 writes.append(lambda m=m, c=c, t=targets: self.db.run(
                     "add_job", (m.conv, c.seq, t)))
+                writes.append(lambda m=m, c=c: self.db.run("list_job", (m.conv, c.seq)))
                 writes.append(lambda m=m, c=c: self._set_marks(m.conv, m.sender, c.seq, c.seq))
             else:
                 targets = [*m.recipients, m.sender] if copy else list(m.recipients)
@@ -593,6 +611,7 @@ class CassandraStore:
     async def _fanout(self, conv: str, seq: int) -> bool:
         rows = await self.db.run("job", (conv, seq))
         if not rows:
+            await self.db.run("unlist_job", (conv, seq))
             return False
         job = rows[0]
         recipients, done = job["recipients"] or [], job["done"] or 0
@@ -614,6 +633,7 @@ class CassandraStore:
                 raise StoreError(f"the fan-out of {conv}/{seq} was taken over")
             done = end
         await self.db.run("job_done", (*key, self.node_id))
+        await self.db.run("unlist_job", key)
         self._job_left.pop(key, None)
         return True
 

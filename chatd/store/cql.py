@@ -292,10 +292,13 @@ MIGRATIONS: Final[dict[int, list[str]]] = {
         " joined_seq bigint, pos int, PRIMARY KEY (grp, user))",
         "CREATE TABLE IF NOT EXISTS user_groups (user text, grp text,"
         " PRIMARY KEY (user, grp))",
-        "CREATE TABLE IF NOT EXISTS fanout (shard int, conv text, seq bigint,"
-        " recipients list<text>, done int, owner text, lease bigint,"
-        " PRIMARY KEY (shard, conv, seq))"
+        # a job per partition (its transactions contend with nobody else's), and a list of
+        # the unfinished ones
+        "CREATE TABLE IF NOT EXISTS fanout (conv text, seq bigint, recipients list<text>,"
+        " done int, owner text, lease bigint, PRIMARY KEY ((conv, seq)))"
         " WITH gc_grace_seconds = 3600",
+        "CREATE TABLE IF NOT EXISTS fanout_jobs (shard int, conv text, seq bigint,"
+        " PRIMARY KEY (shard, conv, seq)) WITH gc_grace_seconds = 3600",
         "CREATE TABLE IF NOT EXISTS temp_queue (day bigint, ts bigint, conv text, seq bigint,"
         " PRIMARY KEY (day, ts, conv, seq)) WITH gc_grace_seconds = 10800 AND compaction ="
         " {'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'DAYS',"
@@ -306,6 +309,7 @@ MIGRATIONS: Final[dict[int, list[str]]] = {
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 TABLES: Final = ("meta", "users", "devices", "inbox", "sends", "messages", "convs",
                  "disappearing", "marks", "groups", "group_members", "user_groups", "fanout",
+                 "fanout_jobs",
                  "temp_queue", "temp_days")
 
 
