@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import secrets
 import time
@@ -56,13 +57,15 @@ log = logging.getLogger("chatd.store.cassandra")
 BUCKET: Final = 1000  # messages per partition: (conv, seq // BUCKET)
 CHUNK: Final = 100  # rows per conditional batch
 RETRIES: Final = 2  # a timed-out transaction is tried again this many times
+BATCH_BYTES: Final = 32_768  # per single-partition batch (Cassandra refuses them over 50 KiB)
 FANOUT_CHUNK: Final = 256  # inbox appends per fan-out step
 DAY_MS: Final = 86_400_000
 IDS_TTL: Final = 30 * 86_400  # seconds a client id is remembered for retries
 REDO_AFTER_MS: Final = 15_000  # an unfinished send older than this is completed by its retry
 COLLECT_LIMIT: Final = 10_000
 LEASE_MS: Final = 30_000  # a fan-out job is another node's for this long after its last step
-CACHE_S: Final = 2.0  # how long a conversation's mode is trusted from memory
+CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are trusted from memory
+MAX_CACHED: Final = 200_000  # entries per cache before it starts again
 
 STATEMENTS: Final = {
     "add_user": "INSERT INTO users (user) VALUES (?)",
@@ -195,6 +198,9 @@ class _Combiner:
                 s.done.set()
 
 
+_Row = tuple[tuple[Any, ...], str, tuple[Any, ...], int]  # partition, statement, values, size
+
+
 @dataclasses.dataclass(slots=True)
 class _Claim:
     seq: int
@@ -248,6 +254,8 @@ class CassandraStore:
         self._modes: dict[str, tuple[float, tuple[int, int]]] = {}
         self._days: set[int] = set()
         self._acked_users: set[str] = set()
+        self._cursors: dict[tuple[str, str], int] = {}  # of the devices attached here
+        self._device_counts: dict[str, tuple[float, int]] = {}
         self._ack_locks: dict[str, trio.Lock] = {}
         self._jobs: collections.deque[tuple[str, int]] = collections.deque()
         self._job_left: dict[tuple[str, int], int] = {}
@@ -360,16 +368,32 @@ class CassandraStore:
         return bool(await self._op(self.db.run("user", (user,))))
 
     async def _devices(self, user: str) -> dict[str, int]:
-        return {r["device"]: r["cursor"] or 0 for r in await self.db.run("devices", (user,))}
+        devs = {r["device"]: r["cursor"] or 0 for r in await self.db.run("devices", (user,))}
+        if len(self._device_counts) >= MAX_CACHED:
+            self._device_counts.clear()
+        self._device_counts[user] = (trio.current_time(), len(devs))
+        return devs
+
+    async def _device_count(self, user: str) -> int:
+        """How many devices the user has, trusted from memory for CACHE_S (it decides whether
+        a sender's other devices get a copy)."""
+        cached = self._device_counts.get(user)
+        if cached is not None and trio.current_time() - cached[0] < CACHE_S:
+            return cached[1]
+        return len(await self._devices(user))
 
     async def attach_device(self, user: str, device: str) -> int:
         async def op() -> int:
             await self.db.run("add_user", (user,))
             devs = await self._devices(user)
-            if device in devs:
-                return devs[device]
-            cursor = min(devs.values(), default=0)
-            await self.db.run("set_cursor", (cursor + 1, cursor, user, device))
+            cursor = devs.get(device)
+            if cursor is None:
+                cursor = min(devs.values(), default=0)
+                await self.db.run("set_cursor", (cursor + 1, cursor, user, device))
+                self._device_counts[user] = (trio.current_time(), len(devs) + 1)
+            if len(self._cursors) >= MAX_CACHED:
+                self._cursors.clear()  # (a miss costs one read)
+            self._cursors[(user, device)] = cursor
             return cursor
 
         return await self._op(op())
@@ -514,7 +538,7 @@ class CassandraStore:
 
         calls: list[Callable[..., Awaitable[Any]]] = [lambda c=c: claim(c) for c in convs]
         calls += [lambda c=c: self._mode(c) for c in convs]
-        calls += [lambda u=u: self._devices(u) for u in senders]
+        calls += [lambda u=u: self._device_count(u) for u in senders]
         calls += [lambda g=g: self._group(g) for g in groups]
         got = await self._gather(calls)
         modes = dict(zip(convs, got[len(convs) : 2 * len(convs)], strict=True))
@@ -524,7 +548,8 @@ class CassandraStore:
         results: list[Appended] = []
         writes: list[Callable[..., Awaitable[Any]]] = []
         inbox: dict[str, list[Item]] = {}
-        done: list[tuple[Any, ...]] = []
+        rows: list[_Row] = []
+        done: list[_Row] = []
         for m, c in zip(msgs, claims, strict=True):
             assert c is not None
             if not c.new:
@@ -537,7 +562,7 @@ class CassandraStore:
             template = Deliver(q=1, conv=m.conv, seq=c.seq, ts=c.ts, sender=m.sender,
                                device=m.device, id=m.client_id, body=m.body, group=m.group,
                                media=m.media, event=m.event)
-            copy = len(devices[m.sender]) > 1  # for the sender's other devices
+            copy = devices[m.sender] > 1  # for the sender's other devices
             if m.group is not None:
                 g = members[m.group]
                 targets = [u for u in (*(g.members if g else ()), *m.recipients)
@@ -554,22 +579,22 @@ class CassandraStore:
                 for u in targets:
                     inbox.setdefault(u, []).append(template)
             mode, ttl = modes[m.conv]
-            writes.append(lambda m=m, c=c, t=targets, ttl=(
-                    ttl if mode == Mode.DISAPPEARING else 0): self.db.run("put_msg", (
+            rows.append(((m.conv, bucket(c.seq)), "put_msg", (
                 m.conv, bucket(c.seq), c.seq, c.ts, m.sender, m.device, m.client_id, m.body,
                 _media_blob(m.media), m.group, msgpack.packb(m.event) if m.event else None,
-                set(t) or None, ttl)))
+                set(targets) or None, ttl if mode == Mode.DISAPPEARING else 0),
+                len(m.body) + 100))
             if mode == Mode.TEMPORARY:
                 day = c.ts // DAY_MS
-                writes.append(lambda m=m, c=c, day=day: self.db.run(
-                    "queue", (day, c.ts, m.conv, c.seq)))
+                rows.append(((day,), "queue", (day, c.ts, m.conv, c.seq), 50))
                 if day not in self._days:
                     writes.append(lambda day=day: self._add_day(day))
-            done.append((IDS_TTL, m.conv, m.sender, m.client_id))
+            done.append(((m.conv,), "done", (IDS_TTL, m.conv, m.sender, m.client_id), 50))
             results.append(Appended(m.conv, c.seq, c.ts))
-        await self._gather(writes)  # the message rows exist before anything points at them
+        # the message rows exist before anything points at them
+        await self._gather([*writes, *self._batches(rows)])
         items = await self._append_items(inbox)
-        await self._gather(lambda d=d: self.db.run("done", d) for d in done)
+        await self._gather(self._batches(done))
         for m, r in zip(msgs, results, strict=False):
             if m.group is not None and not r.duplicate:
                 self._job_left[(r.conv, r.seq)] = 1
@@ -584,6 +609,24 @@ class CassandraStore:
             by_msg.setdefault((it.conv, getattr(it, "seq", 0)), []).append((user, it))
         return [r if r.duplicate else dataclasses.replace(
             r, items=tuple(by_msg.get((r.conv, r.seq), ()))) for r in results]
+
+    def _batches(self, rows: list[_Row]) -> list[Callable[[], Awaitable[Any]]]:
+        """Writes grouped by partition: one single-partition batch (one mutation for
+        Cassandra) per partition and up to BATCH_BYTES, instead of a request per row."""
+        parts: dict[tuple[Any, ...], list[list[_Row]]] = {}
+        for row in rows:
+            chunks = parts.setdefault(row[0], [[]])
+            if chunks[-1] and sum(r[3] for r in chunks[-1]) + row[3] > BATCH_BYTES:
+                chunks.append([])
+            chunks[-1].append(row)
+        out: list[Callable[[], Awaitable[Any]]] = []
+        for chunks in parts.values():
+            for chunk in chunks:
+                stmt = chunk[0][1] if len(chunk) == 1 else self.db.batch(
+                    [(r[1], r[2]) for r in chunk])
+                out.append(functools.partial(self.db.run, stmt,
+                                             chunk[0][2] if len(chunk) == 1 else None))
+        return out
 
     async def _add_day(self, day: int) -> None:
         await self.db.run("add_day", (day,))
@@ -737,17 +780,20 @@ class CassandraStore:
     async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
         async def op() -> Appended:
             async with self._ack_lock(user):
-                devs, last = await self._gather([lambda: self._devices(user),
-                                                 lambda: self._read_last_q(user)])
-                old = devs.get(device)
+                old = self._cursors.get((user, device))  # (this node holds the device)
                 if old is None:
+                    old = (await self._devices(user)).get(device)
+                    if old is None:
+                        return Appended()
+                if upto <= old:
                     return Appended()
-                new = min(upto, last)
-                if new <= old:
+                # what is there up to upto (an ack beyond the inbox stops at its end)
+                rows = await self.db.run("items_upto", (user, old, upto))
+                if not rows:
                     return Appended()
-                rows, _ = await self._gather([
-                    lambda: self.db.run("items_upto", (user, old, new)),
-                    lambda: self.db.run("set_cursor", (new + 1, new, user, device))])
+                new = rows[-1]["q"]
+                await self.db.run("set_cursor", (new + 1, new, user, device))
+                self._cursors[(user, device)] = new
             lock = self._ack_locks.get(user)
             if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
                 del self._ack_locks[user]
