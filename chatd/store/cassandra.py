@@ -136,6 +136,8 @@ STATEMENTS: Final = {
     "job_step": "UPDATE fanout SET done = ?, lease = ? WHERE conv = ? AND seq = ?"
                 " IF owner = ? AND done = ?",
     "job_done": "DELETE FROM fanout WHERE conv = ? AND seq = ? IF owner = ?",
+    "job_release": "UPDATE fanout SET owner = null, lease = null WHERE conv = ? AND seq = ?"
+                   " IF owner = ?",
     "queue": "INSERT INTO temp_queue (day, ts, conv, seq) VALUES (?, ?, ?, ?)",
     "queued": "SELECT ts, conv, seq FROM temp_queue WHERE day = ? AND ts < ? LIMIT ?",
     "unqueue": "DELETE FROM temp_queue WHERE day = ? AND ts < ?",
@@ -249,16 +251,18 @@ class CassandraStore:
         self._nursery: trio.Nursery | None = None
         self._inboxes = _Combiner(self, self._write_inbox)
         self._claims = _Combiner(self, self._write_claims)
+        self._acks = _Combiner(self, self._write_acks)
         self._last_q: dict[str, int] = {}  # guesses; a failed transaction corrects them
         self._last_seq: dict[str, int] = {}
         self._modes: dict[str, tuple[float, tuple[int, int]]] = {}
         self._days: set[int] = set()
         self._acked_users: set[str] = set()
         self._cursors: dict[tuple[str, str], int] = {}  # of the devices attached here
+        self._mark_cache: dict[tuple[str, str], list[int]] = {}
         self._device_counts: dict[str, tuple[float, int]] = {}
-        self._ack_locks: dict[str, trio.Lock] = {}
         self._jobs: collections.deque[tuple[str, int]] = collections.deque()
         self._job_left: dict[tuple[str, int], int] = {}
+        self._owned: set[tuple[str, int]] = set()  # jobs this node holds the lease of
         self._wake = trio.Event()
         self._closed = False
         self.inflight = 0
@@ -299,10 +303,12 @@ class CassandraStore:
     async def _resume_fanouts(self) -> None:
         """Fan-outs left unfinished by a stop or a crash, carried on ("auto" mode only: with
         Redis, the nodes share them through a stream)."""
-        await trio.sleep(0.5)  # the server has set fanout_mode by now
-        while self.fanout_mode == "auto":
-            try:
-                self._jobs.extend(j for j in await self.pending_fanouts() if j not in self._jobs)
+        while self.fanout_mode == "auto":  # (a job also run by the Redis consumer at start:
+            try:                            # the lease lets only one of them run it)
+                for job in await self.pending_fanouts():
+                    if job not in self._jobs:
+                        self._jobs.append(job)
+                        self._job_left.setdefault(job, 1)
                 self._wake.set()
                 return
             except StoreError as exc:
@@ -315,7 +321,15 @@ class CassandraStore:
         self._nursery.start_soon(fn, *args)
 
     async def aclose(self) -> None:
+        """Give back the fan-out jobs this node was running (so another node, or this one
+        restarted, carries on at once instead of after the lease), then disconnect."""
         self._closed = True
+        with trio.move_on_after(2):
+            for key in list(self._owned):
+                try:
+                    await self.db.run("job_release", (*key, self.node_id))
+                except StoreError:
+                    break
         await self.db.close()
 
     @property
@@ -665,6 +679,7 @@ class CassandraStore:
                                                    job["owner"], job["lease"]))
         if not ok:
             raise StoreError(f"the fan-out of {conv}/{seq} was just taken by another node")
+        self._owned.add(key)
         template = (await self._load(conv, [seq])).get(seq)
         while template is not None and done < len(recipients):
             self._job_left[key] = len(recipients) - done
@@ -676,6 +691,7 @@ class CassandraStore:
                 raise StoreError(f"the fan-out of {conv}/{seq} was taken over")
             done = end
         await self.db.run("job_done", (*key, self.node_id))
+        self._owned.discard(key)
         await self.db.run("unlist_job", key)
         self._job_left.pop(key, None)
         return True
@@ -748,19 +764,32 @@ class CassandraStore:
     # ---- receipts --------------------------------------------------------------------------
 
     async def _marks(self, conv: str, user: str) -> list[int]:
-        rows = await self.db.run("mark", (conv, user))
-        return [rows[0]["delivered"] or 0, rows[0]["read"] or 0] if rows else [0, 0]
+        """[delivered, read] of a member, remembered once read (they only rise; a value
+        raised through another node meanwhile costs at most a repeated receipt)."""
+        st = self._mark_cache.get((conv, user))
+        if st is None:
+            rows = await self.db.run("mark", (conv, user))
+            st = [rows[0]["delivered"] or 0, rows[0]["read"] or 0] if rows else [0, 0]
+            if len(self._mark_cache) >= MAX_CACHED:
+                self._mark_cache.clear()
+            self._mark_cache[(conv, user)] = st
+        return list(st)
 
     async def _set_marks(self, conv: str, user: str, delivered: int | None,
                          read: int | None) -> None:
         """Raise a member's watermarks; a lower value never wins (it is the write time)."""
-        calls: list[Callable[..., Awaitable[Any]]] = []
+        rows: list[tuple[str, tuple[Any, ...]]] = []
+        st = self._mark_cache.get((conv, user))
         if delivered is not None:
-            calls.append(lambda: self.db.run("set_delivered",
-                                             (delivered + 1, delivered, conv, user)))
+            rows.append(("set_delivered", (delivered + 1, delivered, conv, user)))
         if read is not None:
-            calls.append(lambda: self.db.run("set_read", (read + 1, read, conv, user)))
-        await self._gather(calls)
+            rows.append(("set_read", (read + 1, read, conv, user)))
+        if len(rows) == 1:
+            await self.db.run(*rows[0])
+        elif rows:
+            await self.db.run(self.db.batch(rows))
+        if st is not None:
+            st[0], st[1] = max(st[0], delivered or 0), max(st[1], read or 0)
 
     def _receipt_items(self, by: str, status: int, ts: int,
                        newly: list[tuple[str, str, int]], all_: bool = False
@@ -771,57 +800,60 @@ class CassandraStore:
                                                       status=status, ts=ts, all=all_))
         return out
 
-    def _ack_lock(self, user: str) -> trio.Lock:
-        lock = self._ack_locks.get(user)
-        if lock is None:
-            lock = self._ack_locks[user] = trio.Lock()
-        return lock
-
     async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
-        async def op() -> Appended:
-            async with self._ack_lock(user):
-                old = self._cursors.get((user, device))  # (this node holds the device)
-                if old is None:
-                    old = (await self._devices(user)).get(device)
-                    if old is None:
-                        return Appended()
-                if upto <= old:
-                    return Appended()
-                # what is there up to upto (an ack beyond the inbox stops at its end)
-                rows = await self.db.run("items_upto", (user, old, upto))
-                if not rows:
-                    return Appended()
-                new = rows[-1]["q"]
-                await self.db.run("set_cursor", (new + 1, new, user, device))
-                self._cursors[(user, device)] = new
-            lock = self._ack_locks.get(user)
-            if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
-                del self._ack_locks[user]
-            self._acked_users.add(user)  # collect() may prune what all devices now have
-            convs = list({r["conv"] for r in rows if r["receipt"] is None})
-            states = dict(zip(convs, await self._gather(
-                lambda c=c: self._marks(c, user) for c in convs), strict=True))
-            newly: list[tuple[str, str, int]] = []
-            groups: set[str] = set()
-            raised: dict[str, int] = {}
-            for r in rows:
-                sender, conv, seq = r["sender"], r["conv"], r["seq"]
-                if r["receipt"] is not None or sender == user or seq <= states[conv][0]:
-                    continue
-                states[conv][0] = raised[conv] = seq
-                if conv.startswith("g:"):
-                    groups.add(conv)  # coalesced: one receipt when all have it
-                else:
-                    newly.append((sender, conv, seq))
-            await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
-                               for c, s in raised.items())
-            items = await self._append_items(
-                self._receipt_items(user, Status.DELIVERED, ts, newly))
-            for conv in groups:
-                items += await self._advance_all(conv, user, ts)
-            return Appended(items=tuple(items))
+        """Acks of one user are combined: those that arrive while one is stored become one
+        (cumulative: the highest upto per device), so a busy device costs one ack per round
+        trip."""
+        done: list[Appended] = await self._op(self._acks.submit(user, [(device, upto, ts)]))
+        return done[0]
 
-        return await self._op(op())
+    async def _write_acks(self, user: str, entries: list[tuple[str, int, int]]
+                          ) -> list[Appended]:
+        highest: dict[str, tuple[int, int]] = {}
+        for device, upto, ts in entries:
+            u, t = highest.get(device, (0, 0))
+            highest[device] = (max(u, upto), max(t, ts))
+        done = {d: await self._ack_one(user, d, u, t) for d, (u, t) in highest.items()}
+        return [done[d] for d, _, _ in entries]
+
+    async def _ack_one(self, user: str, device: str, upto: int, ts: int) -> Appended:
+        old = self._cursors.get((user, device))  # (this node holds the device)
+        if old is None:
+            old = (await self._devices(user)).get(device)
+            if old is None:
+                return Appended()
+        if upto <= old:
+            return Appended()
+        # what is there up to upto (an ack beyond the inbox stops at its end)
+        rows = await self.db.run("items_upto", (user, old, upto))
+        if not rows:
+            return Appended()
+        new = rows[-1]["q"]
+        await self.db.run("set_cursor", (new + 1, new, user, device))
+        self._cursors[(user, device)] = new
+        self._acked_users.add(user)  # collect() may prune what all devices now have
+        convs = list({r["conv"] for r in rows if r["receipt"] is None})
+        states = dict(zip(convs, await self._gather(
+            lambda c=c: self._marks(c, user) for c in convs), strict=True))
+        newly: list[tuple[str, str, int]] = []
+        groups: set[str] = set()
+        raised: dict[str, int] = {}
+        for r in rows:
+            sender, conv, seq = r["sender"], r["conv"], r["seq"]
+            if r["receipt"] is not None or sender == user or seq <= states[conv][0]:
+                continue
+            states[conv][0] = raised[conv] = seq
+            if conv.startswith("g:"):
+                groups.add(conv)  # coalesced: one receipt when all have it
+            else:
+                newly.append((sender, conv, seq))
+        await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
+                           for c, s in raised.items())
+        items = await self._append_items(
+            self._receipt_items(user, Status.DELIVERED, ts, newly))
+        for conv in groups:
+            items += await self._advance_all(conv, user, ts)
+        return Appended(items=tuple(items))
 
     async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:
         async def op() -> Appended:
