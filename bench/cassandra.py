@@ -6,20 +6,15 @@ directory."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from .common import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 KEYSPACE = "chatd_test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CassandraNode:

@@ -32,11 +32,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
-import msgpack
 import trio
 
 from chatd.protocol.frames import Deliver, HistoryItem, Mode, Receipt, Status
 
+from . import blobs
 from .base import (
     Appended,
     AppendListener,
@@ -49,7 +49,6 @@ from .base import (
     group_receipts,
 )
 from .cql import SCHEMA_VERSION, CassandraURL, Session, schema_version
-from .sqlite import _media, _media_blob
 
 T = TypeVar("T")
 log = logging.getLogger("chatd.store.cassandra")
@@ -233,11 +232,6 @@ def bucket(seq: int) -> int:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _receipt_blob(seqs: list[int], by: str, status: int, ts: int, all_: bool) -> bytes:
-    blob: bytes = msgpack.packb({"ss": seqs, "by": by, "st": status, "ts": ts, "all": all_})
-    return blob
 
 
 class CassandraStore:
@@ -442,8 +436,8 @@ class CassandraStore:
                         rows.append(("put_item", (user, n, it.conv, it.seq, it.sender, None)))
                     else:
                         assert type(it) is Receipt
-                        rows.append(("put_item", (user, n, it.conv, 0, None, _receipt_blob(
-                            list(it.seqs), it.by, it.status, it.ts, it.all))))
+                        rows.append(("put_item", (user, n, it.conv, 0, None,
+                                                  blobs.receipt_blob(it))))
                 try:
                     ok, current = await self.db.applied(self.db.batch(rows))
                 except StoreError as exc:
@@ -595,7 +589,7 @@ class CassandraStore:
             mode, ttl = modes[m.conv]
             rows.append(((m.conv, bucket(c.seq)), "put_msg", (
                 m.conv, bucket(c.seq), c.seq, c.ts, m.sender, m.device, m.client_id, m.body,
-                _media_blob(m.media), m.group, msgpack.packb(m.event) if m.event else None,
+                blobs.media_blob(m.media), m.group, blobs.event_blob(m.event),
                 set(targets) or None, ttl if mode == Mode.DISAPPEARING else 0),
                 len(m.body) + 100))
             if mode == Mode.TEMPORARY:
@@ -705,8 +699,8 @@ class CassandraStore:
             lambda b=b, s=s: self.db.run("msgs_in", (conv, b, s)) for b, s in parts.items())
         return {r["seq"]: Deliver(
             q=1, conv=conv, seq=r["seq"], ts=r["ts"], sender=r["sender"], device=r["device"],
-            id=r["client_id"], body=r["body"] or b"", group=r["grp"], media=_media(r["media"]),
-            event=msgpack.unpackb(r["event"]) if r["event"] else None)
+            id=r["client_id"], body=r["body"] or b"", group=r["grp"], media=blobs.media(r["media"]),
+            event=blobs.event(r["event"]))
             for rows in pages for r in rows}
 
     # ---- reading ---------------------------------------------------------------------------
@@ -724,10 +718,7 @@ class CassandraStore:
             items: list[Item] = []
             for r in rows:
                 if r["receipt"] is not None:
-                    x = msgpack.unpackb(r["receipt"])
-                    items.append(Receipt(q=r["q"], conv=r["conv"], seqs=tuple(x["ss"]),
-                                         by=x["by"], status=x["st"], ts=x["ts"],
-                                         all=x.get("all", False)))
+                    items.append(blobs.receipt(r["q"], r["conv"], r["receipt"]))
                     continue
                 d = msgs[r["conv"]].get(r["seq"])
                 if d is not None and not (d.sender == user and d.device == device):
@@ -747,8 +738,8 @@ class CassandraStore:
                 for r in await self.db.run("msgs_down", (conv, b, after, hi, limit - len(out))):
                     out.append(HistoryItem(
                         seq=r["seq"], ts=r["ts"], sender=r["sender"], device=r["device"],
-                        id=r["client_id"], body=r["body"] or b"", media=_media(r["media"]),
-                        event=msgpack.unpackb(r["event"]) if r["event"] else None))
+                        id=r["client_id"], body=r["body"] or b"", media=blobs.media(r["media"]),
+                        event=blobs.event(r["event"])))
                 b -= 1
             return out
 

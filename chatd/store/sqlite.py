@@ -29,9 +29,9 @@ from typing import Any, Final, TypeVar
 import msgpack
 import trio
 
-from chatd.protocol.frames import Deliver, HistoryItem, Media, Mode, Receipt, Status
-from chatd.protocol.schema import from_map, to_map
+from chatd.protocol.frames import Deliver, HistoryItem, Mode, Receipt, Status
 
+from . import blobs
 from .base import (
     Appended,
     AppendListener,
@@ -146,16 +146,6 @@ class _Fanout:
     recipients: list[str]
     done: int
     template: Deliver | None  # loaded from the messages table after a restart
-
-
-def _media_blob(media: tuple[Media, ...]) -> bytes | None:
-    return msgpack.packb([to_map(m) for m in media]) if media else None
-
-
-def _media(blob: bytes | None) -> tuple[Media, ...]:
-    if not blob:
-        return ()
-    return tuple(from_map(Media, m, "media") for m in msgpack.unpackb(blob))
 
 
 class _Buffers:
@@ -526,7 +516,7 @@ class SqliteStore:
         buf = self._buf
         buf.ids[key] = (msg.conv, seq, msg.ts)
         buf.messages.append((msg.conv, seq, msg.ts, msg.sender, msg.device, msg.client_id,
-                             msg.body, _media_blob(msg.media), msg.group,
+                             msg.body, blobs.media_blob(msg.media), msg.group,
                              msgpack.packb(msg.event) if msg.event else None))
         template = Deliver(q=1, conv=msg.conv, seq=seq, ts=msg.ts, sender=msg.sender,
                            device=msg.device, id=msg.client_id, body=msg.body, group=msg.group,
@@ -605,7 +595,7 @@ class SqliteStore:
             return None
         ts, sender, dev, cid, body, media, grp, event = row
         return Deliver(q=1, conv=conv, seq=seq, ts=ts, sender=sender, device=dev, id=cid,
-                       body=body, group=grp, media=_media(media),
+                       body=body, group=grp, media=blobs.media(media),
                        event=msgpack.unpackb(event) if event else None)
 
     # ---- groups ----------------------------------------------------------------------------
@@ -919,13 +909,11 @@ class SqliteStore:
         items: list[Item] = []
         for q, conv, seq, receipt, ts, sender, dev, cid, body, media, grp, event in rows:
             if receipt is not None:
-                r = msgpack.unpackb(receipt)
-                items.append(Receipt(q=q, conv=conv, seqs=tuple(r["ss"]), by=r["by"],
-                                     status=r["st"], ts=r["ts"], all=r.get("all", False)))
+                items.append(blobs.receipt(q, conv, receipt))
             elif sender is not None and not (sender == user and dev == device):
                 items.append(Deliver(q=q, conv=conv, seq=seq, ts=ts, sender=sender,
                                      device=dev, id=cid, body=body, group=grp,
-                                     media=_media(media),
+                                     media=blobs.media(media),
                                      event=msgpack.unpackb(event) if event else None))
         upto = rows[-1][0] if rows else after
         return Page(items, upto, len(rows) == limit)
@@ -939,10 +927,10 @@ class SqliteStore:
         for (sender, conv), seqs in group_receipts(newly).items():
             q = self._next_q(db, sender)
             self._remember(sender, q, None)
-            self._buf.inbox.append((sender, q, conv, 0, msgpack.packb(
-                {"ss": seqs, "by": by, "st": status, "ts": ts, "all": all_})))
-            out.append((sender, Receipt(q=q, conv=conv, seqs=tuple(seqs), by=by,
-                                        status=status, ts=ts, all=all_)))
+            item = Receipt(q=q, conv=conv, seqs=tuple(seqs), by=by, status=status, ts=ts,
+                           all=all_)
+            self._buf.inbox.append((sender, q, conv, 0, blobs.receipt_blob(item)))
+            out.append((sender, item))
         return Appended(items=tuple(out))
 
     async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
@@ -1004,8 +992,8 @@ class SqliteStore:
                 "SELECT seq, ts, sender, device, client_id, body, media, event FROM messages"
                 " WHERE conv=? AND seq<? AND seq>? ORDER BY seq DESC LIMIT ?",
                 (conv, before if before is not None else 2**62, after, limit)).fetchall()
-            return [HistoryItem(seq=s, ts=ts, sender=f, device=d, id=i, body=b, media=_media(m),
-                                event=msgpack.unpackb(e) if e else None)
+            return [HistoryItem(seq=s, ts=ts, sender=f, device=d, id=i, body=b,
+                                media=blobs.media(m), event=blobs.event(e))
                     for s, ts, f, d, i, b, m, e in rows]
 
         return await self._do(op)

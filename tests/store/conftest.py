@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from chatd.store import Store, open_store
 
 BACKENDS = ["memory", "sqlite", "cassandra"]
+
+
+@pytest.fixture(params=["sqlite", "cassandra"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store several stores (processes, nodes) can open at once: an SQLite file, or the
+    test Cassandra node (emptied first)."""
+    if request.param == "cassandra":
+        node = request.getfixturevalue("cassandra")
+        node.truncate()
+        return str(node.url())
+    return f"sqlite://{tmp_path}/db.sqlite"
 
 
 @pytest.fixture(params=BACKENDS)

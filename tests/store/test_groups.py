@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import trio
 
 from chatd.protocol.frames import Deliver, Receipt, Status
@@ -95,24 +92,15 @@ async def test_group_receipts_are_coalesced_to_all(store: Store) -> None:
         (Status.READ, True)]
 
 
-@pytest.fixture(params=["sqlite", "cassandra"])
-def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "cassandra":
-        node = request.getfixturevalue("cassandra")
-        node.truncate()
-        return str(node.url())
-    return f"sqlite://{tmp_path}/db.sqlite"
-
-
-async def test_fanout_resumes_after_a_restart(durable_url: str) -> None:
+async def test_fanout_resumes_after_a_restart(shared_url: str) -> None:
     members = [f"m{i}" for i in range(1200)]
-    async with open_store(durable_url) as store:
+    async with open_store(shared_url) as store:
         await setup(store, members)
         await settle(store)
         sent = await store.append_message(gmsg("big"))
         # leave at once: the fan-out job is committed with the message, not done yet
         assert store.fanout_pending  # type: ignore[attr-defined]
-    async with open_store(durable_url) as store:
+    async with open_store(shared_url) as store:
         assert (G, sent.seq) in await store.pending_fanouts()  # type: ignore[attr-defined]
         await settle(store)
         for u in (members[0], members[600], members[-1]):

@@ -7,22 +7,11 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 import trio
 
 from chatd.protocol.frames import Deliver, Receipt, Status
 from chatd.store import NewMessage, SqliteStore, Store, open_store
-
-
-@pytest.fixture(params=["sqlite", "cassandra"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "cassandra":
-        node = request.getfixturevalue("cassandra")
-        node.truncate()
-        return str(node.url())
-    return f"sqlite://{tmp_path}/db.sqlite"
 
 
 @contextlib.asynccontextmanager
