@@ -15,7 +15,9 @@ import trio
 from chatd.protocol import NEED_DATA, PEER_CLOSED, Connection, Role, encode_body
 from chatd.protocol import frames as F
 
-conns: dict[str, tuple[Connection, trio.SocketStream]] = {}
+# user -> (connection, stream, lock): several handlers may write to one stream at once (its
+# own Welcome, Delivers from different senders); trio allows one sender at a time
+conns: dict[str, tuple[Connection, trio.SocketStream, trio.Lock]] = {}
 
 
 async def handle(stream: trio.SocketStream) -> None:
@@ -31,20 +33,29 @@ async def handle(stream: trio.SocketStream) -> None:
                     return
                 if isinstance(ev, F.Hello):
                     user = ev.token
-                    conns[user] = (conn, stream)
-                    await stream.send_all(conn.send(F.Welcome(
-                        version=1, user=user, device=ev.device, session="r", server_time=0,
-                        heartbeat_ms=30000, max_frame=1 << 20)) + conn.send(F.Synced(upto=0)))
+                    lock = trio.Lock()
+                    conns[user] = (conn, stream, lock)
+                    async with lock:
+                        await stream.send_all(conn.send(F.Welcome(
+                            version=1, user=user, device=ev.device, session="r",
+                            server_time=0, heartbeat_ms=30000, max_frame=1 << 20))
+                            + conn.send(F.Synced(upto=0)))
                 elif isinstance(ev, F.Send) and ev.to in conns and user is not None:
                     body = encode_body(F.Deliver(q=1, conv="d:a:b", seq=1, ts=0, sender=user,
                                                  device="d", id=ev.id, body=ev.body))
                     out.setdefault(ev.to, []).append(len(body).to_bytes(4, "big") + body)
             for to, frames in out.items():
-                await conns[to][1].send_all(b"".join(frames))
+                if to in conns:
+                    _, dest, lock = conns[to]
+                    try:
+                        async with lock:
+                            await dest.send_all(b"".join(frames))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass  # the receiver went away, not this sender
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        if user is not None and conns.get(user, (None, None))[1] is stream:
+        if user is not None and user in conns and conns[user][1] is stream:
             del conns[user]
 
 
