@@ -190,6 +190,10 @@ class Session:
             auth_provider=PlainTextAuthProvider(u.user, u.password or "") if u.user else None)
         self._session = self._cluster.connect(keyspace)
 
+    def set_page_size(self, rows: int) -> None:
+        """Rows per page of a result (the driver's default: 5,000)."""
+        self._session.default_fetch_size = rows
+
     async def close(self) -> None:
         if self._cluster is not None:
             cluster, self._cluster = self._cluster, None

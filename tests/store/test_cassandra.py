@@ -1,0 +1,28 @@
+"""What only the Cassandra store has: results that come in several pages."""
+
+from __future__ import annotations
+
+from bench.cassandra import CassandraNode
+from chatd.protocol.frames import Deliver
+from chatd.store import CassandraStore, NewMessage, open_store
+
+
+async def test_results_of_several_pages_are_read_whole(cassandra: CassandraNode) -> None:
+    cassandra.truncate()
+    async with open_store(cassandra.url()) as store:
+        assert isinstance(store, CassandraStore)
+        store.db.set_page_size(5)  # every read below spans several pages
+        members = [f"m{i:02}" for i in range(13)]
+        for u in ["alice", *members]:
+            await store.attach_device(u, "phone")
+        info = await store.create_group("big", "Big", "alice", members, ts=1)
+        assert info is not None and len(info.members) == 14
+        for i in range(23):
+            await store.append_message(NewMessage("alice", "phone", f"c{i}", "d:alice:m00",
+                                                  ("m00",), b"%d" % i, 10 + i))
+        page = await store.inbox("m00", "phone", 0, 100)
+        got = [i for i in page.items if isinstance(i, Deliver) and i.conv == "d:alice:m00"]
+        assert [i.body for i in got] == [b"%d" % i for i in range(23)]
+        history = await store.history("d:alice:m00", None, 100)
+        assert [h.seq for h in history] == list(range(23, 0, -1))
+        assert (await store.group("big")).members == info.members  # type: ignore[union-attr]
