@@ -54,10 +54,11 @@ async def test_group_receipts_and_fanout_across_writers(shared_url: str) -> None
         await a.create_group("g1", "team", "alice", ["bob", "carol"], ts=1)
         m = NewMessage("alice", "phone", "hi", "g:g1", (), b"hi", 2, group="g1")
         sent = await b.append_message(m)
-        with trio.fail_after(5):
-            while not [i for i in (await a.inbox("carol", "phone", 0, 10)).items
-                       if isinstance(i, Deliver) and i.seq == sent.seq]:
-                await trio.sleep(0.01)
+        with trio.fail_after(10):  # both have it (Cassandra appends per member inbox)
+            for u in ("bob", "carol"):
+                while not [i for i in (await a.inbox(u, "phone", 0, 10)).items
+                           if isinstance(i, Deliver) and i.seq == sent.seq]:
+                    await trio.sleep(0.01)
         bob_q = (await a.inbox("bob", "phone", 0, 10)).upto
         carol_q = (await b.inbox("carol", "phone", 0, 10)).upto
         assert not [i for _, i in (await a.ack("bob", "phone", bob_q, 3)).items
