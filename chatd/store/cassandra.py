@@ -48,7 +48,7 @@ from .base import (
     StoreError,
     group_receipts,
 )
-from .cql import SCHEMA_VERSION, CassandraURL, Session, schema_version
+from .cql import SCHEMA_VERSION, CassandraURL, Session, StoreTimeout, schema_version
 
 T = TypeVar("T")
 log = logging.getLogger("chatd.store.cassandra")
@@ -219,11 +219,6 @@ class _Members:
     def info(self, group: str, mode: tuple[int, int] = (0, 0)) -> GroupInfo:
         return GroupInfo(group, self.name, tuple(self.members),
                          tuple(u for u, (admin, _) in self.members.items() if admin), *mode)
-
-
-def _timed_out(exc: StoreError) -> bool:
-    """A transaction whose outcome is unknown (it may have applied): worth trying again."""
-    return "Timeout" in str(exc) or "timed out" in str(exc)
 
 
 def bucket(seq: int) -> int:
@@ -442,7 +437,7 @@ class CassandraStore:
                     ok, current = await self.db.applied(self.db.batch(rows))
                 except StoreError as exc:
                     self._last_q.pop(user, None)  # unknown whether it applied: read again
-                    if not _timed_out(exc) or (tries := tries + 1) > RETRIES:
+                    if not isinstance(exc, StoreTimeout) or (tries := tries + 1) > RETRIES:
                         raise
                     last = await self._read_last_q(user)  # (if it did: a repeat, see above)
                     continue
@@ -485,7 +480,7 @@ class CassandraStore:
                 ok, current = await self.db.applied(self.db.batch(rows))
             except StoreError as exc:
                 self._last_seq.pop(conv, None)
-                if not _timed_out(exc) or (tries := tries + 1) > RETRIES:
+                if not isinstance(exc, StoreTimeout) or (tries := tries + 1) > RETRIES:
                     raise
                 last = await self._read_last_seq(conv)  # (if it applied: our claims, below)
                 continue
@@ -533,10 +528,10 @@ class CassandraStore:
         by_conv: dict[str, list[int]] = {}
         for i, m in enumerate(msgs):
             by_conv.setdefault(m.conv, []).append(i)
-        senders = {m.sender for m in msgs}
-        groups = {m.group for m in msgs if m.group is not None}
-        convs = list(by_conv)
         claims: list[_Claim | None] = [None] * len(msgs)
+        modes: dict[str, tuple[int, int]] = {}
+        devices: dict[str, int] = {}
+        members: dict[str, _Members | None] = {}
 
         async def claim(conv: str) -> None:
             idx = by_conv[conv]
@@ -544,20 +539,26 @@ class CassandraStore:
                             strict=True):
                 claims[i] = c
 
-        calls: list[Callable[..., Awaitable[Any]]] = [lambda c=c: claim(c) for c in convs]
-        calls += [lambda c=c: self._mode(c) for c in convs]
-        calls += [lambda u=u: self._device_count(u) for u in senders]
-        calls += [lambda g=g: self._group(g) for g in groups]
-        got = await self._gather(calls)
-        modes = dict(zip(convs, got[len(convs) : 2 * len(convs)], strict=True))
-        devices = dict(zip(senders, got[2 * len(convs) : 2 * len(convs) + len(senders)],
-                           strict=True))
-        members = dict(zip(groups, got[2 * len(convs) + len(senders) :], strict=True))
+        async def conv_mode(conv: str) -> None:
+            modes[conv] = await self._mode(conv)
+
+        async def count(user: str) -> None:
+            devices[user] = await self._device_count(user)
+
+        async def group(name: str) -> None:
+            members[name] = await self._group(name)
+
+        await self._gather([*(functools.partial(claim, c) for c in by_conv),
+                            *(functools.partial(conv_mode, c) for c in by_conv),
+                            *(functools.partial(count, u) for u in {m.sender for m in msgs}),
+                            *(functools.partial(group, g) for g in {m.group for m in msgs}
+                              if g is not None)])
         results: list[Appended] = []
         writes: list[Callable[..., Awaitable[Any]]] = []
         inbox: dict[str, list[Item]] = {}
         rows: list[_Row] = []
         done: list[_Row] = []
+        jobs: list[tuple[str, int, int]] = []  # group messages: (conv, seq, recipients)
         for m, c in zip(msgs, claims, strict=True):
             assert c is not None
             if not c.new:
@@ -580,6 +581,7 @@ class CassandraStore:
                 targets = list(dict.fromkeys(targets))
                 writes.append(lambda m=m, c=c, t=targets: self.db.run(
                     "add_job", (m.conv, c.seq, t)))
+                jobs.append((m.conv, c.seq, len(targets)))
                 writes.append(lambda m=m, c=c: self.db.run("list_job", (m.conv, c.seq)))
                 writes.append(lambda m=m, c=c: self._set_marks(m.conv, m.sender, c.seq, c.seq))
             else:
@@ -603,14 +605,13 @@ class CassandraStore:
         await self._gather([*writes, *self._batches(rows)])
         items = await self._append_items(inbox)
         await self._gather(self._batches(done))
-        for m, r in zip(msgs, results, strict=False):
-            if m.group is not None and not r.duplicate:
-                self._job_left[(r.conv, r.seq)] = 1
-                if self.fanout_mode == "auto":
-                    self._jobs.append((r.conv, r.seq))
-                    self._wake.set()
-                if self.on_fanout is not None:
-                    self.on_fanout(r.conv, r.seq)
+        for conv, seq, n in jobs:
+            if self.fanout_mode == "auto":  # (else a node takes it from the Redis stream)
+                self._job_left[(conv, seq)] = n
+                self._jobs.append((conv, seq))
+                self._wake.set()
+            if self.on_fanout is not None:
+                self.on_fanout(conv, seq)
         # each result carries its own inbox items (for callers that look at them)
         by_msg: dict[tuple[str, int], list[tuple[str, Item]]] = {}
         for user, it in items:
@@ -640,12 +641,16 @@ class CassandraStore:
         await self.db.run("add_day", (day,))
         self._days.add(day)
 
-    async def _post_event(self, group: str, actor: str, ts: int, event: dict[str, Any],
+    async def _post_event(self, conv: str, actor: str, ts: int, event: dict[str, Any],
                           also: tuple[str, ...] = ()) -> None:
-        """A server-made message in the group chat (fanned out like any message)."""
+        """A server-made message in the chat, sent like any message: to the group's members
+        (and `also`), or to the other participant of a one-to-one chat."""
+        group = conv[2:] if conv.startswith("g:") else None
+        if group is None:
+            also = tuple(u for u in conv.split(":")[1:] if u != actor)
         await self._append_all([NewMessage(
             sender=actor, device="server", client_id=f"ev-{secrets.token_hex(8)}",
-            conv=f"g:{group}", recipients=also, body=b"", ts=ts, group=group, event=event)])
+            conv=conv, recipients=also, body=b"", ts=ts, group=group, event=event)])
 
     # ---- fan-out of group messages ---------------------------------------------------------
 
@@ -848,16 +853,16 @@ class CassandraStore:
 
     async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:
         async def op() -> Appended:
-            last, st, devs = await self._gather([
+            last, st, devices = await self._gather([
                 lambda: self._read_last_seq(conv), lambda: self._marks(conv, user),
-                lambda: self._devices(user)])
+                lambda: self._device_count(user)])
             upto_ = min(upto, last)
             if upto_ <= st[1]:
                 return Appended()
             old = st[1]
             await self._set_marks(conv, user, upto_, upto_)
             mine: dict[str, list[Item]] = {}
-            if len(devs) > 1:  # read here: read on my other devices too
+            if devices > 1:  # read here: read on my other devices too
                 mine = self._receipt_items(user, Status.READ, ts, [(user, conv, upto_)])
             if conv.startswith("g:"):
                 items = await self._append_items(mine)
@@ -944,8 +949,8 @@ class CassandraStore:
                 return None
             everyone = list(dict.fromkeys([creator, *members]))
             await self._add_members(group, everyone, creator, 0)
-            await self._post_event(group, creator, ts, {"kind": "created", "by": creator,
-                                                        "name": name, "users": everyone})
+            await self._post_event(f"g:{group}", creator, ts, {
+                "kind": "created", "by": creator, "name": name, "users": everyone})
             return _Members(name, {u: (u == creator, 0) for u in everyone}).info(group)
 
         return await self._op(op())
@@ -987,16 +992,16 @@ class CassandraStore:
             writes.append(lambda: self._add_members(group, added, None, last))
             await self._gather(writes)
             if added:
-                await self._post_event(group, actor, ts,
+                await self._post_event(conv, actor, ts,
                                        {"kind": "added", "by": actor, "users": added})
             if removed:
                 kind = "left" if removed == [actor] else "removed"
-                await self._post_event(group, actor, ts,
+                await self._post_event(conv, actor, ts,
                                        {"kind": kind, "by": actor, "users": removed},
                                        also=tuple(removed))
                 await self._advance_all(conv, actor, ts)  # the rest may all have it now
             if name is not None:
-                await self._post_event(group, actor, ts,
+                await self._post_event(conv, actor, ts,
                                        {"kind": "renamed", "by": actor, "name": name})
             return g.info(group, await self._mode(conv, fresh=True))
 
@@ -1036,14 +1041,8 @@ class CassandraStore:
                 lambda: self.db.run("add_disappearing" if mode == Mode.DISAPPEARING
                                     else "del_disappearing", (conv,))])
             self._modes[conv] = (trio.current_time(), (mode, ttl))
-            event = {"kind": "mode", "mode": mode, "ttl": ttl, "by": actor}
-            if conv.startswith("g:"):
-                await self._post_event(conv[2:], actor, ts, event)
-            else:
-                others = tuple(u for u in conv.split(":")[1:] if u != actor)
-                await self._append_all([NewMessage(actor, "server",
-                                                   f"ev-{secrets.token_hex(8)}", conv, others,
-                                                   b"", ts, event=event)])
+            await self._post_event(conv, actor, ts,
+                                   {"kind": "mode", "mode": mode, "ttl": ttl, "by": actor})
 
         await self._op(op())
 
@@ -1113,13 +1112,14 @@ class CassandraStore:
             start, end = rows[0]["expired_upto"] or 0, now - (rows[0]["ttl"] or 0) * 1000
             upto, last = start, await self._read_last_seq(conv)
             for b in range(bucket(start + 1), bucket(last) + 1):  # oldest first, up to the
-                found = await self.db.run("msgs_up", (conv, b, start, last, COLLECT_LIMIT))
-                young = [m for m in found if m["ts"] >= end]  # first one not expired yet
-                for m in found[: found.index(young[0]) if young else len(found)]:
-                    upto = m["seq"]
-                    expired += 1
-                if young or expired >= COLLECT_LIMIT:
-                    break
+                for m in await self.db.run(  # first one not expired yet
+                        "msgs_up", (conv, b, start, last, COLLECT_LIMIT)):
+                    if m["ts"] >= end or expired >= COLLECT_LIMIT:
+                        break
+                    upto, expired = m["seq"], expired + 1
+                else:
+                    continue
+                break
             if upto > start:
                 await self._gather(
                     lambda b=b, c=conv, u=upto: self.db.run("del_msgs_upto", (c, b, u))

@@ -26,8 +26,6 @@ import trio
 
 from .base import StoreError
 
-log = logging.getLogger("chatd.store.cassandra")
-
 LEVELS: Final = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM",
                  "LOCAL_ONE")
 SERIAL_LEVELS: Final = ("SERIAL", "LOCAL_SERIAL")
@@ -131,11 +129,18 @@ def _replication(url: str, value: str) -> dict[str, int]:
     return out
 
 
+class StoreTimeout(StoreError):
+    """The request timed out: it may or may not have been applied."""
+
+
 def store_error(exc: BaseException) -> StoreError:
     """A driver error as the project's own: the message says what failed and that it is
     Cassandra, without the driver's internals."""
+    from cassandra import OperationTimedOut, Timeout
+
     text = str(exc).split("\n")[0][:300] or type(exc).__name__
-    return StoreError(f"cassandra: {type(exc).__name__}: {text}")
+    kind = StoreTimeout if isinstance(exc, (Timeout, OperationTimedOut)) else StoreError
+    return kind(f"cassandra: {type(exc).__name__}: {text}")
 
 
 class Session:
@@ -209,9 +214,6 @@ class Session:
         except Exception as exc:
             raise store_error(exc) from exc
 
-    def __getitem__(self, name: str) -> Any:
-        return self._prepared[name]
-
     def batch(self, items: Sequence[tuple[str, Sequence[Any]]]) -> Any:
         """One batch of prepared statements (a conditional batch if they have IF: those must
         all be in one partition)."""
@@ -222,10 +224,10 @@ class Session:
             b.add(self._prepared[name], params)
         return b
 
-    async def run(self, stmt: Any, params: Sequence[Any] | None = None, *,
-                  pages: bool = True) -> list[dict[str, Any]]:
-        """Execute and await the rows (every page of them unless pages=False). stmt is the
-        name of a prepared statement, CQL text, or a batch."""
+    async def run(self, stmt: Any, params: Sequence[Any] | None = None
+                  ) -> list[dict[str, Any]]:
+        """Execute and await the rows (every page of them). stmt is the name of a prepared
+        statement, CQL text, or a batch."""
         if isinstance(stmt, str):
             stmt = stmt if " " in stmt else self._prepared[stmt]
         token = self._token
@@ -250,7 +252,7 @@ class Session:
                 raise store_error(value)
             if value:
                 out.extend(value)
-            if not (pages and future.has_more_pages):
+            if not future.has_more_pages:
                 return out
             future.start_fetching_next_page()
 

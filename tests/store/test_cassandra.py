@@ -26,3 +26,18 @@ async def test_results_of_several_pages_are_read_whole(cassandra: CassandraNode)
         history = await store.history("d:alice:m00", None, 100)
         assert [h.seq for h in history] == list(range(23, 0, -1))
         assert (await store.group("big")).members == info.members  # type: ignore[union-attr]
+
+
+def test_driver_errors_become_store_errors_and_timeouts_say_so() -> None:
+    from cassandra import ConsistencyLevel, OperationTimedOut, WriteTimeout, WriteType
+    from cassandra.cluster import NoHostAvailable
+
+    from chatd.store import StoreError
+    from chatd.store.cql import StoreTimeout, store_error
+
+    cas = WriteTimeout("CAS operation timed out", consistency=ConsistencyLevel.SERIAL,
+                       required_responses=1, received_responses=0, write_type=WriteType.CAS)
+    for exc in (cas, OperationTimedOut("no answer")):
+        assert isinstance(store_error(exc), StoreTimeout)  # may have applied: retried
+    down = store_error(NoHostAvailable("Unable to connect to any servers", {}))
+    assert type(down) is StoreError and str(down).startswith("cassandra: NoHostAvailable")
