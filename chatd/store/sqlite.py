@@ -13,7 +13,12 @@ Several processes may write the same file (the workers of `chatd serve --workers
 on one host): a batch starts with BEGIN IMMEDIATE, which takes the database's write lock, and
 then reads `PRAGMA data_version`; if another connection committed since this one's last batch,
 every cache is dropped and reloaded from the tables on demand. So the caches are only ever used
-while they are known to be current, and a single writer pays nothing for this.
+while they are known to be current, and a single writer pays nothing for this. What a store
+read outside that lock (the pending fan-out jobs read when it opens, or after a failed batch)
+is only a hint that there is work: its first batch reloads them under the lock. And each
+fan-out step takes the jobs' progress from the `fanout` table inside the transaction that
+appends the inbox items and moves the progress on (one query per step), so two processes
+sharing one file can never both apply the same chunk of a job.
 """
 
 from __future__ import annotations
@@ -235,7 +240,7 @@ class SqliteStore:
         self._buf = _Buffers()
         self._known_ids: dict[tuple[str, str], tuple[str, int, int]] = {}
         self._ids_prefetched: set[tuple[str, str]] = set()
-        self._data_version = -1
+        self._data_version = -1  # -1: the caches were not read under the write lock
         self.resets = 0  # caches dropped because another process wrote
         # Users whose devices acknowledged something since the last collect(). After a
         # start it holds every user who has a device: nothing acknowledged is missed.
@@ -259,7 +264,10 @@ class SqliteStore:
                                " WHERE key='schema_version'; COMMIT;")
             version += 1
 
-    def _reset_caches(self) -> None:
+    def _reset_caches(self, jobs: bool = True) -> None:
+        """Drop every cache. The pending fan-out jobs are read again from the table unless
+        jobs is False (after a failed batch: no read outside the lock; the next batch reloads
+        them, since _data_version is -1 then)."""
         self._users: set[str] = set()
         self._last_seq: dict[str, int] = {}
         self._last_q: dict[str, int] = {}
@@ -275,9 +283,10 @@ class SqliteStore:
         # group conv -> (members per delivered watermark, per read watermark, who is counted)
         self._marks: dict[str, tuple[collections.Counter[int], collections.Counter[int],
                                      set[str]]] = {}
-        self._jobs: collections.deque[_Fanout] = collections.deque(  # resumed after a restart
-            _Fanout(c, q, msgpack.unpackb(r), d, None) for c, q, r, d in self._db.execute(
-                "SELECT conv, seq, recipients, done FROM fanout ORDER BY conv, seq"))
+        if jobs:  # (resumed after a restart, or another process's)
+            self._jobs: collections.deque[_Fanout] = collections.deque(
+                _Fanout(c, q, msgpack.unpackb(r), d, None) for c, q, r, d in self._db.execute(
+                    "SELECT conv, seq, recipients, done FROM fanout ORDER BY conv, seq"))
         self._fanout_queued = False
 
     # ---- the writer ----------------------------------------------------------------------
@@ -323,10 +332,14 @@ class SqliteStore:
         try:
             db.execute("BEGIN IMMEDIATE")
             (version,) = db.execute("PRAGMA data_version").fetchone()
-            if version != self._data_version:  # another process committed: caches are stale
+            # Another process committed since this store's last batch, or this is the first
+            # batch (of the store, or after a failed one): what the caches hold was not read
+            # under this lock (the jobs read on opening may have been run by another process
+            # since), so it is read again now.
+            if version != self._data_version:
                 if self._data_version != -1:
-                    self._reset_caches()
                     self.resets += 1
+                self._reset_caches()
                 self._data_version = version
             self._prefetch_ids(db, [k for op in batch if op.ids for k in op.ids])
             for op in batch:
@@ -343,7 +356,7 @@ class SqliteStore:
                 db.execute("ROLLBACK")
             self._buf = _Buffers()
             self._new_jobs = []
-            self._reset_caches()
+            self._reset_caches(jobs=False)  # (the jobs in memory: a hint, reloaded before use)
             self._data_version = -1
             for op in batch:
                 op.result, op.error = None, StoreError(f"sqlite: {exc}")
@@ -570,6 +583,12 @@ class SqliteStore:
             self._fanout_queued = False
         items: list[tuple[str, Item]] = []
         while jobs and len(items) < FANOUT_CHUNK:
+            if (jobs[0].conv, jobs[0].seq) not in self._buf.fanout:
+                self._check_jobs(db, jobs, FANOUT_CHUNK - len(items))
+                if not jobs:  # (finished by another process: found in the table just now)
+                    if only is not None and not items:
+                        return None
+                    break
             job = jobs[0]
             if job.template is None:
                 job.template = self._load_message(db, job.conv, job.seq)
@@ -586,6 +605,36 @@ class SqliteStore:
             else:
                 self._buf.fanout[(job.conv, job.seq)] = (job.recipients, end)
         return Appended(items=tuple(items))
+
+    def _check_jobs(self, db: sqlite3.Connection, jobs: collections.deque[_Fanout],
+                    want: int) -> None:
+        """Take the progress of the jobs at the front of `jobs` (as many as may give `want`
+        inbox appends) from the fanout table, in the write transaction that will apply their
+        next chunk: the table is the truth, memory only a copy that another process may have
+        made stale (it ran the job meanwhile). A job whose row is gone is finished: dropped.
+        One query for them all. (A job this transaction has written already is in the
+        buffer, and memory agrees with it: not asked again.)"""
+        front: list[_Fanout] = []
+        left = 0
+        for job in jobs:
+            if left >= want or len(front) >= 500:
+                break
+            if (job.conv, job.seq) in self._buf.fanout:
+                break
+            front.append(job)
+            left += len(job.recipients) - job.done
+        rows = dict(((c, q), d) for c, q, d in db.execute(
+            "SELECT conv, seq, done FROM fanout WHERE (conv, seq) IN (VALUES "
+            + ",".join(["(?, ?)"] * len(front)) + ")",
+            [x for j in front for x in (j.conv, j.seq)]))
+        for job in front:
+            done = rows.get((job.conv, job.seq))
+            if done is None:  # run to the end by another process: nothing left to do
+                jobs.remove(job)
+                if jobs is not self._jobs:
+                    self._jobs.remove(job)
+            else:
+                job.done = done
 
     def _load_message(self, db: sqlite3.Connection, conv: str, seq: int) -> Deliver | None:
         self._buf.flush(db)
