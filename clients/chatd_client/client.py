@@ -6,8 +6,13 @@
             ...
 
 Delivery from the server is at least once; the client drops repeats (by inbox position)
-before the caller sees them and acknowledges what it received. Sends are idempotent by their
-client id, so after a reconnect the client simply sends again whatever was not yet SENT.
+before the caller sees them. It acknowledges an item only once the application has taken its
+event from `events()` / `next_event()`, so whatever the application has not taken comes back
+after a reconnect, or to the next client of the same device. The events wait in a bounded
+buffer: when the application falls behind, the client stops reading the socket (backpressure)
+rather than drop anything, and the server's slow-consumer rule does the rest. Sends are
+idempotent by their client id, so after a reconnect the client simply sends again whatever was
+not yet SENT.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import contextlib
 import itertools
 import random
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -39,7 +45,7 @@ from chatd.util import single_errors
 from . import events as ev
 from .transport import Link, open_link
 
-EVENT_BUFFER = 10_000
+EVENT_BUFFER = 10_000  # events waiting for the application before the client stops reading
 T = TypeVar("T")
 
 
@@ -71,6 +77,67 @@ class _Waiter:
         self.error: ChatdError | None = None
 
 
+class _EventBuffer:
+    """The events waiting for the application, in order, each with its inbox position (0 for
+    events that have none). The reader waits while it is full; the lifecycle events (Connected,
+    Disconnected) and server errors are added whatever its size, so that the reconnect loop
+    never waits for the application. They stay few: while the reader waits, the connection
+    cannot end (nothing reads the socket), so no reconnect adds more."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("the event buffer needs room for at least one event")
+        self.capacity = capacity
+        self._items: deque[tuple[ev.Event, int]] = deque()
+        self._closed = False
+        self._getters = trio.lowlevel.ParkingLot()
+        self._putters = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put(self, event: ev.Event, q: int, give_up: Callable[[], bool]) -> bool:
+        """Add the event, waiting while the buffer is full; False, without adding it, if
+        give_up() is true while it is full (checked again at each wake_putters())."""
+        if not await self.wait_room(self.capacity - 1, give_up):
+            return False
+        self.put_nowait(event, q)
+        return True
+
+    async def wait_room(self, most: int, give_up: Callable[[], bool]) -> bool:
+        """Wait until at most `most` events are waiting; False as soon as give_up() is true
+        (checked again at each wake_putters())."""
+        while len(self._items) > most:
+            if give_up():
+                return False
+            await self._putters.park()
+        return True
+
+    def put_nowait(self, event: ev.Event, q: int = 0) -> None:
+        self._items.append((event, q))
+        self._getters.unpark_all()
+
+    def wake_putters(self) -> None:
+        self._putters.unpark_all()
+
+    async def get(self) -> tuple[ev.Event, int] | None:
+        """The oldest event, waiting for one; None once closed and empty."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._items:
+            if self._closed:
+                return None
+            await self._getters.park()
+        item = self._items.popleft()
+        self._putters.unpark_all()
+        await trio.lowlevel.cancel_shielded_checkpoint()  # taken: not lost to a cancellation
+        return item
+
+    def close(self) -> None:
+        """No more events will come; those already here can still be taken."""
+        self._closed = True
+        self._getters.unpark_all()
+
+
 LOST = (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError)
 FATAL_CODES = {ErrorCode.UNAUTHENTICATED, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.MALFORMED}
 
@@ -79,7 +146,7 @@ class Client:
     def __init__(self, urls: Sequence[str], token: str, device: str = "default", *,
                  ca_file: str | None = None, client_name: str = "chatd-py/0.1",
                  reconnect: bool = True, max_backoff: float = 5.0,
-                 background: bool = False) -> None:
+                 background: bool = False, event_buffer: int = EVENT_BUFFER) -> None:
         self.urls = list(urls)
         self.token = token
         self.device = device
@@ -100,13 +167,20 @@ class Client:
         self._rids = itertools.count(1)
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
-        self._events_in, self._events_out = trio.open_memory_channel[ev.Event](EVENT_BUFFER)
-        self._max_q = 0  # highest inbox position received: anything at or below is a repeat
-        self._acked = 0
+        self._events = _EventBuffer(event_buffer)
+        self._max_q = 0  # highest inbox position buffered: anything at or below is a repeat
+        self._taken = 0  # highest inbox position the application has taken
+        self._acked = 0  # highest position the server has from this connection (or Welcome)
         self._ack_wake = trio.Event()
+        self._aside = False  # items were set aside on this connection: get them again
+        self._resync = False  # the connection is ending to get them
+        self._waiting = 0  # tasks waiting for an answer (SENT, or a request's)
+        self._shown_connected = False  # the application was told Connected, not Disconnected
+        self._session_scope: trio.CancelScope | None = None
         self._fatal: BaseException | None = None
         self.heartbeat = 30.0
         self.reconnects = 0
+        self.resyncs = 0  # connections renewed to get again what did not fit the buffer
         self._watching: set[str] = set()  # watched again after a reconnect
 
     # ---- public API ------------------------------------------------------------------------
@@ -193,25 +267,45 @@ class Client:
         return answer
 
     async def request(self, make: Any) -> Frame:
-        """Send a request frame built by make(rid) and wait for its answer."""
+        """Send a request frame built by make(rid) and wait for its answer.
+
+        Answers (and SENT acks) go straight to whoever waits for them, never through the event
+        buffer, and they come while that buffer is full, even to the task that takes the
+        events: as long as a send or request awaits its answer, the client keeps reading the
+        socket, setting aside (unacknowledged) the events that do not fit. Once nothing is
+        awaited and the application has taken half the buffer, it reconnects, without telling
+        the application, and the server sends those events again."""
         rid = next(self._rids)
         waiter = _Waiter(make(rid))
         self._requests[rid] = waiter
-        await self._write_when_connected(waiter.frame)
         try:
+            await self._write_when_connected(waiter.frame)
             return await self._wait(waiter)  # type: ignore[no-any-return]
         finally:
             self._requests.pop(rid, None)
 
     async def events(self) -> AsyncIterator[ev.Event]:
-        """Every event in order. Ends when the client stops for good (raising why)."""
-        async for event in self._events_out:
+        """Every event in order. Ends when the client stops for good (raising why).
+
+        An event is taken once this yields it: only then is its inbox item acknowledged to the
+        server (cumulatively, in order). Events not taken stay in the buffer (at most
+        `event_buffer` of them; then the client stops reading the socket) and, for Message,
+        Delivered and Read, on the server, which sends them again to the next connection if
+        this one ends first."""
+        while (item := await self._events.get()) is not None:
+            event, q = item
+            if q > self._taken:
+                self._taken = q
+                self._ack_wake.set()
+            if self._aside:
+                self._maybe_resync()
             yield event
         if self._fatal is not None:
             raise self._fatal
 
     async def next_event(self, *types: type) -> ev.Event:
-        """The next event of one of the given types (any, if none given)."""
+        """The next event of one of the given types (any, if none given). Events of other
+        types before it are skipped: like any event events() gives, they count as taken."""
         async for event in self.events():
             if not types or isinstance(event, types):
                 return event
@@ -220,11 +314,17 @@ class Client:
     # ---- internals -------------------------------------------------------------------------
 
     async def _wait(self, waiter: _Waiter) -> Any:
-        while not waiter.done.is_set():
-            if self._fatal is not None:
-                raise self._fatal
-            with trio.move_on_after(0.5):
-                await waiter.done.wait()
+        self._waiting += 1
+        self._events.wake_putters()  # the reader must keep reading (see request())
+        try:
+            while not waiter.done.is_set():
+                if self._fatal is not None:
+                    raise self._fatal
+                with trio.move_on_after(0.5):
+                    await waiter.done.wait()
+        finally:
+            self._waiting -= 1
+            self._maybe_resync()
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -240,28 +340,61 @@ class Client:
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionLost):
                 await trio.sleep(0.01)  # the supervisor reconnects; frames in _pending resend
 
-    async def _write(self, frame: Frame) -> None:
+    async def _write(self, frame: Frame | None) -> None:
+        """Write frame (None: nothing but the Ack), after an Ack for what the application has
+        taken if the server does not have it yet: an Ack goes before a Read or a Goodbye."""
         async with self._write_lock:
             conn, link = self._conn, self._link
             if conn is None or link is None or conn.state is State.CLOSED:
                 raise ConnectionLost("not connected")
-            await link.send(conn.send(frame))
+            upto = self._taken
+            if upto > self._acked:
+                await link.send(conn.send(F.Ack(upto=upto)))
+                self._acked = upto
+            if frame is not None:
+                await link.send(conn.send(frame))
 
-    def _emit(self, event: ev.Event) -> None:
-        try:
-            self._events_in.send_nowait(event)
-        except trio.WouldBlock:
-            pass  # the caller is not reading events; repeats come back after reconnecting
-        except trio.ClosedResourceError:
-            pass
+    def _awaiting(self) -> bool:
+        """A task waits for an answer (so the reader must keep reading)."""
+        return self._waiting > 0
+
+    def _maybe_resync(self) -> bool:
+        """End the connection if events were set aside, no answer is awaited any more and
+        the application has taken half the buffer (so that what comes again is worth it)."""
+        if (self._aside and not self._awaiting() and self._session_scope is not None
+                and len(self._events) <= self._events.capacity // 2):
+            self._resync = True
+            self._session_scope.cancel()
+            return True
+        return False
+
+    async def _take_in(self, q: int, event: ev.Event) -> None:
+        """Buffer an event for the application (q: its inbox position, 0 if none). While the
+        buffer is full the reader waits here, so the socket is not read (backpressure). But
+        while a task awaits an answer the reader must keep reading: an event that does not
+        fit is then set aside instead (dropped, not acknowledged), and so is every later one
+        on this connection (no gaps: positions at or below the highest buffered count as
+        repeats). The reader then waits again until an answer is awaited, or until the
+        application has taken half the buffer: then the connection is renewed
+        (_maybe_resync) and the server sends them again; Presence and Synced too."""
+        if q and q <= self._max_q:
+            return  # a repeat: the application has it already, or will, in order
+        if not self._aside:
+            if await self._events.put(event, q, self._awaiting):
+                if q:
+                    self._max_q = q
+                return
+            self._aside = True
+        await self._events.wait_room(self._events.capacity // 2, self._awaiting)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, and keep reconnecting with backoff until cancelled or refused for good."""
         started = False
         backoff = 0.05
+        pick = 0  # which URL: a renewed connection (resync) goes back to the same one
         try:
             for attempt in itertools.count():
-                url = self.urls[attempt % len(self.urls)]
+                url = self.urls[pick % len(self.urls)]
                 reason = ""
                 try:
                     async with open_link(url, self.ca_file) as link:
@@ -284,10 +417,17 @@ class Client:
                     reason = f"{type(exc).__name__}: {exc}"
                 if self._conn is not None:
                     started = True
-                self._conn = self._link = None
+                self._conn = self._link = self._session_scope = None
                 if self._connected.is_set():
                     self._connected = trio.Event()
-                    self._emit(ev.Disconnected(reason))
+                resync, self._resync = self._resync, False
+                self._aside = False  # the next connection starts again from the server's cursor
+                if resync:
+                    self.resyncs += 1
+                    continue  # renewed to get what was set aside: at once, and quietly
+                if self._shown_connected:
+                    self._shown_connected = False
+                    self._events.put_nowait(ev.Disconnected(reason))
                 if not self.reconnect and started:
                     raise ConnectionLost(reason)
                 if not started and attempt + 1 >= len(self.urls) * 3:
@@ -295,11 +435,12 @@ class Client:
                 await trio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(self.max_backoff, backoff * 2)
                 self.reconnects += 1
+                pick += 1
         except BaseException as exc:
             self._fatal = exc if isinstance(exc, Exception) else ConnectionLost("client stopped")
             raise
         finally:
-            self._events_in.close()
+            self._events.close()
 
     async def _read_frame(self, conn: Connection, link: Link, timeout: float) -> Frame | None:
         while True:
@@ -327,15 +468,21 @@ class Client:
         self.user, self.session, self.url = first.user, first.session, url
         self.device = first.device
         self.heartbeat = first.heartbeat_ms / 1000
+        self._acked = first.cursor  # what the app took beyond it is acknowledged again
         self._conn, self._link = conn, link
         self._connected.set()
-        self._emit(ev.Connected(first.user, first.device, first.session))
+        if not self._shown_connected:  # (a resync is not news to the application)
+            self._shown_connected = True
+            self._events.put_nowait(ev.Connected(first.user, first.device, first.session))
         if task_status is not None:
             task_status.started()
         with single_errors():
             async with trio.open_nursery() as nursery:
+                self._session_scope = nursery.cancel_scope
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._acker)
+                if self._taken > self._acked:
+                    self._ack_wake.set()
                 for waiter in list(self._pending.values()):  # not yet SENT: send again
                     await self._write(waiter.frame)
                 for waiter in list(self._requests.values()):
@@ -347,6 +494,8 @@ class Client:
                     if frame is None:
                         break
                     await self._on_frame(frame)
+                    if self._maybe_resync():
+                        break
                 nursery.cancel_scope.cancel()
 
     async def _heartbeat(self) -> None:
@@ -356,42 +505,33 @@ class Client:
                 await self._write(F.Ping(nonce=n))
 
     async def _acker(self) -> None:
+        """Acknowledge what the application has taken (events() wakes it)."""
         with contextlib.suppress(*LOST):
             while True:
                 await self._ack_wake.wait()
                 self._ack_wake = trio.Event()
-                upto = self._max_q
-                if upto > self._acked:
-                    await self._write(F.Ack(upto=upto))
-                    self._acked = upto
-
-    def _received(self, q: int) -> bool:
-        """Note inbox position q; False if it is a repeat to drop."""
-        self._ack_wake.set()
-        if q <= self._max_q:
-            return False
-        self._max_q = q
-        return True
+                if self._taken > self._acked:
+                    await self._write(None)
 
     async def _on_frame(self, frame: Frame) -> None:
         if isinstance(frame, F.Deliver):
-            if self._received(frame.q):
-                self._emit(ev.Message(frame.conv, frame.seq, frame.ts, frame.sender,
-                                      frame.device, frame.id, frame.body, frame.group,
-                                      frame.media, frame.event))
+            if frame.q > self._max_q:
+                await self._take_in(frame.q, ev.Message(
+                    frame.conv, frame.seq, frame.ts, frame.sender, frame.device, frame.id,
+                    frame.body, frame.group, frame.media, frame.event))
         elif isinstance(frame, F.Receipt):
-            if self._received(frame.q):
+            if frame.q > self._max_q:
                 kind = ev.Delivered if frame.status == F.Status.DELIVERED else ev.Read
-                self._emit(kind(frame.conv, frame.seqs, frame.by, frame.ts))
+                await self._take_in(frame.q, kind(frame.conv, frame.seqs, frame.by, frame.ts))
         elif isinstance(frame, F.Sent):
             waiter = self._pending.pop(frame.id, None)
             if waiter is not None:
                 waiter.result = ev.SentAck(frame.id, frame.conv, frame.seq, frame.ts)
                 waiter.done.set()
         elif isinstance(frame, F.Presence) and frame.rid is None:
-            self._emit(ev.Presence(frame.user, frame.online, frame.last_seen))
+            await self._take_in(0, ev.Presence(frame.user, frame.online, frame.last_seen))
         elif isinstance(frame, F.Synced):
-            self._emit(ev.Synced(frame.upto))
+            await self._take_in(0, ev.Synced(frame.upto))
         elif isinstance(frame, F.Ping):
             await self._write(F.Pong(nonce=frame.nonce))
         elif isinstance(frame, F.Error):
@@ -421,13 +561,14 @@ class Client:
             waiter.error = error
             waiter.done.set()
             return
-        self._emit(ev.ServerError(frame.code, error.name, frame.message, frame.ref))
+        self._events.put_nowait(ev.ServerError(frame.code, error.name, frame.message, frame.ref))
         if frame.code in FATAL_CODES:
             raise error
 
     async def goodbye(self) -> None:
+        """Say goodbye (after acknowledging what the application took), even when cancelled."""
         if self._conn is not None:
-            with trio.move_on_after(1):
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
                 try:
                     await self._write(F.Goodbye())
                 except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionLost):
