@@ -16,6 +16,13 @@ retry, which finds its claim not done and redoes 2-4 with the seq it already has
 nothing was acknowledged as SENT. A retry while the first attempt may still be running gets a
 StoreError (retry later) rather than a second copy.
 
+A group message is appended to its members' inboxes by a fan-out job, a chunk at a time, and
+a chunk may be run again (its node died before recording it, its owner's lease ran out while
+the owner carried on, a timeout hid a batch that applied). Each member's item goes in with a
+marker row in that member's inbox partition, in the same conditional batch (`IF NOT EXISTS`):
+the claim and the effect in one transaction, so a member gets each group message once
+(`_write_inbox`).
+
 Watermarks that only ever rise (device cursors, delivered/read marks, last seen) are written
 with the value as the write timestamp: the highest value wins on every replica, whichever node
 wrote last, without a transaction.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import logging
 import secrets
 import time
@@ -63,6 +71,9 @@ IDS_TTL: Final = 30 * 86_400  # seconds a client id is remembered for retries
 REDO_AFTER_MS: Final = 15_000  # an unfinished send older than this is completed by its retry
 COLLECT_LIMIT: Final = 10_000
 LEASE_MS: Final = 30_000  # a fan-out job is another node's for this long after its last step
+# How long a group message's marker stays in a member's inbox partition (see marker_q): longer
+# than a fan-out job can stay unfinished or a node can stall in the middle of a chunk.
+MARK_TTL: Final = 7 * 86_400
 CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are trusted from memory
 MAX_CACHED: Final = 200_000  # entries per cache before it starts again
 
@@ -79,7 +90,9 @@ STATEMENTS: Final = {
     "items": "SELECT q, conv, seq, sender, receipt FROM inbox WHERE user = ? AND q > ? LIMIT ?",
     "items_upto": "SELECT q, conv, seq, sender, receipt FROM inbox"
                   " WHERE user = ? AND q > ? AND q <= ?",
-    "prune": "DELETE FROM inbox WHERE user = ? AND q <= ?",
+    "prune": "DELETE FROM inbox WHERE user = ? AND q > 0 AND q <= ?",  # (markers stay)
+    "put_marker": "INSERT INTO inbox (user, q, conv, seq) VALUES (?, ?, ?, ?) IF NOT EXISTS"
+            " USING TTL ?",
     "last_seq": "SELECT last_seq FROM sends WHERE conv = ? LIMIT 1",
     "move_seq": "UPDATE sends SET last_seq = ? WHERE conv = ? IF last_seq = ?",
     "claim": "INSERT INTO sends (conv, sender, client_id, seq, ts, at, done)"
@@ -227,6 +240,14 @@ def bucket(seq: int) -> int:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def marker_q(conv: str, seq: int) -> int:
+    """Where a group message's marker row sits in a member's inbox partition: a negative q
+    (items are at q >= 1, so no read of items meets a marker) from a 62-bit hash of the
+    message, the same on every node. The row holds conv and seq, so a collision is seen."""
+    h = hashlib.blake2b(f"{conv}\0{seq}".encode(), digest_size=8).digest()
+    return -1 - (int.from_bytes(h, "big") & (2**62 - 1))
 
 
 class CassandraStore:
@@ -414,21 +435,50 @@ class CassandraStore:
         rows = await self.db.run("last_seq", (conv,))
         return (rows[0]["last_seq"] or 0) if rows else 0
 
-    async def _write_inbox(self, user: str, entries: list[Item]) -> list[tuple[str, Item]]:
-        """Append items (q unset) to the user's inbox; the listener sees them in q order."""
+    async def _write_inbox(self, user: str, entries: list[Item]
+                           ) -> list[tuple[str, Item] | None]:
+        """Append items (q unset) to the user's inbox; the listener sees them in q order.
+
+        A group message (a fan-out item) goes in with its marker (`marker_q`) in the same
+        conditional batch, `IF NOT EXISTS`: if the marker is there, the item is in this inbox
+        already (the chunk it belongs to is run again: after its node died before recording
+        the step, by an owner whose lease ran out, or after a timeout that hid a batch that
+        applied) and it is not appended again; its result is None. A marker with another
+        message's key (a 62-bit hash collision) lets the item in without a marker."""
         last = self._last_q.get(user)
         if last is None:
             last = await self._read_last_q(user)
-        out: list[tuple[str, Item]] = []
+        out: list[tuple[str, Item] | None] = []
         tries = 0
+        marked: dict[int, tuple[str, int]] = {}  # markers of this call (an item twice in it)
         for i in range(0, len(entries), CHUNK):
             chunk = entries[i : i + CHUNK]
+            markers: list[int | None] = []
+            there = [False] * len(chunk)  # in the inbox already: not appended
+            for j, it in enumerate(chunk):
+                mark = None
+                if type(it) is Deliver and it.group is not None:
+                    mark = marker_q(it.conv, it.seq)
+                    if mark not in marked:
+                        marked[mark] = (it.conv, it.seq)
+                    elif marked[mark] == (it.conv, it.seq):
+                        there[j] = True
+                    else:
+                        mark = None
+                markers.append(mark)
             while True:
+                todo = [j for j in range(len(chunk)) if not there[j]]
+                if not todo:
+                    break
                 rows: list[tuple[str, tuple[Any, ...]]] = [
-                    ("move_q", (last + len(chunk), user, last or None))]
-                for n, it in enumerate(chunk, last + 1):
+                    ("move_q", (last + len(todo), user, last or None))]
+                for n, j in enumerate(todo, last + 1):
+                    it = chunk[j]
                     if type(it) is Deliver:
                         rows.append(("put_item", (user, n, it.conv, it.seq, it.sender, None)))
+                        if markers[j] is not None:
+                            rows.append(("put_marker", (user, markers[j], it.conv, it.seq,
+                                                        MARK_TTL)))
                     else:
                         assert type(it) is Receipt
                         rows.append(("put_item", (user, n, it.conv, 0, None,
@@ -439,17 +489,28 @@ class CassandraStore:
                     self._last_q.pop(user, None)  # unknown whether it applied: read again
                     if not isinstance(exc, StoreTimeout) or (tries := tries + 1) > RETRIES:
                         raise
-                    last = await self._read_last_q(user)  # (if it did: a repeat, see above)
+                    # if it did apply: its group items find their markers next time; other
+                    # items are appended again (at-least-once, see docs/CASSANDRA.md)
+                    last = await self._read_last_q(user)
                     continue
                 if ok:
                     break
                 last = (current[0].get("last_q") or 0) if current else 0  # another node's
-            items = tuple((user, dataclasses.replace(it, q=n))
-                          for n, it in enumerate(chunk, last + 1))
-            last += len(chunk)
+                for r in current:  # markers already there: those items are in the inbox
+                    if (r.get("q") or 0) < 0:
+                        for j in todo:
+                            if markers[j] == r["q"]:
+                                if (r["conv"], r["seq"]) == marked[r["q"]]:
+                                    there[j] = True
+                                else:
+                                    markers[j] = None  # a collision: in without a marker
+            items = tuple((user, dataclasses.replace(chunk[j], q=n))
+                          for n, j in enumerate(todo, last + 1))
+            last += len(todo)
             self._last_q[user] = last
-            out += items
-            if self.on_append is not None:
+            placed = iter(items)
+            out += [None if there[j] else next(placed) for j in range(len(chunk))]
+            if self.on_append is not None and items:
                 try:
                     self.on_append(items)
                 except Exception:
@@ -457,9 +518,11 @@ class CassandraStore:
         return out
 
     async def _append_items(self, per_user: dict[str, list[Item]]) -> list[tuple[str, Item]]:
+        """Append to each user's inbox; what is there already (see _write_inbox) is left out
+        of the result."""
         results = await self._gather(
             (lambda u=u, e=e: self._inboxes.submit(u, e)) for u, e in per_user.items() if e)
-        return [x for r in results for x in r]
+        return [x for r in results for x in r if x is not None]
 
     async def _write_claims(self, conv: str, msgs: list[NewMessage]) -> list[_Claim]:
         """Take seqs for the messages not sent before; find the claims of those that were."""
@@ -683,6 +746,9 @@ class CassandraStore:
         while template is not None and done < len(recipients):
             self._job_left[key] = len(recipients) - done
             end = min(len(recipients), done + FANOUT_CHUNK)
+            # Not one transaction with the step below (other partitions): if this chunk was
+            # appended before (by a node that died before its step, or that lost the lease
+            # and carries on), the members' markers keep it from being appended again.
             await self._append_items({u: [template] for u in recipients[done:end]})
             ok, _ = await self.db.applied("job_step", (end, now_ms() + LEASE_MS, *key,
                                                        self.node_id, done))

@@ -132,3 +132,109 @@ async def test_a_failed_batch_does_not_bring_back_jobs_another_process_then_runs
         for conv, seq in jobs:
             assert not await b.fanout(conv, seq)
         await assert_once_each(b, 2)
+
+
+# ---- Cassandra: a job's steps are not one transaction with the inbox appends they make -----
+# (each member's inbox is its own partition), so a chunk may be appended again: by the node
+# that takes a job over after its owner died between a chunk's appends and the step that
+# records them, by a retry after a timeout, or by an owner that lost its lease mid-chunk and
+# carries on. Each group item is appended with a marker in the same conditional batch, and an
+# item whose marker is there already is not appended again.
+
+
+@pytest.fixture
+def cassandra_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    from chatd.store import cassandra as cassandra_store
+
+    node = request.getfixturevalue("cassandra")
+    node.truncate()
+    monkeypatch.setattr(cassandra_store, "FANOUT_CHUNK", 2)  # several chunks per job
+    monkeypatch.setattr(cassandra_store, "LEASE_MS", 300)  # a dead owner's lease runs out soon
+    return str(node.url())
+
+
+async def test_cassandra_a_chunk_whose_step_was_not_recorded_is_not_appended_again(
+        cassandra_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node running a job dies after appending a chunk and before recording the step;
+    another node takes the job over when the lease has run out and starts from the recorded
+    progress: the members of that chunk must not get the message a second time."""
+    async with open_store(cassandra_url) as a, open_store(cassandra_url) as b:
+        assert isinstance(a, CassandraStore)
+        a.fanout_mode = b.fanout_mode = "external"
+        await setup_group(a)
+        await run_all(a)
+        await send(a, 1)
+        [(conv, seq)] = await a.pending_fanouts()
+        real = a.db.applied
+
+        async def dies_before_the_step(stmt: object, params: object = None) -> object:
+            if stmt == "job_step":
+                raise StoreError("the node died here")
+            return await real(stmt, params)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(a.db, "applied", dies_before_the_step)
+        with pytest.raises(StoreError):
+            await a.fanout(conv, seq)  # the first chunk is in bob's and carol's inboxes
+        await trio.sleep(0.4)  # the dead node's lease runs out
+        assert await b.fanout(conv, seq)
+        await assert_once_each(b, 1)
+
+
+async def test_cassandra_an_append_that_timed_out_but_applied_is_not_repeated(
+        cassandra_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conditional batch that applied but whose answer timed out is tried again by the
+    store: the group items it appended must not be appended a second time."""
+    from chatd.store.cql import StoreTimeout
+
+    async with open_store(cassandra_url) as a:
+        assert isinstance(a, CassandraStore)
+        a.fanout_mode = "external"
+        await setup_group(a)
+        await run_all(a)
+        await send(a, 1)
+        real = a.db.applied
+        lost: list[object] = []
+
+        async def answer_lost(stmt: object, params: object = None) -> object:
+            result = await real(stmt, params)  # type: ignore[arg-type]
+            if not isinstance(stmt, str) and len(lost) < 3:  # an inbox batch: it applied
+                lost.append(stmt)
+                raise StoreTimeout("cassandra: OperationTimedOut: the answer was lost")
+            return result
+
+        monkeypatch.setattr(a.db, "applied", answer_lost)
+        await run_all(a)
+        assert len(lost) == 3
+        await assert_once_each(a, 1)
+
+
+async def test_cassandra_an_owner_that_lost_its_lease_mid_chunk_appends_nothing_twice(
+        cassandra_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner stalls in the middle of a chunk (its appends not sent yet) past its lease;
+    another node takes the job over and runs it to the end; then the stalled owner's appends
+    go out: none may land a second time (and its step is refused)."""
+    async with open_store(cassandra_url) as a, open_store(cassandra_url) as b:
+        assert isinstance(a, CassandraStore)
+        a.fanout_mode = b.fanout_mode = "external"
+        await setup_group(a)
+        await run_all(a)
+        await send(a, 1)
+        [(conv, seq)] = await a.pending_fanouts()
+        go_on = trio.Event()
+        real = a._append_items
+
+        async def stalls(per_user: object) -> object:
+            await go_on.wait()
+            return await real(per_user)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(a, "_append_items", stalls)
+        async with trio.open_nursery() as nursery:
+            async def stalled_owner() -> None:
+                with pytest.raises(StoreError, match="taken over"):
+                    await a.fanout(conv, seq)
+
+            nursery.start_soon(stalled_owner)
+            await trio.sleep(0.5)  # its lease runs out
+            assert await b.fanout(conv, seq)
+            go_on.set()
+        await assert_once_each(b, 1)
