@@ -8,7 +8,7 @@ import msgpack
 
 from .errors import ErrorCode, ProtocolError
 from .frames import FRAME_TYPES, Frame
-from .limits import MAX_FRAME_SIZE, MAX_LIST_LEN, MAX_MAP_LEN
+from .limits import MAX_CONTAINERS_FROM_SERVER, MAX_FRAME_SIZE, MAX_LIST_LEN, MAX_MAP_LEN
 from .schema import from_map, malformed, to_map
 
 _packer_options: dict[str, Any] = {"use_bin_type": True}
@@ -21,10 +21,30 @@ def encode_body(frame: Frame) -> bytes:
     return msgpack.packb(body, **_packer_options)  # type: ignore[no-any-return]
 
 
-def decode_body(data: bytes, max_size: int = MAX_FRAME_SIZE) -> Frame:
+class _TooManyContainers(Exception):
+    pass
+
+
+def _counter(limit: int) -> Any:
+    """A msgpack hook that counts maps and arrays and stops the decoder past `limit`: a frame
+    of a million empty arrays costs a few of them, not a million."""
+    left = [limit]
+
+    def hook(obj: Any) -> Any:
+        left[0] -= 1
+        if left[0] < 0:
+            raise _TooManyContainers
+        return obj
+
+    return hook
+
+
+def decode_body(data: bytes, max_size: int = MAX_FRAME_SIZE,
+                max_containers: int = MAX_CONTAINERS_FROM_SERVER) -> Frame:
     """Decode one msgpack body into a frame. Any bad input raises ProtocolError."""
     if len(data) > max_size:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes, limit {max_size}")
+    hook = _counter(max_containers)
     try:
         obj = msgpack.unpackb(
             data,
@@ -36,7 +56,11 @@ def decode_body(data: bytes, max_size: int = MAX_FRAME_SIZE) -> Frame:
             max_array_len=MAX_LIST_LEN,
             max_map_len=MAX_MAP_LEN,
             max_ext_len=0,
+            list_hook=hook,
+            object_hook=hook,
         )
+    except _TooManyContainers:
+        raise malformed(f"more than {max_containers} maps and arrays in one frame") from None
     except Exception as exc:  # msgpack raises many types: all mean "not a valid body"
         raise malformed(f"not a msgpack value: {type(exc).__name__}") from None
     if type(obj) is not dict:

@@ -15,7 +15,14 @@ from typing import Final
 from .codec import decode_body, encode_body
 from .errors import ErrorCode, LocalProtocolError, ProtocolError
 from .frames import Error, Frame, Goodbye, Hello, Origin, Welcome
-from .limits import LENGTH_PREFIX_SIZE, MAX_FRAME_SIZE, PROTOCOL_VERSION
+from .limits import (
+    LENGTH_PREFIX_SIZE,
+    MAX_CONTAINERS_FROM_CLIENT,
+    MAX_CONTAINERS_FROM_SERVER,
+    MAX_FRAME_SIZE,
+    MAX_HELLO_SIZE,
+    PROTOCOL_VERSION,
+)
 
 
 class Role(enum.Enum):
@@ -44,11 +51,13 @@ PEER_CLOSED: Final = Signal.PEER_CLOSED
 
 _EMPTY: Final = b""
 _RECEIVES: Final = {Role.SERVER: Origin.CLIENT, Role.CLIENT: Origin.SERVER}
+_CONTAINERS: Final = {Role.SERVER: MAX_CONTAINERS_FROM_CLIENT,
+                      Role.CLIENT: MAX_CONTAINERS_FROM_SERVER}
 
 
 class Connection:
     __slots__ = ("role", "framing", "max_frame_size", "state", "_buf", "_pos", "_msgs",
-                 "_eof", "_error", "_hello_done")
+                 "_eof", "_error", "_hello_done", "_peer_goodbye")
 
     def __init__(self, role: Role, framing: Framing = Framing.STREAM,
                  max_frame_size: int = MAX_FRAME_SIZE) -> None:
@@ -62,6 +71,7 @@ class Connection:
         self._eof = False
         self._error: ProtocolError | None = None
         self._hello_done = False  # server: Hello received; client: Hello sent
+        self._peer_goodbye = False  # the peer said goodbye: it may send nothing more
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -102,13 +112,21 @@ class Connection:
                     return NEED_DATA
                 self.state = State.CLOSED
                 return PEER_CLOSED
-            frame = decode_body(body, self.max_frame_size)
+            frame = decode_body(body, self.frame_limit, _CONTAINERS[self.role])
             self._check_received(frame)
             return frame
         except ProtocolError as exc:
             self._error = exc
             self.state = State.CLOSED
             raise
+
+    @property
+    def frame_limit(self) -> int:
+        """The largest frame accepted now: a server takes only a small one (Hello) before
+        the client has authenticated, so an unauthenticated peer costs little."""
+        if self.role is Role.SERVER and not self._hello_done:
+            return min(self.max_frame_size, MAX_HELLO_SIZE)
+        return self.max_frame_size
 
     def _next_body(self) -> bytes | None:
         if self.framing is Framing.MESSAGE:
@@ -122,9 +140,9 @@ class Connection:
                 raise ProtocolError(ErrorCode.MALFORMED, "stream ended inside a length prefix")
             return None
         size = int.from_bytes(buf[pos : pos + LENGTH_PREFIX_SIZE], "big")
-        if size > self.max_frame_size:
+        if size > self.frame_limit:
             raise ProtocolError(ErrorCode.TOO_LARGE,
-                                f"frame of {size} bytes, limit {self.max_frame_size}")
+                                f"frame of {size} bytes, limit {self.frame_limit}")
         if size == 0:
             raise ProtocolError(ErrorCode.MALFORMED, "empty frame")
         end = pos + LENGTH_PREFIX_SIZE + size
@@ -144,11 +162,14 @@ class Connection:
         if not frame.ORIGIN & _RECEIVES[self.role]:
             raise ProtocolError(ErrorCode.MALFORMED,
                                 f"{type(frame).__name__} may not be sent by a {self.peer}")
-        if self.state is State.CLOSED:
+        if self._peer_goodbye:
             raise ProtocolError(ErrorCode.MALFORMED, "frame after goodbye")
         if isinstance(frame, Goodbye):
             self.state = State.CLOSED
+            self._peer_goodbye = True
             return
+        if self.state is State.CLOSED:
+            return  # we said goodbye; the peer sent this before it knew
         if self.role is Role.SERVER:
             if isinstance(frame, Hello):
                 if self._hello_done:
