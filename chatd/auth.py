@@ -35,10 +35,14 @@ def _unb64(text: str) -> bytes:
 
 
 def load_or_create_secret(data_dir: str) -> bytes:
-    """The node's signing secret, made on first use (mode 0600) in the data dir."""
-    os.makedirs(data_dir, exist_ok=True)
+    """The node's signing secret, made on first use (mode 0600) in the data dir, which is
+    made private to the node's user (0700) whatever the umask."""
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    os.chmod(data_dir, 0o700)
     path = os.path.join(data_dir, SECRET_FILE)
     try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
         with open(path, "rb") as f:
             return bytes.fromhex(f.read().decode().strip())
     except FileNotFoundError:

@@ -14,6 +14,7 @@ each hold an array of them (one datagram, not one per message, for a burst of co
   ["p", origin, user, online, active_ms]    presence of a user on the origin
   ["k", origin, user, device, at_ms]        a device connected at at_ms: end older connections
   ["h", origin]                             origin (re)started: forget its presence claims
+  ["v", origin, user, hidden]               a user's privacy setting changed (hide last seen)
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class PeerHandler(Protocol):
     def peer_kick(self, user: str, device: str, at: int) -> None: ...
 
     def peer_restarted(self, origin: str) -> None: ...
+
+    def peer_privacy(self, user: str, hidden: bool) -> None: ...
 
 
 class Outbox:
@@ -86,6 +89,9 @@ class Outbox:
 
     def hello(self) -> None:
         self._other.append(["h", self.origin])
+
+    def privacy(self, user: str, hidden: bool) -> None:
+        self._other.append(["v", self.origin, user, hidden])
 
     def take(self) -> list[bytes]:
         """Everything gathered, as datagrams of at most about MAX_DATAGRAM bytes, each an
@@ -145,6 +151,8 @@ def _handle_one(m: Any, handler: PeerHandler) -> None:
             handler.peer_kick(str(m[2]), str(m[3]), int(m[4]))
         elif kind == "h":
             handler.peer_restarted(str(m[1]))
+        elif kind == "v":
+            handler.peer_privacy(str(m[2]), bool(m[3]))
         else:
             raise ValueError(f"unknown kind {kind!r}")
     except Exception as exc:  # a peer's bug must not take this process down

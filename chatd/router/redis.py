@@ -442,6 +442,7 @@ class _Joined:
         self.peer_poke = handler.peer_poke
         self.peer_presence = handler.peer_presence
         self.peer_restarted = handler.peer_restarted
+        self.peer_privacy = handler.peer_privacy
 
     def peer_kick(self, user: str, device: str, at: int) -> None:
         log.debug("kick %s/%s", user, device)

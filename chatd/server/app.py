@@ -27,6 +27,7 @@ from chatd.protocol import (
     encode_body,
 )
 from chatd.protocol import frames as F
+from chatd.protocol.limits import MAX_HELLO_SIZE
 from chatd.router import LocalRouter
 from chatd.router.peers import Peers, UnixPeers
 from chatd.store import Store, StoreError, open_store
@@ -34,13 +35,15 @@ from chatd.store.cql import redact
 
 from . import metrics
 from .config import Config
+from .limits import UserLimits
 from .presence import PresenceService
 from .session import Session, now_ms
-from .transport import RECEIVE_SIZE, StreamTransport, WebSocketTransport
+from .transport import HELLO_RECEIVE_SIZE, StreamTransport, WebSocketTransport
 
 log = logging.getLogger("chatd")
 WS_PATH = "/ws"
 BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
+KNOWN_USERS_CACHE = 100_000  # user names known to exist, kept before starting over
 
 
 async def listen(host: str, port: int, reuse_port: bool = False) -> list[trio.SocketListener]:
@@ -69,7 +72,7 @@ async def listen(host: str, port: int, reuse_port: bool = False) -> list[trio.So
 
 class ChatServer:
     def __init__(self, config: Config, store: Store, secret: bytes, node_id: str = "n1",
-                 peers: Peers | None = None) -> None:
+                 peers: Peers | None = None, share: int = 1) -> None:
         self.config = config
         self.store = store
         self.secret = secret
@@ -85,6 +88,9 @@ class ChatServer:
         self.ws_port = 0
         self.metrics_port = -1
         self._known_users: set[str] = set()
+        self.limits = UserLimits(config, share)  # share: this process's part of the node
+        self._unauthenticated = 0  # connections before Welcome
+        self._failing: set[str] = set()  # background jobs failing now (logged once each)
         self._stop = trio.Event()
         self.stopped = trio.Event()
         self._session_count = 0
@@ -94,10 +100,37 @@ class ChatServer:
     def stop(self) -> None:
         self._stop.set()
 
-    def spawn(self, fn: Any, *args: Any) -> None:
-        """Run a short background task of the node's (presence announcements)."""
+    def spawn(self, name: str, fn: Any, *args: Any) -> None:
+        """Run a short background job of the node's (presence announcements). Its failure
+        is contained: logged and counted, never the end of the node."""
         if self._tasks is not None:
-            self._tasks.start_soon(fn, *args)
+            self._tasks.start_soon(self._contained, name, fn, *args)
+
+    async def _contained(self, name: str, fn: Any, *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:
+            self.failed(name, exc)
+        else:
+            self.recovered(name)
+
+    def failed(self, job: str, exc: BaseException) -> None:
+        """A background job failed: count it; log it once until it works again (periodic
+        jobs run again at their next turn)."""
+        metrics.TASK_FAILURES.labels(job).inc()
+        self.stats[f"failed_{job}"] += 1
+        if job in self._failing:
+            return
+        self._failing.add(job)
+        if isinstance(exc, StoreError):
+            log.warning("%s failed (store unavailable), will retry: %s", job, exc)
+        else:
+            log.error("%s failed, will retry", job, exc_info=exc)
+
+    def recovered(self, job: str) -> None:
+        if job in self._failing:
+            self._failing.discard(job)
+            log.info("%s works again", job)
 
     def _dispatch(self, items: tuple[tuple[str, Any], ...]) -> None:
         """Committed inbox items: to this process's sessions, and to the peers' (each item
@@ -140,6 +173,9 @@ class ChatServer:
     def peer_restarted(self, origin: str) -> None:
         self.presence.forget(origin)
 
+    def peer_privacy(self, user: str, hidden: bool) -> None:
+        self.presence.privacy_changed(user, hidden)
+
     def sessions(self) -> list[Session]:
         """Every connected device's session on this node."""
         return list(self.router)  # type: ignore[arg-type]
@@ -148,6 +184,8 @@ class ChatServer:
         if user in self._known_users:
             return True
         if await self.store.has_user(user):
+            if len(self._known_users) >= KNOWN_USERS_CACHE:
+                self._known_users.clear()
             self._known_users.add(user)
             return True
         return False
@@ -215,20 +253,29 @@ class ChatServer:
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
-            if now - checked >= every - interval / 2:
-                checked = now
-                queued = 0
-                for session in self.sessions():
-                    session.check_timeouts(now)
-                    queued += session.queued
-                metrics.OUTBOUND_QUEUED.set(queued)
-            await self.presence.check()
-            if now - sampled >= 2:
-                sampled = now
-                metrics.STORE_QUEUE.set(getattr(self.store, "queue_depth", 0))
-                metrics.FANOUT_PENDING.set(getattr(self.store, "fanout_pending", 0))
-                metrics.FANOUT_QUEUE.set(getattr(self.peers, "fanout_lag", 0))
-                metrics.sample_process()
+            try:
+                if now - checked >= every - interval / 2:
+                    checked = now
+                    queued = 0
+                    for session in self.sessions():
+                        session.check_timeouts(now)
+                        queued += session.queued
+                    metrics.OUTBOUND_QUEUED.set(queued)
+                if now - sampled >= 2:
+                    sampled = now
+                    self.limits.prune(now)
+                    metrics.STORE_QUEUE.set(getattr(self.store, "queue_depth", 0))
+                    metrics.FANOUT_PENDING.set(getattr(self.store, "fanout_pending", 0))
+                    metrics.FANOUT_QUEUE.set(getattr(self.peers, "fanout_lag", 0))
+                    metrics.sample_process()
+            except Exception as exc:
+                self.failed("sweep", exc)
+            try:
+                await self.presence.check()  # (writes last seen: fails while the store is down)
+            except Exception as exc:
+                self.failed("presence", exc)
+            else:
+                self.recovered("presence")
 
     async def collect_garbage(self) -> None:
         """Delete, now and then, what the chat modes say to forget (see Store.collect)."""
@@ -237,9 +284,10 @@ class ChatServer:
             try:
                 gone = await self.store.collect(now_ms(), int(self.config.temporary_max_age
                                                               * 1000))
-            except StoreError as exc:
-                log.warning("collect failed, will retry: %s", exc)
+            except Exception as exc:
+                self.failed("collect", exc)
                 continue
+            self.recovered("collect")
             if any(gone.values()):
                 log.info("collected %s", gone)
                 self.stats.update({f"collected_{k}": v for k, v in gone.items()})
@@ -268,7 +316,7 @@ class ChatServer:
             if ev is PEER_CLOSED:
                 return None
             if ev is NEED_DATA:
-                conn.receive_data(await transport.receive(RECEIVE_SIZE))
+                conn.receive_data(await transport.receive(HELLO_RECEIVE_SIZE))
                 continue
             assert isinstance(ev, F.Hello)  # the connection refuses anything else first
             return ev
@@ -281,6 +329,16 @@ class ChatServer:
             WebSocketTransport(link) if isinstance(link, WebSocketConnection)
             else StreamTransport(link))
         conn = Connection(Role.SERVER, transport.framing, MAX_FRAME_SIZE)
+        if self._unauthenticated >= cfg.max_unauthenticated:
+            metrics.REFUSED.labels("unauthenticated").inc()
+            await self._refuse(transport, conn, ErrorCode.RATE_LIMITED,
+                               "too many connections are signing in: retry in a moment")
+            with trio.CancelScope(shield=True):
+                await transport.aclose()
+            return
+        self._unauthenticated += 1
+        signing_in = True  # until Welcome: counted in _unauthenticated
+        transport.limit(MAX_HELLO_SIZE)
         try:
             try:
                 with trio.fail_after(cfg.auth_timeout):
@@ -320,6 +378,9 @@ class ChatServer:
                 session=f"{self.node_id}-{self._session_count}", server_time=now_ms(),
                 heartbeat_ms=int(cfg.heartbeat * 1000), max_frame=MAX_FRAME_SIZE,
                 cursor=cursor))
+            transport.limit(MAX_FRAME_SIZE)
+            self._unauthenticated -= 1
+            signing_in = False
             self._replace(user, device)
             if self.peers is not None:  # the device's older connection may be on a peer
                 self.peers.outbox.kick(user, device, now_ms())
@@ -348,6 +409,8 @@ class ChatServer:
             log.exception("connection failed")
             await self._refuse(transport, conn, ErrorCode.INTERNAL, "internal error")
         finally:
+            if signing_in:
+                self._unauthenticated -= 1
             with trio.CancelScope(shield=True):
                 await transport.aclose()
 
@@ -378,7 +441,8 @@ async def serve(config: Config, *, worker: Worker | None = None,
             peers = RedisPeers(config.redis, node_id, store)
         elif worker is not None:
             peers = UnixPeers(worker.run_dir, worker.index, worker.count)
-        server = ChatServer(config, store, secret, node_id, peers)
+        server = ChatServer(config, store, secret, node_id, peers,
+                            share=worker.count if worker is not None else 1)
         async with trio.open_nursery() as nursery:
             if peers is not None:
                 await nursery.start(functools.partial(peers.run, server))

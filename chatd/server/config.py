@@ -27,8 +27,15 @@ class Config:
     frame_timeout: float = 30.0  # a started frame must be complete within this
     shutdown_grace: float = 5.0
     max_queue: int = 2048  # outbound frames per connection before slow-consumer disconnect
-    send_rate: float = 2000.0  # messages per second per connection (token bucket)
-    send_burst: float = 4000.0
+    max_outbound: int = 4 * 1024 * 1024  # outbound bytes per connection, answers included
+    max_unauthenticated: int = 1024  # connections still before Welcome, per process
+    send_rate: float = 100.0  # messages a second per user, all devices (token bucket)
+    send_burst: float = 1000.0
+    request_rate: float = 50.0  # other requests a second per user (reads, history, groups...)
+    request_burst: float = 500.0
+    group_create_rate: float = 0.2  # new groups a second per user
+    group_create_burst: float = 20.0
+    max_watch: int = 2048  # users one device may watch the presence of
     group_max_members: int = 1024
     presence_threshold: float = 30.0  # online while active within this many seconds
     gc_interval: float = 30.0  # seconds between deletions of what chat modes say to forget

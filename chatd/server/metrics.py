@@ -48,6 +48,13 @@ CPU = Gauge("chatd_cpu_seconds", "CPU time used by chatd processes (user + syste
 RSS = Gauge("chatd_resident_memory_bytes", "Resident memory of chatd processes",
             multiprocess_mode="livesum")
 PEER_ITEMS = Counter("chatd_peer_items", "Inbox items received from other workers or nodes")
+SLOW_CONSUMERS = Counter("chatd_slow_consumers", "Connections closed for not reading what they"
+                         " were sent (outbound budget exceeded)")
+LIMITED = Counter("chatd_rate_limited", "Requests refused by a limit", ["kind"])
+REFUSED = Counter("chatd_connections_refused", "Connections refused before authentication",
+                  ["reason"])
+TASK_FAILURES = Counter("chatd_background_failures", "Failures of the node's background jobs"
+                        " (contained, logged, retried)", ["task"])
 
 
 def sample_process() -> None:

@@ -8,7 +8,9 @@ of their last activity, kept in the store. Devices watch users with PresenceSubs
 Presence frame when that user comes online or goes offline.
 
 Privacy: a user who sets last seen to "nobody" is shown to others without a last seen (online
-still shows while online), and, as in WhatsApp, sees nobody else's last seen either.
+still shows while online), and, as in WhatsApp, sees nobody else's last seen either. The
+setting is kept in the store and told to every peer (the other workers and nodes) as it
+changes, so it holds at once wherever a watcher is connected.
 
 Presence matters less than messages: a device whose outbound queue is backed up gets only the
 latest state per watched user once it catches up (Session.send_presence), and presence never
@@ -18,13 +20,15 @@ gets a device disconnected as a slow consumer.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from chatd.protocol import frames as F
 
 if TYPE_CHECKING:
     from .app import ChatServer
     from .session import Session
+
+PRIVACY_CACHE: Final = 100_000  # users whose setting is kept in memory before starting over
 
 
 class PresenceService:
@@ -35,6 +39,7 @@ class PresenceService:
         self._watchers: dict[str, set[Session]] = {}
         self._hidden: dict[str, bool] = {}
         self._remote: dict[str, set[str]] = {}  # user -> peers that say the user is online
+        self._unsaved: dict[str, int] = {}  # last seen times not yet written (store down)
 
     def is_online(self, user: str) -> bool:
         return user in self._online or user in self._remote
@@ -94,37 +99,58 @@ class PresenceService:
             await self._offline([session.user])  # this user only: no scan of everyone
 
     async def _offline(self, users: list[str]) -> None:
-        if not users:
-            return
         for user in users:
             self._online.discard(user)
             self._tell_peers(user, False)
             if not self.is_online(user):  # still online through another process: no change
                 self._announce(user)
-        await self.server.store.set_last_seen({u: self._active[u] for u in users})
+            self._unsaved[user] = self._active[user]
+        if self._unsaved:  # (and what a store outage left unwritten before)
+            seen, self._unsaved = self._unsaved, {}
+            try:
+                await self.server.store.set_last_seen(seen)
+            except BaseException:
+                self._unsaved = {**seen, **self._unsaved}  # again at the next check
+                raise
 
     async def _is_hidden(self, user: str) -> bool:
         hidden = self._hidden.get(user)
         if hidden is None:
-            hidden = self._hidden[user] = (await self.server.store.presence_of(user))[1]
-        return hidden
+            hidden = (await self.server.store.presence_of(user))[1]
+            if len(self._hidden) >= PRIVACY_CACHE:
+                self._hidden.clear()
+            self._hidden.setdefault(user, hidden)  # (a peer's news may have come meanwhile)
+        return self._hidden[user]
 
     async def set_hidden(self, user: str, hidden: bool) -> None:
+        """The user's own setting: stored, then told to every peer and applied here."""
         await self.server.store.set_privacy(user, hidden)
-        self._hidden[user] = hidden
+        peers = self.server.peers
+        if peers is not None:
+            peers.outbox.privacy(user, hidden)
+            peers.flush_soon()
+        self.privacy_changed(user, hidden)
+
+    def privacy_changed(self, user: str, hidden: bool) -> None:
+        """A user's privacy setting changed (here or on a peer): watchers get the state they
+        may see now."""
+        if self._hidden.get(user) != hidden:
+            self._hidden[user] = hidden
+            self._announce(user)
 
     async def state(self, user: str, viewer: str, rid: int | None = None) -> F.Presence:
-        """What viewer may see of user now."""
-        online = self.is_online(user)
+        """What viewer may see of user now. Whether the user is online is read last, after
+        any store read, so the caller (who sends it without waiting) never sends an older
+        state after a newer announcement."""
         last: int | None = None
-        if not online:
-            if user in self._active:
-                last = self._active[user]
-            else:
+        if not self.is_online(user):
+            last = self._active.get(user)
+            if last is None:
                 last = (await self.server.store.presence_of(user))[0]
             if await self._is_hidden(user) or await self._is_hidden(viewer):
                 last = None
-        return F.Presence(user=user, online=online, last_seen=last, rid=rid)
+        online = self.is_online(user)
+        return F.Presence(user=user, online=online, last_seen=None if online else last, rid=rid)
 
     def watch(self, session: Session, user: str) -> None:
         self._watchers.setdefault(user, set()).add(session)
@@ -143,7 +169,7 @@ class PresenceService:
 
     def _announce(self, user: str) -> None:
         if user in self._watchers:
-            self.server.spawn(self._send_states, user)
+            self.server.spawn("presence announcement", self._send_states, user)
 
     async def _send_states(self, user: str) -> None:
         for session in list(self._watchers.get(user, ())):

@@ -23,6 +23,7 @@ from chatd.protocol import (
     Connection,
     ErrorCode,
     Frame,
+    LocalProtocolError,
     ProtocolError,
     encode_body,
 )
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .transport import StreamTransport, WebSocketTransport
 
 DRAIN_PAGE: Final = 500
+FRAME_OVERHEAD: Final = 64  # bytes a queued frame costs beyond its own (deque slot, header)
 WRITE_COALESCE: Final = 256 * 1024  # bytes gathered into one write
 HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
 
@@ -45,6 +47,9 @@ _ORDER_FREE: Final = (F.Send, F.Ping, F.Pong)  # frames an Ack may be reordered 
 _NOT_ACTIVITY: Final = (F.Ping, F.Pong, F.Ack, F.Sync, F.Goodbye)  # the app's own doing
 GROUP_FRAMES: Final = (F.GroupCreate, F.GroupAdd, F.GroupRemove, F.GroupLeave, F.GroupRename,
                        F.GroupInfo, F.GroupList)
+# Requests whose answer can be large: refused while the connection's queue is backed up.
+LARGE_ANSWERS: Final = (F.History, F.GroupInfo, F.GroupList, F.GroupCreate, F.GroupAdd,
+                        F.GroupRemove, F.ReceiptQuery, F.PresenceSubscribe)
 
 
 def now_ms() -> int:
@@ -56,10 +61,10 @@ class Closing(Exception):
 
 
 class Session:
-    __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_writing", "_sent_upto",
-                 "_live", "_need_sync", "_nursery", "_closing", "_tokens", "_refill_at",
+    __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_out_bytes",
+                 "_writing", "_sent_upto", "_live", "_need_sync", "_nursery", "_closing",
                  "rx_at", "frame_at", "_acks_running", "_acks_done", "background", "watching",
-                 "_presence_pending")
+                 "_presence_pending", "_item_max")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
                  conn: Connection, user: str, device: str, cursor: int,
@@ -70,14 +75,13 @@ class Session:
         self.user = user
         self.device = device
         self._out: deque[bytes] | None = None  # frames to write; None while idle
+        self._out_bytes = 0  # what _out holds, counted with FRAME_OVERHEAD per frame
         self._writing = False  # a writer task is running
         self._sent_upto = cursor  # highest inbox position handed to the writer (or skipped)
         self._live = False  # the backlog is drained; offers in sequence go straight out
         self._need_sync = True
         self._nursery: trio.Nursery | None = None
         self._closing = False
-        self._tokens = server.config.send_burst
-        self._refill_at = 0.0  # the bucket starts full whatever this is: no float per connection
         self.rx_at = trio.current_time()  # last time bytes arrived (read by the sweeper)
         self.frame_at: float | None = None  # when the frame being received started
         self._acks_running = 0  # Acks being stored beside the reader
@@ -85,14 +89,40 @@ class Session:
         self.background = background  # a connection the app made by itself: not activity
         self.watching: set[str] | None = None  # users whose presence this device follows
         self._presence_pending: dict[str, F.Presence] | None = None  # held while backed up
+        self._item_max = MAX_BODY_SIZE  # largest inbox item seen: sizes the drain's pages
 
     # ---- output --------------------------------------------------------------------------
 
     def _queue(self, data: bytes) -> None:
-        if self._out is None:
-            self._out = deque()
-        self._out.append(data)
+        """Queue bytes to write. Every frame counts against the connection's outbound budget
+        (answers too): a device that does not read what it asked for or is sent is told
+        SLOW_CONSUMER, ahead of what is queued, and disconnected. Nothing is lost: what it
+        did not acknowledge stays in its inbox for the next connection."""
+        size = len(data) + FRAME_OVERHEAD
+        out = self._out
+        if out is None:
+            out = self._out = deque()
+        elif (self._out_bytes + size > self.server.config.max_outbound
+              or len(out) >= self.server.config.max_queue):
+            self._slow_consumer()
+            return
+        out.append(data)
+        self._out_bytes += size
         self._kick()
+
+    def _slow_consumer(self) -> None:
+        self.server.stats["slow_consumers"] += 1
+        metrics.SLOW_CONSUMERS.inc()
+        self._out = deque()
+        self._out_bytes = 0
+        self._presence_pending = None
+        self.close_with(ErrorCode.SLOW_CONSUMER,
+                        "outbound queue full; reconnect to resume from the store")
+
+    @property
+    def backed_up(self) -> bool:
+        """Over a quarter of the outbound budget is waiting: large answers wait too."""
+        return self._out_bytes > self.server.config.max_outbound // 4
 
     def _kick(self) -> None:
         """Make sure a writer runs (there is at most one)."""
@@ -101,16 +131,22 @@ class Session:
             self._nursery.start_soon(self._writer)
 
     def send_frame(self, frame: Frame) -> None:
-        if not self._closing:
-            self._queue(self.conn.send(frame))
+        """Queue a frame for the device. A no-op once the connection is closing or closed
+        (either side said goodbye): never an exception, whoever calls it."""
+        if self._closing:
+            return
+        try:
+            data = self.conn.send(frame)
+        except LocalProtocolError:  # the device said goodbye: it takes nothing more
+            return
+        self._queue(data)
 
     def send_presence(self, frame: F.Presence) -> None:
         """Presence gives way to messages: while this device's queue is backed up, keep only
         the latest state per user and send it once the queue has drained."""
-        out = self._out
         if self._closing:
             return
-        if out is not None and len(out) > self.server.config.max_queue // 4:
+        if self.backed_up or self.queued > self.server.config.max_queue // 4:
             if self._presence_pending is None:
                 self._presence_pending = {}
             self._presence_pending[frame.user] = frame
@@ -127,7 +163,16 @@ class Session:
         (or after `grace` seconds if the device does not read it)."""
         if self._closing:
             return
-        self.send_frame(last)
+        try:
+            data = self.conn.send(last)
+        except LocalProtocolError:
+            data = b""
+        if data:  # the last frame goes out whatever the budget says
+            if self._out is None:
+                self._out = deque()
+            self._out.append(data)
+            self._out_bytes += len(data) + FRAME_OVERHEAD
+            self._kick()
         self._closing = True
         if self._nursery is not None:
             scope = self._nursery.cancel_scope
@@ -143,11 +188,6 @@ class Session:
             if isinstance(item, F.Deliver) and item.sender == self.user \
                     and item.device == self.device:
                 return  # this device sent it
-            if self._out is not None and len(self._out) >= self.server.config.max_queue:
-                self.server.stats["slow_consumers"] += 1
-                self.close_with(ErrorCode.SLOW_CONSUMER,
-                                "outbound queue full; reconnect to resume from the store")
-                return
             self._queue(self.conn.frame_bytes(body))
             metrics.ITEMS_OUT.inc()
             if type(item) is F.Deliver:
@@ -188,9 +228,12 @@ class Session:
                     while out and size < WRITE_COALESCE:
                         parts.append(out.popleft())
                         size += len(parts[-1])
+                    self._out_bytes -= size + FRAME_OVERHEAD * len(parts)
                     await transport.send(b"".join(parts))
                 else:
-                    await transport.send(out.popleft())
+                    data = out.popleft()
+                    self._out_bytes -= len(data) + FRAME_OVERHEAD
+                    await transport.send(data)
             elif self._need_sync and not self._closing:
                 await self._sync_step()
             elif self._presence_pending:
@@ -199,21 +242,42 @@ class Session:
                     self.send_frame(frame)
             else:
                 self._out = None  # idle: hold no queue
+                self._out_bytes = 0
                 return
 
     async def _sync_step(self) -> None:
+        """Queue the next page of the inbox (the writer calls it when the queue is empty).
+        A page is sized to fill at most half the outbound budget with items as large as the
+        largest seen lately on this connection (the first page assumes the largest body),
+        and what does not fit is read again for the next step: draining a backlog of big
+        messages holds a bounded amount, and never looks like a slow consumer."""
         self._need_sync = False
-        page = await self.server.store.inbox(self.user, self.device, self._sent_upto, DRAIN_PAGE)
+        cfg = self.server.config
+        room, frames = cfg.max_outbound // 2, max(1, cfg.max_queue // 2)
+        limit = max(1, min(DRAIN_PAGE, frames, room // (self._item_max + FRAME_OVERHEAD)))
+        page = await self.server.store.inbox(self.user, self.device, self._sent_upto, limit)
+        if self._closing:
+            return
+        biggest = 0
+        upto = page.upto
         for item in page.items:
             if item.q > self._sent_upto:
-                self._queue(self.conn.frame_bytes(encode_body(item)))
+                data = self.conn.frame_bytes(encode_body(item))
+                biggest = max(biggest, len(data))
+                if self._out_bytes + len(data) > room and self.queued:
+                    upto = item.q - 1  # the rest in the next step
+                    self._need_sync = True
+                    break
+                self._queue(data)
                 metrics.ITEMS_OUT.inc()
                 if type(item) is F.Deliver:
                     metrics.observe_delivery(item.ts)
-        self._sent_upto = max(self._sent_upto, page.upto)
+        if page.items:  # grow at once, shrink slowly
+            self._item_max = max(biggest, self._item_max // 2, 256)
+        self._sent_upto = max(self._sent_upto, upto)
         if page.more:
             self._need_sync = True
-        elif not self._live:
+        elif not self._live and not self._need_sync:
             self._live = True
             self.send_frame(F.Synced(upto=self._sent_upto))
 
@@ -265,16 +329,28 @@ class Session:
                rid: int | None = None, retry_ms: int | None = None) -> None:
         self.send_frame(F.Error(code=code, message=message, ref=ref, rid=rid, retry_ms=retry_ms))
 
-    def _take_token(self) -> int:
-        """Token bucket for sends: 0 if allowed, else milliseconds to wait."""
-        cfg = self.server.config
-        t = trio.current_time()
-        self._tokens = min(cfg.send_burst, self._tokens + (t - self._refill_at) * cfg.send_rate)
-        self._refill_at = t
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0
-        return max(1, int((1 - self._tokens) / cfg.send_rate * 1000))
+    def _refused(self, ev: Frame) -> bool:
+        """Whether a request is refused by a limit (its RATE_LIMITED error is sent)."""
+        server = self.server
+        kind = type(ev)
+        rid = getattr(ev, "rid", None)
+        if kind in LARGE_ANSWERS and self.backed_up:
+            server.stats["refused_backed_up"] += 1
+            metrics.LIMITED.labels("backed_up").inc()
+            self._error(ErrorCode.RATE_LIMITED, "answers are waiting to be read: read them first",
+                        rid=rid, retry_ms=1000)
+            return True
+        cost = 1 + len(ev.users) // 64 if isinstance(ev, F.PresenceSubscribe) else 1
+        wait = server.limits.requests.take(self.user, trio.current_time(), cost)
+        if not wait and kind is F.GroupCreate:
+            wait = server.limits.group_creates.take(self.user, trio.current_time())
+        if wait:
+            server.stats["rate_limited"] += 1
+            metrics.LIMITED.labels(kind.__name__).inc()
+            self._error(ErrorCode.RATE_LIMITED, f"too many {kind.__name__} requests",
+                        rid=rid, retry_ms=wait)
+            return True
+        return False
 
     def _group_problem(self, group: str, info: GroupInfo | None
                        ) -> tuple[ErrorCode, str] | None:
@@ -295,14 +371,24 @@ class Session:
         return info
 
     async def _may_access(self, conv: str, rid: int | None = None) -> bool:
-        """Whether this user takes part in conv (checked now: membership can change)."""
+        """Whether conv is a conversation id as the server writes it, of a conversation this
+        user takes part in (checked now: membership can change)."""
         if conv.startswith("g:"):
             return await self._group_for(conv[2:], rid=rid) is not None
-        members = conv_members(conv)
-        if members is not None and self.user in members:
-            return True
-        self._error(ErrorCode.FORBIDDEN, f"not a member of {conv}", rid=rid)
-        return False
+        members = conv_members(conv) if conv.startswith("d:") and conv.count(":") == 2 \
+            else None
+        if members is None or direct_conv(*members) != conv:
+            self._error(ErrorCode.INVALID, f"{conv!r} is not a conversation id (g:GROUP, or"
+                        " d:A:B with A <= B)", rid=rid)
+            return False
+        if self.user not in members:
+            self._error(ErrorCode.FORBIDDEN, f"not a member of {conv}", rid=rid)
+            return False
+        other = members[1] if members[0] == self.user else members[0]
+        if not await self.server.user_exists(other):
+            self._error(ErrorCode.UNKNOWN_TARGET, f"no user {other!r}", rid=rid)
+            return False
+        return True
 
     def _received_frames(self) -> tuple[list[Frame], bool]:
         """The frames the connection has now, and whether the peer closed after them."""
@@ -372,6 +458,11 @@ class Session:
     async def handle(self, ev: Frame) -> None:
         """One frame other than Send and Ack (handle_all batches those)."""
         server = self.server
+        if isinstance(ev, F.Goodbye):
+            self._closing = True
+            raise Closing
+        if not isinstance(ev, F.Pong) and self._refused(ev):
+            return
         if isinstance(ev, F.Read):
             if await self._may_access(ev.conv):
                 await server.store.mark_read(self.user, ev.conv, ev.upto, now_ms())
@@ -386,15 +477,10 @@ class Session:
             self._kick()
         elif isinstance(ev, F.History):
             await self._handle_history(ev)
-        elif isinstance(ev, F.Goodbye):
-            self._closing = True
-            raise Closing
         elif isinstance(ev, GROUP_FRAMES):
             await self._handle_group(ev)
         elif isinstance(ev, F.PresenceSubscribe):
-            for user in ev.users:
-                server.presence.watch(self, user)
-                self.send_presence(await server.presence.state(user, self.user))
+            await self._handle_watch(ev)
         elif isinstance(ev, F.PresenceUnsubscribe):
             for user in ev.users:
                 server.presence.unwatch(self, user)
@@ -424,7 +510,7 @@ class Session:
         """Validate one send; on a problem, answer with its error and return False. `groups`
         remembers membership checks within one batch of sends (one store call per group)."""
         server = self.server
-        wait = self._take_token()
+        wait = server.limits.sends.take(self.user, trio.current_time())
         if wait:
             server.stats["rate_limited"] += 1
             self._error(ErrorCode.RATE_LIMITED, "sending too fast", ref=ev.id, retry_ms=wait)
@@ -528,6 +614,21 @@ class Session:
                 self._send_group(rid, await store.change_group(group.group, user, now_ms(),
                                                                name=ev.name))
 
+    async def _handle_watch(self, ev: F.PresenceSubscribe) -> None:
+        server = self.server
+        new = [u for u in dict.fromkeys(ev.users) if u not in (self.watching or ())]
+        limit = server.config.max_watch
+        if len(self.watching or ()) + len(new) > limit:
+            self._error(ErrorCode.INVALID, f"a device watches at most {limit} users")
+            return
+        unknown = [u for u in new if not await server.user_exists(u)]
+        if unknown:
+            self._error(ErrorCode.UNKNOWN_TARGET, f"no user {', '.join(unknown[:8])}")
+            return
+        for user in ev.users:
+            server.presence.watch(self, user)
+            self.send_presence(await server.presence.state(user, self.user))
+
     async def _handle_set_mode(self, ev: F.SetMode) -> None:
         if ev.conv.startswith("g:"):
             group = await self._group_for(ev.conv[2:], rid=ev.rid)
@@ -537,7 +638,7 @@ class Session:
                 self._error(ErrorCode.FORBIDDEN, "only admins change the group's mode",
                             rid=ev.rid)
                 return
-        elif not await self._may_access(ev.conv, ev.rid):
+        elif not await self._may_access(ev.conv, ev.rid):  # canonical, both users exist
             return
         if (ev.mode == F.Mode.DISAPPEARING) != (ev.ttl > 0):
             self._error(ErrorCode.INVALID, "a ttl goes with DISAPPEARING mode, and only with it",
@@ -561,9 +662,10 @@ class Session:
         more = len(items) > ev.limit
         page: list[F.HistoryItem] = []
         size = 0
+        budget = min(HISTORY_BUDGET, self.server.config.max_outbound // 4)  # (see backed_up)
         for item in items[: ev.limit]:
             size += len(item.body) + 200
-            if page and size > HISTORY_BUDGET:
+            if page and size > budget:
                 more = True
                 break
             page.append(item)

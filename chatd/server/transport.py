@@ -10,6 +10,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from chatd.protocol import ErrorCode, Framing, ProtocolError
 
 RECEIVE_SIZE = 65536
+HELLO_RECEIVE_SIZE = 4100  # before Welcome: a Hello and its length prefix at most
 
 
 class StreamTransport:
@@ -21,6 +22,9 @@ class StreamTransport:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
+
+    def limit(self, max_frame: int) -> None:
+        """(The stream's frames are limited by the protocol Connection.)"""
 
     def receive(self, max_bytes: int) -> Awaitable[bytes | bytearray]:
         """Bytes, b"" at the end; BrokenResourceError if the peer reset. Not a coroutine of
@@ -43,6 +47,12 @@ class WebSocketTransport:
 
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
+
+    def limit(self, max_frame: int) -> None:
+        """The largest message this connection takes from now on (small until Welcome).
+        trio-websocket reads its per-connection limit at every message; it has no public
+        setter for it."""
+        self.ws._max_message_size = max_frame
 
     async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
         try:

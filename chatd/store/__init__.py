@@ -50,6 +50,15 @@ def check_store_url(url: str) -> None:
         raise BadStoreURL(f"unknown store {url!r}: {USE}")
 
 
+def private_file(path: str) -> None:
+    """Make the file (created empty if missing) and what SQLite keeps beside it readable by
+    the node's user only (0600), whatever the umask and however it was created before."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+        if os.path.exists(p):
+            os.chmod(p, 0o600)
+
+
 @contextlib.asynccontextmanager
 async def open_store(url: str) -> AsyncIterator[Store]:
     check_store_url(url)
@@ -64,6 +73,7 @@ async def open_store(url: str) -> AsyncIterator[Store]:
         if not path:
             raise BadStoreURL(f"{url!r}: expected sqlite:///path/to/file.db")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        private_file(path)  # SQLite gives its -wal and -shm files the database's mode
         sq = SqliteStore(path)
     else:
         raise BadStoreURL(f"unknown store {url!r}: {USE}")
