@@ -1,5 +1,6 @@
 """python -m bench {codec,throughput,memory,drain,fanout,connections,cluster,stores,report,
-all}: figures, saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`)."""
+all}: figures, saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`).
+python -m bench chaos: faults injected into real nodes, the delivery history checked."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 import os
 
 from . import cluster, codec, connections, drain, fanout, memory, report, stores, throughput
+from .chaos import add_parser as add_chaos_parser
+from .chaos import main as chaos_main
 
 
 def main() -> None:
@@ -54,9 +57,13 @@ def main() -> None:
     s2.add_argument("--cassandra", help="cassandra://... of a running node (default: start"
                     " one on loopback for the run)")
     sub.add_parser("report", help="write bench/results/SUMMARY.md from the saved results")
+    add_chaos_parser(sub)
     a = sub.add_parser("all", help="everything with the defaults")
     a.set_defaults(seconds=5)
     args = p.parse_args()
+    if args.what == "chaos":
+        chaos_main(args)
+        return
     if args.what == "all":
         codec.main(argparse.Namespace(seconds=0.5))
         throughput.main(argparse.Namespace(pairs=50, window=8, seconds=5,

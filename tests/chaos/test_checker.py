@@ -1,0 +1,87 @@
+"""The chaos checker's judge on its own: a history of a correct system passes, and each way of
+corrupting it (lost, duplicated, reordered, unexpected, gaps, receipts, history) is caught."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bench import chaos_check as cc
+from bench.chaos import parse_faults
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_correct_history_passes(seed: int) -> None:
+    result = cc.check(cc.example_history(seed))
+    assert result["ok"], result["examples"]
+    assert result["stats"]["acknowledged"] == 60
+    assert result["stats"]["redelivered_to_a_new_client"] == 3  # the app restart's repeats
+    assert cc.verdict(result).startswith("chaos: PASS: 60 acknowledged of 60 sent")
+
+
+@pytest.mark.parametrize("kind", list(cc.CORRUPTIONS))
+@pytest.mark.parametrize("seed", range(3))
+def test_each_corruption_is_caught_as_its_kind(kind: str, seed: int) -> None:
+    history = cc.example_history(seed)
+    bad = cc.check(cc.CORRUPTIONS[kind](history, random.Random(seed)))
+    assert not bad["ok"] and bad["violations"][kind] > 0, bad["violations"]
+    assert cc.verdict(bad).startswith("chaos: FAIL")
+
+
+def test_self_test_reports_every_corruption() -> None:
+    report = cc.self_test(cc.example_history(7))
+    assert report["ok"] and report["clean_history_passes"]
+    assert set(report["corruptions"]) == set(cc.KINDS)
+    assert all(c["caught"] for c in report["corruptions"].values())
+
+
+def test_self_test_fails_when_the_history_is_not_clean() -> None:
+    history = cc.corrupt_duplicated(cc.example_history(1), random.Random(1))
+    assert not cc.self_test(history)["ok"]
+
+
+def test_repeats_after_an_app_restart_are_not_duplicates_but_within_one_client_are() -> None:
+    h = cc.example_history(2)
+    again = next(r for r in h if r["t"] == "msg" and r["inc"] == 0 and r["dev"] == "u0/a")
+    ok = cc.check([*h, dict(again, inc=1)])  # a new client got it again: allowed
+    assert ok["ok"] and ok["stats"]["redelivered_to_a_new_client"] == 4
+    bad = cc.check([*h, dict(again)])  # the same client shows it twice
+    assert bad["violations"]["duplicated"] == 1
+
+
+def test_a_message_stored_twice_is_a_duplicate_even_on_different_devices() -> None:
+    h = cc.example_history(3)
+    m = next(r for r in h if r["t"] == "msg" and not r["ev"] and r["dev"] == "u0/a")
+    top = max(r["seq"] for r in h if r["t"] == "sent" and r["conv"] == m["conv"])
+    moved = dict(m, dev="u0/b", inc=5, seq=top + 1)  # the same id again at a new seq
+    result = cc.check([*h, moved])
+    assert result["violations"]["duplicated"] >= 1
+    assert any(e["why"] == "one message at several seqs"
+               for e in result["examples"]["duplicated"])
+
+
+def test_a_send_never_acknowledged_may_arrive_once_or_not_at_all() -> None:
+    h = cc.example_history(4)
+    h.append({"t": "send", "dev": "u2/a", "id": "u2.a.late", "conv": "d:u2:u3",
+              "body": "late"})
+    assert cc.check(h)["ok"]  # never arrived: fine
+    top = max(r["seq"] for r in h if r["t"] == "sent" and r["conv"] == "d:u2:u3")
+    seen = {"t": "msg", "dev": "u3/a", "inc": 0, "conv": "d:u2:u3", "seq": top + 1,
+            "from": "u2", "fdev": "a", "id": "u2.a.late", "body": "late", "ev": False}
+    for r in h:
+        if r["t"] == "history" and r["conv"] == "d:u2:u3":
+            r["items"].insert(0, {k: seen[k] for k in ("seq", "from", "fdev", "id", "body",
+                                                       "ev")})
+    once = cc.check([*h, seen])
+    assert once["ok"], once["examples"]
+    assert once["stats"]["never_acknowledged_but_stored"] == 1
+    assert cc.check([*h, seen, dict(seen)])["violations"]["duplicated"] == 1
+
+
+def test_fault_lists_parse() -> None:
+    assert parse_faults("kill-node=2, drop=5,silent") == {"kill-node": 2, "drop": 5,
+                                                          "silent": 1}
+    assert parse_faults("") == {}
+    with pytest.raises(ValueError, match="unknown fault"):
+        parse_faults("meteor=1")

@@ -1,0 +1,115 @@
+"""One short seeded chaos run per fault kind, against real chatd processes (and real Redis and
+Cassandra), judged by the checker. The long runs are in docs/RELIABILITY.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.cassandra import CassandraNode
+from bench.chaos import Options, run_async
+from tests.server.redis_servers import RedisServer
+
+# Violations found by these runs that are open bugs outside the checker (docs/RELIABILITY.md,
+# "Open findings"): a run whose only violations are of these kinds is an expected failure.
+KNOWN: dict[str, set[str]] = {
+    # two nodes through Redis: group fan-out jobs of one chat run concurrently on both nodes,
+    # so members' inboxes get a group's messages out of seq order
+    "two-nodes": {"reordered"},
+}
+
+
+def short(**kw: Any) -> Options:
+    base: dict[str, Any] = {"seed": 13, "duration": 10.0, "rate": 30.0, "settle": 45.0,
+                            "offline": 2, "verbose": False}
+    return Options(**{**base, **kw})
+
+
+def judge(result: dict[str, Any], known: frozenset[str] | set[str] = frozenset()) -> None:
+    bad = {k: n for k, n in result["violations"].items() if n}
+    summary = json.dumps({"violations": bad, "examples": result.get("examples"),
+                          "stats": result["stats"], "run": result["run"]}, indent=1)
+    assert result["stats"]["acknowledged"] > 100, summary
+    if bad and set(bad) <= known:
+        pytest.xfail(f"known open finding(s) {sorted(bad)}: {summary[:2000]}")
+    assert result["ok"], summary
+
+
+def injected(result: dict[str, Any], kind: str) -> int:
+    return int(result["stats"]["faults"].get(kind, 0))
+
+
+async def test_whole_node_sigkill(tmp_path: Path) -> None:
+    result, _ = await run_async(short(faults={"kill-node": 2}), tmp_path)
+    assert injected(result, "kill-node") == 2
+    judge(result)
+
+
+async def test_single_worker_sigkill(tmp_path: Path) -> None:
+    result, _ = await run_async(short(workers=2, faults={"kill-worker": 3}), tmp_path)
+    assert injected(result, "kill-worker") == 3
+    judge(result)
+
+
+async def test_connection_drops(tmp_path: Path) -> None:
+    result, _ = await run_async(short(faults={"drop": 6}), tmp_path)
+    assert injected(result, "drop") == 6
+    judge(result)
+
+
+async def test_silent_connections(tmp_path: Path) -> None:
+    result, records = await run_async(short(faults={"silent": 3}), tmp_path)
+    assert injected(result, "silent") == 3
+    timeouts = [r for r in records if r["t"] == "conn" and r["what"] == "disconnected"
+                and "TooSlowError" in r["why"]]
+    assert timeouts  # the clients noticed through their missed heartbeats
+    judge(result)
+
+
+async def test_app_restarts(tmp_path: Path) -> None:
+    result, _ = await run_async(short(faults={"app-restart": 4}), tmp_path)
+    assert injected(result, "app-restart") == 4
+    judge(result)
+
+
+async def test_redis_restarted_empty(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    try:
+        result, _ = await run_async(short(nodes=2, faults={"redis-restart": 1}), tmp_path,
+                                    redis=redis)
+    finally:
+        redis.stop()
+    assert injected(result, "redis-restart") == 1
+    judge(result, KNOWN["two-nodes"])
+
+
+async def test_node_killed_while_its_users_fail_over(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    try:
+        result, _ = await run_async(short(nodes=2, faults={"failover": 1}), tmp_path,
+                                    redis=redis)
+    finally:
+        redis.stop()
+    assert injected(result, "failover") == 1
+    judge(result, KNOWN["two-nodes"])
+
+
+async def test_cassandra_restarted(cassandra: CassandraNode, tmp_path: Path) -> None:
+    cassandra.truncate()
+    result, _ = await run_async(short(store="cassandra", duration=8.0, rate=20.0, settle=60.0,
+                                      faults={"cassandra-restart": 1}), tmp_path,
+                                cassandra=cassandra)
+    assert injected(result, "cassandra-restart") == 1
+    judge(result)
+
+
+async def test_self_test_on_a_recorded_history(tmp_path: Path) -> None:
+    """The corruptions are caught in a real run's history too (not only in a made-up one)."""
+    from bench.chaos_check import self_test
+
+    _, records = await run_async(short(duration=5.0, faults={"drop": 2}), tmp_path)
+    report = self_test(records)
+    assert report["ok"], report
