@@ -804,18 +804,19 @@ class SqliteStore:
         return await self._do(lambda db: self._mode(db, conv))
 
     async def set_mode(self, conv: str, mode: int, ttl: int, actor: str, ts: int) -> None:
-        def op(db: sqlite3.Connection) -> None:
+        def op(db: sqlite3.Connection) -> Appended | None:
             self._buf.flush(db)  # the conversation row may be in the buffer
             db.execute("INSERT INTO convs (conv, last_seq, mode, ttl) VALUES (?, ?, ?, ?)"
                        " ON CONFLICT DO UPDATE SET mode=excluded.mode, ttl=excluded.ttl",
                        (conv, self._last_seq_of(db, conv), mode, ttl))
             event = {"kind": "mode", "mode": mode, "ttl": ttl, "by": actor}
             if conv.startswith("g:"):
-                self._post_event(db, conv[2:], actor, ts, event)
-            else:
-                others = tuple(u for u in conv.split(":")[1:] if u != actor)
-                self._append(db, NewMessage(actor, "server", f"ev-{secrets.token_hex(8)}",
-                                            conv, others, b"", ts, event=event))
+                self._post_event(db, conv[2:], actor, ts, event)  # (pushed by its fan-out)
+                return None
+            others = tuple(u for u in conv.split(":")[1:] if u != actor)
+            return self._append(db, NewMessage(  # returned: pushed live like a message
+                actor, "server", f"ev-{secrets.token_hex(8)}", conv, others, b"", ts,
+                event=event))
 
         await self._do(op)
 

@@ -314,6 +314,19 @@ async def test_non_canonical_conversation_ids_are_refused(node: Node) -> None:
             pytest.fail(f"alice got {event}")
 
 
+async def test_a_mode_change_in_a_one_to_one_chat_is_pushed_live(node: Node) -> None:
+    async with node.connect("alice") as alice, node.connect("alice", "tablet") as tablet, \
+            node.connect("bob") as bob:
+        await alice.send("bob", "let's keep this one")
+        for c in (bob, tablet):
+            await messages(c, 1)
+        await alice.set_mode("d:alice:bob", cc.Mode.PERMANENT)
+        for c in (bob, tablet):  # the other side, and alice's other device
+            (m,) = await messages(c, 1, timeout=5)
+            assert m.event == {"kind": "mode", "mode": cc.Mode.PERMANENT, "ttl": 0,
+                               "by": "alice"}, m
+
+
 # ---- 8. privacy holds on every worker at once --------------------------------------------------
 
 async def test_hiding_last_seen_holds_on_every_worker(
