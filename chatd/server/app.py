@@ -399,7 +399,10 @@ class ChatServer:
                         t.device == device for t in self.router.targets(user)):
                     self.peers.detach(user, device)
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    await self.presence.disconnected(session)
+                    try:
+                        await self.presence.disconnected(session)
+                    except StoreError as exc:  # (the sweep writes the last seen later)
+                        self.failed("presence", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except StoreError as exc:  # while the store is down: say so; the client retries

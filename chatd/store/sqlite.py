@@ -292,40 +292,58 @@ class SqliteStore:
     # ---- the writer ----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run batches until cancelled. Started by open_store()."""
+        """Run batches until cancelled. Started by open_store(). When it stops, the store is
+        closed: what still waits for it gets StoreError at once, not a wait for ever."""
         task_status.started()
         if self._jobs and self.fanout_mode == "auto":
             self._wake.set()  # fan-out interrupted by a stop or crash: carry on
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self._queue:
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                started = trio.current_time()
-                await trio.to_thread.run_sync(self._run_batch, batch, abandon_on_cancel=False)
-                if self.on_batch is not None:
-                    self.on_batch(trio.current_time() - started)
-                listener = self.on_append
-                for op in batch:
-                    if listener is not None and op.result:
-                        results = op.result if type(op.result) is list else (op.result,)
-                        for r in results:
-                            if type(r) is Appended and r.items:
-                                try:
-                                    listener(r.items)
-                                except Exception:  # a broken listener must not stop the store
-                                    log.exception("append listener failed")
-                    op.done.set()
-                new, self._new_jobs = self._new_jobs, []
-                if self.on_fanout is not None:
-                    for conv, seq in new:
-                        self.on_fanout(conv, seq)
-            if self.fanout_mode != "auto":
-                continue
-            if self._jobs and not self._fanout_queued:  # fan-out: after SENT, in the background
-                self._fanout_queued = True
-                self._queue.append(_Op(self._fanout_step))
-                self._wake.set()
+        batch: list[_Op] = []
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while self._queue:
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                    started = trio.current_time()
+                    await trio.to_thread.run_sync(self._run_batch, batch,
+                                                  abandon_on_cancel=False)
+                    if self.on_batch is not None:
+                        self.on_batch(trio.current_time() - started)
+                    self._finish(batch)
+                    batch = []
+                    new, self._new_jobs = self._new_jobs, []
+                    if self.on_fanout is not None:
+                        for conv, seq in new:
+                            self.on_fanout(conv, seq)
+                if self.fanout_mode != "auto":
+                    continue
+                if self._jobs and not self._fanout_queued:  # fan-out: after SENT, later
+                    self._fanout_queued = True
+                    self._queue.append(_Op(self._fanout_step))
+                    self._wake.set()
+        finally:
+            self._closed = True
+            for op in batch:  # ran (the thread is never abandoned): its results stand
+                op.done.set()
+            for op in self._queue:
+                op.error = StoreError("store is closed")
+                op.done.set()
+            self._queue = []
+
+    def _finish(self, batch: list[_Op]) -> None:
+        """Hand a committed batch's inbox items to the listener, in order, and wake its
+        callers."""
+        listener = self.on_append
+        for op in batch:
+            if listener is not None and op.result:
+                results = op.result if type(op.result) is list else (op.result,)
+                for r in results:
+                    if type(r) is Appended and r.items:
+                        try:
+                            listener(r.items)
+                        except Exception:  # a broken listener must not stop the store
+                            log.exception("append listener failed")
+            op.done.set()
 
     def _run_batch(self, batch: list[_Op]) -> None:
         db = self._db
