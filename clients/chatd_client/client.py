@@ -177,6 +177,7 @@ class Client:
         self._waiting = 0  # tasks waiting for an answer (SENT, or a request's)
         self._shown_connected = False  # the application was told Connected, not Disconnected
         self._session_scope: trio.CancelScope | None = None
+        self._session_tasks: trio.Nursery | None = None  # tasks of the current connection
         self._fatal: BaseException | None = None
         self.heartbeat = 30.0
         self.reconnects = 0
@@ -417,7 +418,7 @@ class Client:
                     reason = f"{type(exc).__name__}: {exc}"
                 if self._conn is not None:
                     started = True
-                self._conn = self._link = self._session_scope = None
+                self._conn = self._link = self._session_scope = self._session_tasks = None
                 if self._connected.is_set():
                     self._connected = trio.Event()
                 resync, self._resync = self._resync, False
@@ -479,6 +480,7 @@ class Client:
         with single_errors():
             async with trio.open_nursery() as nursery:
                 self._session_scope = nursery.cancel_scope
+                self._session_tasks = nursery
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._acker)
                 if self._taken > self._acked:
@@ -547,10 +549,10 @@ class Client:
     async def _on_error(self, frame: F.Error) -> None:
         error = ChatdError(frame.code, frame.message)
         if frame.ref is not None and frame.ref in self._pending:
-            if frame.code == ErrorCode.RATE_LIMITED:
-                waiter = self._pending[frame.ref]
-                await trio.sleep((frame.retry_ms or 100) / 1000)
-                await self._write(waiter.frame)
+            if frame.code == ErrorCode.RATE_LIMITED:  # sent again later, under the same id
+                if self._session_tasks is not None:  # (the reader does not wait for it)
+                    self._session_tasks.start_soon(self._send_again, frame.ref,
+                                                   (frame.retry_ms or 100) / 1000)
                 return
             waiter = self._pending.pop(frame.ref)
             waiter.error = error
@@ -564,6 +566,13 @@ class Client:
         self._events.put_nowait(ev.ServerError(frame.code, error.name, frame.message, frame.ref))
         if frame.code in FATAL_CODES:
             raise error
+
+    async def _send_again(self, ref: str, delay: float) -> None:
+        await trio.sleep(delay)
+        waiter = self._pending.get(ref)
+        if waiter is not None:
+            with contextlib.suppress(*LOST):  # (after a reconnect it is sent again anyway)
+                await self._write(waiter.frame)
 
     async def goodbye(self) -> None:
         """Say goodbye (after acknowledging what the application took), even when cancelled."""

@@ -375,3 +375,32 @@ async def test_a_watch_answer_is_never_older_than_an_announcement(
 @pytest.fixture(autouse=True)
 def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "chatd")
+
+
+async def test_the_sdk_keeps_reading_while_it_sends_a_rate_limited_burst_again(
+        start_node: StartNode) -> None:
+    """Each refused send is sent again after its retry_ms by a task of its own: the SDK's
+    reader does not sleep meanwhile (it used to, one retry delay after another), so what
+    arrives for the app is not held up; and each message is stored once."""
+    node = await start_node(send_rate=5.0, send_burst=5)
+    await node.add_users("alice", "bob")
+    async with node.connect("alice") as alice, node.connect("bob") as bob:
+        acks: list[cc.SentAck] = []
+
+        async def one(i: int) -> None:
+            acks.append(await alice.send("bob", f"burst {i}"))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(25):  # 20 over the burst: about 4 s of refill
+                nursery.start_soon(one, i)
+            with trio.fail_after(10):
+                while not node.server.stats["rate_limited"]:
+                    await trio.sleep(0.01)
+            await bob.send("alice", "are you spamming me?")
+            with trio.fail_after(1):  # while alice's sends wait for tokens
+                (m,) = await messages(alice, 1)
+            assert m.text == "are you spamming me?"
+            assert len(acks) < 25
+        assert len({a.seq for a in acks}) == 25  # each stored once
+        got = await messages(bob, 25, timeout=20)
+        assert len({m.text for m in got}) == 25
