@@ -18,6 +18,12 @@ from chatd.protocol.frames import Deliver
 from chatd.store import CassandraStore, NewMessage, SqliteStore, Store, StoreError, open_store
 
 MEMBERS = ["bob", "carol", "dave", "erin", "frank"]
+Backend = SqliteStore | CassandraStore  # (what open_store gives: with fan-out jobs)
+
+
+def backends(*stores: Store) -> list[Backend]:
+    assert all(isinstance(s, (SqliteStore, CassandraStore)) for s in stores)
+    return list(stores)  # type: ignore[arg-type]
 
 
 async def setup_group(s: Store) -> None:
@@ -41,12 +47,12 @@ async def copies(s: Store) -> dict[str, Counter[int]]:
     return out
 
 
-async def run_all(s: Store) -> None:
+async def run_all(s: Backend) -> None:
     for conv, seq in await s.pending_fanouts():
         await s.fanout(conv, seq)
 
 
-async def assert_once_each(s: Store, n: int) -> None:
+async def assert_once_each(s: Backend, n: int) -> None:
     """Every member has the group's n + 1 messages (the "created" event and n sent), once each."""
     with trio.fail_after(20):
         while await s.pending_fanouts():
@@ -56,10 +62,10 @@ async def assert_once_each(s: Store, n: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def unstarted(url: str) -> AsyncIterator[SqliteStore | CassandraStore]:
+async def unstarted(url: str) -> AsyncIterator[Backend]:
     """A store opened as a (re)starting process opens it, whose writer is started later (by
     `started`): what it read on opening is all it knows until then."""
-    s: SqliteStore | CassandraStore
+    s: Backend
     if url.startswith("cassandra:"):
         s = CassandraStore(url)
         await s.connect()
@@ -72,7 +78,7 @@ async def unstarted(url: str) -> AsyncIterator[SqliteStore | CassandraStore]:
 
 
 @contextlib.asynccontextmanager
-async def started(s: SqliteStore | CassandraStore) -> AsyncIterator[None]:
+async def started(s: Backend) -> AsyncIterator[None]:
     async with trio.open_nursery() as nursery:
         await nursery.start(s.run)
         yield
@@ -84,7 +90,8 @@ async def test_a_store_opened_while_another_has_jobs_does_not_run_them_again(
     """The worker that restarts opens the store while the other worker has fan-out jobs
     pending; the other runs them; then the restarted worker's writer starts (its first batch):
     it must not run them a second time."""
-    async with open_store(shared_url) as a:
+    async with open_store(shared_url) as a_:
+        [a] = backends(a_)
         a.fanout_mode = "external"  # its jobs wait (here: until the second store has opened)
         await setup_group(a)
         await send(a, 3)
@@ -102,7 +109,8 @@ async def test_a_store_opened_while_another_has_jobs_does_not_run_them_again(
 
 async def test_a_job_another_store_ran_meanwhile_is_not_run_again(shared_url: str) -> None:
     """Both stores know a job; one runs it; the other, asked to run it, finds it finished."""
-    async with open_store(shared_url) as a, open_store(shared_url) as b:
+    async with open_store(shared_url) as a_, open_store(shared_url) as b_:
+        a, b = backends(a_, b_)
         a.fanout_mode = b.fanout_mode = "external"
         await setup_group(a)
         await send(a, 2)
@@ -158,7 +166,8 @@ async def test_cassandra_a_chunk_whose_step_was_not_recorded_is_not_appended_aga
     """The node running a job dies after appending a chunk and before recording the step;
     another node takes the job over when the lease has run out and starts from the recorded
     progress: the members of that chunk must not get the message a second time."""
-    async with open_store(cassandra_url) as a, open_store(cassandra_url) as b:
+    async with open_store(cassandra_url) as a_, open_store(cassandra_url) as b_:
+        a, b = backends(a_, b_)
         assert isinstance(a, CassandraStore)
         a.fanout_mode = b.fanout_mode = "external"
         await setup_group(a)
@@ -213,7 +222,8 @@ async def test_cassandra_an_owner_that_lost_its_lease_mid_chunk_appends_nothing_
     """The owner stalls in the middle of a chunk (its appends not sent yet) past its lease;
     another node takes the job over and runs it to the end; then the stalled owner's appends
     go out: none may land a second time (and its step is refused)."""
-    async with open_store(cassandra_url) as a, open_store(cassandra_url) as b:
+    async with open_store(cassandra_url) as a_, open_store(cassandra_url) as b_:
+        a, b = backends(a_, b_)
         assert isinstance(a, CassandraStore)
         a.fanout_mode = b.fanout_mode = "external"
         await setup_group(a)
