@@ -64,7 +64,7 @@ class Session:
     __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_out_bytes",
                  "_writing", "_sent_upto", "_live", "_need_sync", "_nursery", "_closing",
                  "rx_at", "frame_at", "_acks_running", "_acks_done", "background", "watching",
-                 "_presence_pending", "_item_max")
+                 "_presence_pending", "_item_max", "_acked")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
                  conn: Connection, user: str, device: str, cursor: int,
@@ -78,6 +78,7 @@ class Session:
         self._out_bytes = 0  # what _out holds, counted with FRAME_OVERHEAD per frame
         self._writing = False  # a writer task is running
         self._sent_upto = cursor  # highest inbox position handed to the writer (or skipped)
+        self._acked = cursor  # highest position acknowledged: an Ack not above it costs nothing
         self._live = False  # the backlog is drained; offers in sequence go straight out
         self._need_sync = True
         self._nursery: trio.Nursery | None = None
@@ -416,7 +417,8 @@ class Session:
                 upto = max(upto, ev.upto)
             else:
                 rest.append(ev)
-        if upto:
+        if upto > self._acked:
+            self._acked = upto
             if self._nursery is not None and all(type(ev) in _ORDER_FREE for ev in rest):
                 self._acks_running += 1
                 self._nursery.start_soon(self._background_ack, upto)

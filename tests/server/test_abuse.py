@@ -253,6 +253,30 @@ async def test_watching_is_capped_and_only_for_users_that_exist(start_node: Star
     assert seen == {"bob", "carol"}
 
 
+async def test_repeated_acks_cost_the_store_nothing(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = node.server.store
+    real = store.ack
+    calls: list[int] = []
+
+    async def counted(user: str, device: str, upto: int, ts: int) -> object:
+        calls.append(upto)
+        return await real(user, device, upto, ts)
+
+    monkeypatch.setattr(store, "ack", counted)
+    async with node.connect("alice") as alice:
+        await alice.send("bob", "ack me once")
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("bob"))
+    deliver = await raw.recv_until(F.Deliver)
+    assert isinstance(deliver, F.Deliver)
+    for _ in range(50):  # one write each: no coalescing on the server's side
+        await raw.send(F.Ack(upto=deliver.q))
+        await raw.send(F.Ping(nonce=1))
+        await raw.recv_until(F.Pong)
+    assert calls == [deliver.q]
+
+
 def test_a_rate_is_shared_between_workers_and_buckets_are_forgotten_when_full() -> None:
     per_worker = RateLimiter(rate=10, burst=100, share=2)
     assert sum(1 for _ in range(80) if per_worker.take("alice", 0.0) == 0) == 50
