@@ -77,6 +77,7 @@ class Options:
     idle_timeout: float = 4.0  # the nodes' --idle-timeout
     offline: int = 3  # offline episodes (plus one device offline for most of the run)
     in_flight: int = 3  # sends in flight per device at most
+    group_size: int = 5
     settle: float = 90.0  # seconds the end may wait for everything to arrive
     verbose: bool = True
 
@@ -403,7 +404,8 @@ class Run:
                 a, b = sorted((order[k], order[k + 1]))
                 pairs.add((a, b))
         order = self.rng.sample(users, len(users))
-        groups = [order[k:k + 5] for k in range(0, len(order), 5)]
+        size = self.opts.group_size
+        groups = [order[k:k + size] for k in range(0, len(order), size)]
         if len(groups) > 1 and len(groups[-1]) < 3:
             groups[-2] += groups.pop()
         return devices, sorted(pairs), groups
@@ -656,6 +658,7 @@ class Run:
             "unsettled": {k: v for k, v in pending.items() if v},
             "proxy": self.proxy.stats, "node_starts": {n.name: n.starts for n in self.nodes},
             "skipped_faults": sum(1 for r in self.records if r["t"] == "skipped"),
+            "log": self.notes,
         }
         return result
 
@@ -733,7 +736,8 @@ def main(args: Any) -> None:
     opts = Options(seed=args.seed, duration=args.duration, rate=args.rate, users=args.users,
                    faults=parse_faults(args.faults), workers=args.workers, nodes=args.nodes,
                    store=args.store, heartbeat=args.heartbeat, idle_timeout=args.idle_timeout,
-                   offline=args.offline, settle=args.settle, verbose=not args.quiet)
+                   offline=args.offline, settle=args.settle, verbose=not args.quiet,
+                   group_size=args.group_size, in_flight=args.in_flight)
     result, records = run(opts, args.workdir)
     if args.history:
         Path(args.history).write_text(json.dumps(records))
@@ -771,6 +775,8 @@ def add_parser(sub: Any) -> None:
                    help="cassandra: a Cassandra node is started for the run")
     p.add_argument("--heartbeat", type=float, default=1.0, help="the nodes' --heartbeat")
     p.add_argument("--idle-timeout", type=float, default=4.0, help="the nodes' --idle-timeout")
+    p.add_argument("--group-size", type=int, default=5, help="members per group")
+    p.add_argument("--in-flight", type=int, default=3, help="sends in flight per device")
     p.add_argument("--offline", type=int, default=3, help="offline episodes (besides the"
                    " device offline for most of the run)")
     p.add_argument("--settle", type=float, default=90, help="seconds the end may wait for"
