@@ -24,7 +24,8 @@ EXAMPLES: list[F.Frame] = [
     F.Hello(version=1, token="t", background=True),
     F.Welcome(version=1, user="alice", device="phone", session="n1-5",
               server_time=1_700_000_000_000,
-              heartbeat_ms=30_000, max_frame=1_048_576, cursor=41),
+              heartbeat_ms=30_000, max_frame=1_048_576, cursor=41,
+              media_url="https://chat.example.org:7779"),
     F.Ping(nonce=9), F.Pong(nonce=9), F.Ping(),
     F.Goodbye(code=9, reason="server shutting down"),
     F.Error(code=7, message="slow down", ref="c-1", retry_ms=250),
@@ -69,6 +70,12 @@ EXAMPLES: list[F.Frame] = [
     F.ReceiptState(rid=12, conv="g:family", seq=3, delivered=("bob",), read=("carol",),
                    pending=("dave",)),
     F.Ok(rid=11),
+    F.UploadSlot(rid=13, sha256=bytes(range(32)), size=2_345_678, mime="image/jpeg"),
+    F.Slot(rid=13, url="https://chat.example.org:7779/v1/upload", token="eyJ.c2ln",
+           expires=1_700_000_300_000),
+    F.Slot(rid=14, media=F.Media(id="ab" * 32, mime="image/jpeg", size=48213, width=1280,
+                                 height=960, sha256=bytes.fromhex("ab" * 32),
+                                 preview=b"\xff\xd8\xff\xe0")),
 ]
 
 

@@ -18,6 +18,7 @@ from .limits import (
     MAX_HISTORY_PAGE,
     MAX_ID_LEN,
     MAX_MEDIA_PER_MESSAGE,
+    MAX_PREVIEW_SIZE,
     MAX_TOKEN_LEN,
     MAX_UINT,
 )
@@ -105,6 +106,7 @@ class Media:
     width: int = f("w", UINT, default=0)
     height: int = f("h", UINT, default=0)
     sha256: bytes = f("sha", Bin(32), default=b"")
+    preview: bytes = f("pv", Bin(MAX_PREVIEW_SIZE), default=b"")  # small JPEG shown at once
 
 
 MEDIA: Kind = ListOf(Struct(Media), MAX_MEDIA_PER_MESSAGE)
@@ -144,6 +146,7 @@ class Welcome(Frame):
     heartbeat_ms: int = f("hb", UINT)
     max_frame: int = f("mf", UINT)
     cursor: int = f("q", UINT, default=0)  # the device's acknowledged position in its inbox
+    media_url: str = f("mu", Str(1024), default="")  # the node's HTTP base for media; "": none
 
 
 @frame(3, Origin.BOTH)
@@ -386,6 +389,31 @@ class ReceiptState(Frame):
 @frame(60, Origin.SERVER)
 class Ok(Frame):
     rid: int = f("r", RID)
+
+
+# ---- media -------------------------------------------------------------------------------
+
+
+@frame(70, Origin.CLIENT)
+class UploadSlot(Frame):
+    """Ask where to upload a file of this SHA-256, size and MIME type (see Images)."""
+
+    rid: int = f("r", RID)
+    sha256: bytes = f("sha", Bin(32))
+    size: int = f("size", UINT)
+    mime: str = f("mime", Str(100, r"[a-z]+/[A-Za-z0-9.+\-]+"))
+
+
+@frame(71, Origin.SERVER)
+class Slot(Frame):
+    """Either the content is already here (`m`: send it, upload nothing) or a PUT to `url`
+    with `Authorization: Bearer <tok>` before `exp`; the PUT answers with the Media."""
+
+    rid: int = f("r", RID)
+    media: Media | None = f("m", Struct(Media), default=None)
+    url: str = f("url", Str(1024), default="")
+    token: str = f("tok", Str(MAX_TOKEN_LEN), default="")
+    expires: int = f("exp", TIME_MS, default=0)
 
 
 assert max(FRAME_TYPES) < 128 and MAX_UINT > 0

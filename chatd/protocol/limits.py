@@ -20,5 +20,6 @@ MAX_TEXT_LEN: Final = 256  # names, reasons, error messages, mime types
 MAX_LIST_LEN: Final = 4096  # any array (members, seqs, users)
 MAX_MAP_LEN: Final = 32  # any map (frames, media refs, events)
 MAX_MEDIA_PER_MESSAGE: Final = 16
+MAX_PREVIEW_SIZE: Final = 8192  # inline preview of one image (body + previews <= MAX_BODY_SIZE)
 MAX_HISTORY_PAGE: Final = 200
 MAX_UINT: Final = 2**63 - 1
