@@ -1,5 +1,5 @@
-"""python -m bench {codec,throughput,memory,drain,fanout,connections,cluster,stores,report,
-all}: figures, saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`).
+"""python -m bench {codec,throughput,memory,drain,fanout,connections,cluster,stores,abuse,
+report,all}: figures, saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`).
 python -m bench chaos: faults injected into real nodes, the delivery history checked."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import cluster, codec, connections, drain, fanout, memory, report, stores, throughput
+from . import abuse, cluster, codec, connections, drain, fanout, memory, report, stores, throughput
 from .chaos import add_parser as add_chaos_parser
 from .chaos import main as chaos_main
 
@@ -56,6 +56,19 @@ def main() -> None:
     s2.add_argument("--seconds", type=float, default=5)
     s2.add_argument("--cassandra", help="cassandra://... of a running node (default: start"
                     " one on loopback for the run)")
+    ab = sub.add_parser("abuse", help="a victim pair's latency and the node's RSS while"
+                        " clients flood, read slowly, loop History, send junk before sign-in;"
+                        " the node with its default limits")
+    ab.add_argument("--seconds", type=float, default=6,
+                    help="each attack (the quiet windows between them: half of it)")
+    ab.add_argument("--rate", type=float, default=50, help="victim messages a second")
+    ab.add_argument("--attacks", default="flood,slow,junk")
+    ab.add_argument("--flooders", type=int, default=8)
+    ab.add_argument("--slow-readers", type=int, default=8)
+    ab.add_argument("--history-loops", type=int, default=2)
+    ab.add_argument("--junk", type=int, default=300, help="junk loops before sign-in")
+    ab.add_argument("--silent", type=int, default=1100,
+                    help="silent connections (past the default cap of 1024 signing in)")
     sub.add_parser("report", help="write bench/results/SUMMARY.md from the saved results")
     add_chaos_parser(sub)
     a = sub.add_parser("all", help="everything with the defaults")
@@ -75,7 +88,7 @@ def main() -> None:
         return
     {"codec": codec, "throughput": throughput, "memory": memory, "drain": drain,
      "fanout": fanout, "connections": connections, "cluster": cluster, "stores": stores,
-     "report": report}[args.what].main(args)
+     "report": report, "abuse": abuse}[args.what].main(args)
 
 
 if __name__ == "__main__":

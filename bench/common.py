@@ -64,10 +64,15 @@ def children(pid: int) -> list[int]:
 
 class ChatdProcess:
     """`python -m chatd serve` on a free port with users registered beforehand; `workers`
-    worker processes (1: the whole node in one process)."""
+    worker processes (1: the whole node in one process).
+
+    bench_limits (the default) lifts the per-user send rate and the frames-per-connection
+    queue out of the way of throughput measurements; bench_limits=False runs the node with
+    its defaults (bench abuse). `env`: CHATD_* settings without a flag, added to ours."""
 
     def __init__(self, data_dir: str, users: list[str], store: str = "", workers: int = 1,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), bench_limits: bool = True,
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.secret = load_or_create_secret(data_dir)
@@ -76,11 +81,12 @@ class ChatdProcess:
             trio.run(self._register, users)
         # CHATD_BENCH_SERVER replaces "python -m chatd", e.g. to run the server under a profiler
         command = os.environ.get("CHATD_BENCH_SERVER", f"{sys.executable} -m chatd").split()
+        limits = ("--send-rate", "1e9", "--send-burst", "1e9", "--max-queue", "100000") \
+            if bench_limits else ()
         self.proc = subprocess.Popen(
             [*command, "serve", "--data-dir", data_dir, "--store", self.store, "--tcp-port",
-             str(self.port), "--ws-port", "-1", "--send-rate", "1e9",
-             "--send-burst", "1e9", "--max-queue", "100000", "--workers", str(workers),
-             *extra],
+             str(self.port), "--ws-port", "-1", *limits, "--workers", str(workers), *extra],
+            env={**os.environ, **env} if env else None,
             stderr=None if os.environ.get("CHATD_BENCH_SERVER") else subprocess.DEVNULL)
         wait_listening(self.port, self.proc)
         self.workers = workers

@@ -219,8 +219,11 @@ def run(target: int, workers: int, hold: float = 20, heartbeat: float = 30,
         probe_pairs: int = 10, probe_rate: float = 200) -> dict[str, Any]:
     addrs = [f"127.0.0.{2 + i}" for i in range(max(sources, -(-target // PER_SOURCE)))]
     with tempfile.TemporaryDirectory() as tmp:
+        # the loaders sign in up to `concurrency` connections each at once: more than the
+        # default cap on connections signing in (per worker) when the kernel's spread is uneven
         node = ChatdProcess(tmp, [], workers=workers, extra=(
-            "--heartbeat", str(heartbeat), "--idle-timeout", str(heartbeat * 3)))
+            "--heartbeat", str(heartbeat), "--idle-timeout", str(heartbeat * 3)),
+            env={"CHATD_MAX_UNAUTHENTICATED": str(max(1024, target))})
         try:
             result = trio.run(ramp, node, target, addrs, heartbeat, hold, max_seconds,
                               concurrency, probe_pairs, probe_rate)

@@ -78,3 +78,20 @@ def test_stores_bench_runs_sqlite_and_cassandra(cassandra: object) -> None:
     assert isinstance(cassandra, CassandraNode)
     result = stores.run(npairs=2, window=2, seconds=0.3, cassandra=cassandra.url("chatd_bench"))
     assert result["sqlite"]["msgs_per_s"] > 0 and result["cassandra"]["msgs_per_s"] > 0
+
+
+def test_abuse_bench_runs_every_attack_between_quiet_windows() -> None:
+    from bench import abuse
+
+    result = abuse.run(seconds=1, quiet_seconds=0.5, rate=20, flooders=2, slow_readers=2,
+                       history_loops=1, junk=4, silent=8, hold=0.5, settle=0.2)
+    assert [w["window"] for w in result["windows"]] == [
+        "quiet1", "flood", "quiet2", "slow", "quiet3", "junk", "quiet4"]
+    assert all(w["victim"]["messages"] > 0 for w in result["windows"])
+    attacks = {w["window"]: w for w in result["windows"] if w["attack_kind"]}
+    assert all(w["attack"]["done"] and w["attacker_connections"] > 0
+               for w in attacks.values())
+    assert attacks["flood"]["attack"]["counts"]["sends"] > 0
+    assert attacks["junk"]["attack"]["counts"]["silent_opened"] == 8
+    assert result["node_alive_at_end"] and result["limits"]["max_outbound"] > 0
+    assert {"latency_bar_met", "memory_bar_met"} <= set(result)
