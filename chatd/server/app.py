@@ -96,6 +96,9 @@ class ChatServer:
         self._session_count = 0
         self.presence = PresenceService(self)
         self._tasks: trio.Nursery | None = None
+        self.media: Any = None  # chatd.media.service.MediaService while http_port >= 0
+        self.http_port = -1
+        self.media_url = ""
 
     def stop(self) -> None:
         self._stop.set()
@@ -220,6 +223,8 @@ class ChatServer:
                             trio.SSLListener(w, ssl_ctx, https_compatible=True) for w in ws],
                         handler_nursery=sessions, max_message_size=MAX_FRAME_SIZE,
                         connect_timeout=cfg.auth_timeout, disconnect_timeout=2).run)
+                if cfg.http_port >= 0:
+                    await self._start_http(listeners, ssl_ctx)
                 if cfg.metrics_port >= 0 and self.peers is None:  # (workers: the supervisor)
                     self.metrics_port = metrics.serve_metrics(cfg.host, cfg.metrics_port)
                 log.info("chatd listening: tcp %s:%d ws %s:%s%s (store %s)", cfg.host,
@@ -240,6 +245,31 @@ class ChatServer:
                     await trio.sleep(0.05)
             sessions.cancel_scope.cancel()
         self.stopped.set()
+
+    async def _start_http(self, listeners: trio.Nursery, ssl_ctx: ssl.SSLContext | None
+                          ) -> None:
+        """The HTTP listener for image uploads and downloads (chatd.media)."""
+        from chatd.media.blobs import open_blob_store
+        from chatd.media.http import MediaApp, http_socket, serve_http
+        from chatd.media.service import MediaService
+
+        cfg = self.config
+        self.media = MediaService(open_blob_store(cfg.media, cfg.data_dir), self.secret,
+                                  f"{cfg.data_dir}/media-tmp", max_upload=cfg.max_upload)
+        sock = http_socket(cfg.host, cfg.http_port, self.reuse_port)
+        self.http_port = sock.getsockname()[1]
+        self.media_url = cfg.media_url.rstrip("/") or (
+            f"{'https' if ssl_ctx else 'http'}://{cfg.host}:{self.http_port}")
+        await listeners.start(functools.partial(
+            serve_http, MediaApp(self.media, self.secret, self.takes_part), sock,
+            cfg.tls_cert, cfg.tls_key))
+
+    async def takes_part(self, user: str, conv: str) -> bool:
+        """Whether user is a member of conv now (media downloads)."""
+        if conv.startswith("g:"):
+            info = await self.store.group(conv[2:])
+            return info is not None and user in info.members
+        return conv.startswith("d:") and user in conv.split(":")[1:]
 
     async def sweep(self) -> None:
         """One task for every connection's idle and slow-frame timeouts (a timer per
@@ -377,7 +407,7 @@ class ChatServer:
                 version=PROTOCOL_VERSION, user=user, device=device,
                 session=f"{self.node_id}-{self._session_count}", server_time=now_ms(),
                 heartbeat_ms=int(cfg.heartbeat * 1000), max_frame=MAX_FRAME_SIZE,
-                cursor=cursor))
+                cursor=cursor, media_url=self.media_url))
             transport.limit(MAX_FRAME_SIZE)
             self._unauthenticated -= 1
             signing_in = False

@@ -44,6 +44,10 @@ class Config:
     node_id: str = ""  # this node's name among several (with redis); default: the host name
     redis: str = ""  # redis://host:port or redis+cluster://host:port,...: join a cluster
     workers: int = 0  # processes of `chatd serve` sharing the ports; 0: one per core
+    http_port: int = -1  # image uploads and downloads over HTTP(S); -1: off, 0: any free port
+    media: str = ""  # blob store: file:///path or s3://bucket?endpoint=...; "": <data_dir>/media
+    media_url: str = ""  # the HTTP base URL clients use; default http(s)://host:http_port
+    max_upload: int = 16 * 1024 * 1024  # bytes of one uploaded image
 
     @property
     def store_url(self) -> str:

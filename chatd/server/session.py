@@ -496,6 +496,8 @@ class Session:
             self.send_frame(F.Ok(rid=ev.rid))
         elif isinstance(ev, F.SetMode):
             await self._handle_set_mode(ev)
+        elif isinstance(ev, F.UploadSlot):
+            await self._handle_upload_slot(ev)
         elif isinstance(ev, F.ReceiptQuery):
             if await self._may_access(ev.conv, ev.rid):
                 st = await server.store.receipt_state(ev.conv, ev.seq)
@@ -537,6 +539,49 @@ class Session:
             return False
         return True
 
+    async def _handle_upload_slot(self, ev: F.UploadSlot) -> None:
+        from chatd.media.blobs import BlobStoreError
+        from chatd.media.service import MediaError
+
+        media = self.server.media
+        if media is None:
+            self._error(ErrorCode.INVALID, "this server takes no uploads (no http_port)",
+                        rid=ev.rid)
+            return
+        try:
+            self.send_frame(await media.slot(self.user, ev, f"{self.server.media_url}"
+                                                            "/v1/upload"))
+        except MediaError as exc:
+            self._error(ErrorCode.TOO_LARGE if exc.status == 413 else ErrorCode.INVALID,
+                        exc.message, rid=ev.rid)
+        except BlobStoreError as exc:
+            self._error(ErrorCode.INTERNAL, f"media store unavailable: {exc}", rid=ev.rid,
+                        retry_ms=1000)
+
+    async def _check_media(self, ev: F.Send, conv: str) -> bool:
+        """A send's media references: previews bounded with the body; with a media service,
+        each an uploaded blob, recorded as referenced by conv (its members may download)."""
+        from chatd.media.blobs import BlobStoreError
+
+        if len(ev.body) + sum(len(m.preview) for m in ev.media) > MAX_BODY_SIZE:
+            self._error(ErrorCode.TOO_LARGE, f"body and previews over {MAX_BODY_SIZE} bytes",
+                        ref=ev.id)
+            return False
+        media = self.server.media
+        if media is None:
+            return True
+        try:
+            for m in ev.media:
+                if not await media.reference(m.id, conv):
+                    self._error(ErrorCode.INVALID, f"no uploaded media {m.id[:64]!r}",
+                                ref=ev.id)
+                    return False
+        except BlobStoreError as exc:
+            self._error(ErrorCode.INTERNAL, f"media store unavailable: {exc}", ref=ev.id,
+                        retry_ms=1000)
+            return False
+        return True
+
     async def _handle_sends(self, sends: list[F.Send]) -> None:
         ts = now_ms()
         msgs, ids = [], []
@@ -551,6 +596,8 @@ class Session:
                 assert ev.to is not None
                 conv = direct_conv(self.user, ev.to)
                 recipients = () if ev.to == self.user else (ev.to,)
+            if ev.media and not await self._check_media(ev, conv):
+                continue
             msgs.append(NewMessage(
                 sender=self.user, device=self.device, client_id=ev.id, conv=conv,
                 recipients=recipients, body=ev.body, ts=ts, media=ev.media, group=ev.group))
@@ -666,7 +713,7 @@ class Session:
         size = 0
         budget = min(HISTORY_BUDGET, self.server.config.max_outbound // 4)  # (see backed_up)
         for item in items[: ev.limit]:
-            size += len(item.body) + 200
+            size += len(item.body) + sum(len(m.preview) for m in item.media) + 200
             if page and size > budget:
                 more = True
                 break

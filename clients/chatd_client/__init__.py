@@ -16,7 +16,8 @@ from .events import (
     Synced,
     presence_text,
 )
+from .media import MediaError
 
 __all__ = ["ChatdError", "Client", "Connected", "ConnectionLost", "Delivered", "Disconnected",
-           "Event", "Message", "Mode", "Presence", "Read", "SentAck", "ServerError", "Synced",
-           "connect", "presence_text"]
+           "Event", "MediaError", "Message", "Mode", "Presence", "Read", "SentAck",
+           "ServerError", "Synced", "connect", "presence_text"]

@@ -43,6 +43,7 @@ from chatd.protocol import frames as F
 from chatd.util import single_errors
 
 from . import events as ev
+from . import media
 from .transport import Link, open_link
 
 EVENT_BUFFER = 10_000  # events waiting for the application before the client stops reading
@@ -158,6 +159,7 @@ class Client:
         self.user = ""
         self.session = ""
         self.url = ""
+        self.media_url = ""  # the node's HTTP base for images (from Welcome); "": none
         self._conn: Connection | None = None
         self._link: Link | None = None
         self._connected = trio.Event()
@@ -197,6 +199,21 @@ class Client:
         waiter = self._pending.setdefault(frame.id, _Waiter(frame))
         await self._write_when_connected(frame)
         return await self._wait(waiter)  # type: ignore[no-any-return]
+
+    async def send_image(self, to: str | None, path: str, caption: bytes | str = b"", *,
+                         group: str | None = None, id: str | None = None) -> ev.SentAck:
+        """Upload the image file (unless the server has it already) and send it; the server
+        re-encodes it (metadata stripped) and the message carries a small preview."""
+        image = await media.upload(self, path)
+        return await self.send(to, caption, group=group, media=(image,), id=id)
+
+    async def upload_image(self, path: str) -> F.Media:
+        """The Media reference for the image file, uploaded if the server lacks it."""
+        return await media.upload(self, path)
+
+    async def download(self, image: F.Media, path: str) -> str:
+        """Save a received image (full size) to path; MediaError if it is not there."""
+        return await media.download(self, image, path)
 
     async def mark_read(self, conv: str, upto: int) -> None:
         await self._write_when_connected(F.Read(conv=conv, upto=upto))
@@ -469,6 +486,7 @@ class Client:
         self.user, self.session, self.url = first.user, first.session, url
         self.device = first.device
         self.heartbeat = first.heartbeat_ms / 1000
+        self.media_url = first.media_url
         self._acked = first.cursor  # what the app took beyond it is acknowledged again
         self._conn, self._link = conn, link
         self._connected.set()

@@ -1,0 +1,1 @@
+"""Image sharing: upload slots, re-encoding, dedup, blob stores (see chatd.media.service)."""

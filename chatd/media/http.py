@@ -1,0 +1,177 @@
+"""The node's HTTP listener: a small ASGI app served by Hypercorn's trio worker.
+
+  PUT /v1/upload          Authorization: Bearer <slot token>; body: the file -> 201, the Media
+                          reference as msgpack (application/msgpack)
+  GET /v1/media/<id>      Authorization: Bearer <device token> -> the image (Range, ETag)
+
+Errors are text/plain with a status that says why (401 token, 404 unknown or not yours, 409
+slot used, 413 too large, 415 not an image, 422 hash mismatch, 503 blob store down).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgpack
+import trio
+
+from chatd.auth import AuthError, verify_token
+from chatd.protocol.schema import to_map
+
+from .blobs import BlobStoreError
+from .service import BLOB_ID, MediaError, MediaService
+
+log = logging.getLogger("chatd.media")
+RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+Member = Callable[[str, str], Awaitable[bool]]
+
+
+class MediaApp:
+    """ASGI app over a MediaService; `member(user, conv)` says who takes part in what."""
+
+    def __init__(self, service: MediaService, secret: bytes, member: Member) -> None:
+        self.service = service
+        self.secret = secret
+        self.member = member
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"]}
+        auth = headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        path, method = scope["path"], scope["method"]
+        try:
+            if path == "/v1/upload" and method in ("PUT", "POST"):
+                await self._upload(token, headers, receive, send)
+            elif path.startswith("/v1/media/") and method in ("GET", "HEAD"):
+                await self._download(token, path[10:], headers, method, send)
+            else:
+                await _text(send, 404, "not found")
+        except MediaError as exc:
+            await _text(send, exc.status, exc.message)
+        except BlobStoreError as exc:
+            log.warning("media store unavailable: %s", exc)
+            await _text(send, 503, "media store unavailable: retry later")
+
+    async def _upload(self, token: str, headers: dict[str, str], receive: Any,
+                      send: Any) -> None:
+        if not token:
+            raise MediaError(401, "an upload needs Authorization: Bearer <slot token>")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.service.max_upload:
+            raise MediaError(413, f"at most {self.service.max_upload} bytes")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    raise MediaError(400, "upload cut off")
+                if body := msg.get("body"):
+                    yield body
+                if not msg.get("more_body"):
+                    return
+
+        media = await self.service.upload(token, chunks())
+        await send({"type": "http.response.start", "status": 201, "headers": [
+            (b"content-type", b"application/msgpack")]})
+        await send({"type": "http.response.body", "body": msgpack.packb(to_map(media))})
+
+    async def _download(self, token: str, blob_id: str, headers: dict[str, str], method: str,
+                        send: Any) -> None:
+        try:
+            user, _ = verify_token(self.secret, token)
+        except AuthError as exc:
+            raise MediaError(401, f"a download needs the device's token: {exc}") from None
+        if BLOB_ID.fullmatch(blob_id) is None:
+            raise MediaError(404, "no such media")
+        media = await self.service.may_download(user, blob_id, self.member)
+        etag = f'"{blob_id}"'
+        common = [(b"etag", etag.encode()), (b"accept-ranges", b"bytes"),
+                  (b"cache-control", b"private, max-age=31536000, immutable"),
+                  (b"content-type", media.mime.encode())]
+        if headers.get("if-none-match") == etag:
+            await send({"type": "http.response.start", "status": 304, "headers": common})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        size, start, end, status = media.size, 0, media.size, 200
+        rng = headers.get("range")
+        if rng and headers.get("if-range", etag) == etag:
+            m = RANGE.fullmatch(rng.strip())
+            if m is None or m.group(1) == m.group(2) == "":
+                raise MediaError(416, "only one range bytes=a-b is served")
+            if m.group(1) == "":  # the last n bytes
+                start = max(0, size - int(m.group(2)))
+            else:
+                start = int(m.group(1))
+                end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+            if start >= end:
+                await send({"type": "http.response.start", "status": 416,
+                            "headers": [(b"content-range", f"bytes */{size}".encode())]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            status = 206
+            common.append((b"content-range", f"bytes {start}-{end - 1}/{size}".encode()))
+        await send({"type": "http.response.start", "status": status, "headers": [
+            *common, (b"content-length", str(end - start).encode())]})
+        if method == "GET":
+            async for chunk in self.service.download(blob_id, start, end):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _text(send: Any, status: int, message: str) -> None:
+    body = (message + "\n").encode()
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+    except Exception:  # (the response had started: the connection is closed instead)
+        raise MediaError(status, message) from None
+
+
+def http_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(info[0], info[1], info[2])
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(info[4])
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_http(app: MediaApp, sock: socket.socket, tls_cert: str = "", tls_key: str = "",
+                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve app on the listening socket until cancelled (Hypercorn's trio worker)."""
+    from hypercorn.config import Config as HConfig
+    from hypercorn.config import Sockets
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
+
+    cfg = HConfig()
+    cfg.accesslog = None
+    cfg.errorlog = log
+    cfg.keep_alive_timeout = 30
+    cfg.h11_max_incomplete_size = 16 * 1024
+    cfg.graceful_timeout = 1
+    if tls_cert:
+        cfg.certfile, cfg.keyfile = tls_cert, tls_key
+        sockets = Sockets([sock], [], [])
+    else:
+        sockets = Sockets([], [sock], [])
+    asgi: Any = app
+    await worker_serve(wrap_app(asgi, cfg.wsgi_max_body_size, "asgi"), cfg, sockets=sockets,
+                       task_status=task_status)

@@ -1,0 +1,88 @@
+"""Re-encoding uploaded images with Pillow (blocking: the service runs it in a worker thread).
+
+What comes in is untrusted bytes; what goes out is a fresh encoding made from the pixels only:
+orientation applied, EXIF (GPS), ICC, XMP and comments gone, the longest side capped, plus a
+small JPEG preview that travels inline in the message. The type is sniffed from the bytes by
+Pillow's decoders, never taken from the client; a decompression bomb, a truncated file or
+anything that is not a still image is an ImageError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Final
+
+from PIL import Image, ImageOps
+
+from chatd.protocol.limits import MAX_PREVIEW_SIZE
+
+MAX_SIDE: Final = 2560  # longest side kept
+MAX_PIXELS: Final = 50_000_000  # decoding more than this is refused (decompression bombs)
+PREVIEW_SIDE: Final = 320
+QUALITY: Final = 82
+FORMATS: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+                  "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+
+
+class ImageError(ValueError):
+    """The upload is not an image this server takes (the message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    data: bytes
+    mime: str
+    width: int
+    height: int
+    preview: bytes
+
+
+def _preview(img: Image.Image) -> bytes:
+    """A JPEG of at most PREVIEW_SIDE px and MAX_PREVIEW_SIZE bytes (smaller until it fits)."""
+    side, quality = PREVIEW_SIDE, 60
+    while True:
+        small = img.copy()
+        small.thumbnail((side, side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        small.convert("RGB").save(buf, "JPEG", quality=quality, optimize=True)
+        if buf.tell() <= MAX_PREVIEW_SIZE or side <= 16:
+            return buf.getvalue()[:MAX_PREVIEW_SIZE]
+        if quality > 30:
+            quality -= 15
+        else:
+            side = side * 3 // 4
+
+
+def reencode(path: str) -> Encoded:
+    """The stored form of the image file at path; ImageError if it is not one we take."""
+    img: Image.Image
+    try:
+        with Image.open(path) as img:
+            fmt = img.format or ""
+            if fmt not in FORMATS:
+                raise ImageError(f"not an image type this server takes ({fmt or '?'})")
+            if getattr(img, "n_frames", 1) > 1:
+                raise ImageError("animated images are not taken")
+            if img.width * img.height > MAX_PIXELS:  # (checked from the header, before decoding)
+                raise ImageError(f"decompression bomb refused: {img.width}x{img.height} pixels"
+                                 f" (at most {MAX_PIXELS:,})")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as exc:  # (Pillow's own guard, past twice its limit)
+        raise ImageError(f"decompression bomb refused: {exc}") from None
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:  # unknown type, truncated, corrupt
+        raise ImageError(f"not a readable image: {exc}") from None
+    alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    img = img.convert("RGBA" if alpha else "RGB")
+    img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if alpha:  # keep transparency: WebP; otherwise JPEG, which every client shows
+        img.save(buf, "WEBP", quality=QUALITY, method=4)
+        mime = "image/webp"
+    else:
+        img.save(buf, "JPEG", quality=QUALITY, optimize=True, progressive=True)
+        mime = "image/jpeg"
+    return Encoded(buf.getvalue(), mime, img.width, img.height, _preview(img))

@@ -1,0 +1,222 @@
+"""The asset service: upload slots, streamed uploads checked and re-encoded, dedup, who may
+download. No HTTP here (chatd.media.http is the thin web layer over it).
+
+Objects it keeps in its blob store (so several nodes sharing one S3 bucket share all of it):
+  blob/<id>          the stored (re-encoded) bytes; id = hex SHA-256 of those bytes
+  meta/<id>          the Media reference (msgpack), preview included
+  orig/<sha256 hex>  the id an uploaded original became (dedup of the same photo sent again)
+  refs/<id>/<hex>    a conversation (its id in hex) that referred to the blob (downloads)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+import msgpack
+import trio
+from prometheus_client import Counter, Histogram
+
+from chatd.protocol import frames as F
+from chatd.protocol.errors import ProtocolError
+from chatd.protocol.schema import from_map, to_map
+
+from .blobs import BlobStore, BlobStoreError
+from .images import ImageError, reencode
+
+MAX_UPLOAD: Final = 16 * 1024 * 1024
+SLOT_TTL: Final = 300.0  # seconds an upload slot stays valid
+REENCODE_JOBS: Final = 2  # images decoded at once per process (CPU and memory bound)
+BLOB_ID = re.compile(r"[0-9a-f]{64}")
+
+UPLOADS = Counter("chatd_media_uploads", "Images uploaded and stored")
+DEDUP_HITS = Counter("chatd_media_dedup_hits", "Upload slots answered 'already here'")
+BYTES_STORED = Counter("chatd_media_bytes_stored", "Bytes of new blobs written")
+REENCODE_TIME = Histogram("chatd_media_reencode_seconds", "Time to re-encode one image")
+BLOB_LATENCY = Histogram("chatd_media_blob_put_seconds", "Time to write one blob")
+
+
+class MediaError(Exception):
+    """A media request refused; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class MediaService:
+    def __init__(self, blobs: BlobStore, secret: bytes, tmp_dir: str,
+                 max_upload: int = MAX_UPLOAD, slot_ttl: float = SLOT_TTL,
+                 jobs: int = REENCODE_JOBS) -> None:
+        self.blobs = blobs
+        self._key = hmac.new(secret, b"chatd media slot v1", hashlib.sha256).digest()
+        self.tmp_dir = tmp_dir
+        os.makedirs(tmp_dir, mode=0o700, exist_ok=True)
+        self.max_upload = max_upload
+        self.slot_ttl = slot_ttl
+        self.jobs = trio.CapacityLimiter(jobs)
+        self._used: dict[bytes, float] = {}  # slot nonces used, until they expire
+
+    # ---- slots -----------------------------------------------------------------------------
+
+    def make_slot_token(self, user: str, sha256: bytes, size: int, mime: str,
+                        now: float | None = None) -> tuple[str, float]:
+        exp = (time.time() if now is None else now) + self.slot_ttl
+        payload = msgpack.packb([1, user, sha256, size, mime, exp, secrets.token_bytes(12)])
+        sig = hmac.new(self._key, payload, hashlib.sha256).digest()
+        return f"{_b64(payload)}.{_b64(sig)}", exp
+
+    def check_slot_token(self, token: str, now: float | None = None
+                         ) -> tuple[str, bytes, int, str, bytes]:
+        """(user, sha256, size, mime, nonce) of a valid, unexpired slot token."""
+        try:
+            p64, s64 = token.split(".")
+            payload, sig = _unb64(p64), _unb64(s64)
+        except ValueError:
+            raise MediaError(401, "upload token is malformed") from None
+        if not hmac.compare_digest(sig, hmac.new(self._key, payload, hashlib.sha256).digest()):
+            raise MediaError(401, "bad upload token")
+        _v, user, sha, size, mime, exp, nonce = msgpack.unpackb(payload)
+        if exp < (time.time() if now is None else now):
+            raise MediaError(401, "upload slot expired: ask for a new one")
+        return user, sha, size, mime, nonce
+
+    async def slot(self, user: str, req: F.UploadSlot, url: str) -> F.Slot:
+        """The answer to an UploadSlot request: the existing Media, or a slot to upload to."""
+        if req.size > self.max_upload:
+            raise MediaError(413, f"{req.size} bytes, at most {self.max_upload}")
+        if len(req.sha256) != 32:
+            raise MediaError(400, "sha256 must be 32 bytes")
+        have = await self.lookup(req.sha256)
+        if have is not None:
+            DEDUP_HITS.inc()
+            return F.Slot(rid=req.rid, media=have)
+        token, exp = self.make_slot_token(user, req.sha256, req.size, req.mime)
+        return F.Slot(rid=req.rid, url=url, token=token, expires=int(exp * 1000))
+
+    async def lookup(self, sha256: bytes) -> F.Media | None:
+        """The stored Media for content of this hash (an original uploaded before, or stored
+        bytes themselves)."""
+        blob_id = sha256.hex()
+        media = await self.media(blob_id)
+        if media is not None:
+            return media
+        raw = await self.blobs.read(f"orig/{blob_id}")
+        return None if raw is None else await self.media(raw.decode())
+
+    async def media(self, blob_id: str) -> F.Media | None:
+        if BLOB_ID.fullmatch(blob_id) is None:
+            return None
+        raw = await self.blobs.read(f"meta/{blob_id}")
+        if raw is None:
+            return None
+        try:
+            return from_map(F.Media, msgpack.unpackb(raw), "meta")  # type: ignore[no-any-return]
+        except (ValueError, ProtocolError):
+            return None
+
+    # ---- uploads ---------------------------------------------------------------------------
+
+    async def upload(self, token: str, chunks: AsyncIterator[bytes]) -> F.Media:
+        """Take an upload's bytes for a slot: streamed to a private temporary file (never
+        whole in memory), checked against the slot's size and hash, re-encoded off the event
+        loop, stored once by content."""
+        _user, sha, size, _mime, nonce = self.check_slot_token(token)
+        if nonce in self._used:
+            raise MediaError(409, "this upload slot was used already: ask for a new one")
+        now = time.time()
+        self._used = {n: t for n, t in self._used.items() if t > now}
+        self._used[nonce] = now + self.slot_ttl
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="up-")
+        try:
+            digest = hashlib.sha256()
+            got = 0
+            async with trio.wrap_file(os.fdopen(fd, "wb")) as out:
+                async for chunk in chunks:
+                    got += len(chunk)
+                    if got > size:
+                        raise MediaError(413, f"more bytes than the {size} declared")
+                    digest.update(chunk)
+                    await out.write(chunk)
+            if got != size:
+                raise MediaError(400, f"{got} bytes received, {size} declared")
+            if digest.digest() != sha:
+                raise MediaError(422, "the bytes do not match the declared SHA-256")
+            media = await self._store(tmp, sha)
+        except BaseException:
+            self._used.pop(nonce, None)  # (a failed upload may be tried again)
+            raise
+        finally:
+            os.unlink(tmp)
+        UPLOADS.inc()
+        return media
+
+    async def _store(self, path: str, orig_sha: bytes) -> F.Media:
+        started = time.perf_counter()
+        try:
+            async with self.jobs:
+                enc = await trio.to_thread.run_sync(reencode, path)
+        except ImageError as exc:
+            raise MediaError(415, str(exc)) from None
+        REENCODE_TIME.observe(time.perf_counter() - started)
+        stored_sha = hashlib.sha256(enc.data).digest()
+        blob_id = stored_sha.hex()
+        media = await self.media(blob_id)
+        if media is None:
+            media = F.Media(id=blob_id, mime=enc.mime, size=len(enc.data), width=enc.width,
+                            height=enc.height, sha256=stored_sha, preview=enc.preview)
+            started = time.perf_counter()
+            await self.blobs.put_bytes(f"blob/{blob_id}", enc.data)
+            BLOB_LATENCY.observe(time.perf_counter() - started)
+            BYTES_STORED.inc(len(enc.data))
+            await self.blobs.put_bytes(f"meta/{blob_id}", msgpack.packb(to_map(media)))
+        await self.blobs.put_bytes(f"orig/{orig_sha.hex()}", blob_id.encode())
+        return media
+
+    # ---- references and downloads ----------------------------------------------------------
+
+    async def reference(self, blob_id: str, conv: str) -> bool:
+        """Record that a message of conv refers to the blob (its members may download it).
+        False if there is no such blob."""
+        if BLOB_ID.fullmatch(blob_id) is None or await self.blobs.size(f"meta/{blob_id}") is None:
+            return False
+        await self.blobs.put_bytes(f"refs/{blob_id}/{conv.encode().hex()}", b"")
+        return True
+
+    async def may_download(self, user: str, blob_id: str,
+                           member: Callable[[str, str], Awaitable[bool]]) -> F.Media:
+        """The Media if user takes part in a conversation that referred to it; the same 404
+        for an unknown blob and one the user may not see (no existence oracle)."""
+        media = await self.media(blob_id)
+        if media is not None:
+            for key in await self.blobs.list(f"refs/{blob_id}/"):
+                if await member(user, bytes.fromhex(key.rsplit("/", 1)[1]).decode()):
+                    return media
+        raise MediaError(404, "no such media")
+
+    def download(self, blob_id: str, start: int = 0, end: int | None = None
+                 ) -> AsyncIterator[bytes]:
+        return self.blobs.get(f"blob/{blob_id}", start, end)
+
+    async def aclose(self) -> None:
+        await self.blobs.aclose()
+
+
+__all__ = ["BlobStoreError", "MediaError", "MediaService"]

@@ -1,0 +1,92 @@
+"""Blob stores for the media tests: the filesystem, and a real SeaweedFS (S3) on spare loopback
+ports, one for the whole run (scripts/seaweedfs-fetch builds `weed` once, cached)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.common import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+S3_KEYS = {"access_key": "chatd", "secret_key": "chatd-secret"}
+
+
+class SeaweedNode:
+    def __init__(self, workdir: Path) -> None:
+        self.weed = subprocess.run([ROOT / "scripts" / "seaweedfs-fetch"], check=True,
+                                   capture_output=True, text=True).stdout.strip()
+        self.workdir = workdir
+        self.s3_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self, timeout: float = 60) -> None:
+        ports = {name: free_port() for name in ("master", "volume", "filer")}
+        grpc = {name: free_port() for name in ports}
+        args = [self.weed, "server", f"-dir={self.workdir}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", "-s3", f"-s3.port={self.s3_port}",
+                "-master.volumeSizeLimitMB=64", "-volume.max=8"]
+        for name, port in ports.items():
+            args += [f"-{name}.port={port}", f"-{name}.port.grpc={grpc[name]}"]
+        self.log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=self.workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited: see {self.workdir / 'weed.log'}")
+            try:
+                socket.create_connection(("127.0.0.1", self.s3_port), 0.5).close()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            if self._bucket_works():
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"SeaweedFS did not start in {timeout}s")
+
+    def _bucket_works(self) -> bool:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                          aws_access_key_id=S3_KEYS["access_key"],
+                          aws_secret_access_key=S3_KEYS["secret_key"])
+        try:
+            s3.create_bucket(Bucket="probe")
+            s3.put_object(Bucket="probe", Key="k", Body=b"x")
+            return bool(s3.get_object(Bucket="probe", Key="k")["Body"].read() == b"x")
+        except Exception:
+            return False
+        finally:
+            s3.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            self.log.close()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedNode]:
+    node = SeaweedNode(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+

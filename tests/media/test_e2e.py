@@ -1,0 +1,178 @@
+"""Image sharing end to end over real sockets and real HTTP: a node with its HTTP listener, the
+SDK uploading and downloading, on the filesystem blob store and on SeaweedFS (S3)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import chatd_client
+import msgpack
+import pytest
+import trio
+from PIL import Image
+
+from chatd.auth import load_or_create_secret, make_token
+from chatd.protocol import frames as F
+from chatd.server import ChatServer, Config, serve
+
+from .conftest import S3_KEYS
+from .images import GPS_IFD, bomb, photo
+
+
+@pytest.fixture(params=["file", "s3"])
+async def node(request: pytest.FixtureRequest, tmp_path: Path, nursery: trio.Nursery,
+               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ChatServer]:
+    cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=-1, http_port=0,
+                 data_dir=str(tmp_path / "data"), max_upload=4 * 1024 * 1024)
+    if request.param == "s3":
+        weed = request.getfixturevalue("seaweedfs")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEYS["access_key"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_KEYS["secret_key"])
+        cfg.media = f"s3://chatd-{tmp_path.name[-12:].lower().replace('_', '-')}" \
+                    f"?endpoint={weed.endpoint}"
+    load_or_create_secret(cfg.data_dir)
+    server: ChatServer = await nursery.start(serve, cfg)
+    for user in ("alice", "bob", "carol", "dave"):
+        await server.store.add_user(user)
+    yield server
+
+
+def connect(server: ChatServer, user: str) -> Any:
+    return chatd_client.connect(f"tcp://127.0.0.1:{server.tcp_port}",
+                                make_token(server.secret, user), "phone")
+
+
+def http(method: str, url: str, token: str = "", data: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        **({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+async def ahttp(*args: Any, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+    return await trio.to_thread.run_sync(lambda: http(*args, **kwargs))
+
+
+async def next_message(client: Any) -> chatd_client.Message:
+    """The next message with a body or media (server-made group events skipped)."""
+    with trio.fail_after(20):
+        while True:
+            m = await client.next_event(chatd_client.Message)
+            assert isinstance(m, chatd_client.Message)
+            if m.event is None:
+                return m
+
+
+async def test_a_photo_to_an_offline_user_then_again(node: ChatServer, tmp_path: Path) -> None:
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(photo(3000, 2000))
+    async with connect(node, "alice") as alice:
+        sent = await alice.send_image("bob", str(src), "look")
+        assert sent.conv == "d:alice:bob"
+    async with connect(node, "bob") as bob:  # bob was offline: it waited for him
+        m = await next_message(bob)
+        assert m.text == "look" and len(m.media) == 1
+        image = m.media[0]
+        assert (image.mime, image.width, image.height) == ("image/jpeg", 1707, 2560)
+        assert 160 <= Image.open(io.BytesIO(image.preview)).size[1] <= 320  # shown at once
+        out = tmp_path / "got.jpg"
+        await bob.download(image, str(out))
+        data = out.read_bytes()
+        assert len(data) == image.size and hashlib.sha256(data).digest() == image.sha256
+        got = Image.open(out)
+        assert got.size == (1707, 2560) and not got.getexif().get_ifd(GPS_IFD)
+        assert not got.getexif()  # EXIF (GPS) gone
+        # The same photo again: the slot says "already here", nothing is uploaded
+        async with connect(node, "alice") as alice:
+            sha = hashlib.sha256(src.read_bytes()).digest()
+            slot = await alice.request(lambda r: F.UploadSlot(
+                rid=r, sha256=sha, size=src.stat().st_size, mime="image/jpeg"))
+            assert isinstance(slot, F.Slot) and slot.media == image and not slot.token
+            await alice.send_image("bob", str(src), "again")
+        m2 = await next_message(bob)
+        assert m2.media == (image,) and m2.text == "again"
+
+
+async def test_a_group_photo_only_members_download(node: ChatServer, tmp_path: Path) -> None:
+    src = tmp_path / "p.png"
+    src.write_bytes(photo(640, 480, seed=2, fmt="PNG"))
+    async with connect(node, "alice") as alice, connect(node, "carol") as carol:
+        await alice.create_group("Fam", ["carol"])
+        groups = await alice.my_groups()
+        await alice.send_image(None, str(src), group=groups[0])
+        m = await next_message(carol)
+        image = m.media[0]
+        assert (image.width, image.height) == (480, 640)  # (turned by its EXIF orientation)
+        await carol.download(image, str(tmp_path / "c.jpg"))
+        url = f"{alice.media_url}/v1/media/{image.id}"
+        dave = make_token(node.secret, "dave")
+        status, _, _ = await ahttp("GET", url, dave)  # not a member: as if unknown
+        assert status == 404
+        assert (await ahttp("GET", url[:-64] + "0" * 64, dave))[0] == 404
+        assert (await ahttp("GET", url[:-64] + "..%2F..%2Fsecret",
+                            make_token(node.secret, "carol")))[0] == 404
+        assert (await ahttp("GET", url, "bad.token"))[0] == 401
+        assert (await ahttp("GET", url))[0] == 401
+        # Range and ETag
+        token = make_token(node.secret, "carol")
+        status, headers, part = await ahttp("GET", url, token, headers={"Range": "bytes=0-9"})
+        assert status == 206 and len(part) == 10
+        assert headers["content-range"] == f"bytes 0-9/{image.size}"
+        assert headers["etag"] == f'"{image.id}"' and "max-age" in headers["cache-control"]
+        status, _, tail = await ahttp("GET", url, token, headers={"Range": "bytes=-5"})
+        assert status == 206 and len(tail) == 5
+        assert (await ahttp("GET", url, token, headers={"If-None-Match": f'"{image.id}"'}))[0] \
+            == 304
+        # carol leaves: she may no longer download
+        await carol.leave_group(groups[0])
+        assert (await ahttp("GET", url, token))[0] == 404
+
+
+async def test_bad_uploads_get_clear_errors(node: ChatServer, tmp_path: Path) -> None:
+    async with connect(node, "alice") as alice:
+        async def slot(data: bytes, size: int | None = None) -> F.Slot:
+            s = await alice.request(lambda r: F.UploadSlot(
+                rid=r, sha256=hashlib.sha256(data).digest(),
+                size=len(data) if size is None else size, mime="image/jpeg"))
+            assert isinstance(s, F.Slot) and s.token
+            return s
+
+        good = photo(300, 200, seed=3)
+        s = await slot(good)
+        assert (await ahttp("PUT", s.url, "x.y", good))[0] == 401  # wrong token
+        assert (await ahttp("PUT", s.url, "", good))[0] == 401  # none
+        assert (await ahttp("PUT", s.url, s.token, good[:-1] + b"x"))[0] == 422  # hash
+        status, _, body = await ahttp("PUT", s.url, s.token, good)  # (a failed try is retried)
+        assert status == 201
+        blob_id = msgpack.unpackb(body)["id"]
+        assert len(blob_id) == 64
+        # uploaded, but no message refers to it yet: nobody may download it
+        assert (await ahttp("GET", f"{alice.media_url}/v1/media/{blob_id}", alice.token))[0] \
+            == 404
+        assert (await ahttp("PUT", s.url, s.token, good))[0] == 409  # slot used twice
+        s = await slot(good + b"more")
+        assert (await ahttp("PUT", s.url, s.token, good))[0] == 400  # shorter than declared
+        other = photo(300, 200, seed=4)
+        s = await slot(other)
+        assert (await ahttp("PUT", s.url, s.token, other + b"more"))[0] == 413  # longer
+        for bad in (b"%PDF-1.4 " + b"x" * 100, bomb()):
+            s = await slot(bad)
+            status, _, body = await ahttp("PUT", s.url, s.token, bad)
+            assert status == 415, body
+        with pytest.raises(chatd_client.ChatdError) as info:
+            await slot(b"x", size=5 * 1024 * 1024)  # over max_upload
+        assert info.value.name == "TOO_LARGE"
+        with pytest.raises(chatd_client.ChatdError) as info:  # a reference to nothing uploaded
+            await alice.send("bob", "x", media=(F.Media(id="ab" * 32, mime="image/jpeg",
+                                                        size=1),))
+        assert info.value.name == "INVALID"

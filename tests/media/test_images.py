@@ -1,0 +1,53 @@
+"""Re-encoding: orientation applied, metadata gone, sides capped, preview small; bad images
+refused with a clear reason."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from chatd.media.images import MAX_SIDE, ImageError, reencode
+from chatd.protocol.limits import MAX_PREVIEW_SIZE
+
+from .images import GPS_IFD, animated_gif, bomb, photo, png_with_alpha
+
+
+def test_a_photo_is_turned_stripped_capped_and_previewed(tmp_path: Path) -> None:
+    src = tmp_path / "p.jpg"
+    src.write_bytes(photo(3000, 2000))
+    assert Image.open(src).getexif().get_ifd(GPS_IFD)  # (the input has a position)
+    enc = reencode(str(src))
+    assert enc.mime == "image/jpeg"
+    assert (enc.width, enc.height) == (1707, MAX_SIDE)  # turned by its orientation, capped
+    out = Image.open(io.BytesIO(enc.data))
+    assert out.size == (enc.width, enc.height) and out.format == "JPEG"
+    assert not out.getexif() and "exif" not in out.info and "icc_profile" not in out.info
+    preview = Image.open(io.BytesIO(enc.preview))
+    assert max(preview.size) <= 320 and len(enc.preview) <= MAX_PREVIEW_SIZE
+    assert reencode(str(src)).data == enc.data  # deterministic: the same photo dedups
+
+
+def test_transparency_is_kept_as_webp(tmp_path: Path) -> None:
+    src = tmp_path / "a.png"
+    src.write_bytes(png_with_alpha())
+    enc = reencode(str(src))
+    assert enc.mime == "image/webp" and (enc.width, enc.height) == (400, 300)
+    assert Image.open(io.BytesIO(enc.data)).mode == "RGBA"
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (bomb(), "decompression bomb"),
+    (bomb(9000), "decompression bomb"),  # under Pillow's own limit, over ours
+    (animated_gif(), "animated"),
+    (b"%PDF-1.4 not an image", "not a readable image"),
+    (photo(200, 100)[:3000], "not a readable image"),  # truncated
+    (b"", "not a readable image"),
+], ids=["bomb", "bomb-under-pillow-limit", "animated", "pdf", "truncated", "empty"])
+def test_bad_images_are_refused_with_a_reason(tmp_path: Path, data: bytes, reason: str) -> None:
+    src = tmp_path / "x"
+    src.write_bytes(data)
+    with pytest.raises(ImageError, match=reason):
+        reencode(str(src))
