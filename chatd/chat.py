@@ -1,9 +1,9 @@
 """`chatd chat`: a small interactive terminal chat with sent / delivered / read marks.
 
 Type a line to send it to the current peer; `/to USER` (or `/to #GROUP`) switches peer;
-`/quit` leaves. Incoming messages are marked read as they are shown (the chat is open on
-screen). The peer's presence is shown as it changes: "bob: online", "bob: last seen 5
-minutes ago".
+`/image PATH` sends an image; `/quit` leaves. Incoming messages are marked read as they are
+shown (the chat is open on screen). The peer's presence is shown as it changes: "bob:
+online", "bob: last seen 5 minutes ago".
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import chatd_client as cc
 import trio
 
 BLUE, DIM, RESET = "\033[34m", "\033[2m", "\033[0m"
-HELP = "type a message and Enter to send; /to USER or /to #GROUP switches peer; /quit leaves"
+HELP = ("type a message and Enter to send; /to USER or /to #GROUP switches peer;"
+        " /image PATH sends an image; /quit leaves")
 
 
 def clock(ts_ms: int) -> str:
@@ -56,7 +57,9 @@ class ChatView:
             self.line(self.paint(f"[{clock(m.ts)}] {where}-- {m.event['kind']} ({details})",
                                  DIM))
         else:
-            self.line(f"[{clock(m.ts)}] {where}{who}: {m.text}")
+            images = "".join(f" [image {i.width}x{i.height}, {i.size // 1024} KiB]"
+                             for i in m.media)
+            self.line(f"[{clock(m.ts)}] {where}{who}: {m.text}{images}")
 
     def presence(self, p: cc.Presence) -> None:
         self.line(self.paint(f"-- {p.user}: {cc.presence_text(p)}", DIM))
@@ -103,19 +106,22 @@ async def run_chat(args: argparse.Namespace) -> int:
                     view.line(view.paint(f"-- talking to {peer}", DIM))
                     if not peer.startswith("#"):
                         await client.watch([peer])
-                elif text.startswith("/"):
+                elif text.startswith("/") and not text.startswith("/image "):
                     view.line(HELP)
                 elif not text:
                     continue
                 elif peer is None:
                     view.line("!! choose a peer first: /to USER")
                 else:
+                    to, group = (None, peer[1:]) if peer.startswith("#") else (peer, None)
                     try:
-                        if peer.startswith("#"):
-                            ack = await client.send(None, text, group=peer[1:])
+                        if text.startswith("/image "):
+                            path = text[7:].strip()
+                            ack = await client.send_image(to, path, group=group)
+                            text = f"[image {path}]"
                         else:
-                            ack = await client.send(peer, text)
-                    except cc.ChatdError as exc:
+                            ack = await client.send(to, text, group=group)
+                    except (cc.ChatdError, cc.MediaError, OSError) as exc:
                         view.line(f"!! {exc}")
                     else:
                         view.sent(peer, ack, text)

@@ -64,6 +64,12 @@ def add_serve(sub: Any) -> None:
                    " redis+cluster://host:port[,host:port...] for Redis Cluster")
     p.add_argument("--workers", type=int, help="worker processes sharing the ports"
                    " (default: one per core; 1 runs everything in this process)")
+    p.add_argument("--http-port", type=int, help="HTTP(S) port for image uploads and"
+                   " downloads (default -1: off; 0: any free port)")
+    p.add_argument("--media", help="where images are kept: file:///path (default"
+                   " <data-dir>/media) or s3://bucket?endpoint=http://host:port")
+    p.add_argument("--media-url", help="the HTTP base URL clients reach --http-port at"
+                   " (default http(s)://HOST:PORT)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -94,12 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     client_options(p)
     p.add_argument("--to", required=True, help="recipient user")
     p.add_argument("--id", help="client message id (retrying with the same id is safe)")
-    p.add_argument("text")
+    p.add_argument("--image", help="an image file to send (TEXT is its caption)")
+    p.add_argument("text", nargs="?", default="")
     p = sub.add_parser("listen", help="print incoming events as JSON lines")
     client_options(p)
     p.add_argument("--count", type=int, help="exit after this many messages")
     p.add_argument("--read", action="store_true", help="mark messages read as they arrive")
     p.add_argument("--timeout", type=duration, help="exit after this long")
+    p.add_argument("--save-media", metavar="DIR", help="download received images into DIR")
     p = sub.add_parser("chat", help="interactive chat in the terminal")
     client_options(p)
     p.add_argument("--to", help="whom to talk to first (change with /to USER)")
@@ -112,7 +120,7 @@ def server_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     flags = {k: getattr(args, k, None) for k in (
         "data_dir", "store", "host", "tcp_port", "ws_port", "tls_cert", "tls_key", "heartbeat",
         "idle_timeout", "send_rate", "send_burst", "max_queue", "workers", "metrics_port",
-        "node_id", "redis", *extra)}
+        "node_id", "redis", "http_port", "media", "media_url", *extra)}
     return load_config(args.config, flags, dict(os.environ))
 
 
@@ -217,6 +225,9 @@ def event_json(event: Any) -> dict[str, Any]:
             out["body_b64"] = base64.b64encode(event.body).decode()
         if event.group:
             out["group"] = event.group
+        if event.media:
+            out["media"] = [{"id": m.id, "mime": m.mime, "size": m.size, "w": m.width,
+                             "h": m.height} for m in event.media]
         return out
     if isinstance(event, (cc.Delivered, cc.Read)):
         return {"event": "delivered" if isinstance(event, cc.Delivered) else "read",
@@ -238,7 +249,10 @@ async def run_send(args: argparse.Namespace) -> int:
 
     async with cc.connect(args.url.split(","), need_token(args), args.device,
                           ca_file=args.ca_file) as client:
-        ack = await client.send(args.to, args.text, id=args.id)
+        if args.image:
+            ack = await client.send_image(args.to, args.image, args.text, id=args.id)
+        else:
+            ack = await client.send(args.to, args.text, id=args.id)
     print(json.dumps({"event": "sent", "id": ack.id, "conv": ack.conv, "seq": ack.seq,
                       "ts": ack.ts}), flush=True)
     return 0
@@ -255,7 +269,17 @@ async def run_listen(args: argparse.Namespace) -> int:
         async with cc.connect(args.url.split(","), need_token(args), args.device,
                               ca_file=args.ca_file) as client:
             async for event in client.events():
-                print(json.dumps(event_json(event)), flush=True)
+                out = event_json(event)
+                if args.save_media and isinstance(event, cc.Message):
+                    os.makedirs(args.save_media, exist_ok=True)
+                    for i, m in enumerate(out.get("media", ())):
+                        ext = m["mime"].split("/")[1]
+                        path = os.path.join(args.save_media, f"{m['id'][:16]}.{ext}")
+                        try:
+                            m["path"] = await client.download(event.media[i], path)
+                        except cc.MediaError as exc:
+                            m["error"] = str(exc)
+                print(json.dumps(out), flush=True)
                 if isinstance(event, cc.Message):
                     if args.read:
                         await client.mark_read(event.conv, event.seq)
