@@ -1,4 +1,5 @@
-# Sourced by scripts/test: the outside programs the tests run for real.
+# Sourced by scripts/test: the outside programs the tests run for real (Redis, Cassandra,
+# SeaweedFS).
 # Redis (tests/server/redis_servers.py starts its own servers on spare loopback ports) and
 # Cassandra 5.0 (tests/cassandra_node.py starts one node on spare loopback ports, from the
 # jars scripts/cassandra-fetch gets from Maven Central; Java 17 runs it).
@@ -25,3 +26,10 @@ if ! command -v mvn >/dev/null; then
 fi
 CASSANDRA_LIB="$(scripts/cassandra-fetch)" || { echo "error: could not fetch Cassandra" >&2; exit 1; }
 echo "== Cassandra $(basename "$(dirname "$CASSANDRA_LIB")") jars in $CASSANDRA_LIB"
+# SeaweedFS (tests/media starts `weed server -s3` on spare loopback ports): built from the Go
+# module proxy once (~11 min on one core), cached.
+if ! command -v go >/dev/null; then
+  apt_install "Go to build SeaweedFS for the media tests" golang-go
+fi
+WEED="$(scripts/seaweedfs-fetch)" || { echo "error: could not build SeaweedFS" >&2; exit 1; }
+echo "== SeaweedFS weed in $WEED"

@@ -23,7 +23,7 @@ from chatd.auth import AuthError, verify_token
 from chatd.protocol.schema import to_map
 
 from .blobs import BlobStoreError
-from .service import BLOB_ID, MediaError, MediaService
+from .service import BLOB_ID, ConvMode, MediaError, MediaService, Members
 
 log = logging.getLogger("chatd.media")
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -31,12 +31,16 @@ Member = Callable[[str, str], Awaitable[bool]]
 
 
 class MediaApp:
-    """ASGI app over a MediaService; `member(user, conv)` says who takes part in what."""
+    """ASGI app over a MediaService; `member(user, conv)` says who takes part in what,
+    `conv_mode(conv)` and `members(conv)` what a download changes (TEMPORARY chats)."""
 
-    def __init__(self, service: MediaService, secret: bytes, member: Member) -> None:
+    def __init__(self, service: MediaService, secret: bytes, member: Member,
+                 conv_mode: ConvMode, members: Members) -> None:
         self.service = service
         self.secret = secret
         self.member = member
+        self.conv_mode = conv_mode
+        self.members = members
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -128,6 +132,11 @@ class MediaApp:
             async for chunk in self.service.download(blob_id, start, end):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        if method == "GET" and start == 0 and end == size:  # the whole image, sent
+            try:
+                await self.service.downloaded(user, blob_id, self.conv_mode, self.members)
+            except Exception as exc:  # (the collector forgets it later instead)
+                log.warning("could not record a download of %s: %s", blob_id, exc)
 
 
 async def _text(send: Any, status: int, message: str) -> None:

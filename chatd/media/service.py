@@ -5,7 +5,15 @@ Objects it keeps in its blob store (so several nodes sharing one S3 bucket share
   blob/<id>          the stored (re-encoded) bytes; id = hex SHA-256 of those bytes
   meta/<id>          the Media reference (msgpack), preview included
   orig/<sha256 hex>  the id an uploaded original became (dedup of the same photo sent again)
-  refs/<id>/<hex>    a conversation (its id in hex) that referred to the blob (downloads)
+  refs/<id>/<hex>    a conversation (its id in hex) that referred to the blob: who may
+                     download it; holds when and by whom (msgpack [ts ms, sender])
+  got/<id>/<hex>/<hex>   in a TEMPORARY chat: that recipient (user id in hex) downloaded it
+
+Lifetime follows the chat's mode (collect() and downloads): in a TEMPORARY chat the reference
+goes once every recipient has downloaded the image (or after max_age, 30 days); in a
+DISAPPEARING chat when the message expires (its ttl); in a PERMANENT chat it stays. A blob goes
+with its last reference (dedup: other chats keep it), or UNSENT_GRACE after its upload if no
+message ever referred to it.
 """
 
 from __future__ import annotations
@@ -35,13 +43,18 @@ from .images import ImageError, reencode
 MAX_UPLOAD: Final = 16 * 1024 * 1024
 SLOT_TTL: Final = 300.0  # seconds an upload slot stays valid
 REENCODE_JOBS: Final = 2  # images decoded at once per process (CPU and memory bound)
+UNSENT_GRACE: Final = 3600_000  # ms an uploaded blob waits for a message to refer to it
 BLOB_ID = re.compile(r"[0-9a-f]{64}")
+TEMPORARY, PERMANENT, DISAPPEARING = 0, 1, 2  # chatd.protocol.frames.Mode
 
 UPLOADS = Counter("chatd_media_uploads", "Images uploaded and stored")
 DEDUP_HITS = Counter("chatd_media_dedup_hits", "Upload slots answered 'already here'")
 BYTES_STORED = Counter("chatd_media_bytes_stored", "Bytes of new blobs written")
 REENCODE_TIME = Histogram("chatd_media_reencode_seconds", "Time to re-encode one image")
 BLOB_LATENCY = Histogram("chatd_media_blob_put_seconds", "Time to write one blob")
+BLOBS_DELETED = Counter("chatd_media_blobs_deleted", "Blobs deleted as their chats' modes say")
+ConvMode = Callable[[str], Awaitable[tuple[int, int]]]
+Members = Callable[[str], Awaitable[tuple[str, ...]]]
 
 
 class MediaError(Exception):
@@ -186,19 +199,85 @@ class MediaService:
             await self.blobs.put_bytes(f"blob/{blob_id}", enc.data)
             BLOB_LATENCY.observe(time.perf_counter() - started)
             BYTES_STORED.inc(len(enc.data))
-            await self.blobs.put_bytes(f"meta/{blob_id}", msgpack.packb(to_map(media)))
+            meta = {**to_map(media), "ut": int(time.time() * 1000)}  # (+ upload time)
+            await self.blobs.put_bytes(f"meta/{blob_id}", msgpack.packb(meta))
         await self.blobs.put_bytes(f"orig/{orig_sha.hex()}", blob_id.encode())
         return media
 
     # ---- references and downloads ----------------------------------------------------------
 
-    async def reference(self, blob_id: str, conv: str) -> bool:
+    async def reference(self, blob_id: str, conv: str, sender: str, now_ms: int) -> bool:
         """Record that a message of conv refers to the blob (its members may download it).
         False if there is no such blob."""
         if BLOB_ID.fullmatch(blob_id) is None or await self.blobs.size(f"meta/{blob_id}") is None:
             return False
-        await self.blobs.put_bytes(f"refs/{blob_id}/{conv.encode().hex()}", b"")
+        await self.blobs.put_bytes(f"refs/{blob_id}/{conv.encode().hex()}",
+                                   msgpack.packb([now_ms, sender]))
         return True
+
+    async def _refs(self, blob_id: str) -> list[tuple[str, str]]:
+        """(conv, key) of each conversation referring to the blob."""
+        return [(bytes.fromhex(key.rsplit("/", 1)[1]).decode(), key)
+                for key in await self.blobs.list(f"refs/{blob_id}/")]
+
+    async def downloaded(self, user: str, blob_id: str, conv_mode: ConvMode,
+                         recipients: Members) -> None:
+        """user downloaded the whole blob: in TEMPORARY chats where every recipient now has,
+        the reference goes (and the blob with its last one)."""
+        for conv, key in await self._refs(blob_id):
+            if (await conv_mode(conv))[0] != TEMPORARY:
+                continue
+            raw = await self.blobs.read(key)
+            if raw is None:
+                continue
+            sender = msgpack.unpackb(raw)[1]
+            if user == sender:
+                continue
+            got = f"got/{blob_id}/{conv.encode().hex()}/"
+            await self.blobs.put_bytes(got + user.encode().hex(), b"")
+            have = {bytes.fromhex(k.rsplit("/", 1)[1]).decode()
+                    for k in await self.blobs.list(got)}
+            if set(await recipients(conv)) - {sender} <= have:
+                await self._drop_ref(blob_id, conv, key)
+
+    async def _drop_ref(self, blob_id: str, conv: str, key: str) -> None:
+        await self.blobs.delete(key)
+        got = f"got/{blob_id}/{conv.encode().hex()}/"
+        for k in await self.blobs.list(got):
+            await self.blobs.delete(k)
+        if not await self.blobs.list(f"refs/{blob_id}/"):
+            await self._delete_blob(blob_id)
+
+    async def _delete_blob(self, blob_id: str) -> None:
+        await self.blobs.delete(f"meta/{blob_id}")  # first: the blob is unknown from now on
+        await self.blobs.delete(f"blob/{blob_id}")
+        BLOBS_DELETED.inc()
+
+    async def collect(self, now_ms: int, conv_mode: ConvMode, max_age_ms: int) -> int:
+        """Drop references the chats' modes say to forget (expired DISAPPEARING messages,
+        TEMPORARY ones undownloaded after max_age) and blobs nothing refers to. Returns how
+        many blobs went."""
+        gone = 0
+        for meta_key in await self.blobs.list("meta/"):
+            blob_id = meta_key[5:]
+            refs = await self._refs(blob_id)
+            if not refs:
+                raw = await self.blobs.read(meta_key)
+                uploaded = msgpack.unpackb(raw).get("ut", 0) if raw else 0
+                if now_ms - uploaded > UNSENT_GRACE:
+                    await self._delete_blob(blob_id)
+                    gone += 1
+                continue
+            for conv, key in refs:
+                mode, ttl = await conv_mode(conv)
+                raw = await self.blobs.read(key)
+                if raw is None or mode == PERMANENT:
+                    continue
+                age = now_ms - msgpack.unpackb(raw)[0]
+                if age > (ttl * 1000 if mode == DISAPPEARING else max_age_ms):
+                    await self._drop_ref(blob_id, conv, key)
+                    gone += await self.blobs.size(meta_key) is None
+        return gone
 
     async def may_download(self, user: str, blob_id: str,
                            member: Callable[[str, str], Awaitable[bool]]) -> F.Media:

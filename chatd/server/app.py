@@ -261,8 +261,8 @@ class ChatServer:
         self.media_url = cfg.media_url.rstrip("/") or (
             f"{'https' if ssl_ctx else 'http'}://{cfg.host}:{self.http_port}")
         await listeners.start(functools.partial(
-            serve_http, MediaApp(self.media, self.secret, self.takes_part), sock,
-            cfg.tls_cert, cfg.tls_key))
+            serve_http, MediaApp(self.media, self.secret, self.takes_part, self.store.conv_mode,
+                                 self.conv_members), sock, cfg.tls_cert, cfg.tls_key))
 
     async def takes_part(self, user: str, conv: str) -> bool:
         """Whether user is a member of conv now (media downloads)."""
@@ -270,6 +270,12 @@ class ChatServer:
             info = await self.store.group(conv[2:])
             return info is not None and user in info.members
         return conv.startswith("d:") and user in conv.split(":")[1:]
+
+    async def conv_members(self, conv: str) -> tuple[str, ...]:
+        if conv.startswith("g:"):
+            info = await self.store.group(conv[2:])
+            return tuple(info.members) if info is not None else ()
+        return tuple(conv.split(":")[1:])
 
     async def sweep(self) -> None:
         """One task for every connection's idle and slow-frame timeouts (a timer per
@@ -317,6 +323,14 @@ class ChatServer:
             except Exception as exc:
                 self.failed("collect", exc)
                 continue
+            if self.media is not None:
+                try:
+                    gone["media_blobs"] = await self.media.collect(
+                        now_ms(), self.store.conv_mode, int(self.config.temporary_max_age
+                                                            * 1000))
+                except Exception as exc:
+                    self.failed("collect_media", exc)
+                    continue
             self.recovered("collect")
             if any(gone.values()):
                 log.info("collected %s", gone)

@@ -572,7 +572,7 @@ class Session:
             return True
         try:
             for m in ev.media:
-                if not await media.reference(m.id, conv):
+                if not await media.reference(m.id, conv, self.user, now_ms()):
                     self._error(ErrorCode.INVALID, f"no uploaded media {m.id[:64]!r}",
                                 ref=ev.id)
                     return False

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,17 @@ async def ahttp(*args: Any, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
     return await trio.to_thread.run_sync(lambda: http(*args, **kwargs))
 
 
+async def eventually(get: Callable[[], Awaitable[Any]], want: Any) -> None:
+    """Wait until get() gives want (or its first item does): the server records a download
+    just after the last byte went out, so the client may see the end first."""
+    with trio.fail_after(10):
+        while True:
+            got = await get()
+            if (got[0] if isinstance(got, tuple) else got) == want:
+                return
+            await trio.sleep(0.05)
+
+
 async def next_message(client: Any) -> chatd_client.Message:
     """The next message with a body or media (server-made group events skipped)."""
     with trio.fail_after(20):
@@ -77,6 +89,7 @@ async def test_a_photo_to_an_offline_user_then_again(node: ChatServer, tmp_path:
     src = tmp_path / "photo.jpg"
     src.write_bytes(photo(3000, 2000))
     async with connect(node, "alice") as alice:
+        await alice.set_mode("d:alice:bob", chatd_client.Mode.PERMANENT)
         sent = await alice.send_image("bob", str(src), "look")
         assert sent.conv == "d:alice:bob"
     async with connect(node, "bob") as bob:  # bob was offline: it waited for him
@@ -109,6 +122,7 @@ async def test_a_group_photo_only_members_download(node: ChatServer, tmp_path: P
     async with connect(node, "alice") as alice, connect(node, "carol") as carol:
         await alice.create_group("Fam", ["carol"])
         groups = await alice.my_groups()
+        await alice.set_mode(f"g:{groups[0]}", chatd_client.Mode.PERMANENT)
         await alice.send_image(None, str(src), group=groups[0])
         m = await next_message(carol)
         image = m.media[0]
@@ -176,3 +190,46 @@ async def test_bad_uploads_get_clear_errors(node: ChatServer, tmp_path: Path) ->
             await alice.send("bob", "x", media=(F.Media(id="ab" * 32, mime="image/jpeg",
                                                         size=1),))
         assert info.value.name == "INVALID"
+
+
+async def test_lifetime_follows_the_chat_mode(node: ChatServer, tmp_path: Path) -> None:
+    """TEMPORARY: gone once every recipient downloaded it (dedup: not while another chat
+    refers to it); DISAPPEARING: gone when the message expires; PERMANENT: kept."""
+    media = node.media
+    src = tmp_path / "t.jpg"
+    src.write_bytes(photo(400, 300, seed=11))
+    async with connect(node, "alice") as alice, connect(node, "bob") as bob:
+        await alice.set_mode("d:alice:carol", chatd_client.Mode.PERMANENT)
+        await alice.send_image("bob", str(src))  # TEMPORARY (the default)
+        await alice.send_image("carol", str(src))  # PERMANENT: the same blob
+        image = (await next_message(bob)).media[0]
+        await bob.download(image, str(tmp_path / "b.jpg"))
+        url = f"{alice.media_url}/v1/media/{image.id}"
+        bob_token, carol_token = make_token(node.secret, "bob"), make_token(node.secret, "carol")
+        await eventually(lambda: ahttp("GET", url, bob_token), 404)  # bob's chat forgot it
+        assert (await ahttp("GET", url, carol_token))[0] == 200  # carol's keeps it
+        assert await media.blobs.size(f"blob/{image.id}") == image.size
+        # the only reference TEMPORARY: gone from the store once bob has downloaded it
+        other = tmp_path / "o.jpg"
+        other.write_bytes(photo(400, 300, seed=12))
+        await alice.send_image("bob", str(other))
+        image2 = (await next_message(bob)).media[0]
+        await bob.download(image2, str(tmp_path / "b2.jpg"))
+        await eventually(lambda: media.media(image2.id), None)
+        assert await media.blobs.size(f"blob/{image2.id}") is None
+        # DISAPPEARING: the collector drops it once the message expired
+        await alice.set_mode("d:alice:bob", chatd_client.Mode.DISAPPEARING, ttl=1)
+        third = tmp_path / "d.jpg"
+        third.write_bytes(photo(400, 300, seed=13))
+        await alice.send_image("bob", str(third))
+        image3 = (await next_message(bob)).media[0]
+        conv_mode = node.store.conv_mode
+        now = int(time.time() * 1000)
+        assert await media.collect(now, conv_mode, 10**9) == 0  # not yet expired
+        assert await media.collect(now + 2000, conv_mode, 10**9) == 1
+        assert await media.blobs.size(f"blob/{image3.id}") is None
+        # PERMANENT (carol's chat) survives any collection
+        assert await media.collect(now + 10**8, conv_mode, 10**9) == 0
+        assert await media.blobs.size(f"blob/{image.id}") == image.size
+        assert (await ahttp("GET", url, carol_token))[0] == 200
+
