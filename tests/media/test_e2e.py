@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -35,8 +36,7 @@ async def node(request: pytest.FixtureRequest, tmp_path: Path, nursery: trio.Nur
         weed = request.getfixturevalue("seaweedfs")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEYS["access_key"])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_KEYS["secret_key"])
-        cfg.media = f"s3://chatd-{tmp_path.name[-12:].lower().replace('_', '-')}" \
-                    f"?endpoint={weed.endpoint}"
+        cfg.media = f"s3://chatd-{secrets.token_hex(6)}?endpoint={weed.endpoint}"
     load_or_create_secret(cfg.data_dir)
     server: ChatServer = await nursery.start(serve, cfg)
     for user in ("alice", "bob", "carol", "dave"):
