@@ -1,5 +1,5 @@
 """python -m bench {codec,throughput,memory,drain,fanout,connections,cluster,stores,abuse,
-report,all}: figures, saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`).
+media,report,all}: figures, saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`).
 python -m bench chaos: faults injected into real nodes, the delivery history checked."""
 
 from __future__ import annotations
@@ -7,7 +7,19 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import abuse, cluster, codec, connections, drain, fanout, memory, report, stores, throughput
+from . import (
+    abuse,
+    cluster,
+    codec,
+    connections,
+    drain,
+    fanout,
+    media,
+    memory,
+    report,
+    stores,
+    throughput,
+)
 from .chaos import add_parser as add_chaos_parser
 from .chaos import main as chaos_main
 
@@ -69,6 +81,9 @@ def main() -> None:
     ab.add_argument("--junk", type=int, default=300, help="junk loops before sign-in")
     ab.add_argument("--silent", type=int, default=1100,
                     help="silent connections (past the default cap of 1024 signing in)")
+    md = sub.add_parser("media", help="image uploads/s and MiB/s, dedup hits, downloads, RSS"
+                        " during large uploads, and an unrelated chat's latency meanwhile")
+    md.add_argument("--quick", action="store_true", help="fewer and smaller runs")
     sub.add_parser("report", help="write bench/results/SUMMARY.md from the saved results")
     add_chaos_parser(sub)
     a = sub.add_parser("all", help="everything with the defaults")
@@ -88,7 +103,7 @@ def main() -> None:
         return
     {"codec": codec, "throughput": throughput, "memory": memory, "drain": drain,
      "fanout": fanout, "connections": connections, "cluster": cluster, "stores": stores,
-     "report": report, "abuse": abuse}[args.what].main(args)
+     "report": report, "abuse": abuse, "media": media}[args.what].main(args)
 
 
 if __name__ == "__main__":
