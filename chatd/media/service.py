@@ -38,11 +38,12 @@ from chatd.protocol.errors import ProtocolError
 from chatd.protocol.schema import from_map, to_map
 
 from .blobs import BlobStore, BlobStoreError
-from .images import ImageError, reencode
+from .images import Encoded, ImageError, reencode
 
 MAX_UPLOAD: Final = 16 * 1024 * 1024
 SLOT_TTL: Final = 300.0  # seconds an upload slot stays valid
-REENCODE_JOBS: Final = 2  # images decoded at once per process (CPU and memory bound)
+# images decoded at once per process (CPU and memory bound): a core is left to the chat
+REENCODE_JOBS: Final = max(1, (os.cpu_count() or 2) - 1)
 UNSENT_GRACE: Final = 3600_000  # ms an uploaded blob waits for a message to refer to it
 BLOB_ID = re.compile(r"[0-9a-f]{64}")
 TEMPORARY, PERMANENT, DISAPPEARING = 0, 1, 2  # chatd.protocol.frames.Mode
@@ -183,13 +184,16 @@ class MediaService:
 
     async def _store(self, path: str, orig_sha: bytes) -> F.Media:
         started = time.perf_counter()
+        def work() -> tuple[Encoded, bytes]:
+            enc = reencode(path)
+            return enc, hashlib.sha256(enc.data).digest()
+
         try:
             async with self.jobs:
-                enc = await trio.to_thread.run_sync(reencode, path)
+                enc, stored_sha = await trio.to_thread.run_sync(work)
         except ImageError as exc:
             raise MediaError(415, str(exc)) from None
         REENCODE_TIME.observe(time.perf_counter() - started)
-        stored_sha = hashlib.sha256(enc.data).digest()
         blob_id = stored_sha.hex()
         media = await self.media(blob_id)
         if media is None:
