@@ -13,6 +13,10 @@ from bench.cassandra import CassandraNode
 
 settings.register_profile("ci", max_examples=100, deadline=None)
 settings.register_profile("dev", deadline=None)
+# scripts/mutation: the same examples every run (a mutant is killed or not, not by luck), and
+# fewer of them (see tests/protocol/strategies.py: examples)
+settings.register_profile("mutation", max_examples=25, deadline=None, derandomize=True,
+                          database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 

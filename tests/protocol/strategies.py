@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from chatd.protocol import FRAME_TYPES
 from chatd.protocol.schema import Bin, Bool, Int, Kind, ListOf, Scalars, Str, Struct
+
+
+def examples(n: int) -> int:
+    """n examples, or the profile's smaller number under the quick "mutation" profile
+    (scripts/mutation runs the protocol tests once per mutant)."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "mutation":
+        return min(n, settings.default.max_examples)
+    return n
 
 
 def for_kind(kind: Kind) -> st.SearchStrategy[Any]:

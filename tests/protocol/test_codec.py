@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 from chatd.protocol import FRAME_TYPES, ErrorCode, ProtocolError, decode_body, encode_body
 from chatd.protocol import frames as F
 from chatd.protocol.limits import MAX_LIST_LEN, MAX_MAP_LEN
+from chatd.protocol.schema import Bin, Bool, Int, ListOf, Scalars, Str, Struct, to_map
 
-from .strategies import any_frame, for_class
+from .strategies import any_frame, examples, for_class
 
 
 @given(any_frame)
-@settings(max_examples=600)
+@settings(max_examples=examples(600))
 def test_every_frame_round_trips(frame: F.Frame) -> None:
     body = encode_body(frame)
     assert decode_body(body) == frame
@@ -30,7 +31,7 @@ def test_each_frame_type_round_trips(type_: int, data: st.DataObject) -> None:
 
 
 @given(st.binary(max_size=200))
-@settings(max_examples=2000)
+@settings(max_examples=examples(2000))
 def test_any_bytes_give_a_frame_or_a_protocol_error(data: bytes) -> None:
     try:
         frame = decode_body(data)
@@ -52,13 +53,61 @@ msgpack_values = st.recursive(
 @given(st.sampled_from(sorted(FRAME_TYPES)), st.dictionaries(
     st.sampled_from(["id", "to", "g", "b", "m", "v", "tok", "dev", "c", "s", "q", "r", "us"]),
     msgpack_values, max_size=6))
-@settings(max_examples=1500)
+@settings(max_examples=examples(1500))
 def test_wrong_field_types_give_malformed(type_: int, fields: dict[str, object]) -> None:
     body = msgpack.packb({"t": type_, **fields}, use_bin_type=True)
     try:
-        decode_body(body)
+        frame = decode_body(body)
     except ProtocolError as exc:
-        assert exc.code in (ErrorCode.MALFORMED, ErrorCode.TOO_LARGE)
+        assert exc.code == ErrorCode.MALFORMED  # (the body is far below the frame limit)
+        return
+    # accepted: then every field it has is of its kind's wire type (a bool is not an int)
+    for spec in type(frame).SPEC:
+        if spec.key in fields and fields[spec.key] is not None:
+            assert type(fields[spec.key]) is WIRE_TYPES[type(spec.kind)], (spec, fields)
+
+
+@given(st.sampled_from([t for t, cls in sorted(FRAME_TYPES.items()) if cls.SPEC]), st.data())
+@settings(max_examples=examples(1000))
+def test_a_field_of_the_wrong_type_in_a_valid_frame_is_malformed(type_: int,
+                                                                 data: st.DataObject) -> None:
+    cls = FRAME_TYPES[type_]
+    body = {"t": type_, **to_map(data.draw(for_class(cls)))}
+    spec = data.draw(st.sampled_from(cls.SPEC))
+    value = body[spec.key] = data.draw(msgpack_values)
+    try:
+        frame = decode_body(pack(body))
+    except ProtocolError as exc:
+        assert exc.code == ErrorCode.MALFORMED
+        assert spec.key in exc.message or value is None
+        return
+    if value is None:
+        assert not spec.required and getattr(frame, spec.attr) == spec.default
+    else:
+        assert type(value) is WIRE_TYPES[type(spec.kind)]
+
+
+WIRE_TYPES = {Int: int, Str: str, Bin: bytes, Bool: bool, ListOf: list, Struct: dict,
+              Scalars: dict}
+INT_FIELDS = [(t, spec.key) for t, cls in sorted(FRAME_TYPES.items()) for spec in cls.SPEC
+              if isinstance(spec.kind, Int)
+              or (isinstance(spec.kind, ListOf) and isinstance(spec.kind.item, Int))]
+
+
+@pytest.mark.parametrize(("type_", "key"), INT_FIELDS)
+@pytest.mark.parametrize("flag", [True, False])
+@given(data=st.data())
+@settings(max_examples=examples(5))
+def test_a_bool_is_never_an_int(type_: int, key: str, flag: bool, data: st.DataObject) -> None:
+    """msgpack true/false where any int is expected (or in an array of ints) is MALFORMED."""
+    cls = FRAME_TYPES[type_]
+    valid = {"t": type_, **to_map(data.draw(for_class(cls)))}
+    is_list = isinstance(next(s for s in cls.SPEC if s.key == key).kind, ListOf)
+    valid[key] = [flag] if is_list else flag
+    with pytest.raises(ProtocolError) as info:
+        decode_body(pack(valid))
+    assert info.value.code == ErrorCode.MALFORMED
+    assert key in info.value.message
 
 
 def code_of(body: bytes) -> ErrorCode:

@@ -20,7 +20,7 @@ from chatd.protocol import (
 )
 from chatd.protocol import frames as F
 
-from .strategies import for_class
+from .strategies import examples, for_class
 
 HELLO = F.Hello(version=1, token="tok", device="phone")
 WELCOME = F.Welcome(version=1, user="alice", device="phone", session="s", server_time=1,
@@ -53,7 +53,7 @@ client_frames = st.sampled_from([F.Send, F.Ack, F.Read, F.Ping, F.History, F.Gro
 
 
 @given(st.lists(client_frames, max_size=8), st.data())
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 def test_whole_and_byte_by_byte_and_random_chunks_agree(frames: list[F.Frame],
                                                         data: st.DataObject) -> None:
     client, _ = open_pair()
@@ -81,7 +81,7 @@ def test_whole_and_byte_by_byte_and_random_chunks_agree(frames: list[F.Frame],
 
 
 @given(st.binary(max_size=300))
-@settings(max_examples=1500)
+@settings(max_examples=examples(1500))
 def test_any_bytes_after_handshake_give_frames_or_a_protocol_error(data: bytes) -> None:
     _, server = open_pair()
     try:

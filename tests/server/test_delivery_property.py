@@ -1,6 +1,7 @@
 """Random histories over real sockets: sends, devices coming and going, partial reads and
 acks. However it goes, every device of the recipient ends with every message exactly once
-(after de-duplication by inbox position, as clients do) and in order."""
+(after de-duplication by inbox position, as clients do) and in order: the i-th message alice
+wrote has seq i, everywhere."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class Device:
     def __init__(self) -> None:
         self.raw: Raw | None = None
         self.max_q = 0
-        self.got: list[int] = []  # seqs shown, in order
+        self.got: list[tuple[int, str, bytes]] = []  # (seq, id, body) shown, in order
 
 
 async def run(program: list[tuple[Any, ...]]) -> None:
@@ -62,18 +63,20 @@ async def run(program: list[tuple[Any, ...]]) -> None:
                             qs.append(f.q)
                             if f.q > dev.max_q:
                                 dev.max_q = f.q
-                                dev.got.append(f.seq)
+                                dev.got.append((f.seq, f.id, f.body))
                 if qs and fraction > 0:
                     await dev.raw.send(F.Ack(upto=qs[max(0, int(len(qs) * fraction) - 1)]))
 
             for step in program:
                 kind = step[0]
-                if kind == "send":
-                    for _ in range(step[1]):
+                if kind == "send":  # a burst in one write: the server reads it at once
+                    ids = [f"m{sent + i}" for i in range(1, step[1] + 1)]
+                    await alice.send_bytes(b"".join(
+                        alice.conn.send(F.Send(id=i, to="bob", body=i.encode())) for i in ids))
+                    for _ in ids:
                         sent += 1
-                        await alice.send(F.Send(id=f"m{sent}", to="bob", body=b"x"))
-                    for _ in range(step[1]):
-                        await alice.recv_until(F.Sent)
+                        ack = await alice.recv_until(F.Sent)
+                        assert isinstance(ack, F.Sent) and (ack.id, ack.seq) == (f"m{sent}", sent)
                 else:
                     dev = devices[step[1]]
                     if kind == "connect" and dev.raw is None:
@@ -91,7 +94,7 @@ async def run(program: list[tuple[Any, ...]]) -> None:
                 with trio.fail_after(10):
                     while len(dev.got) < sent:
                         await read(dev, 1.0, 0.2)
-                assert dev.got == list(range(1, sent + 1)), name
+                assert dev.got == [(i, f"m{i}", f"m{i}".encode()) for i in range(1, sent + 1)], name
             nursery.cancel_scope.cancel()
 
 

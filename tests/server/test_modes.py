@@ -41,10 +41,11 @@ async def test_modes_events_and_deletion(start_node: StartNode) -> None:
                 m = await bob.next_event(cc.Message)
                 if isinstance(m, cc.Message) and m.text == "forget me":
                     break
-        with trio.fail_after(5):
+        with trio.fail_after(5):  # (the node collects every 0.1 s)
             while await store.history(ack.conv, None, 10):
                 await trio.sleep(0.05)
-        await trio.sleep(0.3)  # several collections later, the permanent group keeps it
+        # the collection that deleted "forget me" saw bob's ack of the group message too
+        # (acks are cumulative): PERMANENT kept it
         assert (await store.history(conv, None, 10))[0].body == b"keep this"
         page = await bob.history(conv)
         assert page.items[0].body == b"keep this"

@@ -62,13 +62,18 @@ async def test_permanent_history_stays(store: Store) -> None:
 
 async def test_disappearing_messages_expire_for_everyone(store: Store) -> None:
     await setup(store)
-    await store.set_mode(CONV, Mode.DISAPPEARING, 3600, "alice", ts=0)
-    await store.append_message(msg("soon", ts=1000))
-    await store.append_message(msg("later", ts=2 * 3600_000))
-    gone = await store.collect(now=3600_000 + 1001, max_age_ms=30 * DAY)
-    assert gone["expired"] >= 1 and await stored(store) == [3]
+    now = 3 * 3600_000
+    await store.set_mode(CONV, Mode.DISAPPEARING, 3600, "alice", ts=now - 10_000)
+    await store.append_message(msg("soon", ts=now - 3600_000 - 1))  # older than the ttl
+    await store.append_message(msg("later", ts=now - 3600_000 + 60_000))  # a minute to go
+    await store.append_message(msg("new", ts=now - 5_000))  # (older than ttl *ms*: 3.6 s)
+    gone = await store.collect(now=now, max_age_ms=30 * DAY)
+    assert gone["expired"] == 1 and await stored(store) == [3, 4]
     page = await store.inbox("bob", "phone", 0, 10)  # undelivered but expired: gone too
-    assert [i.id for i in page.items if isinstance(i, Deliver) and not i.event] == ["later"]
+    assert [i.id for i in page.items if isinstance(i, Deliver) and not i.event] == \
+        ["later", "new"]
+    gone = await store.collect(now=now + 60_001, max_age_ms=30 * DAY)  # the ttl is seconds
+    assert gone["expired"] == 1 and await stored(store) == [4]
 
 
 async def test_mode_change_is_an_event_in_the_chat(store: Store) -> None:
