@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -27,7 +29,56 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+READY_LINE = b"chatd serving "  # `chatd serve` prints it once every worker is listening
+
+
+def wait_ready(proc: subprocess.Popen[Any], timeout: float = 60, echo: bool = False,
+               log: list[str] | None = None) -> str:
+    """Wait for a `chatd serve` process (started with stderr=PIPE) to print its readiness
+    line, and return it. Unlike a probe of the port, this cannot be fooled by an earlier
+    process that still holds the port while it dies. Its stderr is read on in a thread
+    (echoed to ours if `echo`, kept in `log` if given) so the node never blocks writing it."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    end = time.monotonic() + timeout
+    seen: list[str] = [] if log is None else log
+    buf = b""
+    while True:
+        if b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            seen.append(line.decode(errors="replace"))
+            if echo:
+                sys.stderr.write(seen[-1] + "\n")
+            if line.startswith(READY_LINE):
+                break
+            continue
+        left = end - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"chatd did not say it was ready within {timeout} s:\n"
+                               + "\n".join(seen[-20:]))
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"chatd exited with {proc.wait()}:\n" + "\n".join(seen[-20:]))
+            buf += chunk
+
+    def drain() -> None:
+        rest = buf
+        while chunk := os.read(fd, 65536):
+            rest += chunk
+            *lines, rest = rest.split(b"\n")
+            for line in lines:
+                seen.append(line.decode(errors="replace"))
+                if echo:
+                    sys.stderr.write(seen[-1] + "\n")
+            del seen[:-1000]
+
+    threading.Thread(target=drain, daemon=True).start()
+    return seen[-1]
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """For processes other than chatd (a bare server, the relay) on a fresh port."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -87,14 +138,10 @@ class ChatdProcess:
             [*command, "serve", "--data-dir", data_dir, "--store", self.store, "--tcp-port",
              str(self.port), "--ws-port", "-1", *limits, "--workers", str(workers), *extra],
             env={**os.environ, **env} if env else None,
-            stderr=None if os.environ.get("CHATD_BENCH_SERVER") else subprocess.DEVNULL)
-        wait_listening(self.port, self.proc)
+            stderr=subprocess.PIPE)
+        # the line comes once every worker listens
+        wait_ready(self.proc, echo=bool(os.environ.get("CHATD_BENCH_SERVER")))
         self.workers = workers
-        if workers > 1:  # every worker listening, not only the first
-            end = time.monotonic() + 30
-            while len(self.pids()) < workers + 1 and time.monotonic() < end:
-                time.sleep(0.05)
-            time.sleep(1.0)
 
     def pids(self) -> list[int]:
         """The processes of the node: the supervisor and its workers (or the one process)."""

@@ -16,6 +16,7 @@ import chatd_client as cc
 import pytest
 import trio
 
+from bench.common import wait_ready
 from chatd.protocol import ErrorCode
 
 CHATD = [sys.executable, "-m", "chatd"]
@@ -38,25 +39,23 @@ class Proc:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: list[str] = []  # the node's stderr
 
     @property
     def url(self) -> str:
         return f"tcp://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Start the node and wait for the line it prints once every worker listens (a
+        probe of the port could reach a killed node's worker that has not let go of it)."""
         self.proc = subprocess.Popen(
             [*CHATD, "serve", "--data-dir", str(self.data_dir), "--tcp-port", str(self.port),
-             "--ws-port", "-1"], stderr=subprocess.PIPE, text=True)
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"chatd serve exited: {self.proc.stderr.read()}") from None
-                time.sleep(0.05)
-        raise AssertionError("chatd serve did not start listening")
+             "--ws-port", "-1"], stderr=subprocess.PIPE)
+        try:
+            wait_ready(self.proc, timeout=60, log=self.log)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         """Signal the node (its supervisor, which has the workers) and wait until every
@@ -74,10 +73,21 @@ class Proc:
         while any(os.path.exists(f"/proc/{w}") and not _zombie(w) for w in workers):
             assert time.monotonic() < deadline, "workers outlived their supervisor"
             time.sleep(0.02)
+        while _accepts(self.port):  # and nothing of it holds the port any more
+            assert time.monotonic() < deadline, "the port is still open after the node died"
+            time.sleep(0.02)
         return rc
 
     def token(self, user: str) -> str:
         return cli("token", user, data_dir=self.data_dir).strip()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _zombie(pid: int) -> bool:
