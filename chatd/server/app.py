@@ -70,6 +70,20 @@ async def listen(host: str, port: int, reuse_port: bool = False) -> list[trio.So
     return out
 
 
+def peer_address(link: trio.abc.Stream | WebSocketConnection) -> str:
+    """The client's address ("?" if it cannot be told)."""
+    try:
+        if isinstance(link, WebSocketConnection):
+            remote = link.remote
+            return str(getattr(remote, "address", remote))
+        stream: Any = link
+        while isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        return str(stream.socket.getpeername()[0])
+    except (OSError, AttributeError, IndexError):
+        return "?"
+
+
 class ChatServer:
     def __init__(self, config: Config, store: Store, secret: bytes, node_id: str = "n1",
                  peers: Peers | None = None, share: int = 1) -> None:
@@ -90,6 +104,7 @@ class ChatServer:
         self._known_users: set[str] = set()
         self.limits = UserLimits(config, share)  # share: this process's part of the node
         self._unauthenticated = 0  # connections before Welcome
+        self._signing_in: dict[str, int] = {}  # the same, per client address
         self._failing: set[str] = set()  # background jobs failing now (logged once each)
         self._stop = trio.Event()
         self.stopped = trio.Event()
@@ -102,6 +117,15 @@ class ChatServer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _signed_in(self, address: str) -> None:
+        """A connection is past Welcome (or gone before it)."""
+        self._unauthenticated -= 1
+        left = self._signing_in[address] - 1
+        if left:
+            self._signing_in[address] = left
+        else:
+            del self._signing_in[address]
 
     def spawn(self, name: str, fn: Any, *args: Any) -> None:
         """Run a short background job of the node's (presence announcements). Its failure
@@ -373,15 +397,18 @@ class ChatServer:
             WebSocketTransport(link) if isinstance(link, WebSocketConnection)
             else StreamTransport(link))
         conn = Connection(Role.SERVER, transport.framing, MAX_FRAME_SIZE)
-        if self._unauthenticated >= cfg.max_unauthenticated:
-            metrics.REFUSED.labels("unauthenticated").inc()
+        address = peer_address(link)
+        crowded = self._signing_in.get(address, 0) >= cfg.max_unauthenticated_per_address
+        if crowded or self._unauthenticated >= cfg.max_unauthenticated:
+            metrics.REFUSED.labels("address" if crowded else "unauthenticated").inc()
             await self._refuse(transport, conn, ErrorCode.RATE_LIMITED,
                                "too many connections are signing in: retry in a moment")
             with trio.CancelScope(shield=True):
                 await transport.aclose()
             return
         self._unauthenticated += 1
-        signing_in = True  # until Welcome: counted in _unauthenticated
+        self._signing_in[address] = self._signing_in.get(address, 0) + 1
+        signing_in = True  # until Welcome: counted in _unauthenticated and _signing_in
         transport.limit(MAX_HELLO_SIZE)
         try:
             try:
@@ -423,8 +450,9 @@ class ChatServer:
                 heartbeat_ms=int(cfg.heartbeat * 1000), max_frame=MAX_FRAME_SIZE,
                 cursor=cursor, media_url=self.media_url))
             transport.limit(MAX_FRAME_SIZE)
-            self._unauthenticated -= 1
+            self._signed_in(address)
             signing_in = False
+            address = ""  # (this frame lives as long as the connection: keep it small)
             self._replace(user, device)
             if self.peers is not None:  # the device's older connection may be on a peer
                 self.peers.outbox.kick(user, device, now_ms())
@@ -457,7 +485,7 @@ class ChatServer:
             await self._refuse(transport, conn, ErrorCode.INTERNAL, "internal error")
         finally:
             if signing_in:
-                self._unauthenticated -= 1
+                self._signed_in(address)
             with trio.CancelScope(shield=True):
                 await transport.aclose()
 

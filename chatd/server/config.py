@@ -29,10 +29,11 @@ class Config:
     max_queue: int = 2048  # outbound frames per connection before slow-consumer disconnect
     max_outbound: int = 4 * 1024 * 1024  # outbound bytes per connection, answers included
     max_unauthenticated: int = 1024  # connections still before Welcome, per process
+    max_unauthenticated_per_address: int = 64  # the same, from one client address
     send_rate: float = 100.0  # messages a second per user, all devices (token bucket)
-    send_burst: float = 1000.0
+    send_burst: float = 200.0
     request_rate: float = 50.0  # other requests a second per user (reads, history, groups...)
-    request_burst: float = 500.0
+    request_burst: float = 200.0
     group_create_rate: float = 0.2  # new groups a second per user
     group_create_burst: float = 20.0
     max_watch: int = 2048  # users one device may watch the presence of

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .transport import StreamTransport, WebSocketTransport
 
 DRAIN_PAGE: Final = 500
+MAX_PAUSE_MS: Final = 1000  # the longest a rate-limited reader waits before reading again
 FRAME_OVERHEAD: Final = 64  # bytes a queued frame costs beyond its own (deque slot, header)
 WRITE_COALESCE: Final = 256 * 1024  # bytes gathered into one write
 HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
@@ -64,7 +65,7 @@ class Session:
     __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_out_bytes",
                  "_writing", "_sent_upto", "_live", "_need_sync", "_nursery", "_closing",
                  "rx_at", "frame_at", "_acks_running", "_acks_done", "background", "watching",
-                 "_presence_pending", "_item_max", "_acked")
+                 "_presence_pending", "_item_max", "_acked", "_pause")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
                  conn: Connection, user: str, device: str, cursor: int,
@@ -79,6 +80,7 @@ class Session:
         self._writing = False  # a writer task is running
         self._sent_upto = cursor  # highest inbox position handed to the writer (or skipped)
         self._acked = cursor  # highest position acknowledged: an Ack not above it costs nothing
+        self._pause = 0  # ms the reader waits before reading again (a rate limit was hit)
         self._live = False  # the backlog is drained; offers in sequence go straight out
         self._need_sync = True
         self._nursery: trio.Nursery | None = None
@@ -302,6 +304,9 @@ class Session:
                         self.frame_at = None
                     elif self.frame_at is None:
                         self.frame_at = self.rx_at
+                    if self._pause:  # over a rate limit: read nothing more until it refills
+                        pause, self._pause = min(self._pause, MAX_PAUSE_MS), 0
+                        await trio.sleep(pause / 1000)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the device went away
             except Closing:
@@ -346,6 +351,7 @@ class Session:
         if not wait and kind is F.GroupCreate:
             wait = server.limits.group_creates.take(self.user, trio.current_time())
         if wait:
+            self._pause = max(self._pause, wait)
             server.stats["rate_limited"] += 1
             metrics.LIMITED.labels(kind.__name__).inc()
             self._error(ErrorCode.RATE_LIMITED, f"too many {kind.__name__} requests",
@@ -516,6 +522,7 @@ class Session:
         server = self.server
         wait = server.limits.sends.take(self.user, trio.current_time())
         if wait:
+            self._pause = max(self._pause, wait)
             server.stats["rate_limited"] += 1
             self._error(ErrorCode.RATE_LIMITED, "sending too fast", ref=ev.id, retry_ms=wait)
             return False

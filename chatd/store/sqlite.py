@@ -52,6 +52,7 @@ from .base import (
 T = TypeVar("T")
 log = logging.getLogger("chatd.store")
 MAX_BATCH: Final = 2000
+HAND_SLICE: Final = 256  # inbox items handed to the router between two checkpoints
 RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks without a query
 SCHEMA_VERSION: Final = 5
 COLLECT_LIMIT: Final = 10_000  # messages looked at per expiry rule per collect pass
@@ -309,7 +310,7 @@ class SqliteStore:
                                                   abandon_on_cancel=False)
                     if self.on_batch is not None:
                         self.on_batch(trio.current_time() - started)
-                    self._finish(batch)
+                    await self._finish(batch)
                     batch = []
                     new, self._new_jobs = self._new_jobs, []
                     if self.on_fanout is not None:
@@ -330,20 +331,26 @@ class SqliteStore:
                 op.done.set()
             self._queue = []
 
-    def _finish(self, batch: list[_Op]) -> None:
+    async def _finish(self, batch: list[_Op]) -> None:
         """Hand a committed batch's inbox items to the listener, in order, and wake its
-        callers."""
+        callers; a large batch in slices, letting other tasks run between them (no other
+        batch commits meanwhile: the order holds)."""
         listener = self.on_append
+        handed = 0
         for op in batch:
             if listener is not None and op.result:
                 results = op.result if type(op.result) is list else (op.result,)
                 for r in results:
                     if type(r) is Appended and r.items:
+                        handed += len(r.items)
                         try:
                             listener(r.items)
                         except Exception:  # a broken listener must not stop the store
                             log.exception("append listener failed")
             op.done.set()
+            if handed >= HAND_SLICE:
+                handed = 0
+                await trio.lowlevel.checkpoint()
 
     def _run_batch(self, batch: list[_Op]) -> None:
         db = self._db

@@ -180,6 +180,42 @@ async def test_connections_that_do_not_sign_in_are_capped(start_node: StartNode)
         await r.aclose()
 
 
+async def test_one_address_cannot_take_every_place_for_signing_in(
+        start_node: StartNode) -> None:
+    node = await start_node(max_unauthenticated_per_address=3)
+    await node.add_users("alice", "bob")
+    idle = [await Raw.open(node.server.tcp_port) for _ in range(3)]
+    with trio.fail_after(5):
+        while node.server._unauthenticated < 3:
+            await trio.sleep(0.01)
+    extra = await Raw.open(node.server.tcp_port)  # the same address: refused
+    frame = await extra.recv()
+    assert isinstance(frame, F.Error) and frame.code == ErrorCode.RATE_LIMITED, frame
+    other = await trio.open_tcp_stream("127.0.0.1", node.server.tcp_port,
+                                       local_address="127.0.0.2")  # another address: served
+    raw = Raw(other)
+    await raw.hello(node.token("bob"))
+    for r in idle:
+        await r.aclose()
+
+
+async def test_a_rate_limited_sender_is_not_read_until_its_tokens_refill(
+        start_node: StartNode) -> None:
+    """Past its rate, a connection's further sends wait in the kernel (TCP backpressure)
+    instead of being read, decoded and refused one by one."""
+    node = await start_node(send_rate=2.0, send_burst=5)
+    await node.add_users("alice", "bob")
+    raw = await signed_in(node, "alice")
+    await raw.send_bytes(b"".join(raw.conn.send(F.Send(id=f"s{i}", to="bob", body=b"x"))
+                                  for i in range(6)))  # one over the burst
+    refused = await raw.recv_until(F.Error)
+    assert isinstance(refused, F.Error) and refused.code == ErrorCode.RATE_LIMITED
+    await raw.send_bytes(b"".join(raw.conn.send(F.Send(id=f"t{i}", to="bob", body=b"x"))
+                                  for i in range(100)))
+    await trio.sleep(0.2)  # (within the pause: nothing of these was read)
+    assert node.server.stats["rate_limited"] == 1
+
+
 async def test_a_frame_of_a_million_empty_arrays_is_refused_cheaply(node: Node) -> None:
     raw = await signed_in(node, "alice")
     body = msgpack.packb({"t": 10, "x": [[[]] * 4096] * 250})
