@@ -223,7 +223,8 @@ def run(target: int, workers: int, hold: float = 20, heartbeat: float = 30,
         # default cap on connections signing in (per worker) when the kernel's spread is uneven
         node = ChatdProcess(tmp, [], workers=workers, extra=(
             "--heartbeat", str(heartbeat), "--idle-timeout", str(heartbeat * 3)),
-            env={"CHATD_MAX_UNAUTHENTICATED": str(max(1024, target))})
+            env={"CHATD_MAX_UNAUTHENTICATED": str(max(1024, target)),
+                 "CHATD_MAX_UNAUTHENTICATED_PER_ADDRESS": str(max(1024, target))})
         try:
             result = trio.run(ramp, node, target, addrs, heartbeat, hold, max_seconds,
                               concurrency, probe_pairs, probe_rate)
