@@ -19,10 +19,13 @@ KNOWN: dict[str, set[str]] = {
     # two nodes through Redis: group fan-out jobs of one chat run concurrently on both nodes,
     # so members' inboxes get a group's messages out of seq order
     "two-nodes": {"reordered"},
-    # Cassandra: a send interrupted after its inbox items were written is redone by its retry
-    # (duplicated, reordered); a group send completed that way is never fanned out (lost,
-    # receipts); a user's two devices attaching at once leave a device count of 1 cached for
-    # 2 s, so their own messages and chat events are not copied to each other (gaps)
+    # Cassandra (docs/RELIABILITY.md, findings 2-5): a send's seq is claimed before its inbox
+    # appends, so concurrent sends in one chat arrive out of order (reordered); a send
+    # interrupted after its inbox items were written gets them again from its retry
+    # (duplicated, and no receipt for the late copy); a group send completed that way may
+    # never be fanned out (lost); a user's two devices attaching at once leave a device count
+    # of 1 cached for 2 s, so their messages and chat events are not copied to each other
+    # (gaps)
     "cassandra": {"lost", "duplicated", "reordered", "gaps", "receipts"},
 }
 
