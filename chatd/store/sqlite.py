@@ -584,7 +584,8 @@ class SqliteStore:
 
     async def fanout(self, conv: str, seq: int) -> bool:
         """Run the fan-out job of a group message to the end (FANOUT_CHUNK inbox appends per
-        batch). False if there is no such job (done already, by this node or another)."""
+        batch), after the unfinished older jobs of its conversation. False if there is no
+        such job (done already, by this node or another)."""
         ran = False
         while await self._do(lambda db: self._fanout_step(db, (conv, seq))) is not None:
             ran = True  # (the step after the last one finds no job)
@@ -598,10 +599,15 @@ class SqliteStore:
     def _fanout_step(self, db: sqlite3.Connection,
                      only: tuple[str, int] | None = None) -> Appended | None:
         """Append up to FANOUT_CHUNK inbox items from the oldest fan-out jobs (or from the
-        one job `only`; None if it does not exist)."""
+        job `only` and, first, its conversation's older unfinished jobs, which another node
+        may be running too: a member gets a group's messages in seq order; None if there is
+        no such job)."""
         jobs = self._jobs
         if only is not None:
-            jobs = collections.deque(j for j in self._jobs if (j.conv, j.seq) == only)
+            conv, seq = only
+            jobs = collections.deque(sorted(
+                (j for j in self._jobs if j.conv == conv and j.seq <= seq),
+                key=lambda j: j.seq))
             if not jobs:
                 return None
         else:
