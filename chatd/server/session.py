@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .transport import StreamTransport, WebSocketTransport
 
 DRAIN_PAGE: Final = 500
+BUSY: Final = float("inf")  # rx_at while the connection's requests are being handled
 MAX_PAUSE_MS: Final = 1000  # the longest a rate-limited reader waits before reading again
 FRAME_OVERHEAD: Final = 64  # bytes a queued frame costs beyond its own (deque slot, header)
 WRITE_COALESCE: Final = 256 * 1024  # bytes gathered into one write
@@ -297,9 +298,10 @@ class Session:
                     # No timer here (ChatServer.sweep checks every connection's timeouts), and
                     # no local holds the bytes or frames of the last read while we wait.
                     conn.receive_data(await transport.receive(RECEIVE_SIZE))
-                    self.rx_at = trio.current_time()
+                    self.rx_at = BUSY  # not idle while its requests are handled (slow store)
                     if await self.handle_all(self._received_frames()):
                         break
+                    self.rx_at = trio.current_time()
                     if not conn.buffered:
                         self.frame_at = None
                     elif self.frame_at is None:
@@ -307,6 +309,7 @@ class Session:
                     if self._pause:  # over a rate limit: read nothing more until it refills
                         pause, self._pause = min(self._pause, MAX_PAUSE_MS), 0
                         await trio.sleep(pause / 1000)
+                        self.rx_at = trio.current_time()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the device went away
             except Closing:

@@ -464,3 +464,23 @@ async def test_the_sdk_keeps_reading_while_it_sends_a_rate_limited_burst_again(
         assert len({a.seq for a in acks}) == 25  # each stored once
         got = await messages(bob, 25, timeout=20)
         assert len({m.text for m in got}) == 25
+
+
+async def test_a_connection_waiting_on_a_slow_store_is_not_idle(
+        start_node: StartNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweeper's idle timeout is for silent devices: one whose send waits on the store
+    longer than the timeout is busy, not idle (closing it made the client send again)."""
+    node = await start_node(idle_timeout=0.5)
+    await node.add_users("alice", "bob")
+    store = node.server.store
+    real = store.append_messages
+
+    async def slow(msgs: list[object]) -> object:
+        await trio.sleep(1.5)
+        return await real(msgs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "append_messages", slow)
+    raw = await signed_in(node, "alice")
+    await raw.send(F.Send(id="slow-1", to="bob", body=b"take your time"))
+    sent = await raw.recv(timeout=10)
+    assert isinstance(sent, F.Sent), sent
