@@ -16,9 +16,9 @@ from tests.server.redis_servers import RedisServer
 # Violations found by these runs that are open bugs outside the checker (docs/RELIABILITY.md,
 # "Open findings"): a run whose only violations are of these kinds is an expected failure.
 KNOWN: dict[str, set[str]] = {
-    # two nodes through Redis: group fan-out jobs of one chat run concurrently on both nodes,
-    # so members' inboxes get a group's messages out of seq order
-    "two-nodes": {"reordered"},
+    # two nodes through Redis: nothing known (finding 1, fixed: a node runs a group's older
+    # fan-out jobs before the one it is handed)
+    "two-nodes": set(),
     # Cassandra (docs/RELIABILITY.md, findings 2-5): a send's seq is claimed before its inbox
     # appends, so concurrent sends in one chat arrive out of order (reordered); a send
     # interrupted after its inbox items were written gets them again from its retry
