@@ -269,7 +269,9 @@ class CassandraStore:
         self._acked_users: set[str] = set()
         self._cursors: dict[tuple[str, str], int] = {}  # of the devices attached here
         self._mark_cache: dict[tuple[str, str], list[int]] = {}
-        self._device_counts: dict[str, tuple[float, int]] = {}
+        self._device_counts: dict[str, tuple[float, int]] = {}  # (when read, count)
+        self._attaching: dict[str, int] = {}  # devices attaching here now, per user
+        self._attached: dict[str, float] = {}  # when a device attached here last wrote its row
         self._jobs: collections.deque[tuple[str, int]] = collections.deque()
         self._job_left: dict[tuple[str, int], int] = {}
         self._owned: set[tuple[str, int]] = set()  # jobs this node holds the lease of
@@ -392,17 +394,24 @@ class CassandraStore:
         return bool(await self._op(self.db.run("user", (user,))))
 
     async def _devices(self, user: str) -> dict[str, int]:
+        started = trio.current_time()
         devs = {r["device"]: r["cursor"] or 0 for r in await self.db.run("devices", (user,))}
         if len(self._device_counts) >= MAX_CACHED:
             self._device_counts.clear()
-        self._device_counts[user] = (trio.current_time(), len(devs))
+        cached = self._device_counts.get(user)
+        if cached is None or cached[0] <= started:  # (not over a later read's count)
+            self._device_counts[user] = (started, len(devs))
         return devs
 
     async def _device_count(self, user: str) -> int:
         """How many devices the user has, trusted from memory for CACHE_S (it decides whether
-        a sender's other devices get a copy)."""
+        a sender's other devices get a copy). A count read before a device attached through
+        this node had written its row (or while one is attaching) is not trusted: two devices
+        attaching at once would each have counted only itself."""
         cached = self._device_counts.get(user)
-        if cached is not None and trio.current_time() - cached[0] < CACHE_S:
+        now = trio.current_time()
+        if (cached is not None and now - cached[0] < CACHE_S
+                and user not in self._attaching and cached[0] >= self._attached.get(user, 0)):
             return cached[1]
         return len(await self._devices(user))
 
@@ -413,8 +422,17 @@ class CassandraStore:
             cursor = devs.get(device)
             if cursor is None:
                 cursor = min(devs.values(), default=0)
-                await self.db.run("set_cursor", (cursor + 1, cursor, user, device))
-                self._device_counts[user] = (trio.current_time(), len(devs) + 1)
+                self._attaching[user] = self._attaching.get(user, 0) + 1
+                try:
+                    await self.db.run("set_cursor", (cursor + 1, cursor, user, device))
+                finally:
+                    if (n := self._attaching.pop(user) - 1) > 0:
+                        self._attaching[user] = n
+                    if len(self._attached) >= MAX_CACHED:
+                        self._attached.clear()
+                        self._device_counts.clear()
+                    self._attached[user] = trio.current_time()
+                await self._devices(user)  # counted after its own row is there
             if len(self._cursors) >= MAX_CACHED:
                 self._cursors.clear()  # (a miss costs one read)
             self._cursors[(user, device)] = cursor
