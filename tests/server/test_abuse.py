@@ -163,17 +163,26 @@ async def test_a_large_hello_is_refused_before_it_is_read(node: Node) -> None:
     assert await raw.closed()
 
 
+async def signing_in(node: Node, n: int) -> list[Raw]:
+    """n connections that have not said Hello, once the node counts them."""
+    idle = [await Raw.open(node.server.tcp_port) for _ in range(n)]
+    with trio.fail_after(5):
+        while node.server._unauthenticated < n:
+            await trio.sleep(0.01)
+    return idle
+
+
+async def refused_for_now(raw: Raw) -> None:
+    frame = await raw.recv()
+    assert isinstance(frame, F.Error) and frame.code == ErrorCode.RATE_LIMITED, frame
+    assert await raw.closed()
+
+
 async def test_connections_that_do_not_sign_in_are_capped(start_node: StartNode) -> None:
     node = await start_node(max_unauthenticated=5)
     await node.add_users("alice", "bob")
-    idle = [await Raw.open(node.server.tcp_port) for _ in range(5)]
-    with trio.fail_after(5):
-        while node.server._unauthenticated < 5:
-            await trio.sleep(0.01)
-    extra = await Raw.open(node.server.tcp_port)
-    frame = await extra.recv()
-    assert isinstance(frame, F.Error) and frame.code == ErrorCode.RATE_LIMITED, frame
-    assert await extra.closed()
+    idle = await signing_in(node, 5)
+    await refused_for_now(await Raw.open(node.server.tcp_port))
     await idle[0].hello(node.token("alice"))  # signing in frees a place
     await still_serving(node)
     for r in idle:
@@ -184,17 +193,11 @@ async def test_one_address_cannot_take_every_place_for_signing_in(
         start_node: StartNode) -> None:
     node = await start_node(max_unauthenticated_per_address=3)
     await node.add_users("alice", "bob")
-    idle = [await Raw.open(node.server.tcp_port) for _ in range(3)]
-    with trio.fail_after(5):
-        while node.server._unauthenticated < 3:
-            await trio.sleep(0.01)
-    extra = await Raw.open(node.server.tcp_port)  # the same address: refused
-    frame = await extra.recv()
-    assert isinstance(frame, F.Error) and frame.code == ErrorCode.RATE_LIMITED, frame
+    idle = await signing_in(node, 3)
+    await refused_for_now(await Raw.open(node.server.tcp_port))  # the same address
     other = await trio.open_tcp_stream("127.0.0.1", node.server.tcp_port,
                                        local_address="127.0.0.2")  # another address: served
-    raw = Raw(other)
-    await raw.hello(node.token("bob"))
+    await Raw(other).hello(node.token("bob"))
     for r in idle:
         await r.aclose()
 
