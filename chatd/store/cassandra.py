@@ -243,7 +243,7 @@ def now_ms() -> int:
 
 
 def marker_q(conv: str, seq: int) -> int:
-    """Where a group message's marker row sits in a member's inbox partition: a negative q
+    """Where a message's marker row sits in a member's inbox partition: a negative q
     (items are at q >= 1, so no read of items meets a marker) from a 62-bit hash of the
     message, the same on every node. The row holds conv and seq, so a collision is seen."""
     h = hashlib.blake2b(f"{conv}\0{seq}".encode(), digest_size=8).digest()
@@ -457,10 +457,11 @@ class CassandraStore:
                            ) -> list[tuple[str, Item] | None]:
         """Append items (q unset) to the user's inbox; the listener sees them in q order.
 
-        A group message (a fan-out item) goes in with its marker (`marker_q`) in the same
+        A message (not a receipt) goes in with its marker (`marker_q`) in the same
         conditional batch, `IF NOT EXISTS`: if the marker is there, the item is in this inbox
-        already (the chunk it belongs to is run again: after its node died before recording
-        the step, by an owner whose lease ran out, or after a timeout that hid a batch that
+        already (the fan-out chunk it belongs to is run again: after its node died before
+        recording the step, by an owner whose lease ran out; a one-to-one send redone by its
+        retry after being interrupted after this step; or a timeout that hid a batch that
         applied) and it is not appended again; its result is None. A marker with another
         message's key (a 62-bit hash collision) lets the item in without a marker."""
         last = self._last_q.get(user)
@@ -475,7 +476,7 @@ class CassandraStore:
             there = [False] * len(chunk)  # in the inbox already: not appended
             for j, it in enumerate(chunk):
                 mark = None
-                if type(it) is Deliver and it.group is not None:
+                if type(it) is Deliver:
                     mark = marker_q(it.conv, it.seq)
                     if mark not in marked:
                         marked[mark] = (it.conv, it.seq)
@@ -507,8 +508,8 @@ class CassandraStore:
                     self._last_q.pop(user, None)  # unknown whether it applied: read again
                     if not isinstance(exc, StoreTimeout) or (tries := tries + 1) > RETRIES:
                         raise
-                    # if it did apply: its group items find their markers next time; other
-                    # items are appended again (at-least-once, see docs/CASSANDRA.md)
+                    # if it did apply: its messages find their markers next time (receipts
+                    # are appended again: at-least-once, see docs/CASSANDRA.md)
                     last = await self._read_last_q(user)
                     continue
                 if ok:

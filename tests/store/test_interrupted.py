@@ -8,10 +8,14 @@ is. Interruptions are simulated by failing (or cancelling) a store request after
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
+import pytest
 import trio
 
 from chatd.protocol.frames import Deliver
-from chatd.store import NewMessage, Store
+from chatd.store import CassandraStore, NewMessage, Store, StoreError, open_store
 
 USERS = ["u0", "u1", "u2", "u3"]
 
@@ -31,3 +35,75 @@ async def test_two_devices_attaching_at_once_both_get_the_copies(store: Store) -
         page = await store.inbox(u, "b", 0, 100)
         assert [it.id for it in page.items if isinstance(it, Deliver)] == \
             [f"c{USERS.index(u)}"], u
+
+
+# ---- Cassandra: a retry completing a send that was cut short ------------------------------
+
+
+@pytest.fixture
+async def cassandra_store(request: pytest.FixtureRequest,
+                          monkeypatch: pytest.MonkeyPatch) -> Any:
+    from chatd.store import cassandra as cassandra_store
+
+    node = request.getfixturevalue("cassandra")
+    node.truncate()
+    monkeypatch.setattr(cassandra_store, "REDO_AFTER_MS", 0)  # the retry redoes at once
+    async with open_store(str(node.url())) as s:
+        assert isinstance(s, CassandraStore)
+        yield s
+
+
+def interrupt(monkeypatch: pytest.MonkeyPatch, s: CassandraStore, what: str, *,
+              applied: bool, cancel: trio.CancelScope | None = None) -> list[Any]:
+    """The first request of the prepared statement `what` is cut short, after it applied or
+    before it was sent: its caller gets a StoreError (the node lost Cassandra, a timeout) or,
+    with `cancel`, is cancelled (the connection that asked was closed)."""
+    real = s.db.run
+    hit: list[Any] = []
+
+    async def run(stmt: Any, params: Any = None) -> Any:
+        if not hit and stmt == what and not applied:
+            hit.append(stmt)
+            raise StoreError("cassandra: NoHostAvailable: interrupted before it was sent")
+        result = await real(stmt, params)
+        if not hit and stmt == what:
+            hit.append(stmt)
+            if cancel is not None:
+                cancel.cancel()
+                await trio.lowlevel.checkpoint()
+            raise StoreError("cassandra: NoHostAvailable: interrupted after it applied")
+        return result
+
+    monkeypatch.setattr(s.db, "run", run)
+    return hit
+
+
+def ids(items: Any) -> Counter[str]:
+    return Counter(it.id for it in items if isinstance(it, Deliver))
+
+
+async def test_cassandra_a_one_to_one_send_redone_by_its_retry_is_in_each_inbox_once(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 2: the send's inbox items are written, then it is cut short before its claim is
+    marked done; the retry redoes steps 2-4: the recipient's devices (and the sender's other
+    device) must have the message once, not again under new positions."""
+    s = cassandra_store
+    for u, d in [("alice", "a"), ("alice", "b"), ("bob", "a"), ("bob", "b")]:
+        await s.attach_device(u, d)
+    msg = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"hi", 10)
+    hit = interrupt(monkeypatch, s, "done", applied=False)
+    with pytest.raises(StoreError):
+        await s.append_message(msg)
+    assert hit
+    first = await s.inbox("bob", "a", 0, 100)
+    assert ids(first.items) == Counter({"m1": 1})  # written before the interruption
+    again = await s.append_message(msg)  # the client's retry: redone, now SENT
+    assert not again.duplicate and again.seq == 1
+    dup = await s.append_message(msg)  # and the next one is a duplicate
+    assert dup.duplicate and dup.seq == 1
+    await s.append_message(NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"x", 11))
+    for user, device in [("bob", "a"), ("bob", "b"), ("alice", "b")]:
+        page = await s.inbox(user, device, 0, 100)
+        assert ids(page.items) == Counter({"m1": 1, "m2": 1}), (user, device)
+        assert [it.seq for it in page.items if isinstance(it, Deliver)] == [1, 2], \
+            (user, device)
