@@ -685,15 +685,20 @@ class CassandraStore:
             results.append(Appended(m.conv, c.seq, c.ts))
         # the message rows exist before anything points at them
         await self._gather([*writes, *self._batches(rows)])
-        items = await self._append_items(inbox)
-        await self._gather(self._batches(done))
+        # The fan-out jobs are queued as soon as they are written, before the claims are
+        # marked done: once a claim is done its retry is answered as a duplicate and
+        # queues nothing, so a send cut short after that step (its caller cancelled, a
+        # timeout that hid a write that applied) would leave its job unrun until a restart.
         for conv, seq, n in jobs:
             if self.fanout_mode == "auto":  # (else a node takes it from the Redis stream)
                 self._job_left[(conv, seq)] = n
-                self._jobs.append((conv, seq))
+                if (conv, seq) not in self._jobs:
+                    self._jobs.append((conv, seq))
                 self._wake.set()
             if self.on_fanout is not None:
                 self.on_fanout(conv, seq)
+        items = await self._append_items(inbox)
+        await self._gather(self._batches(done))
         # each result carries its own inbox items (for callers that look at them)
         by_msg: dict[tuple[str, int], list[tuple[str, Item]]] = {}
         for user, it in items:

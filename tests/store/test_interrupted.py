@@ -107,3 +107,49 @@ async def test_cassandra_a_one_to_one_send_redone_by_its_retry_is_in_each_inbox_
         assert ids(page.items) == Counter({"m1": 1, "m2": 1}), (user, device)
         assert [it.seq for it in page.items if isinstance(it, Deliver)] == [1, 2], \
             (user, device)
+
+
+async def test_cassandra_a_group_send_answered_as_duplicate_is_still_fanned_out(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 4: a group send is cut short (its caller cancelled: the connection closed)
+    after the step that marks its claim done; the retry is answered as a duplicate (SENT):
+    the members must still get the message."""
+    s = cassandra_store
+    members = ["bob", "carol", "dave"]
+    for u in ["alice", *members]:
+        await s.attach_device(u, "a")
+    await s.create_group("g1", "team", "alice", members, ts=1)
+    msg = NewMessage("alice", "a", "m1", "g:g1", (), b"hi", 10, group="g1")
+    with trio.CancelScope() as scope:
+        hit = interrupt(monkeypatch, s, "done", applied=True, cancel=scope)
+        await s.append_message(msg)
+    assert scope.cancelled_caught and hit
+    again = await s.append_message(msg)
+    assert again.duplicate and again.seq == 2
+    with trio.move_on_after(10):
+        while await s.pending_fanouts():
+            await trio.sleep(0.05)
+    for u in members:
+        page = await s.inbox(u, "a", 0, 100)
+        assert ids(page.items)["m1"] == 1, u
+
+
+async def test_cassandra_a_group_send_failing_after_done_is_still_fanned_out(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 4 across a Cassandra restart: the request marking the claim done applied but
+    its answer was lost (the client got an error); the retry gets SENT as a duplicate and the
+    members must get the message."""
+    s = cassandra_store
+    for u in ["alice", "bob", "carol"]:
+        await s.attach_device(u, "a")
+    await s.create_group("g1", "team", "alice", ["bob", "carol"], ts=1)
+    msg = NewMessage("alice", "a", "m1", "g:g1", (), b"hi", 10, group="g1")
+    interrupt(monkeypatch, s, "done", applied=True)
+    with pytest.raises(StoreError):
+        await s.append_message(msg)
+    assert (await s.append_message(msg)).duplicate
+    with trio.move_on_after(10):
+        while await s.pending_fanouts():
+            await trio.sleep(0.05)
+    for u in ["bob", "carol"]:
+        assert ids((await s.inbox(u, "a", 0, 100)).items)["m1"] == 1, u
