@@ -34,7 +34,9 @@ class SeaweedNode:
         grpc = {name: free_port() for name in ports}
         args = [self.weed, "server", f"-dir={self.workdir}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", "-s3", f"-s3.port={self.s3_port}",
-                "-master.volumeSizeLimitMB=64", "-volume.max=8"]
+                f"-s3.port.grpc={free_port()}", "-s3.port.iceberg=0",
+                "-master.volumeSizeLimitMB=16", "-volume.max=1000", "-master.telemetry=false",
+                f"-filer.localSocket={self.workdir}/filer.sock"]
         for name, port in ports.items():
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={grpc[name]}"]
         self.log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115
