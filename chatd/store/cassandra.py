@@ -74,6 +74,9 @@ LEASE_MS: Final = 30_000  # a fan-out job is another node's for this long after 
 # How long a group message's marker stays in a member's inbox partition (see marker_q): longer
 # than a fan-out job can stay unfinished or a node can stall in the middle of a chunk.
 MARK_TTL: Final = 7 * 86_400
+# A send's inbox appends wait (at most this long) for those of the earlier seqs of its chat
+# claimed on this node, so each inbox gets a chat in seq order (see _wait_turn).
+TURN_WAIT: Final = 2.0
 CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are trusted from memory
 MAX_CACHED: Final = 200_000  # entries per cache before it starts again
 
@@ -275,6 +278,8 @@ class CassandraStore:
         self._jobs: collections.deque[tuple[str, int]] = collections.deque()
         self._job_left: dict[tuple[str, int], int] = {}
         self._owned: set[tuple[str, int]] = set()  # jobs this node holds the lease of
+        self._turns: dict[str, set[int]] = {}  # per chat: seqs taken here, not appended yet
+        self._turn_changed = trio.Event()
         self._wake = trio.Event()
         self._closed = False
         self.inflight = 0
@@ -581,6 +586,8 @@ class CassandraStore:
                                         bool(r["done"]), r["at"] or 0)
             todo = [m for m in todo if (m.sender, m.client_id) not in found]
         self._last_seq[conv] = last
+        # (held here, before the next claims of this chat are taken: see _wait_turn)
+        self._turns.setdefault(conv, set()).update(c.seq for c in found.values() if c.new)
         out = []
         for m in msgs:  # a client id twice in one call: the second is a retry of the first
             c = found[(m.sender, m.client_id)]
@@ -590,6 +597,30 @@ class CassandraStore:
         return out
 
     # ---- sending ---------------------------------------------------------------------------
+
+    async def _wait_turn(self, conv: str, first: int) -> None:
+        """Wait until the sends of conv that took a seq below `first` on this node have
+        appended their inbox items (or queued their fan-out jobs), so that each inbox gets a
+        chat in seq order: a send takes its seq in step 1 and appends in step 3, and two sends
+        in one chat would otherwise append in whichever order their steps 2 ended. A send that
+        does not get there within TURN_WAIT (Cassandra slow, or its caller gone between
+        claiming and holding its turn) is not waited for any longer."""
+        with trio.move_on_after(TURN_WAIT) as scope:
+            while any(s < first for s in self._turns.get(conv, ())):
+                await self._turn_changed.wait()
+        if scope.cancelled_caught:
+            log.warning("%s: seqs %s still not appended after %.0f s, going on", conv,
+                        sorted(s for s in self._turns.get(conv, ()) if s < first), TURN_WAIT)
+            self._release(conv, [s for s in self._turns.get(conv, ()) if s < first])
+
+    def _release(self, conv: str, seqs: Iterable[int]) -> None:
+        held = self._turns.get(conv)
+        if held is not None:
+            held.difference_update(seqs)
+            if not held:
+                del self._turns[conv]
+        self._turn_changed.set()
+        self._turn_changed = trio.Event()
 
     async def _mode(self, conv: str, fresh: bool = False) -> tuple[int, int]:
         cached = self._modes.get(conv)
@@ -607,10 +638,19 @@ class CassandraStore:
         return await self._op(self._append_all(msgs))
 
     async def _append_all(self, msgs: list[NewMessage]) -> list[Appended]:
+        claims: list[_Claim | None] = [None] * len(msgs)
+        try:
+            return await self._append_claimed(msgs, claims)
+        finally:  # (whatever happened: later sends of these chats wait for nothing here)
+            for m, c in zip(msgs, claims, strict=True):
+                if c is not None and c.new:
+                    self._release(m.conv, [c.seq])
+
+    async def _append_claimed(self, msgs: list[NewMessage], claims: list[_Claim | None]
+                              ) -> list[Appended]:
         by_conv: dict[str, list[int]] = {}
         for i, m in enumerate(msgs):
             by_conv.setdefault(m.conv, []).append(i)
-        claims: list[_Claim | None] = [None] * len(msgs)
         modes: dict[str, tuple[int, int]] = {}
         devices: dict[str, int] = {}
         members: dict[str, _Members | None] = {}
@@ -637,7 +677,7 @@ class CassandraStore:
                               if g is not None)])
         results: list[Appended] = []
         writes: list[Callable[..., Awaitable[Any]]] = []
-        inbox: dict[str, list[Item]] = {}
+        inbox: dict[str, dict[str, list[Item]]] = {}  # per chat
         rows: list[_Row] = []
         done: list[_Row] = []
         jobs: list[tuple[str, int, int]] = []  # group messages: (conv, seq, recipients)
@@ -669,7 +709,7 @@ class CassandraStore:
             else:
                 targets = [*m.recipients, m.sender] if copy else list(m.recipients)
                 for u in targets:
-                    inbox.setdefault(u, []).append(template)
+                    inbox.setdefault(m.conv, {}).setdefault(u, []).append(template)
             mode, ttl = modes[m.conv]
             rows.append(((m.conv, bucket(c.seq)), "put_msg", (
                 m.conv, bucket(c.seq), c.seq, c.ts, m.sender, m.device, m.client_id, m.body,
@@ -685,19 +725,37 @@ class CassandraStore:
             results.append(Appended(m.conv, c.seq, c.ts))
         # the message rows exist before anything points at them
         await self._gather([*writes, *self._batches(rows)])
-        # The fan-out jobs are queued as soon as they are written, before the claims are
-        # marked done: once a claim is done its retry is answered as a duplicate and
-        # queues nothing, so a send cut short after that step (its caller cancelled, a
-        # timeout that hid a write that applied) would leave its job unrun until a restart.
-        for conv, seq, n in jobs:
-            if self.fanout_mode == "auto":  # (else a node takes it from the Redis stream)
-                self._job_left[(conv, seq)] = n
-                if (conv, seq) not in self._jobs:
-                    self._jobs.append((conv, seq))
-                self._wake.set()
-            if self.on_fanout is not None:
-                self.on_fanout(conv, seq)
-        items = await self._append_items(inbox)
+        new = {m.conv: min(c.seq for mm, c in zip(msgs, claims, strict=True)
+                           if mm.conv == m.conv and c is not None and c.new)
+               for m, c in zip(msgs, claims, strict=True) if c is not None and c.new}
+
+        async def step3(conv: str) -> list[tuple[str, Item]]:
+            """Each chat in turn (see _wait_turn): its fan-out jobs queued, its items
+            appended."""
+            if conv in new:
+                await self._wait_turn(conv, new[conv])
+            # The fan-out jobs are queued as soon as they are written, before the claims are
+            # marked done: once a claim is done its retry is answered as a duplicate and
+            # queues nothing, so a send cut short after that step (its caller cancelled, a
+            # timeout that hid a write that applied) would leave its job unrun until a
+            # restart.
+            for c, seq, n in jobs:
+                if c != conv:
+                    continue
+                if self.fanout_mode == "auto":  # (else a node takes it from the Redis stream)
+                    self._job_left[(conv, seq)] = n
+                    if (conv, seq) not in self._jobs:
+                        self._jobs.append((conv, seq))
+                    self._wake.set()
+                if self.on_fanout is not None:
+                    self.on_fanout(conv, seq)
+            got = await self._append_items(inbox.get(conv, {}))
+            self._release(conv, [c.seq for m, c in zip(msgs, claims, strict=True)
+                                 if m.conv == conv and c is not None and c.new])
+            return got
+
+        items = [x for got in await self._gather(
+            functools.partial(step3, conv) for conv in by_conv) for x in got]
         await self._gather(self._batches(done))
         # each result carries its own inbox items (for callers that look at them)
         by_msg: dict[tuple[str, int], list[tuple[str, Item]]] = {}

@@ -153,3 +153,71 @@ async def test_cassandra_a_group_send_failing_after_done_is_still_fanned_out(
             await trio.sleep(0.05)
     for u in ["bob", "carol"]:
         assert ids((await s.inbox(u, "a", 0, 100)).items)["m1"] == 1, u
+
+
+# ---- Cassandra: concurrent sends in one chat reach each inbox in seq order ------------------
+
+
+def slow_message_row(monkeypatch: pytest.MonkeyPatch, s: CassandraStore, client_id: str,
+                     seconds: float) -> trio.Event:
+    """Writing the message row of `client_id` (step 2 of its send, so its seq is taken) takes
+    `seconds`; the event is set when it starts."""
+    real = s.db.run
+    started = trio.Event()
+
+    async def run(stmt: Any, params: Any = None) -> Any:
+        if stmt == "put_msg" and params is not None and params[6] == client_id:
+            started.set()
+            await trio.sleep(seconds)
+        return await real(stmt, params)
+
+    monkeypatch.setattr(s.db, "run", run)
+    return started
+
+
+async def send_both(s: CassandraStore, monkeypatch: pytest.MonkeyPatch, first: NewMessage,
+                    second: NewMessage) -> None:
+    """`first` takes its seq, then `second` is sent (and stored) while `first`'s message row
+    is still being written."""
+    slowed = slow_message_row(monkeypatch, s, first.client_id, 0.5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(s.append_message, first)
+        with trio.fail_after(5):
+            await slowed.wait()
+        nursery.start_soon(s.append_message, second)
+
+
+async def test_cassandra_concurrent_one_to_one_sends_reach_the_inbox_in_seq_order(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 3: a send takes its seq in step 1 and appends in step 3; a send with a later seq
+    whose step 2 ends first must not reach an inbox before it (here bob's: alice's message,
+    and bob's own copy of his for his other device)."""
+    s = cassandra_store
+    for u, d in [("alice", "a"), ("bob", "a"), ("bob", "b")]:
+        await s.attach_device(u, d)
+    await s.append_message(NewMessage("alice", "a", "m0", "d:alice:bob", ("bob",), b"", 9))
+    await send_both(s, monkeypatch,
+                    NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"", 10),
+                    NewMessage("bob", "a", "m2", "d:alice:bob", ("alice",), b"", 11))
+    page = await s.inbox("bob", "b", 0, 100)
+    assert [(it.id, it.seq) for it in page.items if isinstance(it, Deliver)] == [
+        ("m0", 1), ("m1", 2), ("m2", 3)]
+
+
+async def test_cassandra_concurrent_group_sends_reach_members_in_seq_order(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 3 in a group: the fan-out job of a later seq must not run before the job of an
+    earlier one that was still being written."""
+    s = cassandra_store
+    members = ["bob", "carol"]
+    for u in ["alice", *members]:
+        await s.attach_device(u, "a")
+    await s.create_group("g1", "team", "alice", members, ts=1)
+    await send_both(s, monkeypatch,
+                    NewMessage("alice", "a", "m1", "g:g1", (), b"", 10, group="g1"),
+                    NewMessage("bob", "a", "m2", "g:g1", (), b"", 11, group="g1"))
+    with trio.move_on_after(10):
+        while await s.pending_fanouts():
+            await trio.sleep(0.05)
+    page = await s.inbox("carol", "a", 0, 100)
+    assert [it.seq for it in page.items if isinstance(it, Deliver)] == [1, 2, 3]
