@@ -233,3 +233,40 @@ async def test_lifetime_follows_the_chat_mode(node: ChatServer, tmp_path: Path) 
         assert await media.blobs.size(f"blob/{image.id}") == image.size
         assert (await ahttp("GET", url, carol_token))[0] == 200
 
+
+
+async def test_an_upload_cut_midway_leaves_nothing(node: ChatServer, tmp_path: Path) -> None:
+    data = photo(600, 400, seed=31)
+    async with connect(node, "alice") as alice:
+        slot = await alice.request(lambda r: F.UploadSlot(
+            rid=r, sha256=hashlib.sha256(data).digest(), size=len(data), mime="image/jpeg"))
+        assert isinstance(slot, F.Slot) and slot.token
+        stream = await trio.open_tcp_stream("127.0.0.1", node.http_port)
+        await stream.send_all(
+            f"PUT /v1/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {slot.token}\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
+        await trio.sleep(0.3)
+        await stream.aclose()  # cut off mid-way
+        tmp = Path(node.config.data_dir) / "media-tmp"
+        with trio.fail_after(10):
+            while any(tmp.iterdir()):  # the partial file is removed
+                await trio.sleep(0.05)
+        # nothing became visible, and the same slot may be tried again in full
+        assert await node.media.lookup(hashlib.sha256(data).digest()) is None
+        status, _, _ = await ahttp("PUT", slot.url, slot.token, data)
+        assert status == 201
+
+
+def test_an_expired_slot_token_is_refused(tmp_path: Path) -> None:
+    from chatd.media.blobs import FileBlobStore
+    from chatd.media.service import MediaError, MediaService
+
+    service = MediaService(FileBlobStore(str(tmp_path / "m")), b"k" * 32, str(tmp_path / "t"))
+    token, exp = service.make_slot_token("alice", b"\0" * 32, 10, "image/jpeg", now=1000.0)
+    assert service.check_slot_token(token, now=exp - 1)[0] == "alice"
+    with pytest.raises(MediaError, match="expired") as info:
+        service.check_slot_token(token, now=exp + 1)
+    assert info.value.status == 401
+    other = MediaService(FileBlobStore(str(tmp_path / "m")), b"j" * 32, str(tmp_path / "t"))
+    with pytest.raises(MediaError, match="bad upload token"):  # another node's secret
+        other.check_slot_token(token, now=exp - 1)
