@@ -819,11 +819,14 @@ class CassandraStore:
         if job["owner"] not in (None, self.node_id) and (job["lease"] or 0) > now_ms():
             raise StoreError(f"the fan-out of {conv}/{seq} is running on another node")
         key = (conv, seq)
+        # (counted as ours before the take is sent: a store closed while the take is in
+        # flight gives the job back, or it would sit on a 30 s lease nobody runs)
+        self._owned.add(key)
         ok, _ = await self.db.applied("job_take", (self.node_id, now_ms() + LEASE_MS, *key,
                                                    job["owner"], job["lease"]))
         if not ok:
+            self._owned.discard(key)
             raise StoreError(f"the fan-out of {conv}/{seq} was just taken by another node")
-        self._owned.add(key)
         template = (await self._load(conv, [seq])).get(seq)
         while template is not None and done < len(recipients):
             self._job_left[key] = len(recipients) - done

@@ -221,3 +221,34 @@ async def test_cassandra_concurrent_group_sends_reach_members_in_seq_order(
             await trio.sleep(0.05)
     page = await s.inbox("carol", "a", 0, 100)
     assert [it.seq for it in page.items if isinstance(it, Deliver)] == [1, 2, 3]
+
+
+async def test_cassandra_a_store_closed_while_taking_a_job_gives_it_back(
+        cassandra_store: CassandraStore, cassandra: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fan-out cut short (its store closing) while the request taking the job's lease was in
+    flight: the take applied, so the closing store must give the job back, or no node runs it
+    for the length of the lease."""
+    s = cassandra_store
+    for u in ["alice", "bob"]:
+        await s.attach_device(u, "a")
+    s.fanout_mode = "external"
+    await s.create_group("g1", "team", "alice", ["bob"], ts=1)
+    [(conv, seq)] = await s.pending_fanouts()
+    async with open_store(str(cassandra.url())) as b:
+        assert isinstance(b, CassandraStore)
+        b.fanout_mode = "external"
+        real = b.db.applied
+        with trio.CancelScope() as scope:
+            async def taken_then_cut(stmt: Any, params: Any = None) -> Any:
+                result = await real(stmt, params)
+                if stmt == "job_take":
+                    scope.cancel()
+                    await trio.lowlevel.checkpoint()
+                return result
+
+            monkeypatch.setattr(b.db, "applied", taken_then_cut)
+            await b.fanout(conv, seq)
+        assert scope.cancelled_caught
+    assert await s.fanout(conv, seq)  # not "running on another node" for 30 s
+    assert [it.seq for it in (await s.inbox("bob", "a", 0, 10)).items] == [1]
