@@ -270,3 +270,20 @@ def test_an_expired_slot_token_is_refused(tmp_path: Path) -> None:
     other = MediaService(FileBlobStore(str(tmp_path / "m")), b"j" * 32, str(tmp_path / "t"))
     with pytest.raises(MediaError, match="bad upload token"):  # another node's secret
         other.check_slot_token(token, now=exp - 1)
+
+
+async def test_blob_store_down_is_a_clear_error(tmp_path: Path, nursery: trio.Nursery,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=-1, http_port=0,
+                 data_dir=str(tmp_path / "data"), media="s3://b?endpoint=http://127.0.0.1:9")
+    load_or_create_secret(cfg.data_dir)
+    server: ChatServer = await nursery.start(serve, cfg)
+    await server.store.add_user("alice")
+    src = tmp_path / "p.jpg"
+    src.write_bytes(photo(300, 200, seed=41))
+    async with connect(server, "alice") as alice:
+        with trio.fail_after(60), pytest.raises(chatd_client.ChatdError) as info:
+            await alice.upload_image(str(src))
+        assert info.value.name == "INTERNAL" and "media store unavailable" in info.value.message
