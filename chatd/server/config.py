@@ -30,8 +30,8 @@ class Config:
     max_outbound: int = 4 * 1024 * 1024  # outbound bytes per connection, answers included
     max_unauthenticated: int = 1024  # connections still before Welcome, per process
     max_unauthenticated_per_address: int = 64  # the same, from one client address
-    send_rate: float = 100.0  # messages a second per user, all devices (token bucket)
-    send_burst: float = 200.0
+    send_rate: float = 20.0  # messages a second per user, all devices (token bucket)
+    send_burst: float = 100.0
     request_rate: float = 50.0  # other requests a second per user (reads, history, groups...)
     request_burst: float = 200.0
     group_create_rate: float = 0.2  # new groups a second per user

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 DRAIN_PAGE: Final = 500
 BUSY: Final = float("inf")  # rx_at while the connection's requests are being handled
-MAX_PAUSE_MS: Final = 1000  # the longest a rate-limited reader waits before reading again
+MAX_PAUSE_MS: Final = 1000  # how long a rate-limited connection is not read
 FRAME_OVERHEAD: Final = 64  # bytes a queued frame costs beyond its own (deque slot, header)
 WRITE_COALESCE: Final = 256 * 1024  # bytes gathered into one write
 HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
@@ -354,7 +354,7 @@ class Session:
         if not wait and kind is F.GroupCreate:
             wait = server.limits.group_creates.take(self.user, trio.current_time())
         if wait:
-            self._pause = max(self._pause, wait)
+            self._pause = MAX_PAUSE_MS  # (refusing what it sends meanwhile costs more)
             server.stats["rate_limited"] += 1
             metrics.LIMITED.labels(kind.__name__).inc()
             self._error(ErrorCode.RATE_LIMITED, f"too many {kind.__name__} requests",
@@ -525,7 +525,7 @@ class Session:
         server = self.server
         wait = server.limits.sends.take(self.user, trio.current_time())
         if wait:
-            self._pause = max(self._pause, wait)
+            self._pause = MAX_PAUSE_MS  # (refusing what it sends meanwhile costs more)
             server.stats["rate_limited"] += 1
             self._error(ErrorCode.RATE_LIMITED, "sending too fast", ref=ev.id, retry_ms=wait)
             return False

@@ -6,7 +6,7 @@ import chatd_client as cc
 import pytest
 import trio
 
-from .conftest import Node, messages
+from .conftest import Node, StartNode, messages
 
 
 async def first(client: cc.Client, kind: type, timeout: float = 5) -> cc.Event:
@@ -34,7 +34,9 @@ async def test_alice_to_bob_live(node: Node, transport: str) -> None:
         assert delivered == set(range(1, 21))
 
 
-async def test_offline_bob_gets_everything_in_order_on_return(node: Node) -> None:
+async def test_offline_bob_gets_everything_in_order_on_return(start_node: StartNode) -> None:
+    node = await start_node(send_rate=10_000.0, send_burst=10_000.0)  # (300 at once)
+    await node.add_users("alice", "bob")
     async with node.connect("alice") as alice:
         for i in range(300):
             await alice.send("bob", f"m{i}")

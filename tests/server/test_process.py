@@ -51,7 +51,8 @@ class Proc:
         probe of the port could reach a killed node's worker that has not let go of it)."""
         self.proc = subprocess.Popen(
             [*CHATD, "serve", "--data-dir", str(self.data_dir), "--tcp-port", str(self.port),
-             "--ws-port", "-1"], stderr=subprocess.PIPE)
+             "--ws-port", "-1", "--send-rate", "10000", "--send-burst", "10000"],  # (bursts)
+            stderr=subprocess.PIPE)
         try:
             wait_ready(self.proc, timeout=60, log=self.log)
         except RuntimeError as exc:
