@@ -30,11 +30,14 @@ def fenced(doc: str, lang: str) -> list[str]:
     return re.findall(rf"^```{lang}\n(.*?)^```", doc, re.S | re.M)
 
 
-SDK = fenced(README, "python")
+BLOCKS = fenced(README, "python")
+PROGRAM = next(b for b in BLOCKS if "trio.run(main)" in b)  # a whole program
+SNIPPET = next(b for b in BLOCKS if "create_group" in b)  # statements, given a client `c`
 
 
-def test_the_readme_has_the_two_sdk_examples() -> None:
-    assert len(SDK) == 2 and "trio.run(main)" in SDK[0] and "create_group" in SDK[1]
+def test_every_python_block_of_the_readme_compiles() -> None:
+    for block in BLOCKS:  # (a program, or statements that run inside an async function)
+        compile(f"async def example(c):\n{textwrap.indent(block, '    ')}", "README.md", "exec")
 
 
 @pytest.fixture
@@ -47,7 +50,7 @@ async def test_readme_first_sdk_example(users: Node, capsys: pytest.CaptureFixtu
     """The program as written, but for the address and TOKEN; its event loop runs until bob
     has its read receipt."""
     node = users
-    source = SDK[0].replace("tcp://127.0.0.1:7777", node.tcp)
+    source = PROGRAM.replace("tcp://127.0.0.1:7777", node.tcp)
     assert source.rstrip().endswith("trio.run(main)")
     namespace: dict[str, Any] = {"TOKEN": node.token("alice")}
     exec(compile(source.rstrip().removesuffix("trio.run(main)"), "README.md", "exec"),
@@ -68,7 +71,7 @@ async def test_readme_second_sdk_example(users: Node, capsys: pytest.CaptureFixt
                                          ) -> None:
     """The block's statements, in order, in an async function given a connected client."""
     node = users
-    body = textwrap.indent(SDK[1], "    ")
+    body = textwrap.indent(SNIPPET, "    ")
     namespace: dict[str, Any] = {"chatd_client": cc}
     exec(compile(f"async def example(c):\n{body}", "README.md", "exec"), namespace)
     async with node.connect("alice") as c, node.connect("carol") as carol:
