@@ -98,8 +98,10 @@ STATEMENTS: Final = {
             " USING TTL ?",
     "last_seq": "SELECT last_seq FROM sends WHERE conv = ? LIMIT 1",
     "move_seq": "UPDATE sends SET last_seq = ? WHERE conv = ? IF last_seq = ?",
-    "claim": "INSERT INTO sends (conv, sender, client_id, seq, ts, at, done)"
-             " VALUES (?, ?, ?, ?, ?, ?, false) IF NOT EXISTS USING TTL ?",
+    # (done is left unset, not false: a Paxos round that completes this claim late, with a
+    # newer ballot, must not write over the plain write of done = true)
+    "claim": "INSERT INTO sends (conv, sender, client_id, seq, ts, at)"
+             " VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
     "done": "UPDATE sends USING TTL ? SET done = true"
             " WHERE conv = ? AND sender = ? AND client_id = ?",
     "put_msg": "INSERT INTO messages (conv, bucket, seq, ts, sender, device, client_id, body,"
