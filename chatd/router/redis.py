@@ -110,6 +110,14 @@ class RedisPeers:
         self._detached.append((user, device))
         self._wake.set()
 
+    def _unhealthy(self) -> None:
+        """Redis is away. A new Event only if the current one was set: tasks waiting on an
+        unset one (the reader, the fan-out worker) must be woken by the set() that ends this
+        outage, not left waiting on an Event nobody will set (every retry used to replace
+        it, and a node stopped reading its stream for good after Redis came back)."""
+        if self.healthy.is_set():
+            self.healthy = trio.Event()
+
     # ---- running ----------------------------------------------------------------------------
 
     async def run(self, handler: PeerHandler, *,
@@ -152,7 +160,7 @@ class RedisPeers:
             except REDIS_ERRORS as exc:
                 if self.healthy.is_set():
                     log.warning("redis unreachable (%r): serving local devices, retrying", exc)
-                self.healthy = trio.Event()
+                self._unhealthy()
             await trio.sleep(HEARTBEAT if self.healthy.is_set() else 0.5)
 
     async def _join(self) -> None:
@@ -297,7 +305,7 @@ class RedisPeers:
                     await self._flush()
             except REDIS_ERRORS as exc:
                 log.warning("redis send failed (%r): will resync when it is back", exc)
-                self.healthy = trio.Event()
+                self._unhealthy()
 
     def _enqueue_fanout(self, conv: str, seq: int) -> None:
         self._fanouts.append((conv, seq))
