@@ -202,7 +202,7 @@ async def test_one_address_cannot_take_every_place_for_signing_in(
         await r.aclose()
 
 
-async def test_a_rate_limited_sender_is_not_read_until_its_tokens_refill(
+async def test_a_rate_limited_sender_is_not_read_for_a_while(
         start_node: StartNode) -> None:
     """Past its rate, a connection's further sends wait in the kernel (TCP backpressure)
     instead of being read, decoded and refused one by one."""
