@@ -39,6 +39,10 @@ def _counter(limit: int) -> Any:
     return hook
 
 
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code}: protocol v1 has no ext types")
+
+
 def decode_body(data: bytes, max_size: int = MAX_FRAME_SIZE,
                 max_containers: int = MAX_CONTAINERS_FROM_SERVER) -> Frame:
     """Decode one msgpack body into a frame. Any bad input raises ProtocolError."""
@@ -58,6 +62,7 @@ def decode_body(data: bytes, max_size: int = MAX_FRAME_SIZE,
             max_ext_len=0,
             list_hook=hook,
             object_hook=hook,
+            ext_hook=_no_ext,  # (max_ext_len=0 still lets an empty ext value through)
         )
     except _TooManyContainers:
         raise malformed(f"more than {max_containers} maps and arrays in one frame") from None

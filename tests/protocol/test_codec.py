@@ -158,3 +158,11 @@ def test_defaults_are_omitted_on_the_wire() -> None:
 def test_optional_field_may_be_nil() -> None:
     assert decode_body(pack({"t": 10, "id": "m", "to": "bob", "g": None})) == F.Send(id="m",
                                                                                      to="bob")
+
+
+def test_an_empty_ext_value_is_malformed_too() -> None:
+    """max_ext_len=0 alone lets a zero-length ext (c7 00 01) through, under any key."""
+    body = bytes([0x82, 0xA1, 0x74, 0x03, 0xA1, 0x78, 0xC7, 0x00, 0x01])  # {"t": 3, "x": ext}
+    with pytest.raises(ProtocolError) as err:
+        decode_body(body)
+    assert err.value.code == ErrorCode.MALFORMED
