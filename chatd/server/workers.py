@@ -80,9 +80,13 @@ class Supervisor:
 
     async def run(self, *, task_status: trio.TaskStatus[Config] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        os.makedirs(self.run_dir, exist_ok=True)
+        # What the node writes (sockets, metrics files, by this process, its workers and the
+        # libraries they use) is for the node's user only, whatever the umask it started with.
+        os.umask(0o077)
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.run_dir, 0o700)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)  # values of an earlier run
-        os.makedirs(self.metrics_dir)
+        os.makedirs(self.metrics_dir, mode=0o700)
         spec = json.dumps({"config": self.worker_config(), "count": self.count,
                            "run_dir": self.run_dir})
         try:

@@ -487,3 +487,27 @@ async def test_a_connection_waiting_on_a_slow_store_is_not_idle(
     await raw.send(F.Send(id="slow-1", to="bob", body=b"take your time"))
     sent = await raw.recv(timeout=10)
     assert isinstance(sent, F.Sent), sent
+
+
+def test_a_node_with_workers_writes_private_files_whatever_the_umask(tmp_path: Path) -> None:
+    """The workers' sockets and metrics files too (written by a library, under the umask)."""
+    import subprocess
+    import sys
+
+    from bench.common import free_port, wait_ready
+
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatd.cli", "serve", "--workers", "2", "--data-dir", str(data),
+         "--tcp-port", str(free_port()), "--ws-port", "-1", "--metrics-port", "0"],
+        stderr=subprocess.PIPE, preexec_fn=lambda: os.umask(0o022))
+    try:
+        wait_ready(proc)
+        paths = [data, *data.rglob("*")]
+        assert any(p.parent.name == "metrics" for p in paths), paths
+        loose = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths
+                 if stat.S_IMODE(p.stat().st_mode) & 0o077}
+        assert not loose
+    finally:
+        proc.terminate()
+        proc.wait(20)
