@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from chatd import MissingExtra, check_extras, version_line
 from chatd.auth import load_or_create_secret, make_token
 from chatd.server import ConfigError, load_config, serve
 from chatd.store import BadStoreURL, StoreError, check_store_url, open_store
@@ -85,6 +86,7 @@ def client_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatd", description="chatd messaging server")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve(sub)
     p = sub.add_parser("migrate", help="create or upgrade the store's schema (Cassandra:"
@@ -139,6 +141,7 @@ async def run_serve(args: argparse.Namespace) -> int:
     if cfg.redis and not cfg.redis.startswith(("redis://", "redis+cluster://")):
         raise ConfigError(f"--redis {cfg.redis!r}: expected redis://host:port or"
                           " redis+cluster://host:port[,host:port...]")
+    check_extras(cfg)
     workers = cfg.workers or os.cpu_count() or 1
     if workers > 1 and cfg.store_url == "memory://":
         raise ConfigError("memory:// lives in one process: use --workers 1 with it")
@@ -302,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return trio.run(run_chat, args)
             return trio.run(runners[args.command], args)
-    except (ConfigError, BadStoreURL) as exc:
+    except (ConfigError, BadStoreURL, MissingExtra) as exc:
         print(f"chatd: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:  # e.g. Cassandra unreachable, or its schema not made yet

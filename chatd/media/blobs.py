@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import trio
 
+from chatd import need
+
 CHUNK = 256 * 1024
 KEY = re.compile(r"[A-Za-z0-9_\-]+(?:[/:.][A-Za-z0-9_\-]+)*")
 
@@ -164,6 +166,7 @@ class S3BlobStore:
     def __init__(self, bucket: str, endpoint: str | None = None, region: str = "us-east-1",
                  access_key: str | None = None, secret_key: str | None = None,
                  threads: int = 16, timeout: float = 10.0) -> None:
+        need("s3")
         import boto3
         from botocore.config import Config as BotoConfig
 

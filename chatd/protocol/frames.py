@@ -147,6 +147,7 @@ class Welcome(Frame):
     max_frame: int = f("mf", UINT)
     cursor: int = f("q", UINT, default=0)  # the device's acknowledged position in its inbox
     media_url: str = f("mu", Str(1024), default="")  # the node's HTTP base for media; "": none
+    server: str = f("sv", Str(64), default="")  # the server's software/version, "chatd/0.2.0"
 
 
 @frame(3, Origin.BOTH)

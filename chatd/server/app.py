@@ -13,6 +13,7 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest, WebSocketServer
 
+from chatd import __version__, need
 from chatd.auth import AuthError, load_or_create_secret, verify_token
 from chatd.protocol import (
     MAX_FRAME_SIZE,
@@ -43,6 +44,7 @@ from .transport import HELLO_RECEIVE_SIZE, StreamTransport, WebSocketTransport
 log = logging.getLogger("chatd")
 WS_PATH = "/ws"
 BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
+SERVER = f"chatd/{__version__}"  # in Welcome
 KNOWN_USERS_CACHE = 100_000  # user names known to exist, kept before starting over
 
 
@@ -273,6 +275,7 @@ class ChatServer:
     async def _start_http(self, listeners: trio.Nursery, ssl_ctx: ssl.SSLContext | None
                           ) -> None:
         """The HTTP listener for image uploads and downloads (chatd.media)."""
+        need("media")
         from chatd.media.blobs import open_blob_store
         from chatd.media.http import MediaApp, http_socket, serve_http
         from chatd.media.service import MediaService
@@ -448,7 +451,7 @@ class ChatServer:
                 version=PROTOCOL_VERSION, user=user, device=device,
                 session=f"{self.node_id}-{self._session_count}", server_time=now_ms(),
                 heartbeat_ms=int(cfg.heartbeat * 1000), max_frame=MAX_FRAME_SIZE,
-                cursor=cursor, media_url=self.media_url))
+                cursor=cursor, media_url=self.media_url, server=SERVER))
             transport.limit(MAX_FRAME_SIZE)
             self._signed_in(address)
             signing_in = False
@@ -511,6 +514,7 @@ async def serve(config: Config, *, worker: Worker | None = None,
             node_id = f"{config.node_id}-w{worker.index}" if config.node_id else \
                 f"w{worker.index}"
         if config.redis:  # several nodes (each worker of a node is one of them)
+            need("redis")
             from chatd.router.redis import RedisPeers
 
             peers = RedisPeers(config.redis, node_id, store)

@@ -10,6 +10,8 @@ from typing import Final
 
 import trio
 
+from chatd import need
+
 from .base import (
     Appended,
     GroupInfo,
@@ -46,6 +48,7 @@ def check_store_url(url: str) -> None:
             CassandraURL.parse(url)
         except BadCassandraURL as exc:
             raise BadStoreURL(str(exc)) from None
+        need("cassandra")
     elif url != "memory://" and not (url.startswith("sqlite://") and url != "sqlite://"):
         raise BadStoreURL(f"unknown store {url!r}: {USE}")
 

@@ -160,6 +160,7 @@ class Client:
         self.session = ""
         self.url = ""
         self.media_url = ""  # the node's HTTP base for images (from Welcome); "": none
+        self.server_version = ""  # the server's "chatd/0.2.0" (from Welcome); "": not told
         self._conn: Connection | None = None
         self._link: Link | None = None
         self._connected = trio.Event()
@@ -487,6 +488,7 @@ class Client:
         self.device = first.device
         self.heartbeat = first.heartbeat_ms / 1000
         self.media_url = first.media_url
+        self.server_version = first.server  # e.g. "chatd/0.2.0" ("" from older servers)
         self._acked = first.cursor  # what the app took beyond it is acknowledged again
         self._conn, self._link = conn, link
         self._connected.set()

@@ -1,0 +1,1 @@
+../../chatd/util.py
