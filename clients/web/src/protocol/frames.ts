@@ -57,7 +57,8 @@ const SPECS: Array<[FrameName, number, number, Field[]]> = [
     f("device", "dev", DEVICE, "default"), f("client", "cn", TEXT, ""), f("background", "bg", bool, false)]],
   ["Welcome", 2, SERVER, [f("version", "v", UINT), f("user", "u", USER), f("device", "dev", DEVICE),
     f("session", "sid", str(MAX_ID_LEN)), f("serverTime", "now", UINT), f("heartbeatMs", "hb", UINT),
-    f("maxFrame", "mf", UINT), f("cursor", "q", UINT, 0), f("mediaUrl", "mu", str(1024), "")]],
+    f("maxFrame", "mf", UINT), f("cursor", "q", UINT, 0), f("mediaUrl", "mu", str(1024), ""),
+    f("server", "sv", str(64), "")]],
   ["Ping", 3, BOTH, [f("nonce", "n", UINT, 0)]],
   ["Pong", 4, BOTH, [f("nonce", "n", UINT, 0)]],
   ["Goodbye", 5, BOTH, [f("code", "code", UINT, 0), f("reason", "msg", TEXT, "")]],
@@ -134,7 +135,7 @@ export interface HistoryItem {
 interface FrameFields {
   Hello: { version: number; token: string; device?: string; client?: string; background?: boolean };
   Welcome: { version: number; user: string; device: string; session: string; serverTime: number;
-    heartbeatMs: number; maxFrame: number; cursor?: number; mediaUrl?: string };
+    heartbeatMs: number; maxFrame: number; cursor?: number; mediaUrl?: string; server?: string };
   Ping: { nonce?: number };
   Pong: { nonce?: number };
   Goodbye: { code?: number; reason?: string };

@@ -1,0 +1,158 @@
+// The delivery rules of a chatd device, without I/O (the Python SDK's, clients/chatd_client):
+//  - every send carries a client id; until its Sent arrives it is pending, and a new
+//    connection sends it again under the same id (the server stores it once);
+//  - inbox items (Deliver, Receipt) come at least once: an item whose position q is not
+//    above the highest seen is a repeat and dropped;
+//  - the device acknowledges cumulatively, and only up to what the application has taken
+//    (take(q)), so whatever it had not taken comes again on the next connection.
+// The Client (client.ts) feeds it frames and writes what it returns.
+
+import type { ChatEvent, Decoded, Frame, FrameOf, Media } from "./protocol/index.js";
+import { codeName, ErrorCode, Status } from "./protocol/index.js";
+
+export type Event =
+  | { kind: "connected"; user: string; device: string; session: string; mediaUrl: string }
+  | { kind: "disconnected"; reason: string }
+  | { kind: "message"; q: number; conv: string; seq: number; ts: number; sender: string;
+      device: string; id: string; body: Uint8Array; group: string | null; media: Media[];
+      event: ChatEvent | null }
+  | { kind: "delivered" | "read"; q: number; conv: string; seqs: number[]; by: string; ts: number;
+      all: boolean }
+  | { kind: "presence"; user: string; online: boolean; lastSeen: number | null }
+  | { kind: "synced"; upto: number }
+  | { kind: "sent"; id: string; conv: string; seq: number; ts: number }
+  | { kind: "error"; code: number; name: string; message: string; ref: string | null; fatal: boolean };
+
+/** The server refused something: `code` is an ErrorCode. */
+export class ChatdError extends Error {
+  constructor(readonly code: number, readonly detail: string) {
+    super(`${codeName(code)}: ${detail}`);
+    this.name = "ChatdError";
+  }
+}
+
+export const FATAL_CODES: ReadonlySet<number> = new Set([
+  ErrorCode.UNAUTHENTICATED, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.MALFORMED]);
+
+/** What one received frame asks for: events for the application, frames to write, answers. */
+export interface Outcome {
+  events: Event[];
+  write: Frame[];
+  /** a send refused for good (its client id), or a request's answer or refusal (its rid) */
+  settled: Array<{ id?: string; rid?: number; frame?: Frame; error?: ChatdError }>;
+  /** a RATE_LIMITED send: write it again after this many ms */
+  retry?: { id: string; ms: number };
+  /** the server said the connection is over and not to come back (Goodbye, fatal Error) */
+  stop?: string;
+}
+
+export class Delivery {
+  readonly pending = new Map<string, FrameOf<"Send">>(); // not yet SENT, in send order
+  readonly requests = new Map<number, Frame>(); // requests awaiting an answer, by rid
+  readonly watching = new Set<string>();
+  maxQ = 0; // highest inbox position handed to the application: at or below is a repeat
+  taken = 0; // highest position the application has taken
+  acked = 0; // highest position the server has (Welcome's cursor, then our Acks)
+
+  /** A new connection was welcomed: what to write first (the Ack of what was taken since,
+   *  the sends not yet SENT, the requests not yet answered, the presence watch list). */
+  welcomed(w: Decoded<"Welcome">): Frame[] {
+    this.acked = w.cursor;
+    const out: Frame[] = [];
+    const ack = this.ack();
+    if (ack) out.push(ack);
+    out.push(...this.pending.values(), ...this.requests.values());
+    if (this.watching.size) out.push({ type: "PresenceSubscribe", users: [...this.watching] });
+    return out;
+  }
+
+  /** The application has taken the item at q (and, cumulatively, all before it). */
+  take(q: number): void {
+    if (q > this.taken) this.taken = q;
+  }
+
+  /** An Ack to write now, if the application took more than the server knows. */
+  ack(): FrameOf<"Ack"> | null {
+    if (this.taken <= this.acked) return null;
+    this.acked = this.taken;
+    return { type: "Ack", upto: this.taken };
+  }
+
+  received(frame: Frame): Outcome {
+    const out: Outcome = { events: [], write: [], settled: [] };
+    switch (frame.type) {
+      case "Deliver": {
+        const d = frame as Decoded<"Deliver">;
+        if (d.q > this.maxQ) {
+          this.maxQ = d.q;
+          out.events.push({ kind: "message", q: d.q, conv: d.conv, seq: d.seq, ts: d.ts, sender: d.sender,
+            device: d.device, id: d.id, body: d.body, group: d.group, media: d.media, event: d.event });
+        }
+        break;
+      }
+      case "Receipt": {
+        const r = frame as Decoded<"Receipt">;
+        if (r.q > this.maxQ) {
+          this.maxQ = r.q;
+          out.events.push({ kind: r.status === Status.DELIVERED ? "delivered" : "read", q: r.q,
+            conv: r.conv, seqs: r.seqs, by: r.by, ts: r.ts, all: r.all });
+        }
+        break;
+      }
+      case "Sent":
+        if (this.pending.delete(frame.id)) {
+          out.events.push({ kind: "sent", id: frame.id, conv: frame.conv, seq: frame.seq, ts: frame.ts });
+          out.settled.push({ id: frame.id, frame });
+        }
+        break;
+      case "Presence":
+        if (frame.rid === null || frame.rid === undefined) {
+          out.events.push({ kind: "presence", user: frame.user, online: frame.online,
+            lastSeen: frame.lastSeen ?? null });
+        } else this.answer(frame.rid, frame, out);
+        break;
+      case "Synced":
+        out.events.push({ kind: "synced", upto: frame.upto });
+        break;
+      case "Ping":
+        out.write.push({ type: "Pong", nonce: frame.nonce ?? 0 });
+        break;
+      case "Error":
+        this.error(frame as Decoded<"Error">, out);
+        break;
+      case "Goodbye":
+        out.stop = `the server said goodbye: ${frame.reason || "no reason given"}`;
+        break;
+      default:
+        if ("rid" in frame && typeof frame.rid === "number") this.answer(frame.rid, frame, out);
+    }
+    return out;
+  }
+
+  private answer(rid: number, frame: Frame, out: Outcome): void {
+    if (this.requests.delete(rid)) out.settled.push({ rid, frame });
+  }
+
+  private error(e: Decoded<"Error">, out: Outcome): void {
+    const error = new ChatdError(e.code, e.message);
+    if (e.ref !== null && this.pending.has(e.ref)) {
+      if (e.code === ErrorCode.RATE_LIMITED) {
+        out.retry = { id: e.ref, ms: e.retryMs ?? 100 }; // again later, under the same id
+      } else {
+        this.pending.delete(e.ref);
+        out.settled.push({ id: e.ref, error });
+        out.events.push({ kind: "error", code: e.code, name: codeName(e.code), message: e.message,
+          ref: e.ref, fatal: false });
+      }
+      return;
+    }
+    if (e.rid !== null && this.requests.delete(e.rid)) {
+      out.settled.push({ rid: e.rid, error });
+      return;
+    }
+    const fatal = FATAL_CODES.has(e.code);
+    out.events.push({ kind: "error", code: e.code, name: codeName(e.code), message: e.message,
+      ref: e.ref, fatal });
+    if (fatal) out.stop = error.message;
+  }
+}

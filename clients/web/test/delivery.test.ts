@@ -1,0 +1,68 @@
+// The delivery rules without a socket: resend under the same ids after a reconnect, drop
+// repeats by inbox position, acknowledge only what the application took.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { Delivery } from "../src/delivery.js";
+import type { Decoded, Frame } from "../src/protocol/index.js";
+
+const welcome = (cursor: number): Decoded<"Welcome"> => ({ type: "Welcome", version: 1, user: "bob",
+  device: "web", session: "s", serverTime: 0, heartbeatMs: 30000, maxFrame: 1 << 20, cursor, mediaUrl: "", server: "" });
+const deliver = (q: number, seq: number): Frame => ({ type: "Deliver", q, conv: "d:alice:bob", seq, ts: 1,
+  sender: "alice", device: "d", id: `a-${seq}`, body: new Uint8Array(), group: null, media: [], event: null });
+
+test("sends not yet SENT go again after a reconnect, under the same ids, and only those", () => {
+  const d = new Delivery();
+  d.pending.set("x-1", { type: "Send", id: "x-1", to: "alice", body: new Uint8Array([1]) });
+  d.pending.set("x-2", { type: "Send", id: "x-2", to: "alice", body: new Uint8Array([2]) });
+  assert.deepEqual(d.welcomed(welcome(0)).map((f) => f.type === "Send" && f.id), ["x-1", "x-2"]);
+  const out = d.received({ type: "Sent", id: "x-1", conv: "d:alice:bob", seq: 1, ts: 5 });
+  assert.equal(out.events[0]?.kind, "sent");
+  assert.deepEqual(d.welcomed(welcome(0)).map((f) => f.type === "Send" && f.id), ["x-2"]);
+  // a repeated Sent (the first connection's answer, late) is no news
+  assert.equal(d.received({ type: "Sent", id: "x-1", conv: "d:alice:bob", seq: 1, ts: 5 }).events.length, 0);
+});
+
+test("repeats by inbox position are dropped", () => {
+  const d = new Delivery();
+  d.welcomed(welcome(0));
+  const seqs = [1, 2, 2, 1, 3].map((q) => d.received(deliver(q, q)).events.map((e) => "seq" in e && e.seq));
+  assert.deepEqual(seqs, [[1], [2], [], [], [3]]);
+});
+
+test("only what the application took is acknowledged, cumulatively", () => {
+  const d = new Delivery();
+  d.welcomed(welcome(4));
+  for (const q of [5, 6, 7]) d.received(deliver(q, q));
+  assert.equal(d.ack(), null); // nothing taken yet
+  d.take(5);
+  assert.deepEqual(d.ack(), { type: "Ack", upto: 5 });
+  assert.equal(d.ack(), null);
+  d.take(7);
+  // the connection ends before the Ack goes: the next one sends it first
+  const first = d.welcomed(welcome(5))[0];
+  assert.deepEqual(first, { type: "Ack", upto: 7 });
+});
+
+test("a rate-limited send is retried under its id; a refused one settles with the error", () => {
+  const d = new Delivery();
+  d.pending.set("x-1", { type: "Send", id: "x-1", to: "alice" });
+  d.pending.set("x-2", { type: "Send", id: "x-2", to: "nobody" });
+  const slow = d.received({ type: "Error", code: 7, message: "slow down", ref: "x-1", rid: null, retryMs: 250 });
+  assert.deepEqual(slow.retry, { id: "x-1", ms: 250 });
+  assert.ok(d.pending.has("x-1"));
+  const refused = d.received({ type: "Error", code: 5, message: "no such user", ref: "x-2", rid: null, retryMs: null });
+  assert.equal(refused.settled[0]?.error?.code, 5);
+  assert.ok(!d.pending.has("x-2"));
+  const fatal = d.received({ type: "Error", code: 3, message: "bad token", ref: null, rid: null, retryMs: null });
+  assert.equal(fatal.events[0]?.kind, "error");
+  assert.ok(fatal.stop);
+});
+
+test("requests are answered by rid and sent again after a reconnect", () => {
+  const d = new Delivery();
+  d.requests.set(3, { type: "GroupList", rid: 3 });
+  assert.deepEqual(d.welcomed(welcome(0)), [{ type: "GroupList", rid: 3 }]);
+  const out = d.received({ type: "Groups", rid: 3, groups: ["g1"] });
+  assert.equal(out.settled[0]?.rid, 3);
+  assert.deepEqual(d.welcomed(welcome(0)), []);
+});
