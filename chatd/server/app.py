@@ -259,6 +259,8 @@ class ChatServer:
                 self._tasks = listeners
                 listeners.start_soon(self.sweep)
                 listeners.start_soon(self.collect_garbage)
+                if cfg.metrics_port >= 0:  # readiness (/readyz) and disk gauges
+                    listeners.start_soon(metrics.probe, self)
                 task_status.started(self)
                 await self._stop.wait()
                 listeners.cancel_scope.cancel()

@@ -95,11 +95,17 @@ class Supervisor:
                     await nursery.start(self._keep_running, i, spec)
                 if self.config.metrics_port >= 0:
                     self.metrics_port = metrics.serve_metrics(
-                        self.config.host, self.config.metrics_port, self.metrics_dir)
+                        self.config.host, self.config.metrics_port, self.metrics_dir,
+                        self.workers_down)
                 task_status.started(self.config)
         finally:
             for s in self._held:
                 s.close()
+
+    def workers_down(self) -> str:
+        """/readyz: a worker that is not running ("" when all are)."""
+        down = [i for i, p in self.procs.items() if p.poll() is not None]
+        return f"worker {down[0]} of {self.count} is not running" if down else ""
 
     async def _keep_running(self, index: int, spec: str, *,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
