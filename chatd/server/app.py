@@ -33,6 +33,7 @@ from chatd.router import LocalRouter
 from chatd.router.peers import Peers, UnixPeers
 from chatd.store import Store, StoreError, open_store
 from chatd.store.cql import redact
+from chatd.web.origins import ws_request_allowed
 
 from . import metrics
 from .config import Config
@@ -281,6 +282,7 @@ class ChatServer:
         from chatd.media.blobs import open_blob_store
         from chatd.media.http import MediaApp, http_socket, serve_http
         from chatd.media.service import MediaService
+        from chatd.web import with_web
 
         cfg = self.config
         self.media = MediaService(open_blob_store(cfg.media, cfg.data_dir), self.secret,
@@ -290,8 +292,10 @@ class ChatServer:
         self.media_url = cfg.media_url.rstrip("/") or (
             f"{'https' if ssl_ctx else 'http'}://{cfg.host}:{self.http_port}")
         await listeners.start(functools.partial(
-            serve_http, MediaApp(self.media, self.secret, self.takes_part, self.store.conv_mode,
-                                 self.conv_members), sock, cfg.tls_cert, cfg.tls_key))
+            serve_http, with_web(MediaApp(self.media, self.secret, self.takes_part,
+                                          self.store.conv_mode, self.conv_members),
+                                 self.ws_port, ssl_ctx is not None), sock, cfg.tls_cert,
+            cfg.tls_key))
 
     async def takes_part(self, user: str, conv: str) -> bool:
         """Whether user is a member of conv now (media downloads)."""
@@ -370,6 +374,11 @@ class ChatServer:
     async def handle_ws(self, request: WebSocketRequest) -> None:
         if request.path.split("?")[0] != WS_PATH:
             await request.reject(404, body=b"chatd speaks WebSocket on /ws\n")
+            return
+        if not ws_request_allowed(request, self.config.ws_origins, self.http_port,
+                                  bool(self.config.tls_cert)):
+            await request.reject(403, body=b"this Origin may not use chatd's WebSocket"
+                                 b" endpoint (setting ws_origins)\n")
             return
         await self.serve_connection(await request.accept())
 

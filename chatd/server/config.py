@@ -49,6 +49,7 @@ class Config:
     media: str = ""  # blob store: file:///path or s3://bucket?endpoint=...; "": <data_dir>/media
     media_url: str = ""  # the HTTP base URL clients use; default http(s)://host:http_port
     max_upload: int = 16 * 1024 * 1024  # bytes of one uploaded image
+    ws_origins: str = ""  # browser Origins the WebSocket takes ("*": any); "": the node's own
 
     @property
     def store_url(self) -> str:
