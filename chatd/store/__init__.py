@@ -11,19 +11,10 @@ from typing import Final
 import trio
 
 from chatd import need
+from chatd.core import GroupInfo, NewMessage, ReceiptState
+from chatd.core.convs import direct as direct_conv
 
-from .base import (
-    Appended,
-    GroupInfo,
-    Item,
-    NewMessage,
-    Page,
-    ReceiptState,
-    Store,
-    StoreError,
-    conv_members,
-    direct_conv,
-)
+from .base import Appended, Item, Page, Store, StoreError
 from .cassandra import CassandraStore
 from .cql import BadCassandraURL, CassandraURL
 from .sqlite import SqliteStore
@@ -31,7 +22,7 @@ from .sqlite import SqliteStore
 __all__ = ["Appended", "BadStoreURL", "CassandraStore", "GroupInfo", "Item", "NewMessage",
            "Page", "ReceiptState",
            "SqliteStore", "Store", "StoreError", "check_store_url",
-           "conv_members", "direct_conv", "open_store"]
+           "direct_conv", "open_store"]
 
 
 class BadStoreURL(ValueError):

@@ -18,42 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from chatd.protocol.frames import Deliver, HistoryItem, Media, Receipt
+from chatd.core import GroupInfo, NewMessage, ReceiptState
+from chatd.protocol.frames import Deliver, HistoryItem, Receipt
 
 Item = Deliver | Receipt  # what an inbox holds; q is the item's position
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class NewMessage:
-    sender: str
-    device: str
-    client_id: str
-    conv: str
-    recipients: tuple[str, ...]  # users whose inboxes get the message (sender excluded)
-    body: bytes
-    ts: int
-    media: tuple[Media, ...] = ()
-    group: str | None = None  # a group message: the store fans it out to the members
-    event: dict[str, Any] | None = None  # a server-made chat event (membership, mode)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class GroupInfo:
-    group: str
-    name: str
-    members: tuple[str, ...]  # in the order they joined
-    admins: tuple[str, ...]
-    mode: int = 0
-    ttl: int = 0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReceiptState:
-    delivered: tuple[str, ...]  # members whose devices have it, not read yet
-    read: tuple[str, ...]
-    pending: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -181,26 +151,3 @@ class Store(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-def direct_conv(a: str, b: str) -> str:
-    """The conversation id of a one-to-one chat, the same from both sides."""
-    lo, hi = sorted((a, b))
-    return f"d:{lo}:{hi}"
-
-
-def conv_members(conv: str) -> tuple[str, ...] | None:
-    """Participants of a one-to-one conversation, or None for a group conversation."""
-    if conv.startswith("d:"):
-        _, a, b = conv.split(":")
-        return (a, b)
-    return None
-
-
-def group_receipts(delivered: list[tuple[str, str, int]]) -> dict[tuple[str, str], list[int]]:
-    """(sender, conv, seq) triples -> the seqs of each (sender, conversation): one receipt
-    per sender and conversation, however many messages it covers."""
-    grouped: dict[tuple[str, str], list[int]] = {}
-    for sender, conv, seq in delivered:
-        grouped.setdefault((sender, conv), []).append(seq)
-    return grouped

@@ -36,26 +36,18 @@ import functools
 import hashlib
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
 import trio
 
+from chatd.core import GroupInfo, NewMessage, ReceiptNote, ReceiptState, convs, delivery, modes
+from chatd.core import groups as group_rules
+from chatd.core.values import now_ms
 from chatd.protocol.frames import Deliver, HistoryItem, Mode, Receipt, Status
 
 from . import blobs
-from .base import (
-    Appended,
-    AppendListener,
-    GroupInfo,
-    Item,
-    NewMessage,
-    Page,
-    ReceiptState,
-    StoreError,
-    group_receipts,
-)
+from .base import Appended, AppendListener, Item, Page, StoreError
 from .cql import SCHEMA_VERSION, CassandraURL, Session, StoreTimeout, schema_version
 
 T = TypeVar("T")
@@ -65,7 +57,7 @@ BUCKET: Final = 1000  # messages per partition: (conv, seq // BUCKET)
 CHUNK: Final = 100  # rows per conditional batch
 RETRIES: Final = 2  # a timed-out transaction is tried again this many times
 BATCH_BYTES: Final = 32_768  # per single-partition batch (Cassandra refuses them over 50 KiB)
-FANOUT_CHUNK: Final = 256  # inbox appends per fan-out step
+FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
 DAY_MS: Final = 86_400_000
 IDS_TTL: Final = 30 * 86_400  # seconds a client id is remembered for retries
 REDO_AFTER_MS: Final = 15_000  # an unfinished send older than this is completed by its retry
@@ -234,17 +226,13 @@ class _Members:
     name: str
     members: dict[str, tuple[bool, int]]  # user -> (admin, joined_seq), in joining order
 
-    def info(self, group: str, mode: tuple[int, int] = (0, 0)) -> GroupInfo:
+    def info(self, group: str, mode: tuple[int, int] = modes.DEFAULT) -> GroupInfo:
         return GroupInfo(group, self.name, tuple(self.members),
                          tuple(u for u, (admin, _) in self.members.items() if admin), *mode)
 
 
 def bucket(seq: int) -> int:
     return seq // BUCKET
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def marker_q(conv: str, seq: int) -> int:
@@ -629,7 +617,7 @@ class CassandraStore:
         if cached is not None and not fresh and trio.current_time() - cached[0] < CACHE_S:
             return cached[1]
         rows = await self.db.run("conv", (conv,))
-        mode = (rows[0]["mode"] or 0, rows[0]["ttl"] or 0) if rows else (0, 0)
+        mode = (rows[0]["mode"] or 0, rows[0]["ttl"] or 0) if rows else modes.DEFAULT
         self._modes[conv] = (trio.current_time(), mode)
         return mode
 
@@ -653,7 +641,7 @@ class CassandraStore:
         by_conv: dict[str, list[int]] = {}
         for i, m in enumerate(msgs):
             by_conv.setdefault(m.conv, []).append(i)
-        modes: dict[str, tuple[int, int]] = {}
+        chat_modes: dict[str, tuple[int, int]] = {}
         devices: dict[str, int] = {}
         members: dict[str, _Members | None] = {}
 
@@ -664,7 +652,7 @@ class CassandraStore:
                 claims[i] = c
 
         async def conv_mode(conv: str) -> None:
-            modes[conv] = await self._mode(conv)
+            chat_modes[conv] = await self._mode(conv)
 
         async def count(user: str) -> None:
             devices[user] = await self._device_count(user)
@@ -695,30 +683,27 @@ class CassandraStore:
             template = Deliver(q=1, conv=m.conv, seq=c.seq, ts=c.ts, sender=m.sender,
                                device=m.device, id=m.client_id, body=m.body, group=m.group,
                                media=m.media, event=m.event)
-            copy = devices[m.sender] > 1  # for the sender's other devices
             if m.group is not None:
                 g = members[m.group]
-                targets = [u for u in (*(g.members if g else ()), *m.recipients)
-                           if u != m.sender]
-                if copy:
-                    targets.append(m.sender)
-                targets = list(dict.fromkeys(targets))
+                targets = list(delivery.send_targets(m.sender, m.recipients,
+                                                     g.members if g else (), devices[m.sender]))
                 writes.append(lambda m=m, c=c, t=targets: self.db.run(
                     "add_job", (m.conv, c.seq, t)))
                 jobs.append((m.conv, c.seq, len(targets)))
                 writes.append(lambda m=m, c=c: self.db.run("list_job", (m.conv, c.seq)))
                 writes.append(lambda m=m, c=c: self._set_marks(m.conv, m.sender, c.seq, c.seq))
             else:
-                targets = [*m.recipients, m.sender] if copy else list(m.recipients)
+                targets = list(delivery.send_targets(m.sender, m.recipients, (),
+                                                     devices[m.sender]))
                 for u in targets:
                     inbox.setdefault(m.conv, {}).setdefault(u, []).append(template)
-            mode, ttl = modes[m.conv]
+            mode, ttl = chat_modes[m.conv]
             rows.append(((m.conv, bucket(c.seq)), "put_msg", (
                 m.conv, bucket(c.seq), c.seq, c.ts, m.sender, m.device, m.client_id, m.body,
                 blobs.media_blob(m.media), m.group, blobs.event_blob(m.event),
-                set(targets) or None, ttl if mode == Mode.DISAPPEARING else 0),
+                set(targets) or None, modes.ttl_of(mode, ttl)),
                 len(m.body) + 100))
-            if mode == Mode.TEMPORARY:
+            if modes.forgets_undelivered(mode):
                 day = c.ts // DAY_MS
                 rows.append(((day,), "queue", (day, c.ts, m.conv, c.seq), 50))
                 if day not in self._days:
@@ -790,14 +775,8 @@ class CassandraStore:
 
     async def _post_event(self, conv: str, actor: str, ts: int, event: dict[str, Any],
                           also: tuple[str, ...] = ()) -> None:
-        """A server-made message in the chat, sent like any message: to the group's members
-        (and `also`), or to the other participant of a one-to-one chat."""
-        group = conv[2:] if conv.startswith("g:") else None
-        if group is None:
-            also = tuple(u for u in conv.split(":")[1:] if u != actor)
-        await self._append_all([NewMessage(
-            sender=actor, device="server", client_id=f"ev-{secrets.token_hex(8)}",
-            conv=conv, recipients=also, body=b"", ts=ts, group=group, event=event)])
+        """A server-made message in the chat (sent like any message)."""
+        await self._append_all([modes.chat_event(conv, actor, ts, event, also)])
 
     # ---- fan-out of group messages ---------------------------------------------------------
 
@@ -879,7 +858,7 @@ class CassandraStore:
                     items.append(blobs.receipt(r["q"], r["conv"], r["receipt"]))
                     continue
                 d = msgs[r["conv"]].get(r["seq"])
-                if d is not None and not (d.sender == user and d.device == device):
+                if d is not None and delivery.shown_to(user, device, d.sender, d.device):
                     items.append(dataclasses.replace(d, q=r["q"]))
             upto = rows[-1]["q"] if rows else after
             return Page(items, upto, len(rows) == limit)
@@ -940,14 +919,13 @@ class CassandraStore:
         if st is not None:
             st[0], st[1] = max(st[0], delivered or 0), max(st[1], read or 0)
 
-    def _receipt_items(self, by: str, status: int, ts: int,
-                       newly: list[tuple[str, str, int]], all_: bool = False
-                       ) -> dict[str, list[Item]]:
+    async def _put_receipts(self, notes: list[ReceiptNote]) -> list[tuple[str, Item]]:
+        """Append receipts to their users' inboxes (the q is the inbox's to give)."""
         out: dict[str, list[Item]] = {}
-        for (sender, conv), seqs in group_receipts(newly).items():
-            out.setdefault(sender, []).append(Receipt(q=1, conv=conv, seqs=tuple(seqs), by=by,
-                                                      status=status, ts=ts, all=all_))
-        return out
+        for n in notes:
+            out.setdefault(n.to, []).append(Receipt(q=1, conv=n.conv, seqs=n.seqs, by=n.by,
+                                                    status=n.status, ts=n.ts, all=n.all))
+        return await self._append_items(out)
 
     async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
         """Acks of one user are combined: those that arrive while one is stored become one
@@ -975,32 +953,23 @@ class CassandraStore:
             return Appended()
         # what is there up to upto (an ack beyond the inbox stops at its end)
         rows = await self.db.run("items_upto", (user, old, upto))
-        if not rows:
+        new = delivery.new_cursor(old, upto, rows[-1]["q"] if rows else old)
+        if new is None:
             return Appended()
-        new = rows[-1]["q"]
         await self.db.run("set_cursor", (new + 1, new, user, device))
         self._cursors[(user, device)] = new
         self._acked_users.add(user)  # collect() may prune what all devices now have
-        convs = list({r["conv"] for r in rows if r["receipt"] is None})
-        states = dict(zip(convs, await self._gather(
-            lambda c=c: self._marks(c, user) for c in convs), strict=True))
-        newly: list[tuple[str, str, int]] = []
-        groups: set[str] = set()
-        raised: dict[str, int] = {}
-        for r in rows:
-            sender, conv, seq = r["sender"], r["conv"], r["seq"]
-            if r["receipt"] is not None or sender == user or seq <= states[conv][0]:
-                continue
-            states[conv][0] = raised[conv] = seq
-            if conv.startswith("g:"):
-                groups.add(conv)  # coalesced: one receipt when all have it
-            else:
-                newly.append((sender, conv, seq))
+        chats = list({r["conv"] for r in rows if r["receipt"] is None})
+        states = dict(zip(chats, await self._gather(
+            lambda c=c: self._marks(c, user) for c in chats), strict=True))
+        got = delivery.delivered(user, [(r["sender"], r["conv"], r["seq"]) for r in rows
+                                        if r["receipt"] is None],
+                                 lambda conv: states[conv][0])
         await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
-                           for c, s in raised.items())
-        items = await self._append_items(
-            self._receipt_items(user, Status.DELIVERED, ts, newly))
-        for conv in groups:
+                           for c, s in got.raised.items())
+        items = await self._put_receipts(delivery.receipts(user, Status.DELIVERED, ts,
+                                                           got.direct))
+        for conv in got.groups:  # coalesced: one receipt when all have it
             items += await self._advance_all(conv, user, ts)
         return Appended(items=tuple(items))
 
@@ -1009,35 +978,31 @@ class CassandraStore:
             last, st, devices = await self._gather([
                 lambda: self._read_last_seq(conv), lambda: self._marks(conv, user),
                 lambda: self._device_count(user)])
-            upto_ = min(upto, last)
-            if upto_ <= st[1]:
-                return Appended()
             old = st[1]
-            await self._set_marks(conv, user, upto_, upto_)
-            mine: dict[str, list[Item]] = {}
-            if devices > 1:  # read here: read on my other devices too
-                mine = self._receipt_items(user, Status.READ, ts, [(user, conv, upto_)])
-            if conv.startswith("g:"):
-                items = await self._append_items(mine)
-                return Appended(items=(*items, *await self._advance_all(conv, user, ts)))
-            newly = [(r["sender"], conv, r["seq"])
-                     for r in await self._messages_between(conv, old, upto_)
-                     if r["sender"] != user and r["event"] is None]
-            for sender, its in self._receipt_items(user, Status.READ, ts, newly).items():
-                mine.setdefault(sender, []).extend(its)
-            return Appended(items=tuple(await self._append_items(mine)))
+            new = delivery.new_read(upto, last, old)
+            if new is None:
+                return Appended()
+            await self._set_marks(conv, user, new, new)
+            rows = [] if convs.is_group(conv) else [
+                (r["sender"], r["seq"], r["event"] is not None)
+                for r in await self._messages_between(conv, old, new)]
+            items = await self._put_receipts(delivery.read_receipts(user, conv, new, ts,
+                                                                    devices, rows))
+            if convs.is_group(conv):
+                items += await self._advance_all(conv, user, ts)
+            return Appended(items=tuple(items))
 
         return await self._op(op())
 
     async def _advance_all(self, conv: str, by: str, ts: int) -> list[tuple[str, Item]]:
         """Receipts with all=True for the group messages every member now has (or read).
         Moving the group's watermark is a conditional update: one node sends each."""
-        g = await self._group(conv[2:])
+        g = await self._group(convs.group_of(conv) or "")
         if g is None or not g.members:
             return []
         marks = {r["user"]: (r["delivered"] or 0, r["read"] or 0)
                  for r in await self.db.run("marks", (conv,))}
-        now = [min(marks.get(u, (0, 0))[i] for u in g.members) for i in (0, 1)]
+        now = delivery.floor(g.members, marks)
         rows = await self.db.run("conv", (conv,))
         before = [(rows[0][k] or 0) if rows else 0 for k in ("all_delivered", "all_read")]
         out: list[tuple[str, Item]] = []
@@ -1048,31 +1013,23 @@ class CassandraStore:
                 if not ok:
                     before[i] = (current[0].get(col) or 0) if current else 0
                     continue
-                newly = [(r["sender"], conv, r["seq"])
-                         for r in await self._messages_between(conv, before[i], now[i])
-                         if r["event"] is None]
-                out += await self._append_items(
-                    self._receipt_items(by, status, ts, newly, all_=True))
+                out += await self._put_receipts(delivery.all_receipts_for(
+                    by, conv, status, ts, [(r["sender"], r["seq"], r["event"] is not None)
+                                           for r in await self._messages_between(
+                                               conv, before[i], now[i])]))
                 before[i] = now[i]
         return out
 
     async def receipt_state(self, conv: str, seq: int) -> ReceiptState:
         async def op() -> ReceiptState:
-            g = await self._group(conv[2:]) if conv.startswith("g:") else None
-            users = list(g.members) if g is not None else conv.split(":")[1:]
+            group = convs.group_of(conv)
+            g = await self._group(group) if group is not None else None
+            users = g.members if g is not None else convs.pair(conv) or ()
             found = await self._load(conv, [seq])
-            sender = found[seq].sender if seq in found else None
             marks = {r["user"]: (r["delivered"] or 0, r["read"] or 0)
                      for r in await self.db.run("marks", (conv,))}
-            delivered: list[str] = []
-            read: list[str] = []
-            pending: list[str] = []
-            for u in users:
-                if u == sender:
-                    continue
-                d, r = marks.get(u, (0, 0))
-                (read if r >= seq else delivered if d >= seq else pending).append(u)
-            return ReceiptState(tuple(delivered), tuple(read), tuple(pending))
+            return delivery.receipt_state(users, found[seq].sender if seq in found else None,
+                                          seq, lambda u: marks.get(u, (0, 0)))
 
         return await self._op(op())
 
@@ -1100,10 +1057,10 @@ class CassandraStore:
             ok, _ = await self.db.applied("new_group", (group, name, ts))
             if not ok:
                 return None
-            everyone = list(dict.fromkeys([creator, *members]))
+            everyone = group_rules.founders(creator, members)
             await self._add_members(group, everyone, creator, 0)
-            await self._post_event(f"g:{group}", creator, ts, {
-                "kind": "created", "by": creator, "name": name, "users": everyone})
+            await self._post_event(convs.of_group(group), creator, ts,
+                                   group_rules.created(creator, name, everyone))
             return _Members(name, {u: (u == creator, 0) for u in everyone}).info(group)
 
         return await self._op(op())
@@ -1111,7 +1068,7 @@ class CassandraStore:
     async def group(self, group: str) -> GroupInfo | None:
         async def op() -> GroupInfo | None:
             g, mode = await self._gather([lambda: self._group(group),
-                                          lambda: self._mode(f"g:{group}", fresh=True)])
+                                          lambda: self._mode(convs.of_group(group), fresh=True)])
             return None if g is None else g.info(group, mode)
 
         return await self._op(op())
@@ -1123,39 +1080,31 @@ class CassandraStore:
             g = await self._group(group)
             if g is None:
                 raise KeyError(group)
-            conv = f"g:{group}"
+            conv = convs.of_group(group)
             last = await self._read_last_seq(conv)
-            added = [u for u in dict.fromkeys(add) if u not in g.members]
-            removed = [u for u in dict.fromkeys(remove) if u in g.members]
-            for u in added:  # a new member starts after the messages sent before joining
+            plan = group_rules.change({u: a for u, (a, _) in g.members.items()}, actor,
+                                      add, remove, name)
+            for u in plan.added:  # a new member starts after the messages sent before joining
                 g.members[u] = (False, last)
-            for u in removed:
+            for u in plan.removed:
                 del g.members[u]
             writes: list[Callable[..., Awaitable[Any]]] = [
-                lambda u=u: self._set_marks(conv, u, last, last) for u in added]
-            writes += [lambda u=u: self.db.run("del_member", (group, u)) for u in removed]
-            writes += [lambda u=u: self.db.run("del_user_group", (u, group)) for u in removed]
-            if g.members and not any(a for a, _ in g.members.values()):
-                first = next(iter(g.members))  # the longest-standing member takes over
+                lambda u=u: self._set_marks(conv, u, last, last) for u in plan.added]
+            writes += [lambda u=u: self.db.run("del_member", (group, u)) for u in plan.removed]
+            writes += [lambda u=u: self.db.run("del_user_group", (u, group))
+                       for u in plan.removed]
+            if (first := plan.successor) is not None:
                 g.members[first] = (True, g.members[first][1])
                 writes.append(lambda: self.db.run("make_admin", (group, first)))
-            if name is not None:
-                g.name = name
-                writes.append(lambda: self.db.run("rename", (name, group)))
-            writes.append(lambda: self._add_members(group, added, None, last))
+            if plan.name is not None:
+                g.name = plan.name
+                writes.append(lambda: self.db.run("rename", (plan.name, group)))
+            writes.append(lambda: self._add_members(group, plan.added, None, last))
             await self._gather(writes)
-            if added:
-                await self._post_event(conv, actor, ts,
-                                       {"kind": "added", "by": actor, "users": added})
-            if removed:
-                kind = "left" if removed == [actor] else "removed"
-                await self._post_event(conv, actor, ts,
-                                       {"kind": kind, "by": actor, "users": removed},
-                                       also=tuple(removed))
+            for event, also in plan.events:
+                await self._post_event(conv, actor, ts, event, also)
+            if plan.recount:
                 await self._advance_all(conv, actor, ts)  # the rest may all have it now
-            if name is not None:
-                await self._post_event(conv, actor, ts,
-                                       {"kind": "renamed", "by": actor, "name": name})
             return g.info(group, await self._mode(conv, fresh=True))
 
         return await self._op(op())
@@ -1194,8 +1143,7 @@ class CassandraStore:
                 lambda: self.db.run("add_disappearing" if mode == Mode.DISAPPEARING
                                     else "del_disappearing", (conv,))])
             self._modes[conv] = (trio.current_time(), (mode, ttl))
-            await self._post_event(conv, actor, ts,
-                                   {"kind": "mode", "mode": mode, "ttl": ttl, "by": actor})
+            await self._post_event(conv, actor, ts, modes.event(mode, ttl, actor))
 
         await self._op(op())
 
@@ -1230,7 +1178,7 @@ class CassandraStore:
                     held.setdefault((r["conv"], r["seq"]), set()).add(user)
         delivered = 0
         for (conv, seq), gone_from in held.items():
-            if (await self._mode(conv))[0] != Mode.TEMPORARY:
+            if not modes.forgets_delivered((await self._mode(conv))[0]):
                 continue
             key = (conv, bucket(seq), seq)
             await self.db.run("drop_holders", (gone_from, *key))
@@ -1245,7 +1193,7 @@ class CassandraStore:
             rows = await self.db.run("queued", (day, cutoff, COLLECT_LIMIT))
             for r in rows:
                 conv, seq = r["conv"], r["seq"]
-                if (await self._mode(conv))[0] != Mode.TEMPORARY or await self.db.run(
+                if not modes.forgets_undelivered((await self._mode(conv))[0]) or await self.db.run(
                         "job", (conv, seq)):
                     continue
                 if await self.db.run("holders", (conv, bucket(seq), seq)):
@@ -1262,7 +1210,8 @@ class CassandraStore:
             rows = await self.db.run("conv", (conv,))
             if not rows or rows[0]["mode"] != Mode.DISAPPEARING:
                 continue
-            start, end = rows[0]["expired_upto"] or 0, now - (rows[0]["ttl"] or 0) * 1000
+            start = rows[0]["expired_upto"] or 0
+            end = modes.expires_before(Mode.DISAPPEARING, rows[0]["ttl"] or 0, now) or 0
             upto, last = start, await self._read_last_seq(conv)
             for b in range(bucket(start + 1), bucket(last) + 1):  # oldest first, up to the
                 for m in await self.db.run(  # first one not expired yet

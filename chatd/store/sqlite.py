@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import secrets
 import sqlite3
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
@@ -34,20 +33,12 @@ from typing import Any, Final, TypeVar
 import msgpack
 import trio
 
+from chatd.core import GroupInfo, NewMessage, ReceiptNote, ReceiptState, convs, delivery, modes
+from chatd.core import groups as group_rules
 from chatd.protocol.frames import Deliver, HistoryItem, Mode, Receipt, Status
 
 from . import blobs
-from .base import (
-    Appended,
-    AppendListener,
-    GroupInfo,
-    Item,
-    NewMessage,
-    Page,
-    ReceiptState,
-    StoreError,
-    group_receipts,
-)
+from .base import Appended, AppendListener, Item, Page, StoreError
 
 T = TypeVar("T")
 log = logging.getLogger("chatd.store")
@@ -56,7 +47,7 @@ HAND_SLICE: Final = 256  # inbox items handed to the router between two checkpoi
 RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks without a query
 SCHEMA_VERSION: Final = 5
 COLLECT_LIMIT: Final = 10_000  # messages looked at per expiry rule per collect pass
-FANOUT_CHUNK: Final = 512  # inbox appends per fan-out step
+FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -281,9 +272,7 @@ class SqliteStore:
         self._groups: dict[str, _Group | None] = {}  # None: known not to exist
         self._seen: dict[str, list[Any]] = {}  # user -> [last_seen ms or None, hidden]
         self._all: dict[str, list[int]] = {}  # group conv -> [delivered, read] by every member
-        # group conv -> (members per delivered watermark, per read watermark, who is counted)
-        self._marks: dict[str, tuple[collections.Counter[int], collections.Counter[int],
-                                     set[str]]] = {}
+        self._marks: dict[str, delivery.MarkCounts] = {}  # group conv -> its members' marks
         if jobs:  # (resumed after a restart, or another process's)
             self._jobs: collections.deque[_Fanout] = collections.deque(
                 _Fanout(c, q, msgpack.unpackb(r), d, None) for c, q, r, d in self._db.execute(
@@ -559,20 +548,18 @@ class SqliteStore:
         template = Deliver(q=1, conv=msg.conv, seq=seq, ts=msg.ts, sender=msg.sender,
                            device=msg.device, id=msg.client_id, body=msg.body, group=msg.group,
                            media=msg.media, event=msg.event)
-        copy = len(self._devices_of(db, msg.sender)) > 1  # for the sender's other devices
+        devices = len(self._devices_of(db, msg.sender))
         if msg.group is not None:
             g = self._group(db, msg.group)
-            members = list(g.members) if g is not None else []
-            targets = [u for u in (*members, *msg.recipients) if u != msg.sender]
-            if copy:
-                targets.append(msg.sender)
+            targets = delivery.send_targets(msg.sender, msg.recipients,
+                                            g.members if g is not None else (), devices)
             self._mark(db, msg.conv, msg.sender, seq, seq)  # the sender has read it
-            self._jobs.append(_Fanout(msg.conv, seq, list(dict.fromkeys(targets)), 0, template))
+            self._jobs.append(_Fanout(msg.conv, seq, list(targets), 0, template))
             buf.fanout[(msg.conv, seq)] = (self._jobs[-1].recipients, 0)
             self._new_jobs.append((msg.conv, seq))
             return Appended(msg.conv, seq, msg.ts)
-        targets_ = (*msg.recipients, msg.sender) if copy else msg.recipients
-        items = [self._deliver_to(db, user, template) for user in targets_]
+        targets = delivery.send_targets(msg.sender, msg.recipients, (), devices)
+        items = [self._deliver_to(db, user, template) for user in targets]
         return Appended(msg.conv, seq, msg.ts, items=tuple(items))
 
     def _deliver_to(self, db: sqlite3.Connection, user: str,
@@ -681,7 +668,7 @@ class SqliteStore:
     # ---- groups ----------------------------------------------------------------------------
 
     def _group_info(self, db: sqlite3.Connection, group: str, g: _Group) -> GroupInfo:
-        mode, ttl = self._mode(db, f"g:{group}")
+        mode, ttl = self._mode(db, convs.of_group(group))
         return dataclasses.replace(g.info(group), mode=mode, ttl=ttl)
 
     def _group(self, db: sqlite3.Connection, group: str) -> _Group | None:
@@ -697,25 +684,23 @@ class SqliteStore:
         self._groups[group] = g
         return g
 
-    def _post_event(self, db: sqlite3.Connection, group: str, actor: str, ts: int,
-                    event: dict[str, Any], also: tuple[str, ...] = ()) -> None:
-        """A server-made message in the group chat (fanned out like any message)."""
-        self._append(db, NewMessage(
-            sender=actor, device="server", client_id=f"ev-{secrets.token_hex(8)}",
-            conv=f"g:{group}", recipients=also, body=b"", ts=ts, group=group, event=event))
+    def _post_event(self, db: sqlite3.Connection, conv: str, actor: str, ts: int,
+                    event: dict[str, Any], also: tuple[str, ...] = ()) -> Appended:
+        """A server-made message in the chat (sent like any message)."""
+        return self._append(db, modes.chat_event(conv, actor, ts, event, also))
 
     async def create_group(self, group: str, name: str, creator: str, members: list[str],
                            ts: int) -> GroupInfo | None:
         def op(db: sqlite3.Connection) -> GroupInfo | None:
             if self._group(db, group) is not None:
                 return None
-            everyone = list(dict.fromkeys([creator, *members]))
+            everyone = group_rules.founders(creator, members)
             db.execute("INSERT INTO groups VALUES (?, ?, ?)", (group, name, ts))
             db.executemany("INSERT INTO group_members VALUES (?, ?, ?, 0)",
                            [(group, u, int(u == creator)) for u in everyone])
             self._groups[group] = _Group(name, {u: (u == creator, 0) for u in everyone})
-            self._post_event(db, group, creator, ts, {"kind": "created", "by": creator,
-                                                      "name": name, "users": everyone})
+            self._post_event(db, convs.of_group(group), creator, ts,
+                             group_rules.created(creator, name, everyone))
             return self._groups[group].info(group)  # type: ignore[union-attr]
 
         return await self._do(op)
@@ -734,41 +719,32 @@ class SqliteStore:
             g = self._group(db, group)
             if g is None:
                 raise KeyError(group)
-            conv = f"g:{group}"
+            conv = convs.of_group(group)
             last = self._last_seq_of(db, conv)
-            added = [u for u in dict.fromkeys(add) if u not in g.members]
-            removed = [u for u in dict.fromkeys(remove) if u in g.members]
-            for u in added:  # a new member starts after the messages sent before joining
+            plan = group_rules.change({u: a for u, (a, _) in g.members.items()}, actor,
+                                      add, remove, name)
+            for u in plan.added:  # a new member starts after the messages sent before joining
                 g.members[u] = (False, last)
                 self._set_state(conv, u, [last, last])
                 self._state[(conv, u)] = [last, last]
             self._marks.pop(conv, None)  # counted again over the new members when needed
-            for u in removed:
+            for u in plan.removed:
                 del g.members[u]
-            if g.members and not any(a for a, _ in g.members.values()):
-                first = next(iter(g.members))  # the longest-standing member takes over
-                g.members[first] = (True, g.members[first][1])
+            if plan.successor is not None:
+                g.members[plan.successor] = (True, g.members[plan.successor][1])
                 db.execute("UPDATE group_members SET admin=1 WHERE grp=? AND user=?",
-                           (group, first))
+                           (group, plan.successor))
             db.executemany("INSERT INTO group_members VALUES (?, ?, 0, ?)",
-                           [(group, u, last) for u in added])
+                           [(group, u, last) for u in plan.added])
             db.executemany("DELETE FROM group_members WHERE grp=? AND user=?",
-                           [(group, u) for u in removed])
-            if name is not None:
-                g.name = name
-                db.execute("UPDATE groups SET name=? WHERE grp=?", (name, group))
-            if added:
-                self._post_event(db, group, actor, ts,
-                                 {"kind": "added", "by": actor, "users": added})
-            if removed:
-                kind = "left" if removed == [actor] else "removed"
-                self._post_event(db, group, actor, ts,
-                                 {"kind": kind, "by": actor, "users": removed},
-                                 also=tuple(removed))
+                           [(group, u) for u in plan.removed])
+            if plan.name is not None:
+                g.name = plan.name
+                db.execute("UPDATE groups SET name=? WHERE grp=?", (plan.name, group))
+            for event, also in plan.events:
+                self._post_event(db, conv, actor, ts, event, also)
+            if plan.recount:
                 self._advance_all(db, conv, actor, ts)  # the rest may all have it now
-            if name is not None:
-                self._post_event(db, group, actor, ts,
-                                 {"kind": "renamed", "by": actor, "name": name})
             return self._group_info(db, group, g)
 
         return await self._do(op)
@@ -829,25 +805,19 @@ class SqliteStore:
 
     def _mode(self, db: sqlite3.Connection, conv: str) -> tuple[int, int]:
         row = db.execute("SELECT mode, ttl FROM convs WHERE conv=?", (conv,)).fetchone()
-        return (row[0], row[1]) if row else (0, 0)
+        return (row[0], row[1]) if row else modes.DEFAULT
 
     async def conv_mode(self, conv: str) -> tuple[int, int]:
         return await self._do(lambda db: self._mode(db, conv))
 
     async def set_mode(self, conv: str, mode: int, ttl: int, actor: str, ts: int) -> None:
-        def op(db: sqlite3.Connection) -> Appended | None:
+        def op(db: sqlite3.Connection) -> Appended:
             self._buf.flush(db)  # the conversation row may be in the buffer
             db.execute("INSERT INTO convs (conv, last_seq, mode, ttl) VALUES (?, ?, ?, ?)"
                        " ON CONFLICT DO UPDATE SET mode=excluded.mode, ttl=excluded.ttl",
                        (conv, self._last_seq_of(db, conv), mode, ttl))
-            event = {"kind": "mode", "mode": mode, "ttl": ttl, "by": actor}
-            if conv.startswith("g:"):
-                self._post_event(db, conv[2:], actor, ts, event)  # (pushed by its fan-out)
-                return None
-            others = tuple(u for u in conv.split(":")[1:] if u != actor)
-            return self._append(db, NewMessage(  # returned: pushed live like a message
-                actor, "server", f"ev-{secrets.token_hex(8)}", conv, others, b"", ts,
-                event=event))
+            # (returned: pushed live like a message; a group's by its fan-out)
+            return self._post_event(db, conv, actor, ts, modes.event(mode, ttl, actor))
 
         await self._do(op)
 
@@ -875,25 +845,27 @@ class SqliteStore:
                 acked += len(rows)
                 candidates.update((c, q) for c, q in rows if q)  # receipts have seq 0
             pending = {(j.conv, j.seq) for j in self._jobs}
-            modes: dict[str, int] = {}
+            seen: dict[str, int] = {}
 
             def mode(conv: str) -> int:
-                if conv not in modes:
-                    modes[conv] = self._mode(db, conv)[0]
-                return modes[conv]
+                if conv not in seen:
+                    seen[conv] = self._mode(db, conv)[0]
+                return seen[conv]
 
-            delivered = [k for k in candidates if mode(k[0]) == Mode.TEMPORARY and k not in
+            delivered = [k for k in candidates if modes.forgets_delivered(mode(k[0])) and k not in
                          pending and db.execute("SELECT 1 FROM inbox WHERE conv=? AND seq=?",
                                                 k).fetchone() is None]
             db.executemany("DELETE FROM messages WHERE conv=? AND seq=?", delivered)
             old = db.execute("SELECT conv, seq FROM messages WHERE ts < ? ORDER BY ts LIMIT ?",
                              (now - max_age_ms, COLLECT_LIMIT)).fetchall()
-            too_old = [k for k in old if mode(k[0]) == Mode.TEMPORARY and k not in pending]
+            too_old = [k for k in old if modes.forgets_undelivered(mode(k[0]))
+                       and k not in pending]
             expired: list[tuple[str, int]] = []
             for conv, ttl in db.execute("SELECT conv, ttl FROM convs WHERE mode=?",
                                         (Mode.DISAPPEARING,)).fetchall():
                 expired += db.execute("SELECT conv, seq FROM messages WHERE conv=? AND ts<?"
-                                      " LIMIT ?", (conv, now - ttl * 1000, COLLECT_LIMIT))
+                                      " LIMIT ?", (conv, modes.expires_before(
+                                          Mode.DISAPPEARING, ttl, now), COLLECT_LIMIT))
             gone = too_old + expired
             db.executemany("DELETE FROM messages WHERE conv=? AND seq=?", gone)
             orphans = 0
@@ -907,21 +879,14 @@ class SqliteStore:
 
     async def receipt_state(self, conv: str, seq: int) -> ReceiptState:
         def op(db: sqlite3.Connection) -> ReceiptState:
-            g = self._group(db, conv[2:]) if conv.startswith("g:") else None
-            users = list(g.members) if g is not None else conv.split(":")[1:]
+            group = convs.group_of(conv)
+            g = self._group(db, group) if group is not None else None
+            users = g.members if g is not None else convs.pair(conv) or ()
             self._buf.flush(db)
             row = db.execute("SELECT sender FROM messages WHERE conv=? AND seq=?",
                              (conv, seq)).fetchone()
-            sender = row[0] if row else None
-            delivered: list[str] = []
-            read: list[str] = []
-            pending: list[str] = []
-            for u in users:
-                if u == sender:
-                    continue
-                d, r = self._member_state(db, conv, u)
-                (read if r >= seq else delivered if d >= seq else pending).append(u)
-            return ReceiptState(tuple(delivered), tuple(read), tuple(pending))
+            return delivery.receipt_state(users, row[0] if row else None, seq,
+                                          lambda u: self._member_state(db, conv, u))
 
         return await self._do(op)
 
@@ -930,15 +895,10 @@ class SqliteStore:
         """Raise a member's watermarks (never lower them), keeping a group's counts right."""
         st = self._member_state(db, conv, user)
         marks = self._marks.get(conv)
-        counted = marks is not None and user in marks[2]
         for i, value in ((0, delivered), (1, read)):
             if value is not None and value > st[i]:
-                if marks is not None and counted:
-                    counts = marks[0] if i == 0 else marks[1]
-                    counts[st[i]] -= 1
-                    if not counts[st[i]]:
-                        del counts[st[i]]
-                    counts[value] += 1
+                if marks is not None:
+                    marks.move(user, i, st[i], value)
                 st[i] = value
         self._set_state(conv, user, st)
 
@@ -946,10 +906,9 @@ class SqliteStore:
             tuple[str, Item]]:
         """Receipts with all=True for the group messages every member now has (or read).
 
-        How many members stand at each watermark is counted per group, so the group's
-        minimum is the smallest count key: an ack costs O(distinct watermarks), not
-        O(members)."""
-        g = self._group(db, conv[2:])
+        How many members stand at each watermark is counted per group (MarkCounts), so an
+        ack costs O(distinct watermarks), not O(members)."""
+        g = self._group(db, convs.group_of(conv) or "")
         if g is None or not g.members:
             return []
         marks = self._marks.get(conv)
@@ -957,26 +916,21 @@ class SqliteStore:
             for u, d, r in db.execute("SELECT user, delivered_upto, read_upto FROM member_state"
                                       " WHERE conv=?", (conv,)):
                 self._state.setdefault((conv, u), [d, r])
-            states = [self._member_state(db, conv, u) for u in g.members]
-            marks = self._marks[conv] = (collections.Counter(st[0] for st in states),
-                                         collections.Counter(st[1] for st in states),
-                                         set(g.members))
-        now = [min(marks[0]), min(marks[1])]
+            marks = self._marks[conv] = delivery.MarkCounts(
+                {u: self._member_state(db, conv, u) for u in g.members})
         before = self._all.get(conv)
         if before is None:
             row = db.execute("SELECT all_delivered, all_read FROM convs WHERE conv=?",
                              (conv,)).fetchone()
             before = self._all[conv] = list(row) if row else [0, 0]
         out: list[tuple[str, Item]] = []
-        for i, status in ((0, Status.DELIVERED), (1, Status.READ)):
-            if now[i] > before[i]:
-                self._buf.flush(db)
-                rows = db.execute("SELECT sender, conv, seq FROM messages WHERE conv=? AND"
-                                  " seq>? AND seq<=? AND event IS NULL ORDER BY seq",
-                                  (conv, before[i], now[i])).fetchall()
-                out += self._receipts(db, by, status, ts, rows, all_=True).items
-                before[i] = now[i]
-                self._buf.all[conv] = before
+        for status, lo, hi in delivery.all_receipts(before, marks.floor()):
+            self._buf.flush(db)
+            rows = db.execute("SELECT sender, seq, event IS NOT NULL FROM messages WHERE conv=?"
+                              " AND seq>? AND seq<=? ORDER BY seq", (conv, lo, hi)).fetchall()
+            out += self._put_receipts(db, delivery.all_receipts_for(by, conv, status, ts, rows))
+            before[0 if status == Status.DELIVERED else 1] = hi
+            self._buf.all[conv] = before
         return out
 
     def _page(self, db: sqlite3.Connection, user: str, device: str, after: int,
@@ -991,7 +945,7 @@ class SqliteStore:
         for q, conv, seq, receipt, ts, sender, dev, cid, body, media, grp, event in rows:
             if receipt is not None:
                 items.append(blobs.receipt(q, conv, receipt))
-            elif sender is not None and not (sender == user and dev == device):
+            elif sender is not None and delivery.shown_to(user, device, sender, dev):
                 items.append(Deliver(q=q, conv=conv, seq=seq, ts=ts, sender=sender,
                                      device=dev, id=cid, body=body, group=grp,
                                      media=blobs.media(media),
@@ -1002,17 +956,17 @@ class SqliteStore:
     async def inbox(self, user: str, device: str, after: int, limit: int) -> Page:
         return await self._do(lambda db: self._page(db, user, device, after, limit))
 
-    def _receipts(self, db: sqlite3.Connection, by: str, status: int, ts: int,
-                  newly: list[tuple[str, str, int]], all_: bool = False) -> Appended:
+    def _put_receipts(self, db: sqlite3.Connection, notes: list[ReceiptNote]
+                      ) -> list[tuple[str, Item]]:
         out: list[tuple[str, Item]] = []
-        for (sender, conv), seqs in group_receipts(newly).items():
-            q = self._next_q(db, sender)
-            self._remember(sender, q, None)
-            item = Receipt(q=q, conv=conv, seqs=tuple(seqs), by=by, status=status, ts=ts,
-                           all=all_)
-            self._buf.inbox.append((sender, q, conv, 0, blobs.receipt_blob(item)))
-            out.append((sender, item))
-        return Appended(items=tuple(out))
+        for n in notes:
+            q = self._next_q(db, n.to)
+            self._remember(n.to, q, None)
+            item = Receipt(q=q, conv=n.conv, seqs=n.seqs, by=n.by, status=n.status, ts=n.ts,
+                           all=n.all)
+            self._buf.inbox.append((n.to, q, n.conv, 0, blobs.receipt_blob(item)))
+            out.append((n.to, item))
+        return out
 
     async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
         def op(db: sqlite3.Connection) -> Appended:
@@ -1020,22 +974,18 @@ class SqliteStore:
             old = devs.get(device)
             if old is None:
                 return Appended()
-            new = min(upto, self._last_q_of(db, user))
-            if new <= old:
+            new = delivery.new_cursor(old, upto, self._last_q_of(db, user))
+            if new is None:
                 return Appended()
             devs[device] = self._buf.devices[(user, device)] = new
             self._acked_users.add(user)  # collect() may delete what all devices now have
-            newly: list[tuple[str, str, int]] = []
-            groups: set[str] = set()
-            for sender, conv, seq in self._delivered_by_ack(db, user, old, new):
-                if seq > self._member_state(db, conv, user)[0]:
-                    self._mark(db, conv, user, seq, None)
-                    if conv.startswith("g:"):
-                        groups.add(conv)  # coalesced: one receipt when all have it
-                    else:
-                        newly.append((sender, conv, seq))
-            items = list(self._receipts(db, user, Status.DELIVERED, ts, newly).items)
-            for conv in groups:
+            got = delivery.delivered(user, self._delivered_by_ack(db, user, old, new),
+                                     lambda conv: self._member_state(db, conv, user)[0])
+            for conv, seq in got.raised.items():
+                self._mark(db, conv, user, seq, None)
+            items = self._put_receipts(db, delivery.receipts(user, Status.DELIVERED, ts,
+                                                             got.direct))
+            for conv in got.groups:  # coalesced: one receipt when all have it
                 items += self._advance_all(db, conv, user, ts)
             return Appended(items=tuple(items))
 
@@ -1043,25 +993,23 @@ class SqliteStore:
 
     async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:
         def op(db: sqlite3.Connection) -> Appended:
-            last = self._last_seq_of(db, conv)
-            upto_ = min(upto, last)
             st = self._member_state(db, conv, user)
-            if upto_ <= st[1]:
-                return Appended()
             old = st[1]
-            self._mark(db, conv, user, upto_, upto_)
-            mine: list[tuple[str, Item]] = []
-            if len(self._devices_of(db, user)) > 1:  # read here: read on my other devices too
-                mine = list(self._receipts(db, user, Status.READ, ts,
-                                           [(user, conv, upto_)]).items)
-            if conv.startswith("g:"):
-                return Appended(items=(*mine, *self._advance_all(db, conv, user, ts)))
-            self._buf.flush(db)
-            newly = db.execute("SELECT sender, conv, seq FROM messages WHERE conv=? AND seq>?"
-                               " AND seq<=? AND sender != ? AND event IS NULL ORDER BY seq",
-                               (conv, old, upto_, user)).fetchall()
-            return Appended(items=(*mine, *self._receipts(db, user, Status.READ, ts,
-                                                          newly).items))
+            new = delivery.new_read(upto, self._last_seq_of(db, conv), old)
+            if new is None:
+                return Appended()
+            self._mark(db, conv, user, new, new)
+            rows: list[tuple[str, int, bool]] = []
+            if not convs.is_group(conv):
+                self._buf.flush(db)
+                rows = db.execute("SELECT sender, seq, event IS NOT NULL FROM messages"
+                                  " WHERE conv=? AND seq>? AND seq<=? ORDER BY seq",
+                                  (conv, old, new)).fetchall()
+            items = self._put_receipts(db, delivery.read_receipts(
+                user, conv, new, ts, len(self._devices_of(db, user)), rows))
+            if convs.is_group(conv):
+                items += self._advance_all(db, conv, user, ts)
+            return Appended(items=tuple(items))
 
         return await self._do(op)
 

@@ -1,0 +1,187 @@
+"""Who gets a message, what an inbox shows, and which receipts acks and reads make.
+
+The model (chatd.store.base has the storage side): every user has an inbox, an append-only log
+of items numbered q = 1, 2, ...; each device has a cursor, the highest q it acknowledged.
+Receipts are tracked per (conversation, member) as two watermarks, delivered_upto and
+read_upto, which only rise.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final
+
+from chatd.protocol.frames import Status
+
+from . import convs
+from .values import ReceiptNote, ReceiptState
+
+FANOUT_CHUNK: Final = 256  # inbox appends per step of a group message's fan-out
+
+
+# ---- sends ---------------------------------------------------------------------------------
+
+def copies_to_sender(sender_devices: int) -> bool:
+    """A user with more than one device gets their own messages in their inbox too, so their
+    other devices show what they sent."""
+    return sender_devices > 1
+
+
+def send_targets(sender: str, recipients: Iterable[str], members: Iterable[str],
+                 sender_devices: int) -> tuple[str, ...]:
+    """The users whose inboxes get a message, in order, each once: the group's members (none
+    for a one-to-one chat) and the extra recipients, without the sender; then the sender when
+    they have other devices. A group's are appended by its fan-out job, the others at once."""
+    targets = [u for u in (*members, *recipients) if u != sender]
+    if copies_to_sender(sender_devices):
+        targets.append(sender)
+    return tuple(dict.fromkeys(targets))
+
+
+def shown_to(user: str, device: str, sender: str, sender_device: str) -> bool:
+    """Whether an inbox message goes to this device: not to the device that sent it (it has
+    it); it still counts as taken when the device acknowledges past it."""
+    return not (sender == user and sender_device == device)
+
+
+# ---- acks: cursors and DELIVERED receipts ------------------------------------------------
+
+def new_cursor(old: int, upto: int, last: int) -> int | None:
+    """Where an Ack up to `upto` moves a device's cursor, given its old cursor and the last
+    position of the inbox (an ack beyond the end stops there); None: it does not move
+    (cursors never go back)."""
+    new = min(upto, last)
+    return new if new > old else None
+
+
+@dataclasses.dataclass(slots=True)
+class Delivered:
+    """What an ack delivered for the first time to a user (see `delivered`)."""
+
+    direct: list[tuple[str, str, int]]  # (sender, conv, seq): DELIVERED receipts to send
+    raised: dict[str, int]  # conv -> the user's new delivered_upto
+    groups: list[str]  # group chats whose "delivered to all" may have moved
+
+
+def delivered(user: str, messages: Iterable[tuple[str, str, int]],
+              delivered_upto: Callable[[str], int]) -> Delivered:
+    """The messages (sender, conv, seq) an ack covers, oldest first, against the user's
+    delivered watermark per chat: which raise it (the user's own messages never do), the
+    one-to-one ones that need a DELIVERED receipt to their sender, and the group chats where
+    one coalesced receipt may be due when every member has it (see `all_receipts`)."""
+    out = Delivered([], {}, [])
+    for sender, conv, seq in messages:
+        if sender == user:
+            continue
+        mark = out.raised.get(conv)
+        if seq <= (delivered_upto(conv) if mark is None else mark):
+            continue
+        if mark is None and convs.is_group(conv):
+            out.groups.append(conv)
+        out.raised[conv] = seq
+        if not convs.is_group(conv):
+            out.direct.append((sender, conv, seq))
+    return out
+
+
+def receipts(by: str, status: int, ts: int, messages: Iterable[tuple[str, str, int]],
+             all_: bool = False) -> list[ReceiptNote]:
+    """Receipts for messages (sender, conv, seq): one per sender and chat, however many
+    messages it covers."""
+    grouped: dict[tuple[str, str], list[int]] = {}
+    for sender, conv, seq in messages:
+        grouped.setdefault((sender, conv), []).append(seq)
+    return [ReceiptNote(to=sender, conv=conv, seqs=tuple(seqs), by=by, status=status, ts=ts,
+                        all=all_) for (sender, conv), seqs in grouped.items()]
+
+
+# ---- reads ---------------------------------------------------------------------------------
+
+def new_read(upto: int, last_seq: int, read_upto: int) -> int | None:
+    """Where a Read up to `upto` moves the user's read watermark of a chat whose last message
+    is `last_seq`; None: it does not move."""
+    new = min(upto, last_seq)
+    return new if new > read_upto else None
+
+
+def read_receipts(user: str, conv: str, upto: int, ts: int, user_devices: int,
+                  messages: Iterable[tuple[str, int, bool]]) -> list[ReceiptNote]:
+    """The receipts a read up to `upto` makes: READ to the senders of the one-to-one chat's
+    messages it covers (sender, seq, is_event; not for the user's own messages nor chat
+    events; none for a group, whose read receipts are coalesced), and, when the user has other
+    devices, one to the user (by=user) so those mark the chat read as well."""
+    mine = (receipts(user, Status.READ, ts, [(user, conv, upto)])
+            if copies_to_sender(user_devices) else [])
+    if convs.is_group(conv):
+        return mine
+    return mine + receipts(user, Status.READ, ts, [
+        (sender, conv, seq) for sender, seq, event in messages if sender != user and not event])
+
+
+# ---- groups: "delivered to all", "read by all" ---------------------------------------------
+
+def floor(members: Iterable[str], marks: Mapping[str, Sequence[int]]) -> tuple[int, int]:
+    """(delivered, read) of the whole group: the lowest watermarks of its members (0 for a
+    member without any)."""
+    lows = [marks.get(u, (0, 0)) for u in members]
+    return (min((m[0] for m in lows), default=0), min((m[1] for m in lows), default=0))
+
+
+def all_receipts(before: Sequence[int], now: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(status, after, upto): the ranges of a group's messages that became delivered to all
+    (or read by all) when its floor moved from `before` to `now`; each gets one receipt with
+    all=True per sender, for its messages that are not chat events."""
+    return [(status, before[i], now[i])
+            for i, status in ((0, Status.DELIVERED), (1, Status.READ)) if now[i] > before[i]]
+
+
+def all_receipts_for(by: str, conv: str, status: int, ts: int,
+                     messages: Iterable[tuple[str, int, bool]]) -> list[ReceiptNote]:
+    """The all=True receipts for a range of a group's messages (sender, seq, is_event) that
+    became delivered to (or read by) every member: chat events get none."""
+    return receipts(by, status, ts, [(sender, conv, seq) for sender, seq, event in messages
+                                     if not event], all_=True)
+
+
+class MarkCounts:
+    """How many members of a group stand at each watermark, so the group's floor is the
+    smallest key: moving one member costs O(1) and the floor O(distinct watermarks), not
+    O(members). Kept in memory by a store that sees every change (SQLite's writer)."""
+
+    __slots__ = ("counts", "members")
+
+    def __init__(self, marks: Mapping[str, Sequence[int]]) -> None:
+        self.members = set(marks)
+        self.counts = (collections.Counter(m[0] for m in marks.values()),
+                       collections.Counter(m[1] for m in marks.values()))
+
+    def move(self, user: str, which: int, old: int, new: int) -> None:
+        """Member `user`'s watermark `which` (0 delivered, 1 read) rose from old to new."""
+        if user not in self.members or new == old:
+            return
+        counts = self.counts[which]
+        counts[old] -= 1
+        if not counts[old]:
+            del counts[old]
+        counts[new] += 1
+
+    def floor(self) -> tuple[int, int]:
+        d, r = self.counts
+        return (min(d, default=0), min(r, default=0))
+
+
+def receipt_state(users: Iterable[str], sender: str | None, seq: int,
+                  marks: Callable[[str], Sequence[int]]) -> ReceiptState:
+    """Who has message `seq` of a chat: read, delivered (not read yet) or pending, of its
+    participants other than the sender."""
+    delivered_: list[str] = []
+    read: list[str] = []
+    pending: list[str] = []
+    for u in users:
+        if u == sender:
+            continue
+        d, r = marks(u)
+        (read if r >= seq else delivered_ if d >= seq else pending).append(u)
+    return ReceiptState(tuple(delivered_), tuple(read), tuple(pending))

@@ -1,0 +1,70 @@
+"""The values the rules take and give (frozen dataclasses), and the clock."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from chatd.protocol.errors import ErrorCode
+from chatd.protocol.frames import Media
+
+
+def now_ms() -> int:
+    """Wall-clock time in milliseconds: message, receipt and last-seen times."""
+    return int(time.time() * 1000)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store: from a device, or a chat event the server makes."""
+
+    sender: str
+    device: str
+    client_id: str
+    conv: str
+    recipients: tuple[str, ...]  # users whose inboxes get the message (sender excluded)
+    body: bytes
+    ts: int
+    media: tuple[Media, ...] = ()
+    group: str | None = None  # a group message: it is fanned out to the members
+    event: dict[str, Any] | None = None  # a server-made chat event (membership, mode)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupInfo:
+    group: str
+    name: str
+    members: tuple[str, ...]  # in the order they joined
+    admins: tuple[str, ...]
+    mode: int = 0
+    ttl: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReceiptState:
+    delivered: tuple[str, ...]  # members whose devices have it, not read yet
+    read: tuple[str, ...]
+    pending: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReceiptNote:
+    """A receipt to put in `to`'s inbox: `by` has the messages `seqs` of `conv` (or read
+    them); `all`: every member of the group has."""
+
+    to: str
+    conv: str
+    seqs: tuple[int, ...]
+    by: str
+    status: int
+    ts: int
+    all: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is refused: the error the device gets."""
+
+    code: ErrorCode
+    message: str
