@@ -1,4 +1,4 @@
-"""python -m bench {codec,throughput,memory,drain,fanout,connections,cluster,stores,abuse,
+"""python -m bench {codec,throughput,memory,drain,fanout,connections,cluster,stores,abuse,versus,
 media,report,all}: figures, saved to bench/results/ (JSON, PNG plots, and SUMMARY.md from `report`).
 python -m bench chaos: faults injected into real nodes, the delivery history checked."""
 
@@ -22,6 +22,8 @@ from . import (
 )
 from .chaos import add_parser as add_chaos_parser
 from .chaos import main as chaos_main
+from .versus import add_parser as add_versus_parser
+from .versus import main as versus_main
 
 
 def main() -> None:
@@ -86,11 +88,15 @@ def main() -> None:
     md.add_argument("--quick", action="store_true", help="fewer and smaller runs")
     sub.add_parser("report", help="write bench/results/SUMMARY.md from the saved results")
     add_chaos_parser(sub)
+    add_versus_parser(sub)
     a = sub.add_parser("all", help="everything with the defaults")
     a.set_defaults(seconds=5)
     args = p.parse_args()
     if args.what == "chaos":
         chaos_main(args)
+        return
+    if args.what == "versus":
+        versus_main(args)
         return
     if args.what == "all":
         codec.main(argparse.Namespace(seconds=0.5))
