@@ -73,6 +73,12 @@ REFUSED = Counter("chatd_connections_refused", "Connections refused before authe
                   ["reason"])
 TASK_FAILURES = Counter("chatd_background_failures", "Failures of the node's background jobs"
                         " (contained, logged, retried)", ["task"])
+# Series that exist from the start at 0, so that rate() over them (alerts, dashboards) has
+# data before the first failure.
+for _reason in ("address", "unauthenticated"):
+    REFUSED.labels(_reason)
+for _job in ("sweep", "presence", "collect", "probe"):
+    TASK_FAILURES.labels(_job)
 # readiness, disk and limits (sampled by probe(); "livemin": the worst live worker counts)
 STORE_UP = Gauge("chatd_store_up", "1 if the store answered the last probe (a read)",
                  multiprocess_mode="livemin")
@@ -244,3 +250,42 @@ def serve_metrics(host: str, port: int, multiprocess_dir: str | None = None,
                               handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, name="chatd-metrics", daemon=True).start()
     return int(server.server_address[1])
+
+
+def check(url: str, wait: float = 0.0) -> int:
+    """`python -m chatd.server.metrics check URL [--wait SECONDS]`: exit 0 if URL (/readyz,
+    /healthz) answers 200, else 1 with the reason on stderr; --wait retries that long. For
+    health checks where no curl is installed (the container image, the systemd unit)."""
+    import sys
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as answer:
+                return 0 if answer.status == 200 else 1
+        except urllib.error.HTTPError as exc:
+            reason = exc.read().decode(errors="replace").strip() or str(exc)
+        except OSError as exc:
+            reason = str(exc)
+        if time.monotonic() >= deadline:
+            print(f"chatd: {url}: {reason}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m chatd.server.metrics")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="exit 0 if URL answers 200 (e.g. .../readyz)")
+    p.add_argument("url")
+    p.add_argument("--wait", type=float, default=0.0, help="keep trying this many seconds")
+    args = parser.parse_args(argv)
+    return check(args.url, args.wait)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
