@@ -32,8 +32,10 @@ USERS = ["alice", "bob", "carol", "dave"]
 class WebNode:
     """`chatd serve` with the web app, restartable on the same ports and data dir."""
 
-    def __init__(self, data_dir: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, data_dir: Path, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.env = env
         ports: set[int] = set()
         while len(ports) < 3:  # (free_port may give the same one twice)
             ports.add(free_port())
@@ -66,7 +68,7 @@ class WebNode:
              "--tcp-port", str(self.tcp_port), "--ws-port", str(self.ws_port),
              "--http-port", str(self.http_port), "--workers", "1", "--heartbeat", "5",
              *self.extra],
-            stderr=subprocess.PIPE)
+            stderr=subprocess.PIPE, env={**os.environ, **self.env} if self.env else None)
         wait_ready(self.proc, log=self.log)
 
     def stop(self) -> None:
