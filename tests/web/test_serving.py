@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from chatd.protocol import Connection, Framing, Role
@@ -48,10 +47,10 @@ def test_the_app_is_served_with_a_strict_policy(node: WebNode) -> None:
     assert headers["cache-control"] == "no-cache"
     script = re.search(rb'src="/?(app-[A-Z0-9]+\.js)" integrity="sha384-', body)
     assert script is not None
-    status, headers, js = get(node, "/" + script.group(1).decode())
+    status, headers, _ = get(node, "/" + script.group(1).decode())
     assert status == 200 and headers["content-type"].startswith("text/javascript")
     assert "immutable" in headers["cache-control"]
-    status, again, _ = get(node, "/" + script.group(1).decode(),
+    status, _, _ = get(node, "/" + script.group(1).decode(),
                            headers={"If-None-Match": headers["etag"]})
     assert status == 304
     status, headers, config = get(node, "/config.json")
