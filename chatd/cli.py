@@ -210,6 +210,8 @@ async def run_token(args: argparse.Namespace) -> int:
         async with open_store(cfg.store_url) as store:
             await store.add_user(args.user)
     print(token)
+    from chatd.web.app import sign_in_link
+    print(f"chatd: sign in on the web: {sign_in_link(cfg, token)}", file=sys.stderr)
     return 0
 
 

@@ -124,3 +124,19 @@ def _hostname(host_header: str) -> str:
     if host_header.startswith("[") and "]:" in host_header:
         name = host_header.rsplit(":", 1)[0]
     return name if HOST.fullmatch(name) else ""
+
+
+SERVE_HTTP_PORT = 7780  # the HTTP port scripts/serve gives a node when the user gives none
+
+
+def sign_in_link(config: Any, token: str) -> str:
+    """The web app's sign-in link for a token (`chatd token` prints it): the token goes in
+    the URL fragment, which browsers never send to a server; the app moves it to the tab's
+    sessionStorage and out of the address bar."""
+    base = config.media_url.rstrip("/")
+    if not base:
+        host = config.host if config.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        port = config.http_port if config.http_port > 0 else SERVE_HTTP_PORT
+        base = f"{'https' if config.tls_cert else 'http'}://{host}:{port}"
+    return f"{base}/#token={token}"
