@@ -33,3 +33,14 @@ if ! command -v go >/dev/null; then
 fi
 WEED="$(scripts/seaweedfs-fetch)" || { echo "error: could not build SeaweedFS" >&2; exit 1; }
 echo "== SeaweedFS weed in $WEED"
+# The web app (clients/web) builds with Node.js and npm (20+; packages pinned by its
+# package-lock.json); its browser tests (tests/web) drive Debian's Chromium with the
+# Playwright driver from the dev extra (no browser download).
+if ! command -v npm >/dev/null; then
+  apt_install "Node.js and npm for the web app" nodejs npm
+fi
+echo "== Node.js $(node --version)"
+if [ ! -x /usr/bin/chromium ]; then
+  apt_install "Chromium for the browser tests" chromium
+fi
+echo "== $(/usr/bin/chromium --version 2>/dev/null || echo 'Chromium (version unknown)')"
