@@ -44,3 +44,11 @@ if [ ! -x /usr/bin/chromium ]; then
   apt_install "Chromium for the browser tests" chromium
 fi
 echo "== $(/usr/bin/chromium --version 2>/dev/null || echo 'Chromium (version unknown)')"
+# promtool checks and unit-tests deploy/prometheus/alerts.yml (the Prometheus daemon is not
+# run); systemd-analyze verifies deploy/chatd.service (tests/deploy).
+if ! command -v promtool >/dev/null; then
+  apt_install "promtool for the alert rule tests" prometheus
+fi
+if ! command -v systemd-analyze >/dev/null; then
+  apt_install "systemd-analyze for the unit file test" systemd
+fi

@@ -81,10 +81,12 @@ def test_wheels_hold_what_each_distribution_is(dist: Path) -> None:
     assert {"chatd_client/client.py", "chatd/protocol/frames.py", "chatd/util.py"} <= c
     assert not [n for n in c if n.startswith("chatd/") and not n.startswith(
         ("chatd/protocol/", "chatd/util.py"))]  # (so the two never overwrite each other)
-    if (ROOT / "chatd" / "web").is_dir():  # the browser app's static files ship too
-        web = {str(p.relative_to(ROOT)) for p in (ROOT / "chatd" / "web").rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts}
-        assert web <= s
+    web = {str(p.relative_to(ROOT)) for p in (ROOT / "chatd" / "web").rglob("*.py")}
+    assert web <= s  # the browser app's server side ...
+    bundle = ROOT / "clients" / "web" / "dist"
+    if (bundle / "index.html").is_file():  # ... and its built bundle (hatch_build.py)
+        assert {f"chatd/web/static/{p.relative_to(bundle)}" for p in bundle.rglob("*")
+                if p.is_file()} <= s
     meta = client.read(f"chatd_client-{v}.dist-info/METADATA").decode()
     needs = sorted(line.split(":", 1)[1].split(">")[0].split("=")[0].strip()
                    for line in meta.splitlines() if line.startswith("Requires-Dist:"))
