@@ -15,6 +15,7 @@ from trio_websocket import WebSocketConnection, WebSocketRequest, WebSocketServe
 
 from chatd import __version__, need
 from chatd.auth import AuthError, load_or_create_secret, verify_token
+from chatd.core import convs, now_ms
 from chatd.protocol import (
     MAX_FRAME_SIZE,
     NEED_DATA,
@@ -31,15 +32,15 @@ from chatd.protocol import frames as F
 from chatd.protocol.limits import MAX_HELLO_SIZE
 from chatd.router import LocalRouter
 from chatd.router.peers import Peers, UnixPeers
-from chatd.store import Store, StoreError, open_store
-from chatd.store.cql import redact
+from chatd.store import FanoutJobs, Store, StoreError, StoreStats, open_store
+from chatd.util import redact
 from chatd.web.origins import ws_request_allowed
 
 from . import metrics
 from .config import Config
 from .limits import UserLimits
 from .presence import PresenceService
-from .session import Session, now_ms
+from .session import Session
 from .transport import HELLO_RECEIVE_SIZE, StreamTransport, WebSocketTransport
 
 log = logging.getLogger("chatd")
@@ -96,7 +97,7 @@ class ChatServer:
         self.node_id = node_id
         self.router = LocalRouter()
         self.peers = peers
-        if hasattr(store, "on_batch"):
+        if isinstance(store, StoreStats):
             store.on_batch = metrics.STORE_COMMIT.observe
         self.reuse_port = peers is not None  # workers share the listening ports
         store.on_append = self.router.dispatch if peers is None else self._dispatch
@@ -299,16 +300,14 @@ class ChatServer:
 
     async def takes_part(self, user: str, conv: str) -> bool:
         """Whether user is a member of conv now (media downloads)."""
-        if conv.startswith("g:"):
-            info = await self.store.group(conv[2:])
-            return info is not None and user in info.members
-        return conv.startswith("d:") and user in conv.split(":")[1:]
+        return user in await self.conv_members(conv)
 
     async def conv_members(self, conv: str) -> tuple[str, ...]:
-        if conv.startswith("g:"):
-            info = await self.store.group(conv[2:])
+        group = convs.group_of(conv)
+        if group is not None:
+            info = await self.store.group(group)
             return tuple(info.members) if info is not None else ()
-        return tuple(conv.split(":")[1:])
+        return convs.pair(conv) or ()
 
     async def sweep(self) -> None:
         """One task for every connection's idle and slow-frame timeouts (a timer per
@@ -333,8 +332,10 @@ class ChatServer:
                 if now - sampled >= 2:
                     sampled = now
                     self.limits.prune(now)
-                    metrics.STORE_QUEUE.set(getattr(self.store, "queue_depth", 0))
-                    metrics.FANOUT_PENDING.set(getattr(self.store, "fanout_pending", 0))
+                    if isinstance(self.store, StoreStats):
+                        metrics.STORE_QUEUE.set(self.store.queue_depth)
+                    if isinstance(self.store, FanoutJobs):
+                        metrics.FANOUT_PENDING.set(self.store.fanout_pending)
                     metrics.FANOUT_QUEUE.set(getattr(self.peers, "fanout_lag", 0))
                     metrics.sample_process()
             except Exception as exc:
@@ -517,6 +518,7 @@ async def serve(config: Config, *, worker: Worker | None = None,
                 task_status: trio.TaskStatus[ChatServer] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a node (or one worker of it) until stop() is called on it (or the task is
     cancelled)."""
+    config.validate()
     secret = load_or_create_secret(config.data_dir)
     async with open_store(config.store_url) as store:
         peers: Peers | None = None

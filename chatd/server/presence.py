@@ -19,13 +19,14 @@ gets a device disconnected as a slow consumer.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Final
 
+from chatd.core import now_ms
 from chatd.protocol import frames as F
 
 if TYPE_CHECKING:
     from .app import ChatServer
+    from .node import Device
     from .session import Session
 
 PRIVACY_CACHE: Final = 100_000  # users whose setting is kept in memory before starting over
@@ -36,7 +37,7 @@ class PresenceService:
         self.server = server
         self._active: dict[str, int] = {}  # user -> last activity, wall ms (one int a user)
         self._online: set[str] = set()
-        self._watchers: dict[str, set[Session]] = {}
+        self._watchers: dict[str, set[Device]] = {}
         self._hidden: dict[str, bool] = {}
         self._remote: dict[str, set[str]] = {}  # user -> peers that say the user is online
         self._unsaved: dict[str, int] = {}  # last seen times not yet written (store down)
@@ -77,7 +78,7 @@ class PresenceService:
         if session.background:
             return
         user = session.user
-        self._active[user] = int(time.time() * 1000)
+        self._active[user] = now_ms()
         if user not in self._online:
             was = self.is_online(user)
             self._online.add(user)
@@ -88,7 +89,7 @@ class PresenceService:
     async def check(self) -> None:
         """Users whose activity is older than the threshold, or with no foreground device
         left, go offline (called by the server's sweeper)."""
-        oldest = int(time.time() * 1000 - self.server.config.presence_threshold * 1000)
+        oldest = now_ms() - int(self.server.config.presence_threshold * 1000)
         await self._offline([u for u in self._online
                              if self._active[u] < oldest or not self._foreground(u)])
 
@@ -152,13 +153,13 @@ class PresenceService:
         online = self.is_online(user)
         return F.Presence(user=user, online=online, last_seen=None if online else last, rid=rid)
 
-    def watch(self, session: Session, user: str) -> None:
+    def watch(self, session: Device, user: str) -> None:
         self._watchers.setdefault(user, set()).add(session)
         if session.watching is None:
             session.watching = set()
         session.watching.add(user)
 
-    def unwatch(self, session: Session, user: str) -> None:
+    def unwatch(self, session: Device, user: str) -> None:
         watchers = self._watchers.get(user)
         if watchers is not None:
             watchers.discard(session)

@@ -9,13 +9,12 @@ one writer. Live items arrive through `offer()` from the router, in commit order
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
 import trio
 
+from chatd.core import now_ms
 from chatd.protocol import (
     MAX_BODY_SIZE,
     NEED_DATA,
@@ -28,9 +27,9 @@ from chatd.protocol import (
     encode_body,
 )
 from chatd.protocol import frames as F
-from chatd.store import GroupInfo, Item, NewMessage, StoreError, conv_members, direct_conv
+from chatd.store import Item, StoreError
 
-from . import metrics
+from . import handlers, metrics
 from .transport import RECEIVE_SIZE
 
 if TYPE_CHECKING:
@@ -42,20 +41,8 @@ BUSY: Final = float("inf")  # rx_at while the connection's requests are being ha
 MAX_PAUSE_MS: Final = 1000  # how long a rate-limited connection is not read
 FRAME_OVERHEAD: Final = 64  # bytes a queued frame costs beyond its own (deque slot, header)
 WRITE_COALESCE: Final = 256 * 1024  # bytes gathered into one write
-HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
-
-
 _ORDER_FREE: Final = (F.Send, F.Ping, F.Pong)  # frames an Ack may be reordered with
 _NOT_ACTIVITY: Final = (F.Ping, F.Pong, F.Ack, F.Sync, F.Goodbye)  # the app's own doing
-GROUP_FRAMES: Final = (F.GroupCreate, F.GroupAdd, F.GroupRemove, F.GroupLeave, F.GroupRename,
-                       F.GroupInfo, F.GroupList)
-# Requests whose answer can be large: refused while the connection's queue is backed up.
-LARGE_ANSWERS: Final = (F.History, F.GroupInfo, F.GroupList, F.GroupCreate, F.GroupAdd,
-                        F.GroupRemove, F.ReceiptQuery, F.PresenceSubscribe)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Closing(Exception):
@@ -334,71 +321,18 @@ class Session:
         elif now - self.rx_at > cfg.idle_timeout:
             self.close_with(ErrorCode.TIMEOUT, "no data within the idle timeout")
 
-    def _error(self, code: ErrorCode, message: str, ref: str | None = None,
-               rid: int | None = None, retry_ms: int | None = None) -> None:
+    def error(self, code: ErrorCode, message: str, ref: str | None = None,
+              rid: int | None = None, retry_ms: int | None = None) -> None:
         self.send_frame(F.Error(code=code, message=message, ref=ref, rid=rid, retry_ms=retry_ms))
 
-    def _refused(self, ev: Frame) -> bool:
-        """Whether a request is refused by a limit (its RATE_LIMITED error is sent)."""
-        server = self.server
-        kind = type(ev)
-        rid = getattr(ev, "rid", None)
-        if kind in LARGE_ANSWERS and self.backed_up:
-            server.stats["refused_backed_up"] += 1
-            metrics.LIMITED.labels("backed_up").inc()
-            self._error(ErrorCode.RATE_LIMITED, "answers are waiting to be read: read them first",
-                        rid=rid, retry_ms=1000)
-            return True
-        cost = 1 + len(ev.users) // 64 if isinstance(ev, F.PresenceSubscribe) else 1
-        wait = server.limits.requests.take(self.user, trio.current_time(), cost)
-        if not wait and kind is F.GroupCreate:
-            wait = server.limits.group_creates.take(self.user, trio.current_time())
-        if wait:
-            self._pause = MAX_PAUSE_MS  # (refusing what it sends meanwhile costs more)
-            server.stats["rate_limited"] += 1
-            metrics.LIMITED.labels(kind.__name__).inc()
-            self._error(ErrorCode.RATE_LIMITED, f"too many {kind.__name__} requests",
-                        rid=rid, retry_ms=wait)
-            return True
-        return False
+    def pause(self) -> None:
+        self._pause = MAX_PAUSE_MS
 
-    def _group_problem(self, group: str, info: GroupInfo | None
-                       ) -> tuple[ErrorCode, str] | None:
-        if info is None:
-            return ErrorCode.UNKNOWN_TARGET, f"no group {group!r}"
-        if self.user not in info.members:
-            return ErrorCode.FORBIDDEN, f"not a member of group {group!r}"
-        return None
-
-    async def _group_for(self, group: str, rid: int | None = None,
-                         ref: str | None = None) -> GroupInfo | None:
-        """The group if this user is a member; otherwise answer with the error, None."""
-        info = await self.server.store.group(group)
-        problem = self._group_problem(group, info)
-        if problem is not None:
-            self._error(*problem, ref=ref, rid=rid)
-            return None
-        return info
-
-    async def _may_access(self, conv: str, rid: int | None = None) -> bool:
-        """Whether conv is a conversation id as the server writes it, of a conversation this
-        user takes part in (checked now: membership can change)."""
-        if conv.startswith("g:"):
-            return await self._group_for(conv[2:], rid=rid) is not None
-        members = conv_members(conv) if conv.startswith("d:") and conv.count(":") == 2 \
-            else None
-        if members is None or direct_conv(*members) != conv:
-            self._error(ErrorCode.INVALID, f"{conv!r} is not a conversation id (g:GROUP, or"
-                        " d:A:B with A <= B)", rid=rid)
-            return False
-        if self.user not in members:
-            self._error(ErrorCode.FORBIDDEN, f"not a member of {conv}", rid=rid)
-            return False
-        other = members[1] if members[0] == self.user else members[0]
-        if not await self.server.user_exists(other):
-            self._error(ErrorCode.UNKNOWN_TARGET, f"no user {other!r}", rid=rid)
-            return False
-        return True
+    def resync(self, cursor: int) -> None:
+        self._sent_upto = cursor
+        self._live = False
+        self._need_sync = True
+        self._kick()
 
     def _received_frames(self) -> tuple[list[Frame], bool]:
         """The frames the connection has now, and whether the peer closed after them."""
@@ -440,7 +374,7 @@ class Session:
             if isinstance(ev, F.Send):
                 while j < n and isinstance(rest[j], F.Send):
                     j += 1
-                await self._handle_sends(rest[i:j])  # type: ignore[arg-type]
+                await handlers.sends(self.server, self, rest[i:j])  # type: ignore[arg-type]
             else:
                 if self._acks_running and type(ev) not in _ORDER_FREE:
                     # e.g. a Read must not overtake the Ack before it (DELIVERED, then READ)
@@ -468,264 +402,7 @@ class Session:
 
     async def handle(self, ev: Frame) -> None:
         """One frame other than Send and Ack (handle_all batches those)."""
-        server = self.server
-        if isinstance(ev, F.Goodbye):
+        if type(ev) is F.Goodbye:
             self._closing = True
             raise Closing
-        if not isinstance(ev, F.Pong) and self._refused(ev):
-            return
-        if isinstance(ev, F.Read):
-            if await self._may_access(ev.conv):
-                await server.store.mark_read(self.user, ev.conv, ev.upto, now_ms())
-        elif isinstance(ev, F.Ping):
-            self.send_frame(F.Pong(nonce=ev.nonce))
-        elif isinstance(ev, F.Pong):
-            pass
-        elif isinstance(ev, F.Sync):
-            self._sent_upto = await server.store.cursor(self.user, self.device)
-            self._live = False
-            self._need_sync = True
-            self._kick()
-        elif isinstance(ev, F.History):
-            await self._handle_history(ev)
-        elif isinstance(ev, GROUP_FRAMES):
-            await self._handle_group(ev)
-        elif isinstance(ev, F.PresenceSubscribe):
-            await self._handle_watch(ev)
-        elif isinstance(ev, F.PresenceUnsubscribe):
-            for user in ev.users:
-                server.presence.unwatch(self, user)
-        elif isinstance(ev, F.LastSeenQuery):
-            if await server.user_exists(ev.user):
-                self.send_frame(await server.presence.state(ev.user, self.user, ev.rid))
-            else:
-                self._error(ErrorCode.UNKNOWN_TARGET, f"no user {ev.user!r}", rid=ev.rid)
-        elif isinstance(ev, F.SetPrivacy):
-            await server.presence.set_hidden(self.user, ev.last_seen == "nobody")
-            self.send_frame(F.Ok(rid=ev.rid))
-        elif isinstance(ev, F.SetMode):
-            await self._handle_set_mode(ev)
-        elif isinstance(ev, F.UploadSlot):
-            await self._handle_upload_slot(ev)
-        elif isinstance(ev, F.ReceiptQuery):
-            if await self._may_access(ev.conv, ev.rid):
-                st = await server.store.receipt_state(ev.conv, ev.seq)
-                self.send_frame(F.ReceiptState(rid=ev.rid, conv=ev.conv, seq=ev.seq,
-                                               delivered=st.delivered, read=st.read,
-                                               pending=st.pending))
-        else:
-            rid = getattr(ev, "rid", None)
-            self._error(ErrorCode.INVALID, f"this server does not handle {type(ev).__name__}",
-                        rid=rid)
-
-    async def _check_send(self, ev: F.Send,
-                          groups: dict[str, tuple[ErrorCode, str] | None]) -> bool:
-        """Validate one send; on a problem, answer with its error and return False. `groups`
-        remembers membership checks within one batch of sends (one store call per group)."""
-        server = self.server
-        wait = server.limits.sends.take(self.user, trio.current_time())
-        if wait:
-            self._pause = MAX_PAUSE_MS  # (refusing what it sends meanwhile costs more)
-            server.stats["rate_limited"] += 1
-            self._error(ErrorCode.RATE_LIMITED, "sending too fast", ref=ev.id, retry_ms=wait)
-            return False
-        if (ev.to is None) == (ev.group is None):
-            self._error(ErrorCode.INVALID, "send needs exactly one of 'to' and 'g'", ref=ev.id)
-            return False
-        if len(ev.body) > MAX_BODY_SIZE:
-            self._error(ErrorCode.TOO_LARGE,
-                        f"body of {len(ev.body)} bytes, limit {MAX_BODY_SIZE}", ref=ev.id)
-            return False
-        if ev.group is not None:
-            if ev.group not in groups:
-                groups[ev.group] = self._group_problem(
-                    ev.group, await server.store.group(ev.group))
-            problem = groups[ev.group]
-            if problem is not None:
-                self._error(*problem, ref=ev.id)
-            return problem is None
-        if not await server.user_exists(ev.to):  # type: ignore[arg-type]
-            self._error(ErrorCode.UNKNOWN_TARGET, f"no user {ev.to!r}", ref=ev.id)
-            return False
-        return True
-
-    async def _handle_upload_slot(self, ev: F.UploadSlot) -> None:
-        from chatd.media.blobs import BlobStoreError
-        from chatd.media.service import MediaError
-
-        media = self.server.media
-        if media is None:
-            self._error(ErrorCode.INVALID, "this server takes no uploads (no http_port)",
-                        rid=ev.rid)
-            return
-        try:
-            self.send_frame(await media.slot(self.user, ev, f"{self.server.media_url}"
-                                                            "/v1/upload"))
-        except MediaError as exc:
-            self._error(ErrorCode.TOO_LARGE if exc.status == 413 else ErrorCode.INVALID,
-                        exc.message, rid=ev.rid)
-        except BlobStoreError as exc:
-            self._error(ErrorCode.INTERNAL, f"media store unavailable: {exc}", rid=ev.rid,
-                        retry_ms=1000)
-
-    async def _check_media(self, ev: F.Send, conv: str) -> bool:
-        """A send's media references: previews bounded with the body; with a media service,
-        each an uploaded blob, recorded as referenced by conv (its members may download)."""
-        from chatd.media.blobs import BlobStoreError
-
-        if len(ev.body) + sum(len(m.preview) for m in ev.media) > MAX_BODY_SIZE:
-            self._error(ErrorCode.TOO_LARGE, f"body and previews over {MAX_BODY_SIZE} bytes",
-                        ref=ev.id)
-            return False
-        media = self.server.media
-        if media is None:
-            return True
-        try:
-            for m in ev.media:
-                if not await media.reference(m.id, conv, self.user, now_ms()):
-                    self._error(ErrorCode.INVALID, f"no uploaded media {m.id[:64]!r}",
-                                ref=ev.id)
-                    return False
-        except BlobStoreError as exc:
-            self._error(ErrorCode.INTERNAL, f"media store unavailable: {exc}", ref=ev.id,
-                        retry_ms=1000)
-            return False
-        return True
-
-    async def _handle_sends(self, sends: list[F.Send]) -> None:
-        ts = now_ms()
-        msgs, ids = [], []
-        groups: dict[str, tuple[ErrorCode, str] | None] = {}
-        for ev in sends:
-            if not await self._check_send(ev, groups):
-                continue
-            recipients: tuple[str, ...] = ()  # for a group, the store fans out to members
-            if ev.group is not None:
-                conv = f"g:{ev.group}"
-            else:
-                assert ev.to is not None
-                conv = direct_conv(self.user, ev.to)
-                recipients = () if ev.to == self.user else (ev.to,)
-            if ev.media and not await self._check_media(ev, conv):
-                continue
-            msgs.append(NewMessage(
-                sender=self.user, device=self.device, client_id=ev.id, conv=conv,
-                recipients=recipients, body=ev.body, ts=ts, media=ev.media, group=ev.group))
-            ids.append(ev.id)
-        if not msgs:
-            return
-        results = await self.server.store.append_messages(msgs)
-        self.server.stats["messages_in"] += len(msgs)
-        metrics.MESSAGES_IN.inc(sum(1 for r in results if not r.duplicate))
-        for cid, r in zip(ids, results, strict=True):
-            self.send_frame(F.Sent(id=cid, conv=r.conv, seq=r.seq, ts=r.ts))
-
-    async def _handle_group(self, ev: Frame) -> None:
-        server, store, user = self.server, self.server.store, self.user
-        rid: int = ev.rid  # type: ignore[attr-defined]
-        if isinstance(ev, F.GroupList):
-            self.send_frame(F.Groups(rid=rid, groups=tuple(await store.user_groups(user))))
-            return
-        limit = server.config.group_max_members
-        if isinstance(ev, (F.GroupCreate, F.GroupAdd)):
-            new = ev.members if isinstance(ev, F.GroupCreate) else ev.users
-            unknown = [u for u in new if not await server.user_exists(u)]
-            if unknown:
-                self._error(ErrorCode.UNKNOWN_TARGET, f"no user {', '.join(unknown)}", rid=rid)
-                return
-        if isinstance(ev, F.GroupCreate):
-            if len({user, *ev.members}) > limit:
-                self._error(ErrorCode.INVALID, f"a group has at most {limit} members", rid=rid)
-                return
-            info = None
-            while info is None:  # a fresh random id (a clash is astronomically rare)
-                info = await store.create_group(secrets.token_hex(6), ev.name, user,
-                                                list(ev.members), now_ms())
-            self._send_group(rid, info)
-            return
-        group = await self._group_for(ev.group, rid=rid)  # type: ignore[attr-defined]
-        if group is None:
-            return
-        admin = user in group.admins
-        if isinstance(ev, F.GroupInfo):
-            self._send_group(rid, group)
-        elif isinstance(ev, F.GroupLeave):
-            await store.change_group(group.group, user, now_ms(), remove=(user,))
-            self.send_frame(F.Ok(rid=rid))
-        elif isinstance(ev, F.GroupAdd):
-            if not admin:
-                self._error(ErrorCode.FORBIDDEN, "only admins add members", rid=rid)
-            elif len({*group.members, *ev.users}) > limit:
-                self._error(ErrorCode.INVALID, f"a group has at most {limit} members", rid=rid)
-            else:
-                self._send_group(rid, await store.change_group(group.group, user, now_ms(),
-                                                               add=ev.users))
-        elif isinstance(ev, F.GroupRemove):
-            if not admin and set(ev.users) != {user}:
-                self._error(ErrorCode.FORBIDDEN, "only admins remove other members", rid=rid)
-            else:
-                self._send_group(rid, await store.change_group(group.group, user, now_ms(),
-                                                               remove=ev.users))
-        elif isinstance(ev, F.GroupRename):
-            if not admin:
-                self._error(ErrorCode.FORBIDDEN, "only admins rename the group", rid=rid)
-            else:
-                self._send_group(rid, await store.change_group(group.group, user, now_ms(),
-                                                               name=ev.name))
-
-    async def _handle_watch(self, ev: F.PresenceSubscribe) -> None:
-        server = self.server
-        new = [u for u in dict.fromkeys(ev.users) if u not in (self.watching or ())]
-        limit = server.config.max_watch
-        if len(self.watching or ()) + len(new) > limit:
-            self._error(ErrorCode.INVALID, f"a device watches at most {limit} users")
-            return
-        unknown = [u for u in new if not await server.user_exists(u)]
-        if unknown:
-            self._error(ErrorCode.UNKNOWN_TARGET, f"no user {', '.join(unknown[:8])}")
-            return
-        for user in ev.users:
-            server.presence.watch(self, user)
-            self.send_presence(await server.presence.state(user, self.user))
-
-    async def _handle_set_mode(self, ev: F.SetMode) -> None:
-        if ev.conv.startswith("g:"):
-            group = await self._group_for(ev.conv[2:], rid=ev.rid)
-            if group is None:
-                return
-            if self.user not in group.admins:
-                self._error(ErrorCode.FORBIDDEN, "only admins change the group's mode",
-                            rid=ev.rid)
-                return
-        elif not await self._may_access(ev.conv, ev.rid):  # canonical, both users exist
-            return
-        if (ev.mode == F.Mode.DISAPPEARING) != (ev.ttl > 0):
-            self._error(ErrorCode.INVALID, "a ttl goes with DISAPPEARING mode, and only with it",
-                        rid=ev.rid)
-            return
-        await self.server.store.set_mode(ev.conv, ev.mode, ev.ttl, self.user, now_ms())
-        self.send_frame(F.Ok(rid=ev.rid))
-
-    def _send_group(self, rid: int, info: GroupInfo) -> None:
-        self.send_frame(F.Group(rid=rid, group=info.group, name=info.name,
-                                members=info.members, admins=info.admins, mode=info.mode,
-                                ttl=info.ttl))
-
-    async def _handle_history(self, ev: F.History) -> None:
-        if not await self._may_access(ev.conv, ev.rid):
-            return
-        after = 0  # a group member pages back to when they joined, not before
-        if ev.conv.startswith("g:"):
-            after = await self.server.store.joined_at(ev.conv[2:], self.user) or 0
-        items = await self.server.store.history(ev.conv, ev.before, ev.limit + 1, after)
-        more = len(items) > ev.limit
-        page: list[F.HistoryItem] = []
-        size = 0
-        budget = min(HISTORY_BUDGET, self.server.config.max_outbound // 4)  # (see backed_up)
-        for item in items[: ev.limit]:
-            size += len(item.body) + sum(len(m.preview) for m in item.media) + 200
-            if page and size > budget:
-                more = True
-                break
-            page.append(item)
-        self.send_frame(F.HistoryPage(rid=ev.rid, conv=ev.conv, items=tuple(page), more=more))
+        await handlers.handle(self.server, self, ev)

@@ -1,0 +1,103 @@
+"""The delivery rules, without a store: targets, cursors, receipts, group floors."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatd.core import ReceiptNote, delivery
+from chatd.protocol.frames import Status
+
+users = st.sampled_from(["alice", "bob", "carol", "dave", "erin"])
+
+
+def test_a_one_to_one_message_goes_to_the_recipient_and_the_senders_other_devices() -> None:
+    assert delivery.send_targets("alice", ("bob",), (), 1) == ("bob",)
+    assert delivery.send_targets("alice", ("bob",), (), 2) == ("bob", "alice")
+    assert delivery.send_targets("alice", (), (), 1) == ()  # a note to oneself, one device
+
+
+def test_a_group_message_goes_to_each_member_once_and_never_back_to_a_lone_device() -> None:
+    members = ("alice", "bob", "carol")
+    assert delivery.send_targets("alice", ("bob",), members, 1) == ("bob", "carol")
+    assert delivery.send_targets("alice", ("dave",), members, 3) == (
+        "bob", "carol", "dave", "alice")
+
+
+def test_the_sending_device_does_not_get_its_own_message() -> None:
+    assert not delivery.shown_to("alice", "phone", "alice", "phone")
+    assert delivery.shown_to("alice", "laptop", "alice", "phone")
+    assert delivery.shown_to("bob", "phone", "alice", "phone")
+
+
+@given(st.integers(0, 100), st.integers(0, 100), st.integers(0, 100))
+def test_a_cursor_only_rises_and_stops_at_the_end_of_the_inbox(old: int, upto: int,
+                                                               last: int) -> None:
+    new = delivery.new_cursor(old, upto, last)
+    if new is None:
+        assert min(upto, last) <= old
+    else:
+        assert old < new == min(upto, last)
+
+
+def test_an_ack_raises_watermarks_and_receipts_direct_chats_only() -> None:
+    got = delivery.delivered("bob", [
+        ("alice", "d:alice:bob", 1), ("alice", "d:alice:bob", 2),
+        ("bob", "d:bob:carol", 7),  # bob's own: no receipt, no watermark
+        ("carol", "g:x", 4), ("alice", "g:x", 5),
+        ("alice", "d:alice:bob", 2),  # seen twice (redelivered): once
+    ], {"d:alice:bob": 0, "g:x": 4}.__getitem__)
+    assert got.direct == [("alice", "d:alice:bob", 1), ("alice", "d:alice:bob", 2)]
+    assert got.raised == {"d:alice:bob": 2, "g:x": 5}
+    assert got.groups == ["g:x"]
+
+
+def test_receipts_are_one_per_sender_and_chat() -> None:
+    notes = delivery.receipts("bob", Status.DELIVERED, 9, [
+        ("alice", "d:alice:bob", 1), ("carol", "d:bob:carol", 3), ("alice", "d:alice:bob", 2)])
+    assert notes == [
+        ReceiptNote("alice", "d:alice:bob", (1, 2), "bob", Status.DELIVERED, 9),
+        ReceiptNote("carol", "d:bob:carol", (3,), "bob", Status.DELIVERED, 9)]
+
+
+def test_a_read_tells_the_sender_and_the_readers_other_devices_not_about_events() -> None:
+    rows = [("alice", 3, False), ("bob", 4, False), ("alice", 5, True), ("alice", 6, False)]
+    notes = delivery.read_receipts("bob", "d:alice:bob", 6, 1, 2, rows)
+    assert [(n.to, n.seqs) for n in notes] == [("bob", (6,)), ("alice", (3, 6))]
+    assert all(n.status == Status.READ and n.by == "bob" for n in notes)
+    assert delivery.read_receipts("bob", "d:alice:bob", 6, 1, 1, rows)[0].to == "alice"
+    # a group's are coalesced (all_receipts): only the reader's own devices hear of it here
+    assert [n.to for n in delivery.read_receipts("bob", "g:x", 6, 1, 2, rows)] == ["bob"]
+    assert delivery.new_read(10, 6, 6) is None and delivery.new_read(10, 8, 6) == 8
+
+
+def test_all_receipts_cover_what_the_floor_passed_and_skip_events() -> None:
+    assert delivery.all_receipts([2, 1], [5, 1]) == [(Status.DELIVERED, 2, 5)]
+    assert delivery.all_receipts([2, 1], [5, 3]) == [(Status.DELIVERED, 2, 5),
+                                                    (Status.READ, 1, 3)]
+    notes = delivery.all_receipts_for("carol", "g:x", Status.READ, 1,
+                                      [("alice", 3, False), ("alice", 4, True), ("bob", 5, False)])
+    assert [(n.to, n.seqs, n.all) for n in notes] == [("alice", (3,), True), ("bob", (5,), True)]
+
+
+@given(st.dictionaries(users, st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1),
+       st.lists(st.tuples(users, st.integers(0, 1), st.integers(0, 20)), max_size=40))
+def test_mark_counts_floor_equals_the_lowest_member_watermark(
+        start: dict[str, tuple[int, int]], moves: list[tuple[str, int, int]]) -> None:
+    """SQLite keeps counts per watermark instead of scanning the members on every ack: the
+    floor it reads is the one computed from scratch, whatever the members do."""
+    marks = {u: list(m) for u, m in start.items()}
+    counts = delivery.MarkCounts(marks)
+    for user, which, value in moves:
+        if user not in marks or value <= marks[user][which]:
+            continue  # watermarks only rise
+        counts.move(user, which, marks[user][which], value)
+        marks[user][which] = value
+        assert counts.floor() == delivery.floor(marks, marks)
+    counts.move("zed", 0, 0, 99)  # not a member: not counted
+    assert counts.floor() == delivery.floor(marks, marks)
+
+
+def test_receipt_state_sorts_participants_but_the_sender() -> None:
+    marks = {"bob": (5, 5), "carol": (5, 2), "dave": (1, 0)}
+    st_ = delivery.receipt_state(["alice", "bob", "carol", "dave", "erin"], "alice", 5,
+                                 lambda u: marks.get(u, (0, 0)))
+    assert (st_.read, st_.delivered, st_.pending) == (("bob",), ("carol",), ("dave", "erin"))
