@@ -16,6 +16,8 @@ from typing import Any
 import chatd_client as cc
 import trio
 
+from chatd.util import need_token
+
 BLUE, DIM, RESET = "\033[34m", "\033[2m", "\033[0m"
 HELP = ("type a message and Enter to send; /to USER or /to #GROUP switches peer;"
         " /image PATH sends an image; /quit leaves")
@@ -66,8 +68,6 @@ class ChatView:
 
 
 async def run_chat(args: argparse.Namespace) -> int:
-    from chatd.cli import need_token
-
     view = ChatView(sys.stdout, sys.stdout.isatty())
     peer: str | None = args.to
     async with cc.connect(args.url.split(","), need_token(args), args.device,

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,9 +18,9 @@ import trio
 from chatd import MissingExtra, check_extras, version_line
 from chatd.auth import load_or_create_secret, make_token
 from chatd.server import ConfigError, load_config, serve
+from chatd.server.workers import WorkerFailed
 from chatd.store import BadStoreURL, StoreError, check_store_url, open_store
-from chatd.store.cql import redact
-from chatd.util import single_errors
+from chatd.util import need_token, redact, single_errors
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -134,17 +133,9 @@ def serving_line(cfg: Any, tcp_port: int, ws_port: int, workers: int) -> str:
 
 
 async def run_serve(args: argparse.Namespace) -> int:
-    cfg = server_config(args)
-    check_store_url(cfg.store_url)
-    if cfg.redis and not cfg.node_id:
-        cfg.node_id = socket.gethostname()
-    if cfg.redis and not cfg.redis.startswith(("redis://", "redis+cluster://")):
-        raise ConfigError(f"--redis {cfg.redis!r}: expected redis://host:port or"
-                          " redis+cluster://host:port[,host:port...]")
+    cfg = server_config(args).validate()
     check_extras(cfg)
-    workers = cfg.workers or os.cpu_count() or 1
-    if workers > 1 and cfg.store_url == "memory://":
-        raise ConfigError("memory:// lives in one process: use --workers 1 with it")
+    workers = cfg.processes
     if workers > 1:
         return await run_supervisor(cfg, workers)
     async with trio.open_nursery() as nursery:
@@ -201,7 +192,7 @@ async def run_migrate(args: argparse.Namespace) -> int:
 
 
 async def run_token(args: argparse.Namespace) -> int:
-    cfg = server_config(args)
+    cfg = server_config(args).validate()
     secret = load_or_create_secret(cfg.data_dir)
     token = make_token(secret, args.user, args.device, args.ttl)
     if cfg.store_url.startswith("memory://"):
@@ -241,12 +232,6 @@ def event_json(event: Any) -> dict[str, Any]:
         return {"event": "error", "code": event.code, "name": event.name,
                 "message": event.message}
     return {"event": type(event).__name__.lower(), **dataclasses.asdict(event)}
-
-
-def need_token(args: argparse.Namespace) -> str:
-    if not args.token:
-        raise SystemExit("chatd: give --token (or CHATD_TOKEN); make one with `chatd token USER`")
-    return str(args.token)
 
 
 async def run_send(args: argparse.Namespace) -> int:
@@ -315,9 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except RuntimeError as exc:  # a worker of `chatd serve --workers N` did not start
-        if type(exc).__name__ != "WorkerFailed":
-            raise
+    except WorkerFailed as exc:  # a worker of `chatd serve --workers N` did not start
         print(f"chatd: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

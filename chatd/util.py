@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -19,3 +21,15 @@ def single_errors() -> Iterator[None]:
         if isinstance(inner, BaseExceptionGroup):
             raise
         raise inner from None
+
+
+def redact(url: str) -> str:
+    """The URL with its password (if any) replaced, for messages and logs."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def need_token(args: Any) -> str:
+    """The CLI's --token (or CHATD_TOKEN), or exit saying how to make one."""
+    if not args.token:
+        raise SystemExit("chatd: give --token (or CHATD_TOKEN); make one with `chatd token USER`")
+    return str(args.token)

@@ -44,6 +44,8 @@ import coredis.exceptions
 import trio
 from coredis.typing import Node
 
+from chatd.store.base import FanoutJobs
+
 from .peers import Outbox, PeerHandler, handle
 
 log = logging.getLogger("chatd.redis")
@@ -74,7 +76,7 @@ def connect_redis(url: str) -> Any:
 
 
 class RedisPeers:
-    def __init__(self, url: str, node_id: str, store: Any = None) -> None:
+    def __init__(self, url: str, node_id: str, store: object = None) -> None:
         self.url = url
         self.node_id = node_id
         self.boot = secrets.token_hex(4)
@@ -91,7 +93,7 @@ class RedisPeers:
         self._attached: dict[tuple[str, str], bool] = {}  # (user, device) -> registered yet
         self._detached: list[tuple[str, str]] = []
         self.healthy = trio.Event()
-        self.store = store if hasattr(store, "fanout_mode") else None
+        self.store: FanoutJobs | None = store if isinstance(store, FanoutJobs) else None
         self._fanouts: list[tuple[str, int]] = []  # jobs to add to the stream
         self.fanout_lag = 0  # jobs in the stream not yet read or not yet acknowledged
 

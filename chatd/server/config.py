@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 from typing import Any
 
@@ -69,6 +70,32 @@ class Config:
                     f"{source}: {key} must be {kind.__name__}, got {value!r}") from None
         if (self.tls_cert and not self.tls_key) or (self.tls_key and not self.tls_cert):
             raise ConfigError("tls_cert and tls_key go together")
+
+    def validate(self) -> Config:
+        """Check the settings as a whole and fill in the defaults that depend on others (the
+        one place: `chatd serve`, `chatd token` and every worker call it); ConfigError says
+        what is wrong. Returns self."""
+        from chatd.store import BadStoreURL, check_store_url
+
+        if (self.tls_cert and not self.tls_key) or (self.tls_key and not self.tls_cert):
+            raise ConfigError("tls_cert and tls_key go together")
+        try:
+            check_store_url(self.store_url)
+        except BadStoreURL as exc:
+            raise ConfigError(str(exc)) from None
+        if self.redis and not self.redis.startswith(("redis://", "redis+cluster://")):
+            raise ConfigError(f"--redis {self.redis!r}: expected redis://host:port or"
+                              " redis+cluster://host:port[,host:port...]")
+        if self.redis and not self.node_id:
+            self.node_id = socket.gethostname()  # a node's name among several
+        if self.processes > 1 and self.store_url == "memory://":
+            raise ConfigError("memory:// lives in one process: use --workers 1 with it")
+        return self
+
+    @property
+    def processes(self) -> int:
+        """How many processes `chatd serve` runs (workers 0: one per core)."""
+        return self.workers or os.cpu_count() or 1
 
 
 def load_config(path: str | None, flags: dict[str, Any], environ: dict[str, str]) -> Config:

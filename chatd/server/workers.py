@@ -193,8 +193,8 @@ async def watch_parent(parent: int) -> None:
 
 async def worker_main(spec: dict[str, Any], index: int, parent: int) -> None:
     cfg = Config()
-    for k, v in spec["config"].items():
-        setattr(cfg, k, v)
+    cfg.update(spec["config"], "supervisor")
+    cfg.validate()
     worker = Worker(index, spec["count"], spec["run_dir"])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_parent, parent)

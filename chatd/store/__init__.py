@@ -14,15 +14,14 @@ from chatd import need
 from chatd.core import GroupInfo, NewMessage, ReceiptState
 from chatd.core.convs import direct as direct_conv
 
-from .base import Appended, Item, Page, Store, StoreError
+from .base import Appended, FanoutJobs, Item, Page, Store, StoreError, StoreStats
 from .cassandra import CassandraStore
 from .cql import BadCassandraURL, CassandraURL
 from .sqlite import SqliteStore
 
-__all__ = ["Appended", "BadStoreURL", "CassandraStore", "GroupInfo", "Item", "NewMessage",
-           "Page", "ReceiptState",
-           "SqliteStore", "Store", "StoreError", "check_store_url",
-           "direct_conv", "open_store"]
+__all__ = ["Appended", "BadStoreURL", "CassandraStore", "FanoutJobs", "GroupInfo", "Item",
+           "NewMessage", "Page", "ReceiptState", "SqliteStore", "Store", "StoreError",
+           "StoreStats", "check_store_url", "direct_conv", "open_store"]
 
 
 class BadStoreURL(ValueError):
@@ -56,10 +55,11 @@ def private_file(path: str) -> None:
 @contextlib.asynccontextmanager
 async def open_store(url: str) -> AsyncIterator[Store]:
     check_store_url(url)
-    sq: SqliteStore | CassandraStore
+    sq: Store
     if url.startswith("cassandra:"):
-        sq = CassandraStore(url)
-        await sq.connect()
+        cassandra = CassandraStore(url)
+        await cassandra.connect()
+        sq = cassandra
     elif url == "memory://":  # the SQLite store on an in-memory database: nothing on disk
         sq = SqliteStore(":memory:", synchronous="OFF")
     elif url.startswith("sqlite://"):

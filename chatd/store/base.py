@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
+
+import trio
 
 from chatd.core import GroupInfo, NewMessage, ReceiptState
 from chatd.protocol.frames import Deliver, HistoryItem, Receipt
@@ -150,4 +152,47 @@ class Store(Protocol):
         """Delete what the chat modes say to delete; counts of what went, by reason."""
         ...
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """The store's own work (batches, background jobs) until cancelled; open_store runs
+        it in a nursery and starts using the store once it reports started."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+# ---- capabilities: what a backend may offer beyond Store ----------------------------------
+
+@runtime_checkable
+class FanoutJobs(Protocol):
+    """A store that keeps group messages' fan-out jobs (see Store). By default it runs them
+    itself ("auto"); a router that spreads them over nodes sets "external", is told of each
+    committed job through on_fanout, and runs them with fanout()."""
+
+    fanout_mode: Literal["auto", "external"]
+    on_fanout: Callable[[str, int], None] | None
+
+    async def fanout(self, conv: str, seq: int) -> bool:
+        """Run the job of (conv, seq) to its end; False if there is none (done already)."""
+        ...
+
+    async def pending_fanouts(self) -> list[tuple[str, int]]:
+        """Committed jobs not finished yet (after a restart, or lost by the router)."""
+        ...
+
+    @property
+    def fanout_pending(self) -> int:
+        """Inbox appends this store still owes to its jobs (a gauge)."""
+        ...
+
+
+@runtime_checkable
+class StoreStats(Protocol):
+    """A store that reports its write path (gauges and a commit-time histogram)."""
+
+    on_batch: Callable[[float], None] | None  # called with the seconds each batch took
+
+    @property
+    def queue_depth(self) -> int:
+        """Operations waiting for the next batch."""
+        ...

@@ -37,7 +37,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import trio
 
@@ -249,7 +249,7 @@ class CassandraStore:
         self.db = Session(self.url)
         self.on_append: AppendListener | None = None
         self.on_batch: Callable[[float], None] | None = None
-        self.fanout_mode = "auto"  # or "external": see SqliteStore
+        self.fanout_mode: Literal["auto", "external"] = "auto"  # or "external": see SqliteStore
         self.on_fanout: Callable[[str, int], None] | None = None
         self._nursery: trio.Nursery | None = None
         self._inboxes = _Combiner(self, self._write_inbox)

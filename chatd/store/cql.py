@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import re
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Final
 
 import trio
+
+from chatd.util import redact
 
 from .base import StoreError
 
@@ -33,11 +34,6 @@ SERIAL_LEVELS: Final = ("SERIAL", "LOCAL_SERIAL")
 
 class BadCassandraURL(ValueError):
     pass
-
-
-def redact(url: str) -> str:
-    """The URL with its password (if any) replaced, for messages and logs."""
-    return re.sub(r"^(cassandra://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgpack
 import trio
@@ -224,7 +224,7 @@ class SqliteStore:
         # Fan-out jobs run by this store's writer on its own ("auto"), or only when asked
         # through fanout() ("external": several nodes take the jobs from a Redis Stream).
         # Either way the job is in the fanout table, committed with the message.
-        self.fanout_mode = "auto"
+        self.fanout_mode: Literal["auto", "external"] = "auto"
         self.on_fanout: Callable[[str, int], None] | None = None  # a job was committed
         self._new_jobs: list[tuple[str, int]] = []
         self.batches = 0

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import trio
+from trio_websocket import ConnectionTimeout, DisconnectionTimeout, HandshakeError
 
 from chatd.protocol import (
     NEED_DATA,
@@ -429,10 +430,7 @@ class Client:
                     reason = f"{type(cause).__name__}: {cause}"
                     if not started and attempt + 1 >= len(self.urls) and not self.reconnect:
                         raise ConnectionLost(f"cannot connect to {url}: {reason}") from exc
-                except Exception as exc:  # trio-websocket handshake failures and the like
-                    if type(exc).__name__ not in ("HandshakeError", "ConnectionRejected",
-                                                  "ConnectionTimeout", "DisconnectionTimeout"):
-                        raise
+                except (HandshakeError, ConnectionTimeout, DisconnectionTimeout) as exc:
                     reason = f"{type(exc).__name__}: {exc}"
                 if self._conn is not None:
                     started = True
