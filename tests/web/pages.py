@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ def bubbles(page: Any) -> Any:
 
 
 def mine(page: Any, text: str) -> Any:
-    return page.get_by_test_id("messages").locator("li.msg.mine", has_text=text)
+    """My message with exactly this text."""
+    body = page.locator(".body", has_text=re.compile(f"^{re.escape(text)}$"))
+    return page.get_by_test_id("messages").locator("li.msg.mine", has=body)
 
 
 def shot(page: Any, name: str) -> None:

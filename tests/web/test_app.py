@@ -182,7 +182,7 @@ def test_readable_on_a_phone(node: Any, contexts: Any) -> None:
     alice = sign_in(contexts(width=390, height=800), node, "alice")
     open_chat(alice, "bob")
     say(alice, "from my phone, a long line that has to wrap inside the bubble on a narrow screen")
-    expect(mine(alice, "from my phone")).to_have_attribute("data-status", "sent")
+    expect(alice.locator("li.msg.mine")).to_have_attribute("data-status", "sent")
     assert alice.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     expect(alice.get_by_test_id("chat-list")).to_be_hidden()  # one pane at a time
     shot(alice, "web-phone")

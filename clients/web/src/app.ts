@@ -508,7 +508,13 @@ class App {
       const mode = Number((modeSelect as HTMLSelectElement).value);
       const ttl = mode === Mode.DISAPPEARING ? Number((document.getElementById("ttl") as HTMLInputElement).value) : 0;
       this.client.request((rid) => ({ type: "SetMode", rid, conv: chat.conv, mode, ttl }))
-        .then(() => { if (chat.group) this.refreshGroup(chat.group); }).catch((err) => this.fail(err));
+        .then(() => {
+          chat.mode = mode;
+          chat.ttl = ttl;
+          void this.store.write([["chats", chat]]);
+          if (chat.group) this.refreshGroup(chat.group);
+          this.render();
+        }).catch((err) => this.fail(err));
     } }, h("label", { for: "mode" }, "Mode"), modeSelect,
     h("input", { id: "ttl", type: "number", min: 1, value: chat.ttl || 86400, "aria-label": "disappear after (seconds)" }),
     h("button", { type: "submit" }, "Set"));

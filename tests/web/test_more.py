@@ -1,0 +1,81 @@
+"""History paging on scroll, what the browser keeps across a reload, and a browser and the
+Python SDK on the same node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chatd_client as cc
+import trio
+from playwright.sync_api import expect
+
+from .pages import bubbles, mine, open_chat, open_listed, say, sign_in
+
+
+def test_history_pages_in_as_bob_scrolls_up_on_a_new_device(node: Any, contexts: Any) -> None:
+    alice = sign_in(contexts(), node, "alice")
+    open_chat(alice, "bob")
+    alice.get_by_role("button", name="Info").click()
+    alice.get_by_label("chat mode").select_option("permanent")
+    alice.get_by_role("button", name="Set").click()
+    expect(alice.get_by_label("chat mode")).to_have_value("1")  # permanent: the server said Ok
+    sent = [f"line {i}" for i in range(1, 71)]
+    for text in sent:
+        say(alice, text)
+    expect(mine(alice, sent[-1])).to_have_attribute("data-status", "sent")
+    # bob's first device takes everything; his second (another browser) has nothing queued
+    first = sign_in(contexts(), node, "bob")
+    open_listed(first, "alice")
+    expect(first.get_by_test_id("messages")).to_contain_text("alice made the chat permanent")
+    expect(bubbles(first)).to_have_count(70)
+    expect(mine(alice, sent[-1])).to_have_attribute("data-status", "read")
+    second = sign_in(contexts(), node, "bob")
+    open_chat(second, "alice")
+    expect(bubbles(second)).to_have_count(50)  # the newest page, asked for at once
+    expect(bubbles(second).last).to_have_text("line 70")
+    second.get_by_test_id("messages").evaluate("el => el.scrollTop = 0")
+    expect(bubbles(second)).to_have_count(70)
+    expect(bubbles(second)).to_have_text(sent)
+
+
+def test_a_reload_keeps_the_chats_and_sends_what_waited_in_the_outbox(
+        node: Any, contexts: Any) -> None:
+    alice = sign_in(contexts(), node, "alice")
+    open_chat(alice, "bob")
+    say(alice, "first")
+    expect(mine(alice, "first")).to_have_attribute("data-status", "sent")
+    alice.reload()
+    open_listed(alice, "bob")
+    expect(bubbles(alice)).to_have_text(["first"])  # from IndexedDB: taken and acknowledged
+    bob = sign_in(contexts(), node, "bob")
+    open_listed(bob, "alice")
+    expect(bubbles(bob)).to_have_text(["first"])
+
+
+def test_a_browser_and_the_python_sdk_on_the_same_node(node: Any, contexts: Any) -> None:
+    bob = sign_in(contexts(), node, "bob")
+    url = f"tcp://127.0.0.1:{node.tcp_port}"
+
+    async def alice_sends() -> None:
+        async with cc.connect(url, node.token("alice"), "sdk") as c:
+            await c.send("bob", "from the SDK")
+
+    trio.run(alice_sends)
+    open_listed(bob, "alice")
+    expect(bubbles(bob)).to_have_text(["from the SDK"])
+    say(bob, "from the browser")
+    expect(mine(bob, "from the browser")).to_have_attribute("data-status", "sent")
+
+    async def alice_reads() -> list[str]:
+        texts = []
+        async with cc.connect(url, node.token("alice"), "sdk") as c:
+            with trio.fail_after(20):
+                async for event in c.events():
+                    if isinstance(event, cc.Message):
+                        texts.append(event.text)
+                        await c.mark_read(event.conv, event.seq)
+                        break
+        return texts
+
+    assert trio.run(alice_reads) == ["from the browser"]
+    expect(mine(bob, "from the browser")).to_have_attribute("data-status", "read")
