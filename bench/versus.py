@@ -335,16 +335,28 @@ def run_shape(shape: Shape, systems: tuple[str, ...], workers: int, store: str,
 
 def run(quick: bool = False, systems: tuple[str, ...] = SYSTEMS, workers: int = 2,
         store: str = "sqlite://TMP/chatd.db", rates: tuple[str, ...] = ("1000", "half"),
-        seconds: float = 5, repeat: int = 1, quiet: bool = False) -> dict[str, Any]:
+        seconds: float = 5, repeat: int = 1, quiet: bool = False,
+        progress: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
     """Every shape on every system, back to back; then the paced rates ("half": half of
-    chatd's peak at the first shape in this run)."""
+    chatd's peak at the first shape in this run). `progress` gets the result so far after
+    each shape (a long run on a busy box keeps what it measured)."""
     shapes = QUICK if quick else FULL
     seconds = 1.0 if quick else seconds
-    before = load()
     runs: list[dict[str, Any]] = []
+    out = {"quick": quick, "systems": list(systems), "workers": workers, "store": store,
+           "fsync": "on (SQLite synchronous=FULL, the default)", "repeat": repeat,
+           "load_before": load(), "runs": runs}
+
+    def add(r: dict[str, Any]) -> None:
+        with open("/proc/loadavg") as f:
+            r["loadavg_after"] = " ".join(f.read().split()[:3])
+        runs.append(r)
+        if progress is not None:
+            progress(out)
+
     for rep in range(repeat):
         for shape in shapes:
-            runs.append({"repeat": rep, **run_shape(shape, systems, workers, store, quiet)})
+            add({"repeat": rep, **run_shape(shape, systems, workers, store, quiet)})
         peak = next((r["chatd"]["msgs_per_s"] for r in runs
                      if r["repeat"] == rep and "chatd" in r), None)
         for rate in rates:
@@ -358,11 +370,10 @@ def run(quick: bool = False, systems: tuple[str, ...] = SYSTEMS, workers: int = 
             value = max(value, pairs * 0.5)
             shape = Shape(f"paced {value:,.0f}/s", pairs, PACED_WINDOW, rate=value,
                           seconds=seconds)
-            runs.append({"repeat": rep, "paced": label,
-                         **run_shape(shape, systems, workers, store, quiet)})
-    return {"quick": quick, "systems": list(systems), "workers": workers, "store": store,
-            "fsync": "on (SQLite synchronous=FULL, the default)", "repeat": repeat,
-            "load_before": before, "load_after": load(), "runs": runs}
+            add({"repeat": rep, "paced": label,
+                 **run_shape(shape, systems, workers, store, quiet)})
+    out["load_after"] = load()
+    return out
 
 
 def plot(result: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None:
@@ -404,10 +415,11 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None:
 # trips (operations awaited, by kind) and batches (one COMMIT each) and writes them to
 # $CHATD_PROFILE_COUNTS/<pid>.json every 0.1 s. No chatd file changes.
 SITECUSTOMIZE: Final = '''
-import json, os, threading, time
+import json, os, sys, threading, time
 _dir = os.environ.get("CHATD_PROFILE_COUNTS")
 if _dir:
     import collections, functools
+    sys.path.insert(0, os.getcwd())  # the chatd that `python -m chatd` here would run
     from chatd.store import sqlite as _sq
     _counts = collections.Counter()
     _run_batch = _sq.SqliteStore._run_batch
@@ -472,6 +484,8 @@ def _threads(pids: list[int]) -> dict[str, dict[str, float]]:
 # where a py-spy sample's CPU goes: the first rule matching a frame, from the leaf up
 CATEGORIES: Final = (
     ("store: COMMIT (fsync)", re.compile(r"_run_batch .*sqlite\.py:\d+\)$"), "COMMIT"),
+    ("store: BEGIN IMMEDIATE (write lock)", re.compile(r"_run_batch .*sqlite\.py:\d+\)$"),
+     "BEGIN"),
     ("store: SQL in the writer thread", re.compile(r"chatd/store/sqlite\.py"), "thread"),
     ("metrics (prometheus_client)", re.compile(r"prometheus_client/"), ""),
     ("protocol encode/decode", re.compile(r"chatd/protocol/|msgpack"), ""),
@@ -487,17 +501,15 @@ CATEGORIES: Final = (
 )
 
 
-def categorize(stack: list[str], commit_lines: set[int]) -> str:
+def categorize(stack: list[str], lines: dict[str, set[int]]) -> str:
     in_writer = any("_run_batch" in fr for fr in stack)
     for fr in reversed(stack):
         for name, pattern, flag in CATEGORIES:
             if not pattern.search(fr):
                 continue
-            if flag == "COMMIT":
+            if flag in ("COMMIT", "BEGIN"):
                 line = int(fr.rsplit(":", 1)[1].rstrip(")"))
-                if line not in commit_lines or not in_writer:
-                    continue
-                if fr is not stack[-1]:
+                if fr is not stack[-1] or line not in lines.get(flag, ()):
                     continue
             elif flag == "thread" and not in_writer:
                 continue
@@ -505,7 +517,7 @@ def categorize(stack: list[str], commit_lines: set[int]) -> str:
     return "other (stdlib, threading, GC)"
 
 
-def summarize_pyspy(raw: str, commit_lines: set[int], top: int = 25) -> dict[str, Any]:
+def summarize_pyspy(raw: str, lines: dict[str, set[int]], top: int = 25) -> dict[str, Any]:
     """Samples by category, by thread, and the top functions (self and total) of a py-spy
     `--format raw` output (collapsed stacks: 'frame;frame;... count')."""
     cats: collections.Counter[str] = collections.Counter()
@@ -527,7 +539,7 @@ def summarize_pyspy(raw: str, commit_lines: set[int], top: int = 25) -> dict[str
         threads["writer thread" if any("_run_batch" in fr or "_threads.py" in fr
                                        for fr in stack) else "event loop" if thread else
                 "?"] += count
-        cats[categorize(stack, commit_lines)] += count
+        cats[categorize(stack, lines)] += count
         self_t[stack[-1]] += count
         for fr in set(re.sub(r":\d+\)$", ")", fr) for fr in stack):
             total_t[fr] += count
@@ -539,12 +551,13 @@ def summarize_pyspy(raw: str, commit_lines: set[int], top: int = 25) -> dict[str
             "top_self": pct(self_t, top), "top_total": pct(total_t, top)}
 
 
-def _commit_lines() -> set[int]:
-    """Lines of chatd/store/sqlite.py that run COMMIT (to tell the commit's samples)."""
+def _sql_lines() -> dict[str, set[int]]:
+    """Lines of chatd/store/sqlite.py that run COMMIT or BEGIN (to tell their samples)."""
     import chatd.store.sqlite as sq
 
-    lines = pathlib.Path(sq.__file__).read_text().splitlines()
-    return {i + 1 for i, text in enumerate(lines) if 'execute("COMMIT")' in text}
+    text = pathlib.Path(sq.__file__).read_text().splitlines()
+    return {k: {i + 1 for i, t in enumerate(text) if f'execute("{k}' in t}
+            for k in ("COMMIT", "BEGIN")}
 
 
 def profile(rates: list[str], seconds: float = 8, workers: int = 2, pyspy_rate: int = 250,
@@ -616,7 +629,7 @@ def profile(rates: list[str], seconds: float = 8, workers: int = 2, pyspy_rate: 
                           "voluntary_switches_per_msg": round(v["voluntary"] / n, 2),
                           "involuntary_switches_per_msg": round(v["involuntary"] / n, 2)}
                          for k, v in per_thread if v["user"] + v["system"] > 0],
-                     "pyspy": summarize_pyspy(raw, _commit_lines())}
+                     "pyspy": summarize_pyspy(raw, _sql_lines())}
             phases.append(phase)
             if rate == "peak-find":
                 peak = res["msgs_per_s"]
@@ -685,9 +698,10 @@ def main(args: Any) -> None:
         print(f"saved {path} and {path.with_suffix('.txt')}")
         return
     systems = tuple(s for s in args.systems.split(",") if s)
-    result = run(args.quick, systems, args.workers, args.store,
-                 tuple(r for r in args.rates.split(",") if r), args.seconds, args.repeat)
     name = "versus_quick" if args.quick else "versus"
+    result = run(args.quick, systems, args.workers, args.store,
+                 tuple(r for r in args.rates.split(",") if r), args.seconds, args.repeat,
+                 progress=lambda partial: save(name, {**partial, "partial": True}))
     path = save(name, result)
     png = plot(result, path.with_suffix(".png"))
     print(f"load before {result['load_before']}, after {result['load_after']}")

@@ -147,7 +147,6 @@ class EjabberdProcess:
 
 # a tag: <name ...>, </name>, <name .../>; comments, CDATA and DTDs do not occur here
 _TAG = re.compile(rb"<(/?)([^\s/>]+)[^>]*?(/?)>")
-_PI = re.compile(rb"<\?.*?\?>", re.S)
 _ID = re.compile(rb"\sid=['\"]([^'\"]*)['\"]")
 _FROM_USER = re.compile(rb"\sfrom=['\"]([^@'\"]*)@")
 _ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;",
@@ -163,45 +162,36 @@ class XmppError(RuntimeError):
 
 
 class StanzaSplitter:
-    """Bytes in, top-level stanzas (whole elements under <stream:stream>) out."""
+    """Bytes in, top-level stanzas (whole elements under <stream:stream>) out. The stream
+    header (and an XML declaration) is skipped, a new one too (after SASL both sides open a
+    new stream); the stream's end raises EOFError. The buffer is cut once per feed: a read
+    may bring thousands of stanzas."""
 
     def __init__(self) -> None:
         self.buf = b""
-        self.opened = False  # the peer's <stream:stream> seen
 
     def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
+        buf = self.buf + data if self.buf else data
         out: list[bytes] = []
-        pos, depth, start = 0, 0, 0
-        while m := _TAG.search(self.buf, pos):
-            pos = m.end()
+        depth, start, consumed = 0, 0, 0
+        for m in _TAG.finditer(buf):
             closing, name, empty = m.group(1), m.group(2), m.group(3)
-            if not self.opened:
-                if name == b"stream:stream" and not closing:
-                    self.opened = True
-                    self.buf = self.buf[pos:]
-                    pos = 0
-                    start = 0
-                continue
-            if name == b"stream:stream" and closing:
-                raise EOFError("the server closed the stream")
             if depth == 0:
+                if name.startswith(b"?") or (name == b"stream:stream" and not closing):
+                    consumed = m.end()
+                    continue
+                if name == b"stream:stream":
+                    raise EOFError("the server closed the stream")
                 start = m.start()
             if closing:
                 depth -= 1
             elif not empty:
                 depth += 1
             if depth == 0:
-                out.append(self.buf[start:pos])
-                self.buf = self.buf[pos:]
-                pos = 0
-        if not self.opened:
-            self.buf = _PI.sub(b"", self.buf)
+                out.append(buf[start:m.end()])
+                consumed = m.end()
+        self.buf = buf[consumed:]
         return out
-
-    def restart(self) -> None:
-        """After SASL success both sides open a new stream."""
-        self.opened = False
 
 
 class XmppClient:
@@ -231,7 +221,6 @@ class XmppClient:
         answer = await c._stanza()
         if not answer.startswith(b"<success"):
             raise XmppError(f"SASL PLAIN refused: {answer[:300]!r}")
-        c.split.restart()
         await c._open_stream()
         await c._stanza()  # features: bind, session
         await c._iq(b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>"

@@ -95,3 +95,33 @@ def test_abuse_bench_runs_every_attack_between_quiet_windows() -> None:
     assert attacks["junk"]["attack"]["counts"]["silent_opened"] == 8
     assert result["node_alive_at_end"] and result["limits"]["max_outbound"] > 0
     assert {"latency_bar_met", "memory_bar_met"} <= set(result)
+
+
+def test_versus_bench_quick_compares_chatd_with_the_relay() -> None:
+    from bench import versus
+
+    result = versus.run(quick=True, systems=("relay", "chatd"), rates=("half",), quiet=True)
+    shapes = [r["shape"]["name"] for r in result["runs"]]
+    assert shapes[:2] == [s.name for s in versus.QUICK] and shapes[2].startswith("paced")
+    for r in result["runs"]:
+        for name in ("relay", "chatd"):
+            assert "incomplete" not in r[name], (r["shape"]["name"], name, r[name])
+            assert r[name]["messages"] > 0 and r[name]["p99_ms"] > 0
+        assert r["chatd_vs_relay"]["msgs_per_s"] > 0
+    assert result["runs"][0]["chatd"]["messages"] == 5 * 100  # every message got its receipt
+
+
+def test_versus_xmpp_stanzas_split_whole_and_byte_by_byte() -> None:
+    from bench.xmpp import StanzaSplitter
+
+    stream = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' id='x'>"
+              b"<stream:features><mechanisms><mechanism>PLAIN</mechanism></mechanisms>"
+              b"</stream:features><message id='a' from='s0@localhost/b'><body>1 &lt; 2</body>"
+              b"</message><presence/><message id='b'><received xmlns='urn:xmpp:receipts'"
+              b" id='b'/></message>")
+    whole = StanzaSplitter().feed(stream)
+    split = StanzaSplitter()
+    pieces = [s for i in range(len(stream)) for s in split.feed(stream[i:i + 1])]
+    assert whole == pieces and [s[:9] for s in whole] == [
+        b"<stream:f", b"<message ", b"<presence", b"<message "]
+    assert whole[1].endswith(b"</message>") and whole[3].endswith(b"</message>")
