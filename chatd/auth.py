@@ -1,8 +1,12 @@
-"""Signed, expiring tokens: HMAC-SHA256 over (user, device, expiry) with the node's secret.
+"""Signed, expiring tokens: HMAC-SHA256 over (user, device, expiry, issue time) with the node's
+secret.
 
 A token is `<payload>.<signature>`, both base64url without padding; the payload is the msgpack
-array [1, user, device or nil, expiry in unix seconds]. A token without a device lets the client
-name its device in Hello.
+array [1, user, device or nil, expiry in unix seconds, issue time in unix ms]. A token without a
+device lets the client name its device in Hello. The issue time lets `chatd admin revoke` void
+the tokens issued up to a moment (chatd.admin). Tokens made before revocation existed have
+four fields ([1, user, device, expiry]) and still verify, as issued at time 0: any revocation
+of their user or device voids them. (The version stays 1: the web app reads the user from it.)
 """
 
 from __future__ import annotations
@@ -59,14 +63,22 @@ def make_token(secret: bytes, user: str, device: str | None = None,
     USER.check(user, "user")
     if device is not None:
         DEVICE.check(device, "device")
-    exp = int((time.time() if now is None else now) + ttl)
-    payload = msgpack.packb([1, user, device, exp])
+    t = time.time() if now is None else now
+    payload = msgpack.packb([1, user, device, int(t + ttl), int(t * 1000)])
     sig = hmac.new(secret, payload, hashlib.sha256).digest()
     return f"{_b64(payload)}.{_b64(sig)}"
 
 
 def verify_token(secret: bytes, token: str, now: float | None = None) -> tuple[str, str | None]:
     """(user, device or None) for a valid token; AuthError saying why otherwise."""
+    user, device, _ = read_token(secret, token, now)
+    return user, device
+
+
+def read_token(secret: bytes, token: str, now: float | None = None
+               ) -> tuple[str, str | None, int]:
+    """(user, device or None, issue time in ms; 0 for a four-field token) for a valid token;
+    AuthError saying why otherwise."""
     try:
         p64, s64 = token.split(".")
         payload, sig = _unb64(p64), _unb64(s64)
@@ -75,14 +87,17 @@ def verify_token(secret: bytes, token: str, now: float | None = None) -> tuple[s
     if not hmac.compare_digest(sig, hmac.new(secret, payload, hashlib.sha256).digest()):
         raise AuthError("bad token signature")
     try:
-        version, user, device, exp = msgpack.unpackb(payload)
+        fields = msgpack.unpackb(payload)
+        version, user, device, exp = fields[:4]
+        issued = fields[4] if len(fields) == 5 else 0
         USER.check(user, "user")
         if device is not None:
             DEVICE.check(device, "device")
     except (ValueError, TypeError, ProtocolError):
         raise AuthError("token payload is malformed") from None
-    if version != 1 or type(exp) is not int:
+    if version != 1 or len(fields) not in (4, 5) or type(exp) is not int \
+            or type(issued) is not int:
         raise AuthError("token payload is malformed")
     if exp < (time.time() if now is None else now):
         raise AuthError("token expired")
-    return user, device
+    return user, device, issued

@@ -16,6 +16,8 @@ from typing import Any
 import trio
 
 from chatd import MissingExtra, check_extras, version_line
+from chatd.admin.command import add_admin
+from chatd.analytics.command import add_analytics
 from chatd.auth import load_or_create_secret, make_token
 from chatd.server import ConfigError, load_config, serve
 from chatd.server.workers import WorkerFailed
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="bind the token to one device name")
     p.add_argument("--ttl", type=duration, default=30 * 86400.0,
                    help="lifetime (default 30d)")
+    add_admin(sub, server_options)
+    add_analytics(sub)
     p = sub.add_parser("send", help="send one message; prints the SENT ack as JSON")
     client_options(p)
     p.add_argument("--to", required=True, help="recipient user")
@@ -206,6 +210,18 @@ async def run_token(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_admin(args: argparse.Namespace) -> int:
+    from chatd.admin.command import run_admin
+
+    return await run_admin(args, server_config(args).validate())
+
+
+async def run_analytics(args: argparse.Namespace) -> int:
+    from chatd.analytics.command import run_analytics
+
+    return await run_analytics(args)
+
+
 # ---- clients --------------------------------------------------------------------------------
 
 def event_json(event: Any) -> dict[str, Any]:
@@ -284,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runners = {"serve": run_serve, "migrate": run_migrate, "token": run_token,
-               "send": run_send, "listen": run_listen}
+               "send": run_send, "listen": run_listen, "admin": run_admin,
+               "analytics": run_analytics}
     try:
         with single_errors():  # trio nurseries wrap errors: report the one
             if args.command == "chat":

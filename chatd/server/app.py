@@ -14,8 +14,12 @@ import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from chatd import __version__, need
-from chatd.auth import AuthError, load_or_create_secret, verify_token
-from chatd.core import convs, now_ms
+from chatd.admin import RevocationWatch, is_void
+from chatd.admin.revocations import REVOKED_MESSAGE
+from chatd.admin.watch import poll_revocations
+from chatd.analytics import events as analytics
+from chatd.auth import AuthError, load_or_create_secret, read_token
+from chatd.core import convs, now_ms, wire
 from chatd.protocol import (
     MAX_FRAME_SIZE,
     NEED_DATA,
@@ -26,7 +30,6 @@ from chatd.protocol import (
     ProtocolError,
     Role,
     decode_body,
-    encode_body,
 )
 from chatd.protocol import frames as F
 from chatd.protocol.limits import MAX_HELLO_SIZE
@@ -114,6 +117,7 @@ class ChatServer:
         self.stopped = trio.Event()
         self._session_count = 0
         self.presence = PresenceService(self)
+        self.revocations = RevocationWatch()  # live tokens' issue times (chatd admin revoke)
         self._tasks: trio.Nursery | None = None
         self.media: Any = None  # chatd.media.service.MediaService while http_port >= 0
         self.http_port = -1
@@ -167,7 +171,7 @@ class ChatServer:
         """Committed inbox items: to this process's sessions, and to the peers' (each item
         encoded once for both)."""
         assert self.peers is not None
-        encoded = [(user, item, encode_body(item)) for user, item in items]
+        encoded = [(user, item, wire.body(item)) for user, item in items]
         for user, item, body in encoded:
             self.router.offer(user, item, body)
         self.peers.outbox.items((user, body) for user, _, body in encoded)
@@ -186,7 +190,7 @@ class ChatServer:
         router = self.router
         for user, body in items:
             if user in router:
-                router.offer(user, decode_body(body), body)  # type: ignore[arg-type]
+                router.offer(user, wire.item(user, decode_body(body)), body)  # type: ignore[arg-type]
         self.stats["peer_items"] += len(items)
         metrics.PEER_ITEMS.inc(len(items))
 
@@ -261,6 +265,11 @@ class ChatServer:
                 self._tasks = listeners
                 listeners.start_soon(self.sweep)
                 listeners.start_soon(self.collect_garbage)
+                listeners.start_soon(poll_revocations, self)
+                if cfg.analytics:  # (opt-in: user actions to a Redis Stream)
+                    need("redis")
+                    from chatd.analytics.publisher import publish
+                    listeners.start_soon(publish, cfg, self.failed, self.recovered)
                 if cfg.metrics_port >= 0:  # readiness (/readyz) and disk gauges
                     listeners.start_soon(metrics.probe, self)
                 task_status.started(self)
@@ -287,7 +296,9 @@ class ChatServer:
 
         cfg = self.config
         self.media = MediaService(open_blob_store(cfg.media, cfg.data_dir), self.secret,
-                                  f"{cfg.data_dir}/media-tmp", max_upload=cfg.max_upload)
+                                  f"{cfg.data_dir}/media-tmp", max_upload=cfg.max_upload,
+                                  link_ttl=cfg.media_link_ttl, members=self.conv_members,
+                                  conv_mode=self.store.conv_mode)
         sock = http_socket(cfg.host, cfg.http_port, self.reuse_port)
         self.http_port = sock.getsockname()[1]
         self.media_url = cfg.media_url.rstrip("/") or (
@@ -439,7 +450,7 @@ class ChatServer:
             if hello is None:
                 return
             try:
-                user, token_device = verify_token(self.secret, hello.token)
+                user, token_device, issued = read_token(self.secret, hello.token)
             except AuthError as exc:
                 await self._refuse(transport, conn, ErrorCode.UNAUTHENTICATED, str(exc))
                 return
@@ -456,7 +467,12 @@ class ChatServer:
                 await self._refuse(transport, conn, ErrorCode.SHUTTING_DOWN,
                                    "server shutting down")
                 return
+            if is_void(issued, await self.store.revoked_at(user, device)):
+                await self._refuse(transport, conn, ErrorCode.UNAUTHENTICATED, REVOKED_MESSAGE)
+                return
             cursor = await self.store.attach_device(user, device)
+            if self.media is not None:  # (TEMPORARY images wait for each device's download)
+                await self.media.saw_device(user, device)
             self._session_count += 1
             session = Session(self, transport, conn, user, device, cursor, background)
             session.send_frame(F.Welcome(
@@ -474,6 +490,8 @@ class ChatServer:
                 self.peers.attach(user, device)
                 self.peers.flush_soon()
             self.router.attach(session)
+            self.revocations.connected(session, issued)
+            analytics.connected(user, device)
             self.presence.activity(session)  # opening the app is activity (unless background)
             self.stats["connections"] += 1
             metrics.CONNECTIONS.inc()
@@ -481,6 +499,7 @@ class ChatServer:
                 await session.run()
             finally:
                 self.router.detach(session)
+                self.revocations.gone(session)
                 metrics.CONNECTIONS.dec()
                 if self.peers is not None and not any(
                         t.device == device for t in self.router.targets(user)):

@@ -50,7 +50,13 @@ class Config:
     media: str = ""  # blob store: file:///path or s3://bucket?endpoint=...; "": <data_dir>/media
     media_url: str = ""  # the HTTP base URL clients use; default http(s)://host:http_port
     max_upload: int = 16 * 1024 * 1024  # bytes of one uploaded image
+    media_link_ttl: float = 3600.0  # seconds a signed image link (for a CDN) stays valid
     ws_origins: str = ""  # browser Origins the WebSocket takes ("*": any); "": the node's own
+    revocation_poll: float = 1.0  # seconds between reads of new token revocations (chatd admin)
+    analytics: str = ""  # redis://host:port: publish user-action events to a stream; "": off
+    analytics_stream: str = "chatd:analytics"  # the Redis Stream's key
+    analytics_maxlen: int = 1_000_000  # events the stream keeps (XADD MAXLEN ~)
+    analytics_content: bool = False  # also the words of text messages (never with E2E bodies)
 
     @property
     def store_url(self) -> str:
@@ -63,6 +69,11 @@ class Config:
             if name not in fields:
                 raise ConfigError(f"{source}: unknown setting {key!r}")
             kind = type(getattr(Config(), name))
+            if kind is bool and isinstance(value, str):  # (environment, flags)
+                value = {"true": True, "1": True, "false": False, "0": False}.get(
+                    value.lower(), value)
+                if isinstance(value, str):
+                    raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
             try:
                 setattr(self, name, kind(value))
             except (TypeError, ValueError):
@@ -88,6 +99,10 @@ class Config:
                               " redis+cluster://host:port[,host:port...]")
         if self.redis and not self.node_id:
             self.node_id = socket.gethostname()  # a node's name among several
+        if self.analytics and not self.analytics.startswith("redis://"):
+            raise ConfigError(f"analytics {self.analytics!r}: expected redis://host:port")
+        if self.revocation_poll <= 0:
+            raise ConfigError("revocation_poll must be more than 0 seconds")
         if self.processes > 1 and self.store_url == "memory://":
             raise ConfigError("memory:// lives in one process: use --workers 1 with it")
         return self

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import trio
 
+from chatd.analytics import events as analytics
 from chatd.core import GroupInfo, NewMessage, Refusal, convs, modes, now_ms
 from chatd.core import groups as group_rules
 from chatd.protocol import MAX_BODY_SIZE, ErrorCode, Frame
@@ -175,6 +176,7 @@ async def sends(node: Node, dev: Device, batch: list[F.Send]) -> None:
     results = await node.store.append_messages(msgs)
     node.stats["messages_in"] += len(msgs)
     metrics.MESSAGES_IN.inc(sum(1 for r in results if not r.duplicate))
+    analytics.sent(dev.user, msgs, results)
     for cid, r in zip(ids, results, strict=True):
         dev.send_frame(F.Sent(id=cid, conv=r.conv, seq=r.seq, ts=r.ts))
 
@@ -184,6 +186,7 @@ async def sends(node: Node, dev: Device, batch: list[F.Send]) -> None:
 async def read(node: Node, dev: Device, ev: F.Read) -> None:
     if await may_access(node, dev, ev.conv):
         await node.store.mark_read(dev.user, ev.conv, ev.upto, now_ms())
+        analytics.read(dev.user, ev.conv, ev.upto)
 
 
 async def ping(node: Node, dev: Device, ev: F.Ping) -> None:
@@ -246,6 +249,7 @@ async def group_create(node: Node, dev: Device, ev: F.GroupCreate) -> None:
     while info is None:  # a fresh random id (a clash is astronomically rare)
         info = await node.store.create_group(secrets.token_hex(6), ev.name, dev.user,
                                              list(ev.members), now_ms())
+    analytics.group_changed(dev.user, info.group, "create", len(info.members))
     _send_group(dev, ev.rid, info)
 
 
@@ -259,6 +263,7 @@ async def group_leave(node: Node, dev: Device, ev: F.GroupLeave) -> None:
     info = await group_for(node, dev, ev.group, rid=ev.rid)
     if info is not None:
         await node.store.change_group(info.group, dev.user, now_ms(), remove=(dev.user,))
+        analytics.group_changed(dev.user, info.group, "leave", 1)
         dev.send_frame(F.Ok(rid=ev.rid))
 
 
@@ -274,6 +279,7 @@ async def group_add(node: Node, dev: Device, ev: F.GroupAdd) -> None:
         return
     _send_group(dev, ev.rid, await node.store.change_group(info.group, dev.user, now_ms(),
                                                           add=ev.users))
+    analytics.group_changed(dev.user, info.group, "add", len(ev.users))
 
 
 async def group_remove(node: Node, dev: Device, ev: F.GroupRemove) -> None:
@@ -286,6 +292,7 @@ async def group_remove(node: Node, dev: Device, ev: F.GroupRemove) -> None:
         return
     _send_group(dev, ev.rid, await node.store.change_group(info.group, dev.user, now_ms(),
                                                           remove=ev.users))
+    analytics.group_changed(dev.user, info.group, "remove", len(ev.users))
 
 
 async def group_rename(node: Node, dev: Device, ev: F.GroupRename) -> None:
@@ -298,6 +305,7 @@ async def group_rename(node: Node, dev: Device, ev: F.GroupRename) -> None:
         return
     _send_group(dev, ev.rid, await node.store.change_group(info.group, dev.user, now_ms(),
                                                           name=ev.name))
+    analytics.group_changed(dev.user, info.group, "rename")
 
 
 async def set_mode(node: Node, dev: Device, ev: F.SetMode) -> None:
@@ -370,6 +378,7 @@ async def upload_slot(node: Node, dev: Device, ev: F.UploadSlot) -> None:
         return
     try:
         dev.send_frame(await media.slot(dev.user, ev, f"{node.media_url}/v1/upload"))
+        analytics.upload(dev.user, ev.size, ev.mime)
     except MediaError as exc:
         dev.error(ErrorCode.TOO_LARGE if exc.status == 413 else ErrorCode.INVALID, exc.message,
                   rid=ev.rid)

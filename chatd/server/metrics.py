@@ -73,12 +73,19 @@ REFUSED = Counter("chatd_connections_refused", "Connections refused before authe
                   ["reason"])
 TASK_FAILURES = Counter("chatd_background_failures", "Failures of the node's background jobs"
                         " (contained, logged, retried)", ["task"])
+ANALYTICS_PUBLISHED = Counter("chatd_analytics_events_published", "Analytics events written to"
+                              " the Redis Stream (setting analytics)")
+ANALYTICS_DROPPED = Counter("chatd_analytics_events_dropped", "Analytics events dropped: buffer"
+                            " full, or Redis did not take them (delivery never waits)",
+                            ["reason"])
 # Series that exist from the start at 0, so that rate() over them (alerts, dashboards) has
 # data before the first failure.
 for _reason in ("address", "unauthenticated"):
     REFUSED.labels(_reason)
 for _job in ("sweep", "presence", "collect", "probe"):
     TASK_FAILURES.labels(_job)
+for _reason in ("full", "redis"):
+    ANALYTICS_DROPPED.labels(_reason)
 # readiness, disk and limits (sampled by probe(); "livemin": the worst live worker counts)
 STORE_UP = Gauge("chatd_store_up", "1 if the store answered the last probe (a read)",
                  multiprocess_mode="livemin")

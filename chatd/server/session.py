@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from chatd.core import now_ms
+from chatd.analytics import events as analytics
+from chatd.core import Delivery, Item, now_ms, wire
+from chatd.core.delivery import shown_to
 from chatd.protocol import (
     MAX_BODY_SIZE,
     NEED_DATA,
@@ -24,10 +26,9 @@ from chatd.protocol import (
     Frame,
     LocalProtocolError,
     ProtocolError,
-    encode_body,
 )
 from chatd.protocol import frames as F
-from chatd.store import Item, StoreError
+from chatd.store import StoreError
 
 from . import handlers, metrics
 from .transport import RECEIVE_SIZE
@@ -176,13 +177,15 @@ class Session:
             return
         if self._live and not self._need_sync and q == self._sent_upto + 1:
             self._sent_upto = q
-            if isinstance(item, F.Deliver) and item.sender == self.user \
-                    and item.device == self.device:
+            message = item.message if type(item) is Delivery else None
+            if message is not None and not shown_to(self.user, self.device, message.sender,
+                                                    message.device):
                 return  # this device sent it
             self._queue(self.conn.frame_bytes(body))
             metrics.ITEMS_OUT.inc()
-            if type(item) is F.Deliver:
-                metrics.observe_delivery(item.ts)
+            if message is not None:
+                metrics.observe_delivery(message.ts)
+                analytics.delivered(self.user, message.ts)
         else:
             self._need_sync = True
             self._kick()
@@ -253,7 +256,7 @@ class Session:
         upto = page.upto
         for item in page.items:
             if item.q > self._sent_upto:
-                data = self.conn.frame_bytes(encode_body(item))
+                data = self.conn.frame_bytes(wire.body(item))
                 biggest = max(biggest, len(data))
                 if self._out_bytes + len(data) > room and self.queued:
                     upto = item.q - 1  # the rest in the next step
@@ -261,8 +264,9 @@ class Session:
                     break
                 self._queue(data)
                 metrics.ITEMS_OUT.inc()
-                if type(item) is F.Deliver:
-                    metrics.observe_delivery(item.ts)
+                if type(item) is Delivery:
+                    metrics.observe_delivery(item.message.ts)
+                    analytics.delivered(self.user, item.message.ts)
         if page.items:  # grow at once, shrink slowly
             self._item_max = max(biggest, self._item_max // 2, 256)
         self._sent_upto = max(self._sent_upto, upto)

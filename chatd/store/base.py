@@ -22,10 +22,11 @@ from typing import Literal, Protocol, runtime_checkable
 
 import trio
 
-from chatd.core import GroupInfo, NewMessage, ReceiptState
-from chatd.protocol.frames import Deliver, HistoryItem, Receipt
+from chatd.core import GroupInfo, Item, NewMessage, ReceiptState
+from chatd.protocol.frames import HistoryItem
 
-Item = Deliver | Receipt  # what an inbox holds; q is the item's position
+__all__ = ["AppendListener", "Appended", "FanoutJobs", "GroupInfo", "Item", "NewMessage",
+           "Page", "ReceiptState", "Store", "StoreError", "StoreStats"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,6 +45,15 @@ class Page:
     items: list[Item]
     upto: int  # the last inbox position looked at
     more: bool  # there may be more after upto
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Revocation:
+    """Tokens of user (device, or every device when None) issued at or before `at` ms are void."""
+
+    user: str
+    device: str | None
+    at: int
 
 
 class StoreError(Exception):
@@ -152,6 +162,32 @@ class Store(Protocol):
         """Delete what the chat modes say to delete; counts of what went, by reason."""
         ...
 
+    # ---- admin (chatd admin: devices, revocation, deleting a user) ---------------------------
+
+    async def devices(self, user: str) -> dict[str, int]:
+        """The user's devices and their cursors (empty for an unknown user)."""
+        ...
+
+    async def revoke(self, user: str, device: str | None, at: int) -> None:
+        """Void the tokens of one device (None: of every device of the user) issued at or
+        before `at` (ms). Kept for ever (a few bytes); a later time replaces an earlier one."""
+        ...
+
+    async def revoked_at(self, user: str, device: str) -> int:
+        """The latest revocation time (ms) that applies to this device (its own or the
+        user's), 0 if none: a token issued at or before it is void."""
+        ...
+
+    async def revocations_since(self, since: int) -> list[Revocation]:
+        """Revocations with at >= since (ms), in any order (the nodes' poll)."""
+        ...
+
+    async def delete_user(self, user: str) -> None:
+        """Forget the user: devices and cursors, inbox, receipt watermarks, last seen and
+        privacy. The caller takes them out of their groups first (a normal group change).
+        Their messages stay in the conversations; their revocations stay too."""
+        ...
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """The store's own work (batches, background jobs) until cancelled; open_store runs
@@ -165,12 +201,18 @@ class Store(Protocol):
 
 @runtime_checkable
 class FanoutJobs(Protocol):
-    """A store that keeps group messages' fan-out jobs (see Store). By default it runs them
-    itself ("auto"); a router that spreads them over nodes sets "external", is told of each
-    committed job through on_fanout, and runs them with fanout()."""
+    """A store that keeps group messages' fan-out jobs (see Store), and runs their steps when
+    asked (chatd.store.fanout: the one place that decides who asks). "auto": the store's
+    FanoutRunner runs them (fanout_some); "external": whoever set it (the Redis router) is
+    told of each committed job through on_fanout and runs it with fanout()."""
 
     fanout_mode: Literal["auto", "external"]
     on_fanout: Callable[[str, int], None] | None
+
+    async def fanout_some(self) -> bool:
+        """One step (up to FANOUT_CHUNK inbox appends) of the oldest jobs this store knows;
+        whether jobs are left."""
+        ...
 
     async def fanout(self, conv: str, seq: int) -> bool:
         """Run the job of (conv, seq) to its end; False if there is none (done already)."""

@@ -41,14 +41,32 @@ from typing import Any, Final, Literal, TypeVar
 
 import trio
 
-from chatd.core import GroupInfo, NewMessage, ReceiptNote, ReceiptState, convs, delivery, modes
+from chatd.core import (
+    Delivery,
+    GroupInfo,
+    Message,
+    NewMessage,
+    Notice,
+    ReceiptNote,
+    ReceiptState,
+    convs,
+    delivery,
+    modes,
+)
 from chatd.core import groups as group_rules
 from chatd.core.values import now_ms
-from chatd.protocol.frames import Deliver, HistoryItem, Mode, Receipt, Status
+from chatd.protocol.frames import HistoryItem, Mode, Status
 
 from . import blobs
-from .base import Appended, AppendListener, Item, Page, StoreError
-from .cql import SCHEMA_VERSION, CassandraURL, Session, StoreTimeout, schema_version
+from .base import Appended, AppendListener, Item, Page, Revocation, StoreError
+from .cql import (
+    ADMIN_STATEMENTS,
+    SCHEMA_VERSION,
+    CassandraURL,
+    Session,
+    StoreTimeout,
+    schema_version,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("chatd.store.cassandra")
@@ -231,6 +249,15 @@ class _Members:
                          tuple(u for u, (admin, _) in self.members.items() if admin), *mode)
 
 
+Entry = Message | ReceiptNote  # what goes into an inbox (it gets its q there)
+
+
+def inbox_item(q: int, entry: Entry) -> Item:
+    if isinstance(entry, Message):
+        return Delivery(q, entry)
+    return Notice(q, entry)
+
+
 def bucket(seq: int) -> int:
     return seq // BUCKET
 
@@ -270,7 +297,6 @@ class CassandraStore:
         self._owned: set[tuple[str, int]] = set()  # jobs this node holds the lease of
         self._turns: dict[str, set[int]] = {}  # per chat: seqs taken here, not appended yet
         self._turn_changed = trio.Event()
-        self._wake = trio.Event()
         self._closed = False
         self.inflight = 0
         self.node_id = secrets.token_hex(8)  # owns the fan-out jobs it runs
@@ -293,22 +319,20 @@ class CassandraStore:
             self._nursery = nursery
             task_status.started()
             nursery.start_soon(self._resume_fanouts)
-            while True:
-                while self._jobs and self.fanout_mode == "auto":
-                    conv, seq = self._jobs[0]
-                    try:
-                        await self.fanout(conv, seq)
-                    except StoreError as exc:
-                        log.warning("fan-out of %s/%d failed, retrying: %s", conv, seq, exc)
-                        await trio.sleep(1)
-                        continue
-                    self._jobs.popleft()
-                    self._job_left.pop((conv, seq), None)
-                await self._wake.wait()
-                self._wake = trio.Event()
+            await trio.sleep_forever()
+
+    async def fanout_some(self) -> bool:
+        """The oldest job this node knows of, run to its end; whether jobs are left."""
+        if self._jobs:
+            conv, seq = self._jobs[0]
+            await self.fanout(conv, seq)
+            if self._jobs and self._jobs[0] == (conv, seq):
+                self._jobs.popleft()
+            self._job_left.pop((conv, seq), None)
+        return bool(self._jobs)
 
     async def _resume_fanouts(self) -> None:
-        """Fan-outs left unfinished by a stop or a crash, carried on ("auto" mode only: with
+        """Fan-outs left unfinished by a stop or a crash, to carry on ("auto" mode only: with
         Redis, the nodes share them through a stream)."""
         while self.fanout_mode == "auto":  # (a job also run by the Redis consumer at start:
             try:                            # the lease lets only one of them run it)
@@ -316,7 +340,8 @@ class CassandraStore:
                     if job not in self._jobs:
                         self._jobs.append(job)
                         self._job_left.setdefault(job, 1)
-                self._wake.set()
+                        if self.on_fanout is not None:
+                            self.on_fanout(*job)
                 return
             except StoreError as exc:
                 log.warning("could not list unfinished fan-outs, retrying: %s", exc)
@@ -448,9 +473,10 @@ class CassandraStore:
         rows = await self.db.run("last_seq", (conv,))
         return (rows[0]["last_seq"] or 0) if rows else 0
 
-    async def _write_inbox(self, user: str, entries: list[Item]
+    async def _write_inbox(self, user: str, entries: list[Entry]
                            ) -> list[tuple[str, Item] | None]:
-        """Append items (q unset) to the user's inbox; the listener sees them in q order.
+        """Append messages and receipts to the user's inbox, as items at the next positions;
+        the listener sees them in q order.
 
         A message (not a receipt) goes in with its marker (`marker_q`) in the same
         conditional batch, `IF NOT EXISTS`: if the marker is there, the item is in this inbox
@@ -471,7 +497,7 @@ class CassandraStore:
             there = [False] * len(chunk)  # in the inbox already: not appended
             for j, it in enumerate(chunk):
                 mark = None
-                if type(it) is Deliver:
+                if type(it) is Message:
                     mark = marker_q(it.conv, it.seq)
                     if mark not in marked:
                         marked[mark] = (it.conv, it.seq)
@@ -488,13 +514,13 @@ class CassandraStore:
                     ("move_q", (last + len(todo), user, last or None))]
                 for n, j in enumerate(todo, last + 1):
                     it = chunk[j]
-                    if type(it) is Deliver:
+                    if type(it) is Message:
                         rows.append(("put_item", (user, n, it.conv, it.seq, it.sender, None)))
                         if markers[j] is not None:
                             rows.append(("put_marker", (user, markers[j], it.conv, it.seq,
                                                         MARK_TTL)))
                     else:
-                        assert type(it) is Receipt
+                        assert type(it) is ReceiptNote
                         rows.append(("put_item", (user, n, it.conv, 0, None,
                                                   blobs.receipt_blob(it))))
                 try:
@@ -518,8 +544,7 @@ class CassandraStore:
                                     there[j] = True
                                 else:
                                     markers[j] = None  # a collision: in without a marker
-            items = tuple((user, dataclasses.replace(chunk[j], q=n))
-                          for n, j in enumerate(todo, last + 1))
+            items = tuple((user, inbox_item(n, chunk[j])) for n, j in enumerate(todo, last + 1))
             last += len(todo)
             self._last_q[user] = last
             placed = iter(items)
@@ -531,7 +556,7 @@ class CassandraStore:
                     log.exception("append listener failed")
         return out
 
-    async def _append_items(self, per_user: dict[str, list[Item]]) -> list[tuple[str, Item]]:
+    async def _append_items(self, per_user: dict[str, list[Entry]]) -> list[tuple[str, Item]]:
         """Append to each user's inbox; what is there already (see _write_inbox) is left out
         of the result."""
         results = await self._gather(
@@ -667,7 +692,7 @@ class CassandraStore:
                               if g is not None)])
         results: list[Appended] = []
         writes: list[Callable[..., Awaitable[Any]]] = []
-        inbox: dict[str, dict[str, list[Item]]] = {}  # per chat
+        inbox: dict[str, dict[str, list[Entry]]] = {}  # per chat
         rows: list[_Row] = []
         done: list[_Row] = []
         jobs: list[tuple[str, int, int]] = []  # group messages: (conv, seq, recipients)
@@ -680,9 +705,9 @@ class CassandraStore:
                 if now_ms() - c.at < REDO_AFTER_MS:
                     raise StoreError(f"message {m.client_id!r} is still being stored:"
                                      " send it again in a moment")
-            template = Deliver(q=1, conv=m.conv, seq=c.seq, ts=c.ts, sender=m.sender,
-                               device=m.device, id=m.client_id, body=m.body, group=m.group,
-                               media=m.media, event=m.event)
+            stored = Message(conv=m.conv, seq=c.seq, ts=c.ts, sender=m.sender, device=m.device,
+                             id=m.client_id, body=m.body, group=m.group, media=m.media,
+                             event=m.event)
             if m.group is not None:
                 g = members[m.group]
                 targets = list(delivery.send_targets(m.sender, m.recipients,
@@ -696,7 +721,7 @@ class CassandraStore:
                 targets = list(delivery.send_targets(m.sender, m.recipients, (),
                                                      devices[m.sender]))
                 for u in targets:
-                    inbox.setdefault(m.conv, {}).setdefault(u, []).append(template)
+                    inbox.setdefault(m.conv, {}).setdefault(u, []).append(stored)
             mode, ttl = chat_modes[m.conv]
             rows.append(((m.conv, bucket(c.seq)), "put_msg", (
                 m.conv, bucket(c.seq), c.seq, c.ts, m.sender, m.device, m.client_id, m.body,
@@ -733,7 +758,6 @@ class CassandraStore:
                     self._job_left[(conv, seq)] = n
                     if (conv, seq) not in self._jobs:
                         self._jobs.append((conv, seq))
-                    self._wake.set()
                 if self.on_fanout is not None:
                     self.on_fanout(conv, seq)
             got = await self._append_items(inbox.get(conv, {}))
@@ -747,7 +771,8 @@ class CassandraStore:
         # each result carries its own inbox items (for callers that look at them)
         by_msg: dict[tuple[str, int], list[tuple[str, Item]]] = {}
         for user, it in items:
-            by_msg.setdefault((it.conv, getattr(it, "seq", 0)), []).append((user, it))
+            if type(it) is Delivery:
+                by_msg.setdefault((it.message.conv, it.message.seq), []).append((user, it))
         return [r if r.duplicate else dataclasses.replace(
             r, items=tuple(by_msg.get((r.conv, r.seq), ()))) for r in results]
 
@@ -808,14 +833,14 @@ class CassandraStore:
         if not ok:
             self._owned.discard(key)
             raise StoreError(f"the fan-out of {conv}/{seq} was just taken by another node")
-        template = (await self._load(conv, [seq])).get(seq)
-        while template is not None and done < len(recipients):
+        message = (await self._load(conv, [seq])).get(seq)
+        while message is not None and done < len(recipients):
             self._job_left[key] = len(recipients) - done
             end = min(len(recipients), done + FANOUT_CHUNK)
             # Not one transaction with the step below (other partitions): if this chunk was
             # appended before (by a node that died before its step, or that lost the lease
             # and carries on), the members' markers keep it from being appended again.
-            await self._append_items({u: [template] for u in recipients[done:end]})
+            await self._append_items({u: [message] for u in recipients[done:end]})
             ok, _ = await self.db.applied("job_step", (end, now_ms() + LEASE_MS, *key,
                                                        self.node_id, done))
             if not ok:  # too slow: the lease ran out and another node took the job over
@@ -827,15 +852,15 @@ class CassandraStore:
         self._job_left.pop(key, None)
         return True
 
-    async def _load(self, conv: str, seqs: list[int]) -> dict[int, Deliver]:
+    async def _load(self, conv: str, seqs: list[int]) -> dict[int, Message]:
         """Messages of conv by seq (those that still exist)."""
         parts: dict[int, list[int]] = {}
         for s in seqs:
             parts.setdefault(bucket(s), []).append(s)
         pages = await self._gather(
             lambda b=b, s=s: self.db.run("msgs_in", (conv, b, s)) for b, s in parts.items())
-        return {r["seq"]: Deliver(
-            q=1, conv=conv, seq=r["seq"], ts=r["ts"], sender=r["sender"], device=r["device"],
+        return {r["seq"]: Message(
+            conv=conv, seq=r["seq"], ts=r["ts"], sender=r["sender"], device=r["device"],
             id=r["client_id"], body=r["body"] or b"", group=r["grp"], media=blobs.media(r["media"]),
             event=blobs.event(r["event"]))
             for rows in pages for r in rows}
@@ -855,11 +880,11 @@ class CassandraStore:
             items: list[Item] = []
             for r in rows:
                 if r["receipt"] is not None:
-                    items.append(blobs.receipt(r["q"], r["conv"], r["receipt"]))
+                    items.append(blobs.receipt(user, r["q"], r["conv"], r["receipt"]))
                     continue
                 d = msgs[r["conv"]].get(r["seq"])
                 if d is not None and delivery.shown_to(user, device, d.sender, d.device):
-                    items.append(dataclasses.replace(d, q=r["q"]))
+                    items.append(Delivery(r["q"], d))
             upto = rows[-1]["q"] if rows else after
             return Page(items, upto, len(rows) == limit)
 
@@ -921,10 +946,9 @@ class CassandraStore:
 
     async def _put_receipts(self, notes: list[ReceiptNote]) -> list[tuple[str, Item]]:
         """Append receipts to their users' inboxes (the q is the inbox's to give)."""
-        out: dict[str, list[Item]] = {}
+        out: dict[str, list[Entry]] = {}
         for n in notes:
-            out.setdefault(n.to, []).append(Receipt(q=1, conv=n.conv, seqs=n.seqs, by=n.by,
-                                                    status=n.status, ts=n.ts, all=n.all))
+            out.setdefault(n.to, []).append(n)
         return await self._append_items(out)
 
     async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
@@ -1229,3 +1253,45 @@ class CassandraStore:
                 await self.db.run("set_expired", (upto, conv))
         return {"inbox_acked": acked, "delivered": delivered, "too_old": too_old,
                 "expired": expired, "inbox_orphans": 0}
+
+    # ---- admin -----------------------------------------------------------------------------
+    # Revocations: one row per (user, device) for Hello's point read, and a copy in a
+    # partition per day for the nodes' poll (kept a month; older ones come from a scan).
+
+    async def _admin(self, name: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        if "revoke" not in self.db._prepared:
+            await self.db.prepare(ADMIN_STATEMENTS)
+        return await self._op(self.db.run(name, params))
+
+    async def devices(self, user: str) -> dict[str, int]:
+        return await self._op(self._devices(user))
+
+    async def revoke(self, user: str, device: str | None, at: int) -> None:
+        await self._admin("revoke", (user, device or "", at, at * 1000))
+        await self._admin("feed_put", (at // DAY_MS, at, user, device or ""))
+
+    async def revoked_at(self, user: str, device: str) -> int:
+        rows = await self._admin("revoked", (user, [device, ""]))
+        return max((r["at"] or 0 for r in rows), default=0)
+
+    async def revocations_since(self, since: int) -> list[Revocation]:
+        today = now_ms() // DAY_MS
+        if since // DAY_MS < today - 30:  # (the feed keeps a month)
+            rows = await self._admin("all_revoked", ())
+        else:
+            rows = []
+            for day in range(since // DAY_MS, today + 2):  # (+1: clocks a little ahead)
+                rows += await self._admin("feed", (day, since))
+        return [Revocation(r["user"], r["device"] or None, r["at"]) for r in rows
+                if r["at"] >= since]
+
+    async def delete_user(self, user: str) -> None:
+        for group in await self.user_groups(user):  # (left already: their marks go too)
+            await self._admin("del_mark", (convs.of_group(group), user))
+        for name in ("del_devices", "del_inbox", "del_user_groups", "del_user"):
+            await self._admin(name, (user,))
+        self._last_q.pop(user, None)
+        self._device_counts.pop(user, None)
+        self._acked_users.discard(user)
+        for key in [k for k in self._cursors if k[0] == user]:
+            del self._cursors[key]

@@ -307,12 +307,35 @@ MIGRATIONS: Final[dict[int, list[str]]] = {
         " 'compaction_window_size': 1}",
         "CREATE TABLE IF NOT EXISTS temp_days (k int, day bigint, PRIMARY KEY (k, day))",
     ],
+    # chatd admin revoke: per (user, device; '' = every device) the time (ms) up to which its
+    # tokens are void, read by Hello; and the same by day, read by the nodes' poll.
+    1: [
+        "CREATE TABLE IF NOT EXISTS revocations (user text, device text, at bigint,"
+        " PRIMARY KEY (user, device))",
+        "CREATE TABLE IF NOT EXISTS revocation_feed (day bigint, at bigint, user text,"
+        " device text, PRIMARY KEY (day, at, user, device)) WITH gc_grace_seconds = 10800",
+    ],
 }
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 TABLES: Final = ("meta", "users", "devices", "inbox", "sends", "messages", "convs",
                  "disappearing", "marks", "groups", "group_members", "user_groups", "fanout",
                  "fanout_jobs",
-                 "temp_queue", "temp_days")
+                 "temp_queue", "temp_days", "revocations", "revocation_feed")
+# Statements of CassandraStore's admin section (prepared on first use).
+ADMIN_STATEMENTS: Final = {
+    # the highest time wins on every replica, whichever write came last
+    "revoke": "INSERT INTO revocations (user, device, at) VALUES (?, ?, ?) USING TIMESTAMP ?",
+    "revoked": "SELECT device, at FROM revocations WHERE user = ? AND device IN ?",
+    "all_revoked": "SELECT user, device, at FROM revocations",
+    "feed_put": "INSERT INTO revocation_feed (day, at, user, device) VALUES (?, ?, ?, ?)"
+                " USING TTL 2678400",
+    "feed": "SELECT user, device, at FROM revocation_feed WHERE day = ? AND at >= ?",
+    "del_devices": "DELETE FROM devices WHERE user = ?",
+    "del_inbox": "DELETE FROM inbox WHERE user = ?",
+    "del_user": "DELETE FROM users WHERE user = ?",
+    "del_user_groups": "DELETE FROM user_groups WHERE user = ?",
+    "del_mark": "DELETE FROM marks WHERE conv = ? AND user = ?",
+}
 
 
 async def schema_version(session: Session) -> int:

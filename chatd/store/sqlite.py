@@ -33,19 +33,30 @@ from typing import Any, Final, Literal, TypeVar
 import msgpack
 import trio
 
-from chatd.core import GroupInfo, NewMessage, ReceiptNote, ReceiptState, convs, delivery, modes
+from chatd.core import (
+    Delivery,
+    GroupInfo,
+    Message,
+    NewMessage,
+    Notice,
+    ReceiptNote,
+    ReceiptState,
+    convs,
+    delivery,
+    modes,
+)
 from chatd.core import groups as group_rules
-from chatd.protocol.frames import Deliver, HistoryItem, Mode, Receipt, Status
+from chatd.protocol.frames import HistoryItem, Mode, Status
 
 from . import blobs
-from .base import Appended, AppendListener, Item, Page, StoreError
+from .base import Appended, AppendListener, Item, Page, Revocation, StoreError
 
 T = TypeVar("T")
 log = logging.getLogger("chatd.store")
 MAX_BATCH: Final = 2000
 HAND_SLICE: Final = 256  # inbox items handed to the router between two checkpoints
 RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks without a query
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 COLLECT_LIMIT: Final = 10_000  # messages looked at per expiry rule per collect pass
 FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
 
@@ -112,6 +123,14 @@ UPDATE convs SET
     ON m.grp = substr(convs.conv, 3) AND m.user = s.user WHERE s.conv = convs.conv), 0)
   WHERE conv LIKE 'g:%';
 """,
+    # chatd admin revoke: tokens of (user, device) issued at or before `at` (ms) are void;
+    # device '' stands for every device of the user. Read by Hello and by the nodes' poll.
+    5: """
+CREATE TABLE revocations (
+    user TEXT NOT NULL, device TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (user, device)) WITHOUT ROWID;
+CREATE INDEX revocations_by_at ON revocations (at);
+""",
 }
 
 
@@ -142,7 +161,7 @@ class _Fanout:
     seq: int
     recipients: list[str]
     done: int
-    template: Deliver | None  # loaded from the messages table after a restart
+    message: Message | None  # loaded from the messages table after a restart
 
 
 class _Buffers:
@@ -277,7 +296,6 @@ class SqliteStore:
             self._jobs: collections.deque[_Fanout] = collections.deque(
                 _Fanout(c, q, msgpack.unpackb(r), d, None) for c, q, r, d in self._db.execute(
                     "SELECT conv, seq, recipients, done FROM fanout ORDER BY conv, seq"))
-        self._fanout_queued = False
 
     # ---- the writer ----------------------------------------------------------------------
 
@@ -285,8 +303,6 @@ class SqliteStore:
         """Run batches until cancelled. Started by open_store(). When it stops, the store is
         closed: what still waits for it gets StoreError at once, not a wait for ever."""
         task_status.started()
-        if self._jobs and self.fanout_mode == "auto":
-            self._wake.set()  # fan-out interrupted by a stop or crash: carry on
         batch: list[_Op] = []
         try:
             while True:
@@ -305,12 +321,6 @@ class SqliteStore:
                     if self.on_fanout is not None:
                         for conv, seq in new:
                             self.on_fanout(conv, seq)
-                if self.fanout_mode != "auto":
-                    continue
-                if self._jobs and not self._fanout_queued:  # fan-out: after SENT, later
-                    self._fanout_queued = True
-                    self._queue.append(_Op(self._fanout_step))
-                    self._wake.set()
         finally:
             self._closed = True
             for op in batch:  # ran (the thread is never abandoned): its results stand
@@ -545,29 +555,29 @@ class SqliteStore:
         buf.messages.append((msg.conv, seq, msg.ts, msg.sender, msg.device, msg.client_id,
                              msg.body, blobs.media_blob(msg.media), msg.group,
                              msgpack.packb(msg.event) if msg.event else None))
-        template = Deliver(q=1, conv=msg.conv, seq=seq, ts=msg.ts, sender=msg.sender,
-                           device=msg.device, id=msg.client_id, body=msg.body, group=msg.group,
-                           media=msg.media, event=msg.event)
+        stored = Message(conv=msg.conv, seq=seq, ts=msg.ts, sender=msg.sender,
+                         device=msg.device, id=msg.client_id, body=msg.body, group=msg.group,
+                         media=msg.media, event=msg.event)
         devices = len(self._devices_of(db, msg.sender))
         if msg.group is not None:
             g = self._group(db, msg.group)
             targets = delivery.send_targets(msg.sender, msg.recipients,
                                             g.members if g is not None else (), devices)
             self._mark(db, msg.conv, msg.sender, seq, seq)  # the sender has read it
-            self._jobs.append(_Fanout(msg.conv, seq, list(targets), 0, template))
+            self._jobs.append(_Fanout(msg.conv, seq, list(targets), 0, stored))
             buf.fanout[(msg.conv, seq)] = (self._jobs[-1].recipients, 0)
             self._new_jobs.append((msg.conv, seq))
             return Appended(msg.conv, seq, msg.ts)
         targets = delivery.send_targets(msg.sender, msg.recipients, (), devices)
-        items = [self._deliver_to(db, user, template) for user in targets]
+        items = [self._deliver_to(db, user, stored) for user in targets]
         return Appended(msg.conv, seq, msg.ts, items=tuple(items))
 
     def _deliver_to(self, db: sqlite3.Connection, user: str,
-                    template: Deliver) -> tuple[str, Item]:
+                    msg: Message) -> tuple[str, Item]:
         q = self._next_q(db, user)
-        self._buf.inbox.append((user, q, template.conv, template.seq, None))
-        self._remember(user, q, (template.sender, template.conv, template.seq))
-        return user, dataclasses.replace(template, q=q)
+        self._buf.inbox.append((user, q, msg.conv, msg.seq, None))
+        self._remember(user, q, (msg.sender, msg.conv, msg.seq))
+        return user, Delivery(q, msg)
 
     async def fanout(self, conv: str, seq: int) -> bool:
         """Run the fan-out job of a group message to the end (FANOUT_CHUNK inbox appends per
@@ -577,6 +587,14 @@ class SqliteStore:
         while await self._do(lambda db: self._fanout_step(db, (conv, seq))) is not None:
             ran = True  # (the step after the last one finds no job)
         return ran
+
+    async def fanout_some(self) -> bool:
+        """One step of the oldest jobs (FANOUT_CHUNK inbox appends, one batch of its own,
+        queued behind the writes waiting now); whether jobs are left. Those found unfinished
+        when the store opened are among them."""
+        if self._jobs:
+            await self._do(self._fanout_step)
+        return bool(self._jobs)
 
     async def pending_fanouts(self) -> list[tuple[str, int]]:
         """Committed group messages whose fan-out has not finished (from the table)."""
@@ -597,8 +615,6 @@ class SqliteStore:
                 key=lambda j: j.seq))
             if not jobs:
                 return None
-        else:
-            self._fanout_queued = False
         items: list[tuple[str, Item]] = []
         while jobs and len(items) < FANOUT_CHUNK:
             if (jobs[0].conv, jobs[0].seq) not in self._buf.fanout:
@@ -608,14 +624,14 @@ class SqliteStore:
                         return None
                     break
             job = jobs[0]
-            if job.template is None:
-                job.template = self._load_message(db, job.conv, job.seq)
+            if job.message is None:
+                job.message = self._load_message(db, job.conv, job.seq)
             end = min(len(job.recipients), job.done + FANOUT_CHUNK - len(items))
-            if job.template is not None:  # (gone if it expired before its fan-out)
-                items += [self._deliver_to(db, u, job.template)
+            if job.message is not None:  # (gone if it expired before its fan-out)
+                items += [self._deliver_to(db, u, job.message)
                           for u in job.recipients[job.done:end]]
             job.done = end
-            if end == len(job.recipients) or job.template is None:
+            if end == len(job.recipients) or job.message is None:
                 jobs.popleft()
                 if jobs is not self._jobs:
                     self._jobs.remove(job)
@@ -654,14 +670,14 @@ class SqliteStore:
             else:
                 job.done = done
 
-    def _load_message(self, db: sqlite3.Connection, conv: str, seq: int) -> Deliver | None:
+    def _load_message(self, db: sqlite3.Connection, conv: str, seq: int) -> Message | None:
         self._buf.flush(db)
         row = db.execute("SELECT ts, sender, device, client_id, body, media, grp, event"
                          " FROM messages WHERE conv=? AND seq=?", (conv, seq)).fetchone()
         if row is None:
             return None
         ts, sender, dev, cid, body, media, grp, event = row
-        return Deliver(q=1, conv=conv, seq=seq, ts=ts, sender=sender, device=dev, id=cid,
+        return Message(conv=conv, seq=seq, ts=ts, sender=sender, device=dev, id=cid,
                        body=body, group=grp, media=blobs.media(media),
                        event=msgpack.unpackb(event) if event else None)
 
@@ -944,12 +960,12 @@ class SqliteStore:
         items: list[Item] = []
         for q, conv, seq, receipt, ts, sender, dev, cid, body, media, grp, event in rows:
             if receipt is not None:
-                items.append(blobs.receipt(q, conv, receipt))
+                items.append(blobs.receipt(user, q, conv, receipt))
             elif sender is not None and delivery.shown_to(user, device, sender, dev):
-                items.append(Deliver(q=q, conv=conv, seq=seq, ts=ts, sender=sender,
-                                     device=dev, id=cid, body=body, group=grp,
-                                     media=blobs.media(media),
-                                     event=msgpack.unpackb(event) if event else None))
+                items.append(Delivery(q, Message(
+                    conv=conv, seq=seq, ts=ts, sender=sender, device=dev, id=cid, body=body,
+                    group=grp, media=blobs.media(media),
+                    event=msgpack.unpackb(event) if event else None)))
         upto = rows[-1][0] if rows else after
         return Page(items, upto, len(rows) == limit)
 
@@ -962,10 +978,8 @@ class SqliteStore:
         for n in notes:
             q = self._next_q(db, n.to)
             self._remember(n.to, q, None)
-            item = Receipt(q=q, conv=n.conv, seqs=n.seqs, by=n.by, status=n.status, ts=n.ts,
-                           all=n.all)
-            self._buf.inbox.append((n.to, q, n.conv, 0, blobs.receipt_blob(item)))
-            out.append((n.to, item))
+            self._buf.inbox.append((n.to, q, n.conv, 0, blobs.receipt_blob(n)))
+            out.append((n.to, Notice(q, n)))
         return out
 
     async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
@@ -1026,3 +1040,35 @@ class SqliteStore:
                     for s, ts, f, d, i, b, m, e in rows]
 
         return await self._do(op)
+
+    # ---- admin -----------------------------------------------------------------------------
+
+    async def devices(self, user: str) -> dict[str, int]:
+        return await self._do(lambda db: dict(self._devices_of(db, user)))
+
+    async def revoke(self, user: str, device: str | None, at: int) -> None:
+        await self._do(lambda db: db.execute(
+            "INSERT INTO revocations VALUES (?, ?, ?) ON CONFLICT DO UPDATE"
+            " SET at=max(at, excluded.at)", (user, device or "", at)))
+
+    async def revoked_at(self, user: str, device: str) -> int:
+        def op(db: sqlite3.Connection) -> int:
+            (at,) = db.execute("SELECT max(at) FROM revocations WHERE user=? AND device"
+                               " IN (?, '')", (user, device)).fetchone()
+            return at or 0
+
+        return await self._do(op)
+
+    async def revocations_since(self, since: int) -> list[Revocation]:
+        return await self._do(lambda db: [
+            Revocation(u, d or None, at) for u, d, at in db.execute(
+                "SELECT user, device, at FROM revocations WHERE at>=?", (since,))])
+
+    async def delete_user(self, user: str) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            self._buf.flush(db)  # (rows of this batch's earlier operations go first)
+            for table in ("devices", "inbox", "member_state", "users"):
+                db.execute(f"DELETE FROM {table} WHERE user=?", (user,))
+            self._reset_caches(jobs=False)  # the user's cached state: read again
+
+        await self._do(op)

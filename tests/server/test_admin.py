@@ -1,0 +1,166 @@
+"""`chatd admin` against real nodes: revoking a device (its open connection ends, its token is
+refused, the user's other devices carry on), revoking every device across two workers, and
+deleting a user (connections end, groups see them leave, their data goes)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import chatd_client as cc
+import msgpack
+import pytest
+import trio
+
+from chatd import cli
+from chatd.auth import _b64
+from chatd.server import Config
+from chatd.server.app import Worker, serve
+
+from .conftest import Node, StartNode, messages
+from .scenarios import first
+
+
+async def admin(node: Node, *args: str) -> int:
+    """Run `chatd admin ARGS` against the node's store (as an operator would: its own
+    process's trio run, in a thread here)."""
+    cfg = node.config
+    argv = ["admin", *args[:1], "--data-dir", cfg.data_dir, "--store", cfg.store_url, *args[1:]]
+    return await trio.to_thread.run_sync(cli.main, argv)
+
+
+async def ended_as_revoked(connecting: Any) -> None:
+    """The connection (a cc.connect(...) not entered yet) ends with the server's
+    UNAUTHENTICATED error."""
+    with pytest.raises(cc.ChatdError, match="revoked") as info:
+        with trio.fail_after(15):  # (the poll runs every second; this is only a safety net)
+            async with connecting as client:
+                await first(client, cc.Synced)
+                await trio.sleep_forever()
+    assert info.value.name == "UNAUTHENTICATED"
+
+
+@pytest.fixture
+async def revocable(start_node: StartNode) -> Node:
+    n: Node = await start_node()
+    await n.add_users("alice", "bob", "carol")
+    return n
+
+
+async def test_a_revoked_device_is_closed_refused_and_the_others_carry_on(
+        revocable: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    node = revocable
+    token = node.token("bob")  # (no device in it: any device name)
+    async with node.connect("alice") as alice, \
+            cc.connect(node.tcp, token, "laptop") as laptop:
+        await first(laptop, cc.Synced)
+        phone = cc.connect(node.tcp, token, "phone", reconnect=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ended_as_revoked, phone)
+            with trio.fail_after(10):
+                while ("bob", "phone") not in {(s.user, s.device)
+                                               for s in node.server.sessions()}:
+                    await trio.sleep(0.01)
+            assert await admin(node, "revoke", "bob", "--device", "phone") == 0
+        assert "revoked the tokens of device 'phone'" in capsys.readouterr().out
+        # the laptop, with the very same token, still works
+        await alice.send("bob", "still here?")
+        assert [m.text for m in await messages(laptop, 1)] == ["still here?"]
+    # the phone's token is refused from now on; a token made after the revocation works
+    with pytest.raises(cc.ChatdError, match="revoked"):
+        async with cc.connect(node.tcp, token, "phone", reconnect=False):
+            pass
+    await trio.sleep(0.002)  # (a token of the revocation's very millisecond is void too)
+    async with cc.connect(node.tcp, node.token("bob"), "phone") as phone:
+        assert [m.text for m in await messages(phone, 1)] == ["still here?"]
+    assert await admin(node, "devices", "bob", "--json") == 0
+    listing = json.loads(capsys.readouterr().out)
+    devices = {d["device"]: d for d in listing["devices"]}
+    assert set(devices) == {"laptop", "phone"}
+    assert devices["phone"]["revoked_at"] > 0 and devices["laptop"]["revoked_at"] == 0
+
+
+async def test_old_tokens_without_issue_time_work_until_a_revocation(revocable: Node) -> None:
+    node = revocable
+    payload = msgpack.packb([1, "carol", None, 2**40])  # as chatd made them before 0.2.0
+    sig = hmac.new(node.server.secret, payload, hashlib.sha256).digest()
+    old = f"{_b64(payload)}.{_b64(sig)}"
+    async with cc.connect(node.tcp, old, "phone") as carol:
+        await first(carol, cc.Synced)
+    assert await admin(node, "revoke", "carol") == 0
+    with pytest.raises(cc.ChatdError, match="revoked"):
+        async with cc.connect(node.tcp, old, "phone", reconnect=False):
+            pass
+
+
+async def test_revoking_unknown_users_or_devices_says_so(
+        revocable: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await admin(revocable, "revoke", "nobody") == 1
+    assert "no user 'nobody'" in capsys.readouterr().err
+    assert await admin(revocable, "revoke", "bob", "--device", "toaster") == 1
+    assert "has no device 'toaster'" in capsys.readouterr().err
+
+
+async def test_revoking_every_device_closes_them_on_both_workers(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    data = tmp_path / "data"
+    nodes = []
+    for i in range(2):  # two workers of one node, each with its own store connection
+        cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=-1, data_dir=str(data))
+        server = await nursery.start(lambda task_status, c=cfg, i=i: serve(
+            c, worker=Worker(i, 2, str(data / "run")), task_status=task_status))
+        nodes.append(Node(server, cfg))
+    w0, w1 = nodes
+    await w0.add_users("alice", "bob", "carol")
+    async with w0.connect("alice") as alice:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(ended_as_revoked, w0.connect("bob", "phone", reconnect=False))
+            inner.start_soon(ended_as_revoked, w1.connect("bob", "laptop", reconnect=False))
+            with trio.fail_after(10):
+                while len(w0.server.sessions()) + len(w1.server.sessions()) < 3:
+                    await trio.sleep(0.01)
+            assert await admin(w0, "revoke", "bob") == 0
+        assert w0.server.stats["revoked_connections"] == 1
+        assert w1.server.stats["revoked_connections"] == 1
+        async with w1.connect("carol") as carol:  # the workers carry on for the others
+            await alice.send("carol", "still here")
+            assert [m.text for m in await messages(carol, 1)] == ["still here"]
+
+
+async def test_deleting_a_user(revocable: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    node = revocable
+    bobs_token = node.token("bob")
+    async with node.connect("alice") as alice:
+        group = await alice.create_group("Family", ["bob", "carol"])
+        await alice.send("bob", "hello bob")
+        async with node.connect("bob", "phone") as bob:
+            await messages(bob, 1)
+            await bob.send("alice", "bye, all")
+            await bob.send(None, "leaving soon", group=group.group)
+        await messages(alice, 2)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ended_as_revoked, node.connect("bob", "phone", reconnect=False))
+            with trio.fail_after(10):
+                while "bob" not in {s.user for s in node.server.sessions()}:
+                    await trio.sleep(0.01)
+            assert await admin(node, "delete-user", "bob", "--yes") == 0
+        assert "deleted 'bob' (left 1 group(s))" in capsys.readouterr().out
+    assert not await node.server.store.has_user("bob")
+    assert await node.server.store.devices("bob") == {}
+    info = await node.server.store.group(group.group)
+    assert info is not None and info.members == ("alice", "carol")
+    # carol, away until now, finds bob's message and then his leaving in the group; alice
+    # keeps what bob sent
+    async with node.connect("carol") as carol:
+        got = await messages(carol, 3)
+        assert got[1].text == "leaving soon" and got[1].sender == "bob"
+        assert got[2].event is not None and "bob" in json.dumps(got[2].event)
+    history = await node.server.store.history("d:alice:bob", None, 10)
+    assert [h.sender for h in history] == ["bob", "alice"]
+    assert await node.server.store.devices("bob") == {}
+    with pytest.raises(cc.ChatdError, match="revoked"):
+        async with cc.connect(node.tcp, bobs_token, "phone", reconnect=False):
+            pass
