@@ -131,7 +131,7 @@ async def test_protocol_example_session_against_a_live_node(node: Node) -> None:
     welcome = await alice.hello(node.token("alice"), "phone")
     assert welcome == dataclasses.replace(doc_frame("Welcome")[1], session=welcome.session,
                                           server_time=welcome.server_time,
-                                          cursor=welcome.cursor)
+                                          cursor=welcome.cursor, server=welcome.server)
     await alice.recv_until(F.Synced)
     bob = await Raw.open(node.server.tcp_port)
     await bob.hello(node.token("bob"))
