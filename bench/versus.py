@@ -414,6 +414,7 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None:
 # Loaded by every chatd process of a profile run (PYTHONPATH), it counts the store's round
 # trips (operations awaited, by kind) and batches (one COMMIT each) and writes them to
 # $CHATD_PROFILE_COUNTS/<pid>.json every 0.1 s. No chatd file changes.
+GIL_RATE: Final = 100  # samples/s of py-spy --gil (which thread holds the GIL)
 SITECUSTOMIZE: Final = '''
 import json, os, sys, threading, time
 _dir = os.environ.get("CHATD_PROFILE_COUNTS")
@@ -426,7 +427,11 @@ if _dir:
     def _counted_batch(self, batch):
         _counts["commits"] += 1
         _counts["ops"] += len(batch)
-        return _run_batch(self, batch)
+        resets = getattr(self, "resets", 0)
+        try:
+            return _run_batch(self, batch)
+        finally:  # another worker committed since: this one's caches are read again
+            _counts["cache_resets"] += getattr(self, "resets", 0) - resets
     _sq.SqliteStore._run_batch = _counted_batch
     for _name in ("append_messages", "ack", "inbox", "cursor", "mark_read", "receipt_state",
                   "attach_device", "set_last_seen"):
@@ -568,6 +573,7 @@ def profile(rates: list[str], seconds: float = 8, workers: int = 2, pyspy_rate: 
     if not os.path.exists(pyspy):
         raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
     before = load()
+    spy_seconds = int(seconds * 0.8) or 1
     phases: list[dict[str, Any]] = []
     peak: int | None = None
     for rate in ["peak-find", *rates]:
@@ -593,13 +599,16 @@ def profile(rates: list[str], seconds: float = 8, workers: int = 2, pyspy_rate: 
                     pids = system.pids()
                     if when == "start":
                         state["threads"], state["counts"] = _threads(pids), _counts(counts)
+                        # on-CPU samples of every thread; and (--gil) of the GIL's holder
                         state["spies"] = [subprocess.Popen(
-                            [pyspy, "record", "--pid", str(p), "--rate", str(pyspy_rate),
-                             "--duration", str(int(seconds * 0.8) or 1), "--format", "raw",
-                             "--threads", "--nonblocking", "--output",
-                             os.path.join(tmp, f"spy-{p}.txt")],
+                            [pyspy, "record", "--pid", str(p), "--rate", str(hz),
+                             "--duration", str(spy_seconds), "--format", "raw",
+                             "--threads", "--nonblocking", *extra, "--output",
+                             os.path.join(tmp, f"{kind}-{p}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                            for p in pids[1:] or pids]
+                            for p in pids[1:] or pids
+                            for kind, hz, extra in (("spy", pyspy_rate, ()),
+                                                      ("gil", GIL_RATE, ("--gil",)))]
                         return
                     time.sleep(0.3)  # the counters are written every 0.1 s
                     t1, c1 = _threads(pids), _counts(counts)
@@ -614,8 +623,9 @@ def profile(rates: list[str], seconds: float = 8, workers: int = 2, pyspy_rate: 
                         spy.wait(seconds + 30)
                     except subprocess.TimeoutExpired:
                         spy.kill()
-                raw = "".join(pathlib.Path(tmp, f).read_text() for f in os.listdir(tmp)
-                              if f.startswith("spy-"))
+                raw, gil = ("".join(pathlib.Path(tmp, f).read_text() for f in os.listdir(tmp)
+                                    if f.startswith(kind)) for kind in ("spy-", "gil-"))
+                workers_sampled = len(state["spies"]) // 2
             n = max(res["messages"], 1)
             per_thread = sorted(state["thread_delta"].items(),
                                 key=lambda kv: -(kv[1]["user"] + kv[1]["system"]))
@@ -630,6 +640,11 @@ def profile(rates: list[str], seconds: float = 8, workers: int = 2, pyspy_rate: 
                           "involuntary_switches_per_msg": round(v["involuntary"] / n, 2)}
                          for k, v in per_thread if v["user"] + v["system"] > 0],
                      "pyspy": summarize_pyspy(raw, _sql_lines())}
+            held = summarize_pyspy(gil, _sql_lines())
+            phase["gil"] = {
+                "held_share": round(held["samples"] / max(1, GIL_RATE * spy_seconds
+                                                          * workers_sampled), 2),
+                "threads": held["threads"], "categories": held["categories"][:8]}
             phases.append(phase)
             if rate == "peak-find":
                 peak = res["msgs_per_s"]
@@ -663,6 +678,10 @@ def profile_text(result: dict[str, Any]) -> str:
         out.append(f"py-spy ({spy['samples']} on-CPU samples, every worker):")
         out.append("  by category: " + "; ".join(f"{k} {v}%" for k, v in spy["categories"]))
         out.append("  by thread: " + "; ".join(f"{k} {v}%" for k, v in spy["threads"]))
+        gil = p["gil"]
+        out.append(f"GIL held {gil['held_share']:.0%} of the time per worker; by thread: "
+                   + "; ".join(f"{k} {v}%" for k, v in gil["threads"]) + "; by category: "
+                   + "; ".join(f"{k} {v}%" for k, v in gil["categories"]))
         out.append("  top self:")
         out += [f"    {v:5.1f}%  {k}" for k, v in spy["top_self"][:15]]
         out.append("  top total:")
