@@ -41,17 +41,18 @@ async def read_stream(url: str, stream: str, start: int, end: int) -> list[dict[
     """The events of the stream between start and end (ms), oldest first."""
     from chatd.router.redis import connect_redis
 
-    redis = connect_redis(url)
     out: list[dict[str, Any]] = []
     lower = f"{start}-0"
-    while True:
-        entries = await redis.xrange(stream, lower, f"{end}-18446744073709551615", count=PAGE)
-        out += [parse(e.field_values) for e in entries]
-        if len(entries) < PAGE:
-            return out
-        last = entries[-1].identifier
-        last = last.decode() if isinstance(last, bytes) else last
-        lower = "(" + last
+    async with connect_redis(url) as redis:
+        while True:
+            entries = await redis.xrange(stream, lower, f"{end}-18446744073709551615",
+                                         count=PAGE)
+            out += [parse(e.field_values) for e in entries]
+            if len(entries) < PAGE:
+                return out
+            last = entries[-1].identifier
+            last = last.decode() if isinstance(last, bytes) else last
+            lower = "(" + last
 
 
 async def run_analytics(args: argparse.Namespace) -> int:

@@ -66,9 +66,14 @@ _buffer: EventBuffer | None = None
 
 
 def start(cap: int = DEFAULT_CAP, content: bool = False) -> EventBuffer:
+    """Turn the hooks on, into a new buffer."""
+    return install(EventBuffer(cap, content))
+
+
+def install(buffer: EventBuffer) -> EventBuffer:
     global _buffer
-    _buffer = EventBuffer(cap, content)
-    return _buffer
+    _buffer = buffer
+    return buffer
 
 
 def stop() -> None:

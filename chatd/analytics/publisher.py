@@ -49,14 +49,12 @@ class Publisher:
         """Publish what the buffer holds; False if Redis failed (that batch was dropped)."""
         import coredis
 
-        from chatd.router.redis import REDIS_ERRORS, connect_redis
+        from chatd.router.redis import REDIS_ERRORS
 
         self._count_full()
         while len(self.buffer):
             batch = self.buffer.take(BATCH)
             try:
-                if self._redis is None:
-                    self._redis = connect_redis(self.url)
                 with trio.fail_after(TIMEOUT):
                     async with self._redis.pipeline(transaction=False) as p:
                         for ev in batch:
@@ -65,7 +63,6 @@ class Publisher:
                                    trim_operator=coredis.PureToken.APPROXIMATELY)
             except REDIS_ERRORS as exc:
                 metrics.ANALYTICS_DROPPED.labels("redis").inc(len(batch))
-                self._redis = None  # (a fresh client next time)
                 if self.failed is not None:
                     self.failed("analytics", exc)
                 return False
@@ -75,21 +72,39 @@ class Publisher:
         return True
 
     async def run(self) -> None:
-        try:
-            while True:
-                await trio.sleep(FLUSH_INTERVAL)
-                if not await self.flush():
-                    await trio.sleep(RETRY_AFTER)
-        finally:
-            events.stop()
-            with trio.move_on_after(1) as scope:  # what is left, if Redis answers at once
-                scope.shield = True
-                await self.flush()
+        """Publish until cancelled (the client reconnects by itself after a failure)."""
+        from chatd.router.redis import connect_redis
+
+        async with connect_redis(self.url) as self._redis:
+            try:
+                while True:
+                    await trio.sleep(FLUSH_INTERVAL)
+                    if not await self.flush():
+                        await trio.sleep(RETRY_AFTER)
+            finally:
+                events.stop()
+                with trio.move_on_after(1) as scope:  # what is left, if Redis answers
+                    scope.shield = True
+                    await self.flush()
 
 
 async def publish(config: Any, failed: Callable[[str, BaseException], None] | None = None,
                   recovered: Callable[[str], None] | None = None) -> None:
     """Turn the hooks on and publish until cancelled (the node's task, with `analytics` set)."""
-    buffer = events.start(content=config.analytics_content)
-    await Publisher(config.analytics, config.analytics_stream, config.analytics_maxlen,
-                    buffer, failed, recovered).run()
+    publisher = Publisher(config.analytics, config.analytics_stream, config.analytics_maxlen,
+                          events.EventBuffer(content=config.analytics_content), failed,
+                          recovered)
+    try:
+        while True:
+            events.install(publisher.buffer)
+            try:
+                await publisher.run()
+            except Exception as exc:  # (e.g. a Redis Cluster unreachable as the client starts)
+                if failed is not None:
+                    failed("analytics", exc)
+                events.stop()
+                lost = len(publisher.buffer.take(len(publisher.buffer)))
+                metrics.ANALYTICS_DROPPED.labels("redis").inc(lost)
+                await trio.sleep(RETRY_AFTER)
+    finally:
+        events.stop()
