@@ -17,7 +17,7 @@ BUNDLE = "clients/web/dist"
 class WebBundleHook(BuildHookInterface):  # type: ignore[type-arg]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         bundle = Path(self.root) / BUNDLE
-        if not (bundle / "index.html").is_file():
-            return
+        if version == "editable" or not (bundle / "index.html").is_file():
+            return  # (a checkout's chatd.web finds clients/web/dist itself)
         target = "chatd/web/static" if self.target_name == "wheel" else BUNDLE
         build_data["force_include"][str(bundle)] = target
