@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import trio
 
 from chatd import cli
-from chatd.auth import _b64
+from chatd.auth import _b64, load_or_create_secret, make_token
 from chatd.server import Config
 from chatd.server.app import Worker, serve
 
@@ -32,13 +33,15 @@ async def admin(node: Node, *args: str) -> int:
     return await trio.to_thread.run_sync(cli.main, argv)
 
 
-async def ended_as_revoked(connecting: Any) -> None:
+async def ended_as_revoked(connecting: Any, sessions: list[str] | None = None) -> None:
     """The connection (a cc.connect(...) not entered yet) ends with the server's
-    UNAUTHENTICATED error."""
+    UNAUTHENTICATED error. Its session name goes to `sessions` once it is up."""
     with pytest.raises(cc.ChatdError, match="revoked") as info:
         with trio.fail_after(15):  # (the poll runs every second; this is only a safety net)
             async with connecting as client:
                 await first(client, cc.Synced)
+                if sessions is not None:
+                    sessions.append(client.session)
                 await trio.sleep_forever()
     assert info.value.name == "UNAUTHENTICATED"
 
@@ -164,3 +167,34 @@ async def test_deleting_a_user(revocable: Node, capsys: pytest.CaptureFixture[st
     with pytest.raises(cc.ChatdError, match="revoked"):
         async with cc.connect(node.tcp, bobs_token, "phone", reconnect=False):
             pass
+
+
+async def test_chatd_serve_with_two_workers_ends_every_revoked_connection(
+        tmp_path: Path) -> None:
+    from .test_workers import start_node
+
+    data = tmp_path / "data"
+    secret = load_or_create_secret(str(data))
+    proc, port = start_node(data)
+    url = f"tcp://127.0.0.1:{port}"
+    node = Node(None, Config(data_dir=str(data)))  # type: ignore[arg-type]  # (for admin())
+    try:
+        async with cc.connect(url, make_token(secret, "alice"), "phone") as alice, \
+                cc.connect(url, make_token(secret, "carol"), "phone") as carol:
+            await first(carol, cc.Synced)
+            token = make_token(secret, "bob")
+            sessions: list[str] = []
+            async with trio.open_nursery() as nursery:
+                for i in range(12):  # (the kernel spreads them over both workers)
+                    connecting = cc.connect(url, token, f"dev{i}", reconnect=False)
+                    nursery.start_soon(ended_as_revoked, connecting, sessions)
+                with trio.fail_after(10):
+                    while len(sessions) < 12:
+                        await trio.sleep(0.01)
+                assert {s.split("-")[0] for s in sessions} == {"w0", "w1"}
+                assert await admin(node, "revoke", "bob") == 0
+            await alice.send("carol", "the others carry on")
+            assert [m.text for m in await messages(carol, 1)] == ["the others carry on"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
