@@ -198,3 +198,28 @@ async def test_chatd_serve_with_two_workers_ends_every_revoked_connection(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+# ---- the poll's decisions, without sockets ------------------------------------------------
+
+class Conn:
+    def __init__(self, user: str, device: str) -> None:
+        self.user, self.device = user, device
+
+
+def test_the_poll_ends_only_what_a_revocation_voids() -> None:
+    from chatd.admin import RevocationWatch, is_void
+    from chatd.store.base import Revocation
+
+    assert not is_void(0, 0) and is_void(0, 5) and is_void(5, 5) and not is_void(6, 5)
+    watch = RevocationWatch()
+    phone, laptop, fresh, other = (Conn("bob", "phone"), Conn("bob", "laptop"),
+                                   Conn("bob", "tv"), Conn("alice", "phone"))
+    for conn, issued in ((phone, 100), (laptop, 100), (fresh, 900), (other, 100)):
+        watch.connected(conn, issued)
+    live: dict[str, list[Any]] = {"bob": [phone, laptop, fresh], "alice": [other]}
+    assert watch.to_end([Revocation("bob", "phone", 500)], live) == [phone]
+    # every device, read twice (the poll's window overlaps): each once, the newer token stays
+    assert watch.to_end([Revocation("bob", None, 500)] * 2, live) == [phone, laptop]
+    watch.gone(phone)
+    assert len(watch) == 3

@@ -21,6 +21,7 @@ from chatd.analytics.publisher import FLUSH_INTERVAL
 from chatd.auth import load_or_create_secret
 from chatd.server import Config, serve
 
+from ..media.images import photo
 from .conftest import Node, messages
 from .redis_servers import RedisServer
 from .scenarios import first
@@ -79,12 +80,17 @@ def dropped(reason: str) -> float:
 
 async def test_real_traffic_reaches_the_report(redis: RedisServer, tmp_path: Path,
                                                nursery: trio.Nursery) -> None:
-    node = await start(nursery, tmp_path, analytics=redis.url, analytics_content=True)
+    node = await start(nursery, tmp_path, analytics=redis.url, analytics_content=True,
+                       http_port=0)
+    picture = tmp_path / "view.jpg"
+    picture.write_bytes(photo(300, 200))
     async with node.connect("alice") as alice, node.connect("bob") as bob, \
             node.connect("carol") as carol:
         for text in ("pizza tonight?", "pizza at eight", "bring the pizza"):
             await alice.send("bob", text)
         got = await messages(bob, 3)
+        await bob.send_image("alice", str(picture), "view")
+        await messages(alice, 1)
         await bob.mark_read(got[-1].conv, got[-1].seq)
         await first(alice, events_of("Read"))
         group = await alice.create_group("Climbing", ["bob", "carol"])
@@ -96,7 +102,10 @@ async def test_real_traffic_reaches_the_report(redis: RedisServer, tmp_path: Pat
     assert {"connect", "send", "deliver", "read", "group"} <= kinds
     sends = [e for e in stream if e["k"] == "send"]
     assert [(e["u"], e["n"], e["g"], e["m"]) for e in sends] == [
-        ("alice", 14, 0, 0), ("alice", 14, 0, 0), ("alice", 15, 0, 0), ("carol", 10, 1, 0)]
+        ("alice", 14, 0, 0), ("alice", 14, 0, 0), ("alice", 15, 0, 0), ("bob", 4, 0, 1),
+        ("carol", 10, 1, 0)]
+    [upload] = [e for e in stream if e["k"] == "upload"]
+    assert upload["u"] == "bob" and upload["y"] == "image/jpeg" and upload["n"] > 1000
     assert sends[0]["c"].startswith("d:") and "bob" not in sends[0]["c"]  # (no pair of names)
     assert all("body" not in e and "b" not in e for e in stream)  # never the message itself
 
@@ -104,13 +113,13 @@ async def test_real_traffic_reaches_the_report(redis: RedisServer, tmp_path: Pat
     assert code == 0
     r = json.loads(out)
     assert list(r["daily_active"].values()) == [3]
-    assert r["messages"] == 4
+    assert r["messages"] == 5
     assert r["delivery_ms"]["count"] >= 4 and r["delivery_ms"]["median"] is not None
     assert r["read_ms"]["count"] == 1 and r["read_ms"]["median"] >= 0
     assert r["busiest_groups"] == [{"group": f"g:{group.group}", "messages": 1}]
     assert r["trending_words"][0] == {"word": "pizza", "count": 3}
     code, text = await report("--redis", redis.url, "--since", "1h")  # text, no words asked
-    assert code == 0 and "daily active users" in text and "messages: 4" in text
+    assert code == 0 and "daily active users" in text and "messages: 5" in text
     assert "trending" not in text
 
 
