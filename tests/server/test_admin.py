@@ -223,3 +223,14 @@ def test_the_poll_ends_only_what_a_revocation_voids() -> None:
     assert watch.to_end([Revocation("bob", None, 500)] * 2, live) == [phone, laptop]
     watch.gone(phone)
     assert len(watch) == 3
+
+
+def test_delete_user_asks_first_and_will_not_guess_without_a_terminal(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "chatd.cli", "admin", "delete-user", "bob",
+                          "--data-dir", str(tmp_path / "data")], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "delete-user needs --yes when not run from a terminal" in out.stderr

@@ -196,3 +196,11 @@ def test_hooks_do_nothing_while_analytics_is_off() -> None:
         assert [e["k"] for e in buf.take(10)] == ["connect"]
     finally:
         events.stop()
+
+
+async def test_the_report_needs_to_know_where_the_stream_is(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHATD_ANALYTICS", raising=False)
+    monkeypatch.delenv("CHATD_CONFIG", raising=False)
+    code, _ = await report()
+    assert code == 2 and "give --redis" in capsys.readouterr().err
