@@ -59,6 +59,7 @@ async def run_analytics(args: argparse.Namespace) -> int:
     from chatd import need
     from chatd.router.redis import REDIS_ERRORS
     from chatd.server import ConfigError, load_config
+    from chatd.util import single_errors
 
     cfg = load_config(args.config, {}, dict(os.environ))
     url = args.redis or cfg.analytics
@@ -69,7 +70,8 @@ async def run_analytics(args: argparse.Namespace) -> int:
     end = now_ms()
     start = end - int(args.since * 1000)
     try:
-        events = await read_stream(url, args.stream or cfg.analytics_stream, start, end)
+        with single_errors():  # (the client's task group wraps them)
+            events = await read_stream(url, args.stream or cfg.analytics_stream, start, end)
     except REDIS_ERRORS as exc:
         print(f"chatd: analytics stream at {url}: {exc}", file=sys.stderr)
         return 1

@@ -204,3 +204,7 @@ async def test_the_report_needs_to_know_where_the_stream_is(
     monkeypatch.delenv("CHATD_CONFIG", raising=False)
     code, _ = await report()
     assert code == 2 and "give --redis" in capsys.readouterr().err
+    from .redis_servers import free_port
+
+    code, _ = await report("--redis", f"redis://127.0.0.1:{free_port()}")
+    assert code == 1 and "Unable to establish a connection" in capsys.readouterr().err
