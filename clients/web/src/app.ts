@@ -5,7 +5,8 @@
 
 import { Client, type Event } from "./client.js";
 import { clear, clock, h, lastSeenText } from "./dom.js";
-import { codeName, type Decoded, type Frame, Mode } from "./protocol/index.js";
+import { compress, fullUrl, previewUrl, sha256, upload } from "./media.js";
+import { codeName, type Decoded, type Frame, type Media, Mode } from "./protocol/index.js";
 import {
   deviceName, forgetToken, LocalStore, type OutboxEntry, readToken, saveToken, type StoredChat,
   type StoredMessage, takeToken, type TokenInfo,
@@ -36,9 +37,12 @@ class App {
   panel: "none" | "info" | "new-chat" | "new-group" = "none";
   readBy: { seq: number; text: string } | null = null;
   root = document.getElementById("app")!;
+  token = "";
+  viewer: { url: string; alt: string } | null = null; // a full image shown over the app
 
   async start(info: TokenInfo, wsUrl: string): Promise<void> {
     this.me = info.user;
+    this.token = info.token;
     this.store = await LocalStore.open(info.user);
     for (const c of await this.store.all<StoredChat>("chats")) this.chats.set(c.conv, c);
     for (const m of await this.store.all<StoredMessage>("messages")) this.msgs(m.conv).set(m.seq, m);
@@ -143,16 +147,16 @@ class App {
   private async onMessage(e: Extract<Event, { kind: "message" }>): Promise<void> {
     const chat = this.chat(e.conv);
     const mine = e.sender === this.me;
-    const text = e.event ? this.describe(e.event, e.sender) : dec.decode(e.body) +
-      (e.media.length ? ` [${e.media.length} image${e.media.length > 1 ? "s" : ""}]` : "");
+    const text = e.event ? this.describe(e.event, e.sender) : dec.decode(e.body);
     const msg: StoredMessage = { conv: e.conv, seq: e.seq, ts: e.ts, sender: e.sender, id: e.id, text,
-      event: e.event, status: mine ? SENT : 0 };
+      event: e.event, status: mine ? SENT : 0, media: e.media };
     const old = this.msgs(e.conv).get(e.seq);
     if (old) msg.status = Math.max(old.status, msg.status);
     this.msgs(e.conv).set(e.seq, msg);
     if (e.ts >= chat.lastTs) {
       chat.lastTs = e.ts;
-      chat.lastText = e.event ? text : `${chat.group && !mine ? e.sender + ": " : ""}${text}`;
+      const shown = text || (e.media.length ? "Photo" : "");
+      chat.lastText = e.event ? text : `${chat.group && !mine ? e.sender + ": " : ""}${shown}`;
     }
     if (e.event && chat.group) {
       const kind = e.event.kind;
@@ -206,32 +210,57 @@ class App {
     const chat = this.chat(e.conv);
     const old = this.msgs(e.conv).get(e.seq);
     const msg: StoredMessage = { conv: e.conv, seq: e.seq, ts: e.ts, sender: this.me, id: e.id, text: o.text,
-      event: null, status: Math.max(old?.status ?? 0, SENT) };
+      event: null, status: Math.max(old?.status ?? 0, SENT), media: o.media ?? [] };
     this.msgs(e.conv).set(e.seq, msg);
-    if (e.ts >= chat.lastTs) { chat.lastTs = e.ts; chat.lastText = o.text; }
+    if (e.ts >= chat.lastTs) { chat.lastTs = e.ts; chat.lastText = o.text || (o.media?.length ? "Photo" : ""); }
     await this.store.write([["messages", msg], ["chats", chat]], [["outbox", e.id]]);
   }
 
   // ---- actions ---------------------------------------------------------------------------
 
   /** Type a message: into the outbox (IndexedDB) first, then out (again after reconnects). */
-  async say(text: string): Promise<void> {
+  async say(text: string, media: Media[] = []): Promise<void> {
     const conv = this.open;
-    if (!conv || !text.trim()) return;
+    if (!conv || (!text.trim() && !media.length)) return;
     const chat = this.chat(conv);
     const o: OutboxEntry = { id: this.client.newId(), conv, to: chat.group ? null : this.peer(conv),
-      group: chat.group, text, ts: Date.now() };
+      group: chat.group, text, ts: Date.now(), media };
     this.outbox.set(o.id, o);
     chat.lastTs = Math.max(chat.lastTs, o.ts);
-    chat.lastText = text;
+    chat.lastText = text || "Photo";
     await this.store.write([["outbox", o], ["chats", chat]]);
     this.dispatch(o);
     this.render();
   }
 
   dispatch(o: OutboxEntry): void {
-    this.client.send(o.group ? { group: o.group } : { user: o.to! }, enc.encode(o.text), o.id)
+    this.client.send(o.group ? { group: o.group } : { user: o.to! }, enc.encode(o.text), o.id, o.media ?? [])
       .catch(() => { /* (the refusal comes as an error event too) */ });
+  }
+
+  /** Compress, upload (unless the node has it already) and send a picked or pasted image. The
+   *  upload needs the connection; the message then waits in the outbox like any other. */
+  async sendImage(file: Blob, caption = ""): Promise<void> {
+    try {
+      if (!this.client.connected) throw new Error("sending a photo needs the connection: try again when online");
+      const bytes = await compress(file);
+      const sha = await sha256(bytes);
+      const slot = await this.client.request<Decoded<"Slot">>((rid) => ({ type: "UploadSlot", rid, sha256: sha,
+        size: bytes.length, mime: "image/jpeg" }));
+      const media = slot.media ?? await upload(slot.url, slot.token, bytes);
+      await this.say(caption, [media]);
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  async showImage(m: Media): Promise<void> {
+    try {
+      this.viewer = { url: await fullUrl(m, this.token), alt: `photo, ${m.width}×${m.height}` };
+      this.render();
+    } catch (err) {
+      this.fail(err);
+    }
   }
 
   markRead(): void {
@@ -300,7 +329,7 @@ class App {
           if (this.msgs(conv).has(it.seq)) continue;
           const text = it.event ? this.describe(it.event, it.sender) : dec.decode(it.body);
           const m: StoredMessage = { conv, seq: it.seq, ts: it.ts, sender: it.sender, id: it.id, text,
-            event: it.event, status: it.sender === this.me ? SENT : 0 };
+            event: it.event, status: it.sender === this.me ? SENT : 0, media: it.media };
           this.msgs(conv).set(it.seq, m);
           puts.push(["messages", m]);
         }
@@ -348,6 +377,14 @@ class App {
     clear(this.root);
     this.root.className = this.open ? "app show-conv" : "app";
     this.root.append(this.sidebar(), this.conversation());
+    if (this.viewer) {
+      const close = () => { this.viewer = null; this.render(); };
+      this.root.append(h("div", { class: "viewer", role: "dialog", "aria-label": "photo", "data-testid": "viewer",
+        onclick: close, onkeydown: (ev: globalThis.Event) => { if ((ev as KeyboardEvent).key === "Escape") close(); } },
+      h("img", { src: this.viewer.url, alt: this.viewer.alt }),
+      h("button", { type: "button", class: "close", autofocus: true }, "Close")));
+      this.root.querySelector<HTMLElement>(".viewer .close")?.focus();
+    }
     if (keep) {
       const el = this.root.querySelector<HTMLInputElement>(`[data-keep="${keep.key}"]`);
       if (el) {
@@ -465,14 +502,30 @@ class App {
           input.value = "";
           void this.say(text);
         } },
+        h("label", { class: "attach", title: "send a photo" }, "📷",
+          h("input", { type: "file", accept: "image/*", "aria-label": "attach a photo", class: "file",
+            onchange: (ev: globalThis.Event) => {
+              const input = ev.target as HTMLInputElement;
+              const file = input.files?.[0];
+              input.value = "";
+              if (file) void this.sendImage(file);
+            } })),
         h("input", { name: "text", "data-keep": "composer", "aria-label": "message", placeholder: "Message",
-          autocomplete: "off", maxlength: 16000 }),
+          autocomplete: "off", maxlength: 16000, onpaste: (ev: globalThis.Event) => {
+            const item = [...((ev as ClipboardEvent).clipboardData?.items ?? [])].find((i) => i.type.startsWith("image/"));
+            const file = item?.getAsFile();
+            if (file) {
+              ev.preventDefault();
+              void this.sendImage(file);
+            }
+          } }),
         h("button", { type: "submit" }, "Send")));
   }
 
   messageRow(chat: StoredChat, m?: StoredMessage, o?: OutboxEntry): HTMLElement {
     if (o) {
       return h("li", { class: "msg mine", "data-status": "pending", "data-id": o.id },
+        ...this.thumbs(o.media ?? []),
         h("span", { class: "body" }, o.text),
         h("span", { class: "meta" }, clock(o.ts), " ", h("span", { class: "tick", title: "waiting to be sent" }, "🕓")));
     }
@@ -484,8 +537,20 @@ class App {
     return h("li", { class: mine ? "msg mine" : "msg", "data-seq": msg.seq, "data-status": mine ? status : undefined,
       onclick: mine && chat.group ? () => this.showReadBy(chat.conv, msg.seq) : undefined },
     chat.group && !mine ? h("span", { class: "sender" }, msg.sender) : null,
+    ...this.thumbs(msg.media ?? []),
     h("span", { class: "body" }, msg.text),
     h("span", { class: "meta" }, clock(msg.ts), " ", tick));
+  }
+
+  thumbs(media: Media[]): HTMLElement[] {
+    return media.map((m) => {
+      const src = previewUrl(m);
+      const size = m.width && m.height ? { width: Math.min(240, m.width), height: Math.round(Math.min(240, m.width) * m.height / m.width) } : {};
+      return h("button", { type: "button", class: "thumb", "aria-label": "open the photo", onclick: (ev: globalThis.Event) => {
+        ev.stopPropagation();
+        void this.showImage(m);
+      } }, src ? h("img", { src, alt: "photo", ...size }) : "Photo");
+    });
   }
 
   showReadBy(conv: string, seq: number): void {

@@ -5,7 +5,7 @@
 
 import { ChatdError, Delivery, type Event, type Outcome } from "./delivery.js";
 import {
-  Connection, type Decoded, type Frame, type FrameOf, NEED_DATA, PEER_CLOSED, PROTOCOL_VERSION,
+  Connection, type Decoded, type Frame, type FrameOf, type Media, NEED_DATA, PEER_CLOSED, PROTOCOL_VERSION,
   ProtocolError,
 } from "./protocol/index.js";
 
@@ -68,8 +68,9 @@ export class Client {
 
   /** Send a message (to a user, or to a group); resolves once the server stored it (SENT).
    *  `id` lets a caller resend something from an earlier run (an outbox) under its own id. */
-  send(to: { user?: string; group?: string }, body: Uint8Array, id = this.newId()): Promise<FrameOf<"Sent">> {
-    const frame: FrameOf<"Send"> = { type: "Send", id, to: to.user ?? null, group: to.group ?? null, body };
+  send(to: { user?: string; group?: string }, body: Uint8Array, id = this.newId(),
+       media: Media[] = []): Promise<FrameOf<"Sent">> {
+    const frame: FrameOf<"Send"> = { type: "Send", id, to: to.user ?? null, group: to.group ?? null, body, media };
     this.delivery.pending.set(id, frame);
     const answer = this.wait(id) as Promise<FrameOf<"Sent">>;
     if (this.connected) this.write(frame);

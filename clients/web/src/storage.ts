@@ -3,6 +3,7 @@
 // taken from the server, and the outbox (messages typed but not yet SENT).
 
 import { decode } from "@msgpack/msgpack";
+import type { Media } from "./protocol/index.js";
 
 const TOKEN = "chatd.token";
 const DEVICE = "chatd.device";
@@ -55,12 +56,15 @@ export function deviceName(): string {
 export interface StoredMessage {
   conv: string; seq: number; ts: number; sender: string; id: string; text: string;
   event: Record<string, unknown> | null; status: number; // own messages: 1 sent, 2 delivered, 3 read
+  media?: Media[];
 }
 export interface StoredChat {
   conv: string; title: string; lastTs: number; lastText: string; unread: number; readUpTo: number;
   group: string | null; left: boolean; mode: number; ttl: number;
 }
-export interface OutboxEntry { id: string; conv: string; to: string | null; group: string | null; text: string; ts: number }
+export interface OutboxEntry {
+  id: string; conv: string; to: string | null; group: string | null; text: string; ts: number; media?: Media[];
+}
 
 type StoreName = "chats" | "messages" | "outbox";
 
