@@ -49,7 +49,7 @@ from chatd.protocol import frames as F
 
 from .common import RawClient, percentile, save
 from .throughput import chatd_process, relay_process
-from .xmpp import EjabberdProcess, XmppClient
+from .xmpp import EjabberdProcess, XmppClient, XmppError
 
 BODY: Final = b"m" * 100
 SYSTEMS: Final = ("relay", "ejabberd", "chatd")
@@ -147,18 +147,22 @@ class Tally:
     delivered: list[float] = dataclasses.field(default_factory=list)  # send -> receiving device
     round_trip: list[float] = dataclasses.field(default_factory=list)  # send -> receipt
     acks: int = 0  # Ack frames the clients sent (chatd)
+    closed: list[str] = dataclasses.field(default_factory=list)  # the server ended them
+    errors: list[str] = dataclasses.field(default_factory=list)  # Error frames received
 
 
 async def drive(system: System, pairs: list[tuple[Any, Any, str, str]], shape: Shape,
                 count: int | None, seconds: float, tally: Tally, drain: float = 30) -> None:
     """Run one phase: each sender sends `count` messages (or for `seconds` at the shape's
-    rate), then waits up to `drain` s for the receipts of what is still in flight."""
+    rate), then waits up to `drain` s for the receipts of what is still in flight. A pair
+    whose connection the server closes stops there (counted in tally.closed); the others go
+    on."""
     sent_at: dict[str, float] = {}
     interval = shape.pairs / shape.rate if shape.rate else 0.0
     stop_at = trio.current_time() + seconds if count is None else float("inf")
     run = secrets.token_hex(4)
 
-    async def sender(k: int, s: Any, r_user: str) -> None:
+    async def pair(k: int, s: Any, r: Any, s_user: str, r_user: str) -> None:
         slots = trio.Semaphore(shape.window)
         by_seq: dict[int, str] = {}
         early: set[int] = set()  # DELIVERED before SENT (another worker was quicker)
@@ -172,7 +176,7 @@ async def drive(system: System, pairs: list[tuple[Any, Any, str, str]], shape: S
                 tally.last_done = now
                 slots.release()
 
-        async def reader() -> None:
+        async def reader() -> None:  # the sender's connection
             while True:
                 for f in await s.batch():
                     if isinstance(f, F.Sent):
@@ -191,51 +195,64 @@ async def drive(system: System, pairs: list[tuple[Any, Any, str, str]], shape: S
                         await s.send(F.Ack(upto=f.q))
                     elif isinstance(f, F.Deliver) and not system.receipts:
                         complete(f.id)  # the echo, or the XEP-0184 receipt
+                    elif isinstance(f, F.Error):
+                        tally.errors.append(f"{s_user}: {f}"[:300])
+
+        async def receiver() -> None:
+            while True:
+                frames = await r.batch()
+                now = time.perf_counter()
+                upto, echoes = 0, []
+                for f in frames:
+                    if isinstance(f, F.Deliver):
+                        start = sent_at.get(f.id)
+                        if start is not None:
+                            tally.delivered.append(now - start)
+                        upto = max(upto, f.q)
+                        if not system.receipts:
+                            echoes.append(F.Send(id=f.id, to=s_user, body=b""))
+                    elif isinstance(f, F.Error):
+                        tally.errors.append(f"{r_user}: {f}"[:300])
+                if echoes:
+                    await r.send(*echoes)
+                elif upto and system.receipts:
+                    tally.acks += 1
+                    await r.send(F.Ack(upto=upto))
+
+        async def until_closed(fn: Callable[[], Awaitable[None]], who: str,
+                               scope: trio.CancelScope) -> None:
+            try:
+                await fn()
+            except (EOFError, XmppError, trio.BrokenResourceError) as e:
+                tally.closed.append(f"{who}: {type(e).__name__} {e}"[:300])
+                scope.cancel()
 
         async with trio.open_nursery() as n:
-            n.start_soon(reader)
+            n.start_soon(until_closed, reader, s_user, n.cancel_scope)
+            n.start_soon(until_closed, receiver, r_user, n.cancel_scope)
             next_at = trio.current_time() + (random.uniform(0, interval) if interval else 0)
             i = 0
-            while (count is None or i < count) and trio.current_time() < stop_at:
-                await slots.acquire()
-                if interval:
-                    next_at += interval
-                    await trio.sleep_until(next_at)
-                i += 1
-                cid = f"{run}-{k}-{i}"
-                sent_at[cid] = time.perf_counter()
-                await s.send(F.Send(id=cid, to=r_user, body=BODY))
+            try:
+                while (count is None or i < count) and trio.current_time() < stop_at:
+                    await slots.acquire()
+                    if interval:
+                        next_at += interval
+                        await trio.sleep_until(next_at)
+                    i += 1
+                    cid = f"{run}-{k}-{i}"
+                    sent_at[cid] = time.perf_counter()
+                    await s.send(F.Send(id=cid, to=r_user, body=BODY))
+            except trio.BrokenResourceError as e:
+                tally.closed.append(f"{s_user}: {e}"[:300])
+                n.cancel_scope.cancel()
             with trio.move_on_after(drain):
                 for _ in range(shape.window):
                     await slots.acquire()
             n.cancel_scope.cancel()
 
-    async def receiver(r: Any, s_user: str) -> None:
-        while True:
-            frames = await r.batch()
-            now = time.perf_counter()
-            upto, echoes = 0, []
-            for f in frames:
-                if isinstance(f, F.Deliver):
-                    start = sent_at.get(f.id)
-                    if start is not None:
-                        tally.delivered.append(now - start)
-                    upto = max(upto, f.q)
-                    if not system.receipts:
-                        echoes.append(F.Send(id=f.id, to=s_user, body=b""))
-            if echoes:
-                await r.send(*echoes)
-            elif upto and system.receipts:
-                tally.acks += 1
-                await r.send(F.Ack(upto=upto))
-
     async with trio.open_nursery() as n:
-        for _, r, s_user, _ in pairs:
-            n.start_soon(receiver, r, s_user)
-        async with trio.open_nursery() as senders:
-            for k, (s, _, _, r_user) in enumerate(pairs):
-                senders.start_soon(sender, k, s, r_user)
-        n.cancel_scope.cancel()
+        for k, (s, r, s_user, r_user) in enumerate(pairs):
+            n.start_soon(pair, k, s, r, s_user, r_user)
 
 
 async def measure(system: System, shape: Shape,
@@ -286,6 +303,11 @@ def figures(tally: Tally, elapsed: float, cpu: float, client_cpu: float,
            "client_cpu_us_per_msg": round(client_cpu / n * 1e6, 1)}
     if tally.acks:
         out["client_acks_per_msg"] = round(tally.acks / n, 2)
+    if tally.closed:
+        out["connections_closed"] = tally.closed[:10]
+    if tally.errors:
+        out["error_frames"] = len(tally.errors)
+        out["first_errors"] = tally.errors[:5]
     if expected is not None and tally.done != expected:
         out["incomplete"] = f"{tally.done} of {expected} completed"
     return out
@@ -319,8 +341,10 @@ def run_shape(shape: Shape, systems: tuple[str, ...], workers: int, store: str,
             print(f"  {shape.name:14} {name:9} {r['msgs_per_s']:7,} msg/s  delivered p50"
                   f" {r['p50_ms']:8.2f} p99 {r['p99_ms']:8.2f} ms  round trip p99"
                   f" {r['round_trip_p99_ms']:8.2f} ms  server {r['server_cpu_us_per_msg']:6.1f}"
-                  f" us/msg ({r['server_cores']} cores)" + (f"  {r['incomplete']}"
-                                                          if "incomplete" in r else ""),
+                  f" us/msg ({r['server_cores']} cores)"
+                  + (f"  {r['incomplete']}" if "incomplete" in r else "")
+                  + (f"  closed: {r['connections_closed'][0]}" if "connections_closed" in r
+                     else ""),
                   flush=True)
     for other in ("ejabberd", "relay"):
         if "chatd" in out and other in out:
