@@ -14,8 +14,9 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 def sign_in(ctx: Any, node: Any, user: str) -> Any:
     """A new tab opened on the sign-in link of `user`, once connected."""
     page = ctx.new_page()
-    page.errors = []  # uncaught page errors, checked by tests that care
+    page.errors = []  # uncaught page errors and console errors, checked by tests that care
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
     page.goto(node.link(user))
     expect(page.get_by_test_id("me")).to_have_text(user)
     connected(page)

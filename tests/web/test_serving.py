@@ -57,6 +57,17 @@ def test_the_app_is_served_with_a_strict_policy(node: WebNode) -> None:
     assert status == 200 and f'"ws_port": {node.ws_port}'.encode() in config
 
 
+def test_a_forged_host_header_does_not_reach_the_policy(node: WebNode) -> None:
+    for host in ("evil.example; script-src *", "a b", "x'y", "[::1]:80; default-src *", "*",
+                 "evil_example.com", "x.example,y.example", "[zz]"):
+        status, headers, _ = get(node, "/", headers={"Host": host})
+        if status == 400:  # refused by the HTTP layer (h11) already
+            continue
+        assert "connect-src 'self';" in headers["content-security-policy"], host
+    csp = get(node, "/", headers={"Host": "chat.example.org:7780"})[1]["content-security-policy"]
+    assert f"connect-src 'self' ws://chat.example.org:{node.ws_port};" in csp
+
+
 @pytest.mark.parametrize("path", [
     "/../pyproject.toml", "/..%2f..%2fpyproject.toml", "/%2e%2e/%2e%2e/README.md", "//etc/passwd",
     "/app.ts", "/src/app.ts", "/dist/index.html", "/index.html/..", "/.%2e/data/chatd.db",
