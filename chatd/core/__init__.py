@@ -16,10 +16,23 @@ The stores and the server call these functions; none of them decides a rule itse
   groups     creating and changing groups: members, admins and succession, events, limits,
              who may do what
   modes      chat modes: their events and what each one keeps or forgets
+  wire       inbox items as the frames a device gets, and back
 """
 
 from __future__ import annotations
 
-from .values import GroupInfo, NewMessage, ReceiptNote, ReceiptState, Refusal, now_ms
+from .values import (
+    Delivery,
+    GroupInfo,
+    Item,
+    Message,
+    NewMessage,
+    Notice,
+    ReceiptNote,
+    ReceiptState,
+    Refusal,
+    now_ms,
+)
 
-__all__ = ["GroupInfo", "NewMessage", "ReceiptNote", "ReceiptState", "Refusal", "now_ms"]
+__all__ = ["Delivery", "GroupInfo", "Item", "Message", "NewMessage", "Notice", "ReceiptNote",
+           "ReceiptState", "Refusal", "now_ms"]

@@ -32,6 +32,42 @@ class NewMessage:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    """A stored message (or chat event): what every recipient's inbox item points at."""
+
+    conv: str
+    seq: int
+    ts: int
+    sender: str
+    device: str
+    id: str  # the sender's client id
+    body: bytes
+    group: str | None = None
+    media: tuple[Media, ...] = ()
+    event: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """An inbox item: `message`, at position q of the user's inbox."""
+
+    q: int
+    message: Message
+
+    # the message's fields, read through the item
+    conv = property(lambda self: self.message.conv)
+    seq = property(lambda self: self.message.seq)
+    ts = property(lambda self: self.message.ts)
+    sender = property(lambda self: self.message.sender)
+    device = property(lambda self: self.message.device)
+    id = property(lambda self: self.message.id)
+    body = property(lambda self: self.message.body)
+    group = property(lambda self: self.message.group)
+    media = property(lambda self: self.message.media)
+    event = property(lambda self: self.message.event)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class GroupInfo:
     group: str
     name: str
@@ -60,6 +96,25 @@ class ReceiptNote:
     status: int
     ts: int
     all: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notice:
+    """An inbox item: a receipt, at position q of its user's inbox."""
+
+    q: int
+    receipt: ReceiptNote
+
+    # the receipt's fields, read through the item
+    conv = property(lambda self: self.receipt.conv)
+    seqs = property(lambda self: self.receipt.seqs)
+    by = property(lambda self: self.receipt.by)
+    status = property(lambda self: self.receipt.status)
+    ts = property(lambda self: self.receipt.ts)
+    all = property(lambda self: self.receipt.all)
+
+
+Item = Delivery | Notice  # what an inbox holds
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

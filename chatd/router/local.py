@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from chatd.protocol import encode_body
-from chatd.store import Item
+from chatd.core import Item, wire
 
 
 class Target(Protocol):
@@ -92,4 +91,4 @@ class LocalRouter:
         by_user = self._by_user
         for user, item in items:
             if user in by_user:
-                self.offer(user, item, encode_body(item))  # once per user, for all devices
+                self.offer(user, item, wire.body(item))  # once per user, for all devices

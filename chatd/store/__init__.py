@@ -17,6 +17,7 @@ from chatd.core.convs import direct as direct_conv
 from .base import Appended, FanoutJobs, Item, Page, Store, StoreError, StoreStats
 from .cassandra import CassandraStore
 from .cql import BadCassandraURL, CassandraURL
+from .fanout import FanoutRunner
 from .sqlite import SqliteStore
 
 __all__ = ["Appended", "BadStoreURL", "CassandraStore", "FanoutJobs", "GroupInfo", "Item",
@@ -74,6 +75,8 @@ async def open_store(url: str) -> AsyncIterator[Store]:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(sq.run)
+            if isinstance(sq, FanoutJobs):
+                await nursery.start(FanoutRunner(sq).run)
             yield sq
             nursery.cancel_scope.cancel()
     finally:

@@ -7,7 +7,8 @@ from typing import Any
 
 import msgpack
 
-from chatd.protocol.frames import Media, Receipt
+from chatd.core import Notice, ReceiptNote
+from chatd.protocol.frames import Media
 from chatd.protocol.schema import from_map, to_map
 
 
@@ -21,17 +22,17 @@ def media(blob: bytes | None) -> tuple[Media, ...]:
     return tuple(from_map(Media, m, "media") for m in msgpack.unpackb(blob))
 
 
-def receipt_blob(r: Receipt) -> bytes:
-    """An inbox receipt without its position and conversation (those are columns)."""
+def receipt_blob(r: ReceiptNote) -> bytes:
+    """An inbox receipt without its user, position and conversation (those are columns)."""
     blob: bytes = msgpack.packb({"ss": list(r.seqs), "by": r.by, "st": r.status, "ts": r.ts,
                                  "all": r.all})
     return blob
 
 
-def receipt(q: int, conv: str, blob: bytes) -> Receipt:
+def receipt(user: str, q: int, conv: str, blob: bytes) -> Notice:
     x = msgpack.unpackb(blob)
-    return Receipt(q=q, conv=conv, seqs=tuple(x["ss"]), by=x["by"], status=x["st"], ts=x["ts"],
-                   all=x.get("all", False))
+    return Notice(q, ReceiptNote(to=user, conv=conv, seqs=tuple(x["ss"]), by=x["by"],
+                                 status=x["st"], ts=x["ts"], all=x.get("all", False)))
 
 
 def event_blob(event: dict[str, Any] | None) -> bytes | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.cassandra import CassandraNode
-from chatd.protocol.frames import Deliver
+from chatd.core import Delivery
 from chatd.store import CassandraStore, NewMessage, open_store
 
 
@@ -21,7 +21,7 @@ async def test_results_of_several_pages_are_read_whole(cassandra: CassandraNode)
             await store.append_message(NewMessage("alice", "phone", f"c{i}", "d:alice:m00",
                                                   ("m00",), b"%d" % i, 10 + i))
         page = await store.inbox("m00", "phone", 0, 100)
-        got = [i for i in page.items if isinstance(i, Deliver) and i.conv == "d:alice:m00"]
+        got = [i for i in page.items if isinstance(i, Delivery) and i.conv == "d:alice:m00"]
         assert [i.body for i in got] == [b"%d" % i for i in range(23)]
         history = await store.history("d:alice:m00", None, 100)
         assert [h.seq for h in history] == list(range(23, 0, -1))

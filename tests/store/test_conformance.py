@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from chatd.protocol.frames import Deliver, Media, Receipt, Status
+from chatd.core import Delivery, Notice
+from chatd.protocol.frames import Media, Status
 from chatd.store import NewMessage, Store, direct_conv
 
 CONV = direct_conv("alice", "bob")
@@ -46,7 +47,7 @@ async def test_retried_send_is_stored_once(store: Store) -> None:
     assert (again.conv, again.seq, again.ts) == (first.conv, first.seq, first.ts)
     assert again.items == ()
     page = await store.inbox("bob", "phone", 0, 100)
-    assert [i.body for i in page.items if isinstance(i, Deliver)] == [b"hi"]
+    assert [i.body for i in page.items if isinstance(i, Delivery)] == [b"hi"]
     # the same client id from another sender is another message
     other = await store.append_message(msg("same", sender="bob", to="alice"))
     assert not other.duplicate
@@ -59,15 +60,15 @@ async def test_inbox_holds_messages_in_order_for_each_device(store: Store) -> No
         await store.append_message(NewMessage("alice", "phone", f"m{i}", CONV, ("bob",),
                                               f"b{i}".encode(), 100 + i, media))
     page = await store.inbox("bob", "phone", 0, 3)
-    assert [(i.q, i.seq, i.body) for i in page.items if isinstance(i, Deliver)] == [
+    assert [(i.q, i.seq, i.body) for i in page.items if isinstance(i, Delivery)] == [
         (1, 1, b"b0"), (2, 2, b"b1"), (3, 3, b"b2")]
     assert page.more and page.upto == 3
     first = page.items[0]
-    assert isinstance(first, Deliver)
+    assert isinstance(first, Delivery)
     assert (first.sender, first.device, first.id, first.ts, first.media) == (
         "alice", "phone", "m0", 100, media)
     rest = await store.inbox("bob", "phone", page.upto, 100)
-    assert [i.seq for i in rest.items if isinstance(i, Deliver)] == [4, 5]
+    assert [i.seq for i in rest.items if isinstance(i, Delivery)] == [4, 5]
     assert not rest.more and rest.upto == 5
 
 
@@ -78,7 +79,7 @@ async def test_sender_other_devices_get_a_copy_but_not_the_sending_device(store:
     on_phone = await store.inbox("alice", "phone", 0, 10)
     on_laptop = await store.inbox("alice", "laptop", 0, 10)
     assert on_phone.items == [] and on_phone.upto == 1
-    assert [i.id for i in on_laptop.items if isinstance(i, Deliver)] == ["1"]
+    assert [i.id for i in on_laptop.items if isinstance(i, Delivery)] == ["1"]
 
 
 async def test_ack_moves_cursor_forward_only_and_sends_delivered_once(store: Store) -> None:
@@ -88,19 +89,19 @@ async def test_ack_moves_cursor_forward_only_and_sends_delivered_once(store: Sto
         await store.append_message(msg(f"m{i}"))
     r = await store.ack("bob", "phone", 2, ts=5000)
     assert await store.cursor("bob", "phone") == 2
-    assert [(u, type(i)) for u, i in r.items] == [("alice", Receipt)]
+    assert [(u, type(i)) for u, i in r.items] == [("alice", Notice)]
     receipt = r.items[0][1]
-    assert isinstance(receipt, Receipt)
+    assert isinstance(receipt, Notice)
     assert (receipt.conv, receipt.seqs, receipt.by, receipt.status, receipt.ts) == (
         CONV, (1, 2), "bob", Status.DELIVERED, 5000)
     assert (await store.ack("bob", "phone", 1, ts=6000)).items == ()  # never back
     assert await store.cursor("bob", "phone") == 2
     again = await store.ack("bob", "laptop", 3, ts=7000)  # other device: only seq 3 is new
-    assert [i.seqs for _, i in again.items if isinstance(i, Receipt)] == [(3,)]
+    assert [i.seqs for _, i in again.items if isinstance(i, Notice)] == [(3,)]
     # the receipt sits in alice's inbox for every device of hers, including later
     page = await store.inbox("alice", "phone", 0, 10)
-    assert [(type(i).__name__, i.seqs) for i in page.items if isinstance(i, Receipt)] == [
-        ("Receipt", (1, 2)), ("Receipt", (3,))]
+    assert [(type(i).__name__, i.seqs) for i in page.items if isinstance(i, Notice)] == [
+        ("Notice", (1, 2)), ("Notice", (3,))]
 
 
 async def test_ack_beyond_the_inbox_is_clamped(store: Store) -> None:
@@ -110,7 +111,7 @@ async def test_ack_beyond_the_inbox_is_clamped(store: Store) -> None:
     assert await store.cursor("bob", "phone") == 1
     await store.append_message(msg("2"))
     page = await store.inbox("bob", "phone", await store.cursor("bob", "phone"), 10)
-    assert [i.id for i in page.items if isinstance(i, Deliver)] == ["2"]
+    assert [i.id for i in page.items if isinstance(i, Delivery)] == ["2"]
 
 
 async def test_read_receipts_cover_messages_from_others_only(store: Store) -> None:
@@ -119,7 +120,7 @@ async def test_read_receipts_cover_messages_from_others_only(store: Store) -> No
     await store.append_message(msg("b1", sender="bob", to="alice"))
     await store.append_message(msg("a2"))
     r = await store.mark_read("bob", CONV, 3, ts=9)
-    assert [(u, i.seqs, i.status) for u, i in r.items if isinstance(i, Receipt)] == [
+    assert [(u, i.seqs, i.status) for u, i in r.items if isinstance(i, Notice)] == [
         ("alice", (1, 3), Status.READ)]
     assert (await store.mark_read("bob", CONV, 3, ts=10)).items == ()
     # read implies delivered: acking afterwards sends no DELIVERED for those
@@ -132,7 +133,7 @@ async def test_new_device_gets_what_is_still_pending(store: Store) -> None:
     await store.append_message(msg("before-any-device"))
     assert await store.attach_device("bob", "phone") == 0
     page = await store.inbox("bob", "phone", 0, 10)
-    assert [i.id for i in page.items if isinstance(i, Deliver)] == ["before-any-device"]
+    assert [i.id for i in page.items if isinstance(i, Delivery)] == ["before-any-device"]
     await store.ack("bob", "phone", 1, ts=1)
     assert await store.attach_device("bob", "tablet") == 1
     assert await store.attach_device("bob", "phone") == 1  # existing device keeps its cursor

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from chatd.protocol.frames import Deliver
+from chatd.core import Delivery
 from chatd.store import CassandraStore, NewMessage, SqliteStore, Store, StoreError, open_store
+from chatd.store.fanout import FanoutRunner
 
 MEMBERS = ["bob", "carol", "dave", "erin", "frank"]
 Backend = SqliteStore | CassandraStore  # (what open_store gives: with fan-out jobs)
@@ -43,7 +44,7 @@ async def copies(s: Store) -> dict[str, Counter[int]]:
     out = {}
     for u in MEMBERS:
         page = await s.inbox(u, "phone", 0, 1000)
-        out[u] = Counter(i.seq for i in page.items if isinstance(i, Deliver) and i.conv == "g:g1")
+        out[u] = Counter(i.seq for i in page.items if isinstance(i, Delivery) and i.conv == "g:g1")
     return out
 
 
@@ -81,6 +82,7 @@ async def unstarted(url: str) -> AsyncIterator[Backend]:
 async def started(s: Backend) -> AsyncIterator[None]:
     async with trio.open_nursery() as nursery:
         await nursery.start(s.run)
+        await nursery.start(FanoutRunner(s).run)  # (as open_store does)
         yield
         nursery.cancel_scope.cancel()
 

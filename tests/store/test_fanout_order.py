@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chatd.protocol.frames import Deliver
+from chatd.core import Delivery
 from chatd.store import SqliteStore, open_store
 
 from .test_fanout_once import MEMBERS, send, setup_group
@@ -26,5 +26,5 @@ async def test_a_later_job_run_first_runs_the_older_ones_before_it(tmp_path: Pat
         assert not await a.fanout("g:g1", 1)  # done already, in order, by b
         for u in MEMBERS:
             page = await a.inbox(u, "phone", 0, 100)
-            seqs = [i.seq for i in page.items if isinstance(i, Deliver)]
+            seqs = [i.seq for i in page.items if isinstance(i, Delivery)]
             assert seqs == [1, 2, 3, 4], u

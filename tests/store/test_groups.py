@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from chatd.protocol.frames import Deliver, Receipt, Status
+from chatd.core import Delivery, Notice
+from chatd.protocol.frames import Status
 from chatd.store import NewMessage, Store, open_store
 
 G = "g:fam"
@@ -23,9 +24,9 @@ async def settle(store: Store) -> None:
     await store.has_user("alice")  # a round trip through the writer
 
 
-async def delivered(store: Store, user: str, device: str = "phone") -> list[Deliver]:
+async def delivered(store: Store, user: str, device: str = "phone") -> list[Delivery]:
     page = await store.inbox(user, device, 0, 10_000)
-    return [i for i in page.items if isinstance(i, Deliver) and i.conv == G]
+    return [i for i in page.items if isinstance(i, Delivery) and i.conv == G]
 
 
 async def setup(store: Store, members: list[str]) -> None:
@@ -76,10 +77,10 @@ async def test_group_receipts_are_coalesced_to_all(store: Store) -> None:
     await settle(store)
     bob_q = (await delivered(store, "bob"))[-1].q
     r = await store.ack("bob", "phone", bob_q, ts=5)
-    assert [i for _, i in r.items if isinstance(i, Receipt)] == []  # not everyone yet
+    assert [i for _, i in r.items if isinstance(i, Notice)] == []  # not everyone yet
     carol_q = (await delivered(store, "carol"))[-1].q
     r = await store.ack("carol", "phone", carol_q, ts=6)
-    receipts = [(u, i) for u, i in r.items if isinstance(i, Receipt)]
+    receipts = [(u, i) for u, i in r.items if isinstance(i, Notice)]
     assert [(u, i.seqs, i.status, i.all) for u, i in receipts] == [
         ("alice", (sent.seq,), Status.DELIVERED, True)]
     state = await store.receipt_state(G, sent.seq)
@@ -88,7 +89,7 @@ async def test_group_receipts_are_coalesced_to_all(store: Store) -> None:
     state = await store.receipt_state(G, sent.seq)
     assert state.read == ("bob",) and state.delivered == ("carol",)
     r = await store.mark_read("carol", G, sent.seq, ts=8)
-    assert [(i.status, i.all) for _, i in r.items if isinstance(i, Receipt)] == [
+    assert [(i.status, i.all) for _, i in r.items if isinstance(i, Notice)] == [
         (Status.READ, True)]
 
 
@@ -115,9 +116,9 @@ async def test_removing_the_last_laggard_completes_delivered_to_all(store: Store
     await settle(store)
     await store.ack("bob", "phone", (await delivered(store, "bob"))[-1].q, ts=5)
     page = await store.inbox("alice", "phone", 0, 100)
-    assert not [i for i in page.items if isinstance(i, Receipt)]
+    assert not [i for i in page.items if isinstance(i, Notice)]
     await store.change_group("fam", "alice", ts=6, remove=("carol",))  # carol never got it
     page = await store.inbox("alice", "phone", 0, 100)
-    receipts = [i for i in page.items if isinstance(i, Receipt)]
+    receipts = [i for i in page.items if isinstance(i, Notice)]
     assert [(r.seqs, r.status, r.all) for r in receipts] == [
         ((sent.seq,), Status.DELIVERED, True)]

@@ -9,7 +9,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatd.protocol.frames import Deliver
+from chatd.core import Delivery
 from chatd.store import NewMessage, open_store
 
 USERS = ["u0", "u1", "u2", "u3", "u4"]
@@ -49,7 +49,7 @@ async def run(initial: list[str], program: list[tuple[Any, ...]]) -> None:
                 if item.q <= dev.max_q:
                     continue  # a repeat after reconnecting: dropped
                 dev.max_q = item.q
-                if isinstance(item, Deliver) and item.conv == "g:g" and item.event is None:
+                if isinstance(item, Delivery) and item.conv == "g:g" and item.event is None:
                     dev.shown.append((item.seq, item.body))
             await store.ack(u, "d", cursor + int((page.upto - cursor) * fraction), ts=1)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from chatd.protocol.frames import Deliver
+from chatd.core import Delivery
 from chatd.store import CassandraStore, NewMessage, Store, StoreError, open_store
 
 USERS = ["u0", "u1", "u2", "u3"]
@@ -33,7 +33,7 @@ async def test_two_devices_attaching_at_once_both_get_the_copies(store: Store) -
                                               10 + i))
     for u in USERS:
         page = await store.inbox(u, "b", 0, 100)
-        assert [it.id for it in page.items if isinstance(it, Deliver)] == \
+        assert [it.id for it in page.items if isinstance(it, Delivery)] == \
             [f"c{USERS.index(u)}"], u
 
 
@@ -79,7 +79,7 @@ def interrupt(monkeypatch: pytest.MonkeyPatch, s: CassandraStore, what: str, *,
 
 
 def ids(items: Any) -> Counter[str]:
-    return Counter(it.id for it in items if isinstance(it, Deliver))
+    return Counter(it.id for it in items if isinstance(it, Delivery))
 
 
 async def test_cassandra_a_one_to_one_send_redone_by_its_retry_is_in_each_inbox_once(
@@ -105,7 +105,7 @@ async def test_cassandra_a_one_to_one_send_redone_by_its_retry_is_in_each_inbox_
     for user, device in [("bob", "a"), ("bob", "b"), ("alice", "b")]:
         page = await s.inbox(user, device, 0, 100)
         assert ids(page.items) == Counter({"m1": 1, "m2": 1}), (user, device)
-        assert [it.seq for it in page.items if isinstance(it, Deliver)] == [1, 2], \
+        assert [it.seq for it in page.items if isinstance(it, Delivery)] == [1, 2], \
             (user, device)
 
 
@@ -200,7 +200,7 @@ async def test_cassandra_concurrent_one_to_one_sends_reach_the_inbox_in_seq_orde
                     NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"", 10),
                     NewMessage("bob", "a", "m2", "d:alice:bob", ("alice",), b"", 11))
     page = await s.inbox("bob", "b", 0, 100)
-    assert [(it.id, it.seq) for it in page.items if isinstance(it, Deliver)] == [
+    assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
         ("m0", 1), ("m1", 2), ("m2", 3)]
 
 
@@ -220,7 +220,7 @@ async def test_cassandra_concurrent_group_sends_reach_members_in_seq_order(
         while await s.pending_fanouts():
             await trio.sleep(0.05)
     page = await s.inbox("carol", "a", 0, 100)
-    assert [it.seq for it in page.items if isinstance(it, Deliver)] == [1, 2, 3]
+    assert [it.seq for it in page.items if isinstance(it, Delivery)] == [1, 2, 3]
 
 
 async def test_cassandra_a_store_closed_while_taking_a_job_gives_it_back(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from chatd.protocol.frames import Deliver, Mode
+from chatd.core import Delivery
+from chatd.protocol.frames import Mode
 from chatd.store import NewMessage, Store, direct_conv
 
 DAY = 86_400_000
@@ -35,7 +36,7 @@ async def test_temporary_messages_go_once_every_device_has_them(store: Store) ->
     gone = await store.collect(now=3000, max_age_ms=30 * DAY)
     assert await stored(store) == [3] and gone["delivered"] == 2
     page = await store.inbox("bob", "laptop", 2, 10)  # what is pending is still delivered
-    assert [i.seq for i in page.items if isinstance(i, Deliver)] == [3]
+    assert [i.seq for i in page.items if isinstance(i, Delivery)] == [3]
 
 
 async def test_temporary_messages_never_delivered_go_after_max_age(store: Store) -> None:
@@ -45,7 +46,7 @@ async def test_temporary_messages_never_delivered_go_after_max_age(store: Store)
     gone = await store.collect(now=31 * DAY, max_age_ms=30 * DAY)
     assert await stored(store) == [2] and gone["too_old"] == 1
     page = await store.inbox("bob", "phone", 0, 10)
-    assert [i.id for i in page.items if isinstance(i, Deliver)] == ["new"]
+    assert [i.id for i in page.items if isinstance(i, Delivery)] == ["new"]
 
 
 async def test_permanent_history_stays(store: Store) -> None:
@@ -70,7 +71,7 @@ async def test_disappearing_messages_expire_for_everyone(store: Store) -> None:
     gone = await store.collect(now=now, max_age_ms=30 * DAY)
     assert gone["expired"] == 2 and await stored(store) == [3, 4]  # the mode event and "soon"
     page = await store.inbox("bob", "phone", 0, 10)  # undelivered but expired: gone too
-    assert [i.id for i in page.items if isinstance(i, Deliver) and not i.event] == \
+    assert [i.id for i in page.items if isinstance(i, Delivery) and not i.event] == \
         ["later", "new"]
     gone = await store.collect(now=now + 60_001, max_age_ms=30 * DAY)  # the ttl is seconds
     assert gone["expired"] == 1 and await stored(store) == [4]
@@ -80,5 +81,5 @@ async def test_mode_change_is_an_event_in_the_chat(store: Store) -> None:
     await setup(store)
     await store.set_mode(CONV, Mode.PERMANENT, 0, "alice", ts=1)
     page = await store.inbox("bob", "phone", 0, 10)
-    events = [i.event for i in page.items if isinstance(i, Deliver)]
+    events = [i.event for i in page.items if isinstance(i, Delivery)]
     assert events == [{"kind": "mode", "mode": 1, "ttl": 0, "by": "alice"}]

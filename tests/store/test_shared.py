@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from chatd.protocol.frames import Deliver, Receipt, Status
+from chatd.core import Delivery, Notice
+from chatd.protocol.frames import Status
 from chatd.store import NewMessage, SqliteStore, Store, open_store
 
 
@@ -40,7 +41,7 @@ async def test_two_writers_keep_sequences_dense_and_caches_current(shared_url: s
         assert [i.q for i in page.items] == list(range(1, 41))
         # bob acks through a: receipts for the messages b appended as well
         r = await a.ack("bob", "phone", 40, ts=5)
-        assert [i.seqs for _, i in r.items if isinstance(i, Receipt)] == [tuple(range(1, 41))]
+        assert [i.seqs for _, i in r.items if isinstance(i, Notice)] == [tuple(range(1, 41))]
         assert await b.cursor("bob", "phone") == 40
         assert not (await b.ack("bob", "phone", 40, ts=6)).items  # no second DELIVERED
         if isinstance(b, SqliteStore):
@@ -57,14 +58,14 @@ async def test_group_receipts_and_fanout_across_writers(shared_url: str) -> None
         with trio.fail_after(10):  # both have it (Cassandra appends per member inbox)
             for u in ("bob", "carol"):
                 while not [i for i in (await a.inbox(u, "phone", 0, 10)).items
-                           if isinstance(i, Deliver) and i.seq == sent.seq]:
+                           if isinstance(i, Delivery) and i.seq == sent.seq]:
                     await trio.sleep(0.01)
         bob_q = (await a.inbox("bob", "phone", 0, 10)).upto
         carol_q = (await b.inbox("carol", "phone", 0, 10)).upto
         assert not [i for _, i in (await a.ack("bob", "phone", bob_q, 3)).items
-                    if isinstance(i, Receipt) and i.all]
+                    if isinstance(i, Notice) and i.all]
         r = await b.ack("carol", "phone", carol_q, 4)  # the last member, through the other
-        alls = [i for _, i in r.items if isinstance(i, Receipt) and i.all]
+        alls = [i for _, i in r.items if isinstance(i, Notice) and i.all]
         assert [(i.seqs, i.status) for i in alls] == [((sent.seq,), Status.DELIVERED)]
 
 
@@ -92,10 +93,10 @@ async def test_random_interleaving_loses_and_repeats_nothing(shared_url: str) ->
             n.start_soon(writer, b, 150)
         for u in users:
             page = await b.inbox(u, "phone", 0, 10_000)
-            got = [i.id for i in page.items if isinstance(i, Deliver)]
+            got = [i.id for i in page.items if isinstance(i, Delivery)]
             assert sorted(got) == sorted(sent[u])
-            assert [i.q for i in page.items if isinstance(i, Deliver)] == sorted(
-                i.q for i in page.items if isinstance(i, Deliver))
+            assert [i.q for i in page.items if isinstance(i, Delivery)] == sorted(
+                i.q for i in page.items if isinstance(i, Delivery))
             assert page.upto == len(page.items)  # dense positions, no gap, no duplicate
 
 
@@ -121,7 +122,7 @@ async def test_concurrent_writers_to_one_conversation_share_one_sequence(
                 n.start_soon(writer, a if w % 2 else b, f"w{w}", 25)
         assert sorted(results.values()) == list(range(1, 201))
         page = await a.inbox("bob", "phone", 0, 1000)
-        got = [i for i in page.items if isinstance(i, Deliver)]
+        got = [i for i in page.items if isinstance(i, Delivery)]
         assert sorted(i.seq for i in got) == list(range(1, 201))
         assert [i.q for i in got] == list(range(1, 201))
         for w in range(8):  # in order per writer: each waited for the one before

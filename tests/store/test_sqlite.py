@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from chatd.protocol.frames import Deliver, Receipt
+from chatd.core import Delivery, Notice
 from chatd.store import NewMessage, open_store
 from chatd.store import sqlite as sqlite_store
 
@@ -26,13 +26,13 @@ async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
     async with open_store(url) as store:  # caches are cold: acks and sequences use SQL
         assert await store.cursor("bob", "phone") == 2
         r = await store.ack("bob", "phone", 5, ts=2)
-        assert [i.seqs for _, i in r.items if isinstance(i, Receipt)] == [(3, 4, 5)]
+        assert [i.seqs for _, i in r.items if isinstance(i, Notice)] == [(3, 4, 5)]
         again = await store.append_message(msg(0))
         assert again.duplicate and again.seq == 1
         new = await store.append_message(msg(99))
         assert new.seq == 6
         page = await store.inbox("alice", "phone", 0, 10)
-        assert [i.seqs for i in page.items if isinstance(i, Receipt)] == [(1, 2), (3, 4, 5)]
+        assert [i.seqs for i in page.items if isinstance(i, Notice)] == [(1, 2), (3, 4, 5)]
 
 
 async def test_acks_beyond_the_memory_index_fall_back_to_sql(
@@ -43,9 +43,9 @@ async def test_acks_beyond_the_memory_index_fall_back_to_sql(
         for i in range(10):
             await store.append_message(msg(i))
         r = await store.ack("bob", "phone", 10, ts=1)
-        assert [i.seqs for _, i in r.items if isinstance(i, Receipt)] == [tuple(range(1, 11))]
+        assert [i.seqs for _, i in r.items if isinstance(i, Notice)] == [tuple(range(1, 11))]
         page = await store.inbox("bob", "phone", 0, 100)
-        assert len([i for i in page.items if isinstance(i, Deliver)]) == 10
+        assert len([i for i in page.items if isinstance(i, Delivery)]) == 10
 
 
 async def test_a_database_from_a_newer_chatd_is_refused(tmp_path: Path) -> None:
