@@ -7,9 +7,12 @@ one conformance suite (tests/media/test_blobstore.py):
   against SeaweedFS). Credentials come from the usual AWS environment variables or files.
   botocore is blocking: each call runs in a worker thread.
 
-Guarantees: `put` is atomic (readers see the whole object or none); `get` reads a byte range
-in chunks (never the whole object in memory); keys are plain relative paths checked by
-`check_key` (no `..`, no leading `/`). Every backend failure is a BlobStoreError.
+Guarantees: `put` is atomic (readers see the whole object or none); `put_new` stores only if
+the key is free, atomically across every node sharing the store (the file store links a
+finished temporary file into place, which fails if the name exists; S3 sends
+`If-None-Match: *`, which SeaweedFS checks under its per-object write lock, as AWS S3 does);
+`get` reads a byte range in chunks (never the whole object in memory); keys are plain relative
+paths checked by `check_key` (no `..`, no leading `/`). Every backend failure is a BlobStoreError.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class BlobStoreError(Exception):
     """The blob store failed (unreachable, refused): the request may be retried."""
 
 
+class _Taken(Exception):
+    """A conditional S3 put found the key taken."""
+
+
 def check_key(key: str) -> str:
     if len(key) > 512 or KEY.fullmatch(key) is None:
         raise ValueError(f"bad blob key {key[:60]!r}")
@@ -46,6 +53,10 @@ class BlobStore(Protocol):
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         """Store small bytes under key, atomically."""
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        """Store small bytes under key only if nothing is there yet: True if stored, False
+        if the key was taken (by any node sharing the store)."""
 
     async def size(self, key: str) -> int | None:
         """The object's size, None if there is none."""
@@ -74,7 +85,7 @@ class FileBlobStore:
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *check_key(key).split("/"))
 
-    def _write(self, key: str, fill: Any) -> None:
+    def _write(self, key: str, fill: Any, new: bool = False) -> bool:
         path = self._path(key)
         folder = os.path.dirname(path)
         os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -84,7 +95,16 @@ class FileBlobStore:
                 fill(out)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, path)
+            if not new:
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)  # (fails if the name exists, atomically)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            return True
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -100,6 +120,10 @@ class FileBlobStore:
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         await self._run(self._write, key, lambda out: out.write(data))
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        stored: bool = await self._run(self._write, key, lambda out: out.write(data), True)
+        return stored
 
     async def size(self, key: str) -> int | None:
         try:
@@ -190,6 +214,8 @@ class S3BlobStore:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise KeyError(kwargs.get("Key")) from None
+            if code in ("412", "PreconditionFailed", "ConditionalRequestConflict"):
+                raise _Taken(kwargs.get("Key")) from None  # (a conditional put lost)
             raise BlobStoreError(f"S3 {name}: {exc}") from None
         except BotoCoreError as exc:
             raise BlobStoreError(f"S3 {name}: {exc}") from None
@@ -222,6 +248,15 @@ class S3BlobStore:
     async def put_bytes(self, key: str, data: bytes) -> None:
         await self._ensure_bucket()
         await self._call("put_object", Bucket=self.bucket, Key=check_key(key), Body=data)
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        await self._ensure_bucket()
+        try:
+            await self._call("put_object", Bucket=self.bucket, Key=check_key(key), Body=data,
+                             IfNoneMatch="*")
+        except _Taken:
+            return False
+        return True
 
     async def size(self, key: str) -> int | None:
         await self._ensure_bucket()

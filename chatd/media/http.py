@@ -2,17 +2,26 @@
 
   PUT /v1/upload          Authorization: Bearer <slot token>; body: the file -> 201, the Media
                           reference as msgpack (application/msgpack)
-  GET /v1/media/<id>      Authorization: Bearer <device token> -> the image (Range, ETag)
+  GET /v1/media/<id>      Authorization: Bearer <device token> (+ X-Chatd-Device when the
+                          token names no device) -> the image (Range, ETag); private caching
+  GET /v1/media/<id>/link Authorization: Bearer <device token> -> {"url": a signed link,
+                          "exp": unix s} (msgpack, or JSON if asked with Accept)
+  GET /v1/media/<id>?exp=<unix s>&sig=<sig>   no token: the image, cacheable by a CDN
+                          (public) until exp
 
-Errors are text/plain with a status that says why (401 token, 404 unknown or not yours, 409
-slot used, 413 too large, 415 not an image, 422 hash mismatch, 503 blob store down).
+Errors are text/plain with a status that says why (401 token, 403 bad or expired link, 404
+unknown or not yours, 409 slot used, 413 too large, 415 not an image, 422 hash mismatch, 503
+blob store down).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
+import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -58,8 +67,11 @@ class MediaApp:
         try:
             if path == "/v1/upload" and method in ("PUT", "POST"):
                 await self._upload(token, headers, receive, send)
+            elif path.startswith("/v1/media/") and path.endswith("/link") and method == "GET":
+                await self._link(token, path[10:-5], headers, send)
             elif path.startswith("/v1/media/") and method in ("GET", "HEAD"):
-                await self._download(token, path[10:], headers, method, send)
+                query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                await self._download(token, path[10:], headers, method, send, query)
             else:
                 await _text(send, 404, "not found")
         except MediaError as exc:
@@ -91,18 +103,54 @@ class MediaApp:
             (b"content-type", b"application/msgpack")]})
         await send({"type": "http.response.body", "body": msgpack.packb(to_map(media))})
 
-    async def _download(self, token: str, blob_id: str, headers: dict[str, str], method: str,
-                        send: Any) -> None:
+    def _device(self, token: str, headers: dict[str, str]) -> tuple[str, str]:
+        """(user, device) of a device token; a token that names no device is for the device
+        the client says (X-Chatd-Device, else "default"), as when signing in."""
         try:
-            user, _ = verify_token(self.secret, token)
+            user, device = verify_token(self.secret, token)
         except AuthError as exc:
             raise MediaError(401, f"a download needs the device's token: {exc}") from None
+        said = headers.get("x-chatd-device", "")
+        if device is None:
+            device = said[:64] or "default"
+        elif said and said != device:
+            raise MediaError(401, f"token is for device {device!r}")
+        return user, device
+
+    async def _link(self, token: str, blob_id: str, headers: dict[str, str], send: Any
+                    ) -> None:
+        user, _device = self._device(token, headers)
         if BLOB_ID.fullmatch(blob_id) is None:
             raise MediaError(404, "no such media")
-        media = await self.service.may_download(user, blob_id, self.member)
+        await self.service.may_download(user, blob_id, self.member)
+        url, exp = self.service.make_link(blob_id)
+        if "application/json" in headers.get("accept", ""):
+            body, kind = json.dumps({"url": url, "exp": exp}).encode(), b"application/json"
+        else:
+            body, kind = msgpack.packb({"url": url, "exp": exp}), b"application/msgpack"
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", kind), (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _download(self, token: str, blob_id: str, headers: dict[str, str], method: str,
+                        send: Any, query: dict[str, list[str]]) -> None:
+        if BLOB_ID.fullmatch(blob_id) is None:
+            raise MediaError(404, "no such media")
+        device: tuple[str, str] | None = None
+        if "sig" in query or "exp" in query:  # a signed link: no token, anyone holding it
+            exp = self.service.check_link(blob_id, query.get("exp", [""])[0],
+                                          query.get("sig", [""])[0])
+            media = await self.service.media(blob_id)
+            if media is None:
+                raise MediaError(404, "no such media")
+            cache = f"public, max-age={max(0, exp - int(time.time()))}, immutable"
+        else:
+            device = self._device(token, headers)
+            media = await self.service.may_download(device[0], blob_id, self.member)
+            cache = "private, max-age=31536000, immutable"
         etag = f'"{blob_id}"'
         common = [(b"etag", etag.encode()), (b"accept-ranges", b"bytes"),
-                  (b"cache-control", b"private, max-age=31536000, immutable"),
+                  (b"cache-control", cache.encode()),
                   (b"content-type", media.mime.encode())]
         if headers.get("if-none-match") == etag:
             await send({"type": "http.response.start", "status": 304, "headers": common})
@@ -132,9 +180,9 @@ class MediaApp:
             async for chunk in self.service.download(blob_id, start, end):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-        if method == "GET" and start == 0 and end == size:  # the whole image, sent
+        if device is not None and method == "GET" and start == 0 and end == size:  # all sent
             try:
-                await self.service.downloaded(user, blob_id, self.conv_mode, self.members)
+                await self.service.downloaded(*device, blob_id, self.conv_mode, self.members)
             except Exception as exc:  # (the collector forgets it later instead)
                 log.warning("could not record a download of %s: %s", blob_id, exc)
 

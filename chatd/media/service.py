@@ -1,32 +1,38 @@
 """The asset service: upload slots, streamed uploads checked and re-encoded, dedup, who may
-download. No HTTP here (chatd.media.http is the thin web layer over it).
+download, signed links. No HTTP here (chatd.media.http is the thin web layer over it).
 
 Objects it keeps in its blob store (so several nodes sharing one S3 bucket share all of it):
   blob/<id>          the stored (re-encoded) bytes; id = hex SHA-256 of those bytes
   meta/<id>          the Media reference (msgpack), preview included
   orig/<sha256 hex>  the id an uploaded original became (dedup of the same photo sent again)
   refs/<id>/<hex>    a conversation (its id in hex) that referred to the blob: who may
-                     download it; holds when and by whom (msgpack [ts ms, sender])
-  got/<id>/<hex>/<hex>   in a TEMPORARY chat: that recipient (user id in hex) downloaded it
+                     download it; holds [ts ms, sender, recipient devices] (msgpack)
+  got/<id>/<hex>/<hash>  in a TEMPORARY chat: that recipient device downloaded it
+  used/<nonce hex>   an upload slot taken (created only if absent: once across every node),
+                     until the slot expires
 
 Lifetime follows the chat's mode (collect() and downloads): in a TEMPORARY chat the reference
-goes once every recipient has downloaded the image (or after max_age, 30 days); in a
-DISAPPEARING chat when the message expires (its ttl); in a PERMANENT chat it stays. A blob goes
-with its last reference (dedup: other chats keep it), or UNSENT_GRACE after its upload if no
-message ever referred to it.
+goes once every recipient device known when the message was stored has downloaded the image
+(a recipient with no known device counts once any of its devices has), or after max_age
+(30 days) whatever the devices did; in a DISAPPEARING chat when the message expires (its ttl);
+in a PERMANENT chat it stays. A blob goes with its last reference (dedup: other chats keep it),
+or UNSENT_GRACE after its upload if no message ever referred to it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Final
 
 import msgpack
@@ -38,10 +44,13 @@ from chatd.protocol.errors import ProtocolError
 from chatd.protocol.schema import from_map, to_map
 
 from .blobs import BlobStore, BlobStoreError
-from .images import Encoded, ImageError, reencode
+from .images import Encoded, ImageError
 
+log = logging.getLogger("chatd.media")
+_CHATD_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAX_UPLOAD: Final = 16 * 1024 * 1024
 SLOT_TTL: Final = 300.0  # seconds an upload slot stays valid
+LINK_TTL: Final = 3600.0  # seconds a signed download link stays valid (at least)
 # images decoded at once per process (CPU and memory bound): a core is left to the chat
 REENCODE_JOBS: Final = max(1, (os.cpu_count() or 2) - 1)
 UNSENT_GRACE: Final = 3600_000  # ms an uploaded blob waits for a message to refer to it
@@ -56,6 +65,8 @@ BLOB_LATENCY = Histogram("chatd_media_blob_put_seconds", "Time to write one blob
 BLOBS_DELETED = Counter("chatd_media_blobs_deleted", "Blobs deleted as their chats' modes say")
 ConvMode = Callable[[str], Awaitable[tuple[int, int]]]
 Members = Callable[[str], Awaitable[tuple[str, ...]]]
+Devices = Callable[[str], Awaitable[Iterable[str]]]
+ANY_DEVICE: Final = ""  # in a reference's devices: a recipient with no device known then
 
 
 class MediaError(Exception):
@@ -75,18 +86,61 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _hex(text: str) -> str:
+    return text.encode().hex()
+
+
+def _unhex(key: str) -> str:
+    """The text hex-encoded in the last part of a key."""
+    return bytes.fromhex(key.rsplit("/", 1)[1]).decode()
+
+
+def _device_key(user: str, device: str) -> str:
+    return hashlib.sha256(f"{user}\0{device}".encode()).hexdigest()[:32]
+
+
+async def _reencode(path: str, out: str) -> tuple[Encoded, bytes]:
+    """(what chatd.media.images.reencode says, SHA-256 of out), from a child process.
+    Measured in `bench media`: in a worker thread, Pillow's decoding and resizing still held
+    the GIL for up to 40-80 ms at a time, and took a core the chat needed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (
+        _CHATD_ROOT, os.environ.get("PYTHONPATH"))))}  # (chatd where this node found it)
+    proc = await trio.run_process([sys.executable, "-m", "chatd.media.images", path, out],
+                                  capture_stdout=True, capture_stderr=True, check=False,
+                                  env=env)
+    if proc.returncode == 3:
+        raise ImageError(proc.stderr.decode("utf-8", "replace")[:500])
+    try:
+        size, mime, width, height, preview, sha = msgpack.unpackb(proc.stdout)
+    except (ValueError, TypeError):
+        log.warning("re-encoding failed (exit %s): %s", proc.returncode,
+                    proc.stderr.decode("utf-8", "replace")[-500:])
+        raise ImageError("not a readable image (the decoder failed)") from None
+    return Encoded(size, mime, width, height, preview), sha
+
+
 class MediaService:
+    """`members(conv)`, `conv_mode(conv)` and `devices(user)` (the node's: its store) say, when
+    a message refers to a blob, which devices a TEMPORARY chat's image waits for; without them
+    it waits for users."""
+
     def __init__(self, blobs: BlobStore, secret: bytes, tmp_dir: str,
                  max_upload: int = MAX_UPLOAD, slot_ttl: float = SLOT_TTL,
-                 jobs: int = REENCODE_JOBS) -> None:
+                 jobs: int = REENCODE_JOBS, link_ttl: float = LINK_TTL,
+                 members: Members | None = None, conv_mode: ConvMode | None = None,
+                 devices: Devices | None = None) -> None:
         self.blobs = blobs
         self._key = hmac.new(secret, b"chatd media slot v1", hashlib.sha256).digest()
+        self._link_key = hmac.new(secret, b"chatd media link v1", hashlib.sha256).digest()
         self.tmp_dir = tmp_dir
         os.makedirs(tmp_dir, mode=0o700, exist_ok=True)
         self.max_upload = max_upload
         self.slot_ttl = slot_ttl
+        self.link_ttl = link_ttl
         self.jobs = trio.CapacityLimiter(jobs)
-        self._used: dict[bytes, float] = {}  # slot nonces used, until they expire
+        self.members = members
+        self.conv_mode = conv_mode
+        self.devices = devices
 
     # ---- slots -----------------------------------------------------------------------------
 
@@ -98,8 +152,8 @@ class MediaService:
         return f"{_b64(payload)}.{_b64(sig)}", exp
 
     def check_slot_token(self, token: str, now: float | None = None
-                         ) -> tuple[str, bytes, int, str, bytes]:
-        """(user, sha256, size, mime, nonce) of a valid, unexpired slot token."""
+                         ) -> tuple[str, bytes, int, str, bytes, float]:
+        """(user, sha256, size, mime, nonce, expiry) of a valid, unexpired slot token."""
         try:
             p64, s64 = token.split(".")
             payload, sig = _unb64(p64), _unb64(s64)
@@ -110,7 +164,31 @@ class MediaService:
         _v, user, sha, size, mime, exp, nonce = msgpack.unpackb(payload)
         if exp < (time.time() if now is None else now):
             raise MediaError(401, "upload slot expired: ask for a new one")
-        return user, sha, size, mime, nonce
+        return user, sha, size, mime, nonce, exp
+
+    # ---- signed links ----------------------------------------------------------------------
+
+    def _link_sig(self, blob_id: str, exp: int) -> str:
+        return _b64(hmac.new(self._link_key, f"{blob_id}.{exp}".encode(),
+                             hashlib.sha256).digest())
+
+    def make_link(self, blob_id: str, now: float | None = None) -> tuple[str, int]:
+        """(path and query, expiry in unix s) of a link to the blob that needs no token.
+        The expiry is rounded up to a quarter of link_ttl, so everyone asking in that window
+        gets the same URL (one CDN cache entry)."""
+        step = max(1, int(self.link_ttl) // 4)
+        exp = -(-int((time.time() if now is None else now) + self.link_ttl) // step) * step
+        return f"/v1/media/{blob_id}?exp={exp}&sig={self._link_sig(blob_id, exp)}", exp
+
+    def check_link(self, blob_id: str, exp: str, sig: str, now: float | None = None) -> int:
+        """The expiry of a valid link; MediaError(403) saying why otherwise."""
+        if not exp.isdigit() or len(exp) > 12:
+            raise MediaError(403, "bad link: exp must be a unix time in seconds")
+        if not hmac.compare_digest(sig.encode(), self._link_sig(blob_id, int(exp)).encode()):
+            raise MediaError(403, "bad link signature")
+        if int(exp) < (time.time() if now is None else now):
+            raise MediaError(403, "link expired: ask for a new one")
+        return int(exp)
 
     async def slot(self, user: str, req: F.UploadSlot, url: str) -> F.Slot:
         """The answer to an UploadSlot request: the existing Media, or a slot to upload to."""
@@ -152,12 +230,10 @@ class MediaService:
         """Take an upload's bytes for a slot: streamed to a private temporary file (never
         whole in memory), checked against the slot's size and hash, re-encoded off the event
         loop, stored once by content."""
-        _user, sha, size, _mime, nonce = self.check_slot_token(token)
-        if nonce in self._used:
+        _user, sha, size, _mime, nonce, exp = self.check_slot_token(token)
+        used = f"used/{nonce.hex()}"  # (once across every node sharing the blob store)
+        if not await self.blobs.put_new(used, msgpack.packb(int(exp * 1000))):
             raise MediaError(409, "this upload slot was used already: ask for a new one")
-        now = time.time()
-        self._used = {n: t for n, t in self._used.items() if t > now}
-        self._used[nonce] = now + self.slot_ttl
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="up-")
         try:
             digest = hashlib.sha256()
@@ -175,7 +251,9 @@ class MediaService:
                 raise MediaError(422, "the bytes do not match the declared SHA-256")
             media = await self._store(tmp, sha)
         except BaseException:
-            self._used.pop(nonce, None)  # (a failed upload may be tried again)
+            with trio.move_on_after(10) as scope, contextlib.suppress(BlobStoreError):
+                scope.shield = True  # (a failed upload may be tried again)
+                await self.blobs.delete(used)
             raise
         finally:
             os.unlink(tmp)
@@ -183,70 +261,91 @@ class MediaService:
         return media
 
     async def _store(self, path: str, orig_sha: bytes) -> F.Media:
-        started = time.perf_counter()
-        def work() -> tuple[Encoded, bytes]:
-            enc = reencode(path)
-            return enc, hashlib.sha256(enc.data).digest()
-
+        out = path + ".out"
         try:
             async with self.jobs:
-                enc, stored_sha = await trio.to_thread.run_sync(work)
+                started = time.perf_counter()
+                enc, stored_sha = await _reencode(path, out)
+                REENCODE_TIME.observe(time.perf_counter() - started)
+            blob_id = stored_sha.hex()
+            media = await self.media(blob_id)
+            if media is None:
+                media = F.Media(id=blob_id, mime=enc.mime, size=enc.size, width=enc.width,
+                                height=enc.height, sha256=stored_sha, preview=enc.preview)
+                started = time.perf_counter()
+                await self.blobs.put_file(f"blob/{blob_id}", out)
+                BLOB_LATENCY.observe(time.perf_counter() - started)
+                BYTES_STORED.inc(enc.size)
+                meta = {**to_map(media), "ut": int(time.time() * 1000)}  # (+ upload time)
+                await self.blobs.put_bytes(f"meta/{blob_id}", msgpack.packb(meta))
         except ImageError as exc:
             raise MediaError(415, str(exc)) from None
-        REENCODE_TIME.observe(time.perf_counter() - started)
-        blob_id = stored_sha.hex()
-        media = await self.media(blob_id)
-        if media is None:
-            media = F.Media(id=blob_id, mime=enc.mime, size=len(enc.data), width=enc.width,
-                            height=enc.height, sha256=stored_sha, preview=enc.preview)
-            started = time.perf_counter()
-            await self.blobs.put_bytes(f"blob/{blob_id}", enc.data)
-            BLOB_LATENCY.observe(time.perf_counter() - started)
-            BYTES_STORED.inc(len(enc.data))
-            meta = {**to_map(media), "ut": int(time.time() * 1000)}  # (+ upload time)
-            await self.blobs.put_bytes(f"meta/{blob_id}", msgpack.packb(meta))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)
         await self.blobs.put_bytes(f"orig/{orig_sha.hex()}", blob_id.encode())
         return media
 
     # ---- references and downloads ----------------------------------------------------------
 
+    async def _recipient_devices(self, conv: str, sender: str) -> list[list[str]]:
+        """[user, device] of every recipient device known now ([user, ANY_DEVICE] for a
+        recipient with none); [] when the chat is not TEMPORARY or the service cannot tell."""
+        if self.members is None or self.conv_mode is None or self.devices is None \
+                or (await self.conv_mode(conv))[0] != TEMPORARY:
+            return []
+        out: list[list[str]] = []
+        for user in sorted(set(await self.members(conv)) - {sender}):
+            devices = sorted(await self.devices(user))
+            out.extend([user, d] for d in devices or [ANY_DEVICE])
+        return out
+
     async def reference(self, blob_id: str, conv: str, sender: str, now_ms: int) -> bool:
-        """Record that a message of conv refers to the blob (its members may download it).
+        """Record that a message of conv refers to the blob (its members may download it;
+        in a TEMPORARY chat, the recipient devices known now are those it waits for).
         False if there is no such blob."""
         if BLOB_ID.fullmatch(blob_id) is None or await self.blobs.size(f"meta/{blob_id}") is None:
             return False
-        await self.blobs.put_bytes(f"refs/{blob_id}/{conv.encode().hex()}",
-                                   msgpack.packb([now_ms, sender]))
+        devices = await self._recipient_devices(conv, sender)
+        await self.blobs.put_bytes(f"refs/{blob_id}/{_hex(conv)}",
+                                   msgpack.packb([now_ms, sender, devices]))
         return True
 
     async def _refs(self, blob_id: str) -> list[tuple[str, str]]:
         """(conv, key) of each conversation referring to the blob."""
-        return [(bytes.fromhex(key.rsplit("/", 1)[1]).decode(), key)
-                for key in await self.blobs.list(f"refs/{blob_id}/")]
+        return [(_unhex(key), key) for key in await self.blobs.list(f"refs/{blob_id}/")]
 
-    async def downloaded(self, user: str, blob_id: str, conv_mode: ConvMode,
+    async def downloaded(self, user: str, device: str, blob_id: str, conv_mode: ConvMode,
                          recipients: Members) -> None:
-        """user downloaded the whole blob: in TEMPORARY chats where every recipient now has,
-        the reference goes (and the blob with its last one)."""
+        """The device downloaded the whole blob: in TEMPORARY chats where every recipient
+        device now has, the reference goes (and the blob with its last one)."""
         for conv, key in await self._refs(blob_id):
             if (await conv_mode(conv))[0] != TEMPORARY:
                 continue
             raw = await self.blobs.read(key)
             if raw is None:
                 continue
-            sender = msgpack.unpackb(raw)[1]
+            ref = msgpack.unpackb(raw)
+            sender, devices = ref[1], ref[2] if len(ref) > 2 else []
             if user == sender:
                 continue
-            got = f"got/{blob_id}/{conv.encode().hex()}/"
-            await self.blobs.put_bytes(got + user.encode().hex(), b"")
-            have = {bytes.fromhex(k.rsplit("/", 1)[1]).decode()
-                    for k in await self.blobs.list(got)}
-            if set(await recipients(conv)) - {sender} <= have:
+            got = f"got/{blob_id}/{_hex(conv)}/"
+            await self.blobs.put_bytes(got + _device_key(user, device),
+                                       msgpack.packb([user, device]))
+            have = [msgpack.unpackb(r) for k in await self.blobs.list(got)
+                    if (r := await self.blobs.read(k)) is not None]
+            users = {u for u, _d in have}
+            if devices:  # the devices known when the message was stored
+                waiting = [(u, d) for u, d in devices
+                           if ([u, d] not in have if d != ANY_DEVICE else u not in users)]
+            else:  # (no device list: the chat was not TEMPORARY then) its users
+                waiting = [(u, "") for u in set(await recipients(conv)) - {sender} - users]
+            if not waiting:
                 await self._drop_ref(blob_id, conv, key)
 
     async def _drop_ref(self, blob_id: str, conv: str, key: str) -> None:
         await self.blobs.delete(key)
-        got = f"got/{blob_id}/{conv.encode().hex()}/"
+        got = f"got/{blob_id}/{_hex(conv)}/"
         for k in await self.blobs.list(got):
             await self.blobs.delete(k)
         if not await self.blobs.list(f"refs/{blob_id}/"):
@@ -262,6 +361,10 @@ class MediaService:
         TEMPORARY ones undownloaded after max_age) and blobs nothing refers to. Returns how
         many blobs went."""
         gone = 0
+        for used in await self.blobs.list("used/"):  # upload slots past their expiry
+            raw = await self.blobs.read(used)
+            if raw is None or msgpack.unpackb(raw) < now_ms:
+                await self.blobs.delete(used)
         for meta_key in await self.blobs.list("meta/"):
             blob_id = meta_key[5:]
             refs = await self._refs(blob_id)
@@ -289,8 +392,8 @@ class MediaService:
         for an unknown blob and one the user may not see (no existence oracle)."""
         media = await self.media(blob_id)
         if media is not None:
-            for key in await self.blobs.list(f"refs/{blob_id}/"):
-                if await member(user, bytes.fromhex(key.rsplit("/", 1)[1]).decode()):
+            for conv, _key in await self._refs(blob_id):
+                if await member(user, conv):
                     return media
         raise MediaError(404, "no such media")
 

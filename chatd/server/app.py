@@ -298,7 +298,7 @@ class ChatServer:
         self.media = MediaService(open_blob_store(cfg.media, cfg.data_dir), self.secret,
                                   f"{cfg.data_dir}/media-tmp", max_upload=cfg.max_upload,
                                   link_ttl=cfg.media_link_ttl, members=self.conv_members,
-                                  conv_mode=self.store.conv_mode)
+                                  conv_mode=self.store.conv_mode, devices=self.store.devices)
         sock = http_socket(cfg.host, cfg.http_port, self.reuse_port)
         self.http_port = sock.getsockname()[1]
         self.media_url = cfg.media_url.rstrip("/") or (
@@ -471,8 +471,6 @@ class ChatServer:
                 await self._refuse(transport, conn, ErrorCode.UNAUTHENTICATED, REVOKED_MESSAGE)
                 return
             cursor = await self.store.attach_device(user, device)
-            if self.media is not None:  # (TEMPORARY images wait for each device's download)
-                await self.media.saw_device(user, device)
             self._session_count += 1
             session = Session(self, transport, conn, user, device, cursor, background)
             session.send_frame(F.Welcome(

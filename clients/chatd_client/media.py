@@ -1,5 +1,12 @@
 """Images over the node's HTTP listener: upload slots, PUT, GET (the standard library's
-blocking HTTP client, each call in a worker thread; files are streamed, never read whole)."""
+blocking HTTP client, each call in a worker thread; files are streamed, never read whole).
+
+Before an upload the image is compressed here when Pillow is importable (`compress`): turned
+by its EXIF orientation, metadata (EXIF, GPS, ICC, XMP, comments) dropped, the longest side
+capped at MAX_SIDE, saved as JPEG (WebP when it has transparency) at QUALITY. Without Pillow,
+or for what Pillow cannot read as a still image, the file's own bytes are uploaded (the server
+re-encodes either way). The SHA-256 the slot asks with is that of the bytes uploaded.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ from chatd.protocol import frames as F
 from chatd.protocol.schema import from_map
 
 CHUNK = 256 * 1024
+MAX_SIDE = 2560  # as the server keeps: a bigger photo would only be shrunk there
+QUALITY = 85  # (the server re-encodes at 82: a little above it, so little is lost twice)
 SNIFF = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png", b"GIF8": "image/gif",
          b"RIFF": "image/webp"}
 
@@ -47,6 +56,42 @@ def file_facts(path: str) -> tuple[bytes, int, str]:
     mime = next((m for magic, m in SNIFF.items() if head.startswith(magic)), None)
     mime = mime or mimetypes.guess_type(path)[0] or "application/octet-stream"
     return digest.digest(), size, mime
+
+
+def _pillow() -> Any:
+    """PIL.Image and PIL.ImageOps, or None when Pillow is not installed."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        return None
+    return Image, ImageOps
+
+
+def compress(path: str, folder: str) -> str | None:
+    """A compressed copy of the image at path, written in folder; None (upload the file as
+    it is) without Pillow or for anything Pillow cannot read as a still image."""
+    pil = _pillow()
+    if pil is None:
+        return None
+    Image, ImageOps = pil
+    try:
+        with Image.open(path) as img:
+            if getattr(img, "n_frames", 1) > 1:
+                return None
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    img = img.convert("RGBA" if alpha else "RGB")  # (a fresh image: no metadata comes along)
+    img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    fd, out = tempfile.mkstemp(dir=folder, suffix=".webp" if alpha else ".jpg")
+    with os.fdopen(fd, "wb") as f:
+        if alpha:
+            img.save(f, "WEBP", quality=QUALITY, method=4)
+        else:
+            img.save(f, "JPEG", quality=QUALITY, optimize=True)
+    return out
 
 
 def fix_host(url: str, chat_url: str) -> str:
@@ -88,9 +133,10 @@ def put_file(url: str, token: str, path: str, size: int, mime: str, ca_file: str
 
 
 def get_file(url: str, token: str, path: str, sha256: bytes, ca_file: str | None,
-             timeout: float = 120) -> None:
+             timeout: float = 120, device: str = "default") -> None:
     """Download to path: written to a temporary file beside it, checked, then renamed."""
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",
+                                               "X-Chatd-Device": device})
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".chatd-")
     try:
@@ -108,9 +154,17 @@ def get_file(url: str, token: str, path: str, sha256: bytes, ca_file: str | None
         raise
 
 
-async def upload(client: Any, path: str) -> F.Media:
-    """The Media reference for the image file at path: 'already here' if the server has it
-    (nothing is uploaded), otherwise uploaded to the slot the server gives."""
+async def upload(client: Any, path: str, compress_first: bool = True) -> F.Media:
+    """The Media reference for the image file at path (compressed first when Pillow is
+    there): 'already here' if the server has it (nothing is uploaded), otherwise uploaded
+    to the slot the server gives."""
+    with tempfile.TemporaryDirectory(prefix="chatd-") as folder:
+        small = await trio.to_thread.run_sync(compress, path, folder) if compress_first \
+            else None
+        return await _upload(client, small or path)
+
+
+async def _upload(client: Any, path: str) -> F.Media:
     sha, size, mime = await trio.to_thread.run_sync(file_facts, path)
     slot = await client.request(lambda rid: F.UploadSlot(rid=rid, sha256=sha, size=size,
                                                           mime=mime))
@@ -126,5 +180,25 @@ async def download(client: Any, media: F.Media, path: str) -> str:
         raise MediaError(0, "this server serves no media (no media_url in Welcome)")
     url = fix_host(f"{client.media_url}/v1/media/{urllib.parse.quote(media.id)}", client.url)
     await trio.to_thread.run_sync(get_file, url, client.token, path, media.sha256,
-                                  client.ca_file)
+                                  client.ca_file, 120, client.device)
     return path
+
+
+def get_link(url: str, token: str, ca_file: str | None, device: str) -> tuple[str, int]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",
+                                               "X-Chatd-Device": device})
+    with _open(req, ca_file, 30) as resp:
+        answer = msgpack.unpackb(resp.read(64 * 1024))
+    return answer["url"], answer["exp"]
+
+
+async def link(client: Any, media: F.Media) -> tuple[str, int]:
+    """(URL, expiry in unix s) of a signed link to the image that needs no token (for a
+    browser, another program or a CDN in front of the node), valid until that expiry."""
+    if not client.media_url:
+        raise MediaError(0, "this server serves no media (no media_url in Welcome)")
+    base = fix_host(client.media_url, client.url)
+    path, exp = await trio.to_thread.run_sync(
+        get_link, f"{base}/v1/media/{urllib.parse.quote(media.id)}/link", client.token,
+        client.ca_file, client.device)
+    return base + path, exp

@@ -8,13 +8,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-S3_KEYS = {"access_key": "chatd", "secret_key": "chatd-secret"}
+S3_KEYS: dict[str, Any] = {"access_key": "chatd", "secret_key": "chatd-secret"}
 
 
 class SeaweedNode:

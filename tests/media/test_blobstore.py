@@ -71,6 +71,24 @@ async def test_list_a_prefix(blobs: BlobStore) -> None:
     assert await blobs.list("refs/zzz/") == []
 
 
+async def test_put_new_stores_only_once_even_when_raced(blobs: BlobStore) -> None:
+    assert await blobs.put_new("used/n1", b"first")
+    assert not await blobs.put_new("used/n1", b"second")
+    assert await blobs.read("used/n1") == b"first"  # (the first one stays)
+    wins: list[int] = []
+
+    async def take(i: int) -> None:
+        if await blobs.put_new("used/n2", str(i).encode()):
+            wins.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(take, i)
+    assert len(wins) == 1 and await blobs.read("used/n2") == str(wins[0]).encode()
+    await blobs.delete("used/n2")
+    assert await blobs.put_new("used/n2", b"again")  # free again once deleted
+
+
 @pytest.mark.parametrize("key", ["../x", "/etc/passwd", "a/../../b", "a//b", "", "a/.b",
                                  "a b", "a/b/"])
 async def test_path_tricks_in_keys_are_refused(blobs: BlobStore, key: str) -> None:

@@ -19,23 +19,25 @@ def test_a_photo_is_turned_stripped_capped_and_previewed(tmp_path: Path) -> None
     src = tmp_path / "p.jpg"
     src.write_bytes(photo(3000, 2000))
     assert Image.open(src).getexif().get_ifd(GPS_IFD)  # (the input has a position)
-    enc = reencode(str(src))
-    assert enc.mime == "image/jpeg"
+    enc = reencode(str(src), str(tmp_path / "out"))
+    data = (tmp_path / "out").read_bytes()
+    assert enc.mime == "image/jpeg" and enc.size == len(data)
     assert (enc.width, enc.height) == (1707, MAX_SIDE)  # turned by its orientation, capped
-    out = Image.open(io.BytesIO(enc.data))
+    out = Image.open(io.BytesIO(data))
     assert out.size == (enc.width, enc.height) and out.format == "JPEG"
     assert not out.getexif() and "exif" not in out.info and "icc_profile" not in out.info
     preview = Image.open(io.BytesIO(enc.preview))
     assert max(preview.size) <= 320 and len(enc.preview) <= MAX_PREVIEW_SIZE
-    assert reencode(str(src)).data == enc.data  # deterministic: the same photo dedups
+    reencode(str(src), str(tmp_path / "again"))
+    assert (tmp_path / "again").read_bytes() == data  # deterministic: the same photo dedups
 
 
 def test_transparency_is_kept_as_webp(tmp_path: Path) -> None:
     src = tmp_path / "a.png"
     src.write_bytes(png_with_alpha())
-    enc = reencode(str(src))
+    enc = reencode(str(src), str(tmp_path / "out"))
     assert enc.mime == "image/webp" and (enc.width, enc.height) == (400, 300)
-    assert Image.open(io.BytesIO(enc.data)).mode == "RGBA"
+    assert Image.open(tmp_path / "out").mode == "RGBA"
 
 
 @pytest.mark.parametrize(("data", "reason"), [
@@ -50,4 +52,4 @@ def test_bad_images_are_refused_with_a_reason(tmp_path: Path, data: bytes, reaso
     src = tmp_path / "x"
     src.write_bytes(data)
     with pytest.raises(ImageError, match=reason):
-        reencode(str(src))
+        reencode(str(src), str(tmp_path / "out"))
