@@ -191,7 +191,7 @@ async def _text(send: Any, status: int, message: str) -> None:
     body = (message + "\n").encode()
     try:
         await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store"),
             (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
     except Exception:  # (the response had started: the connection is closed instead)

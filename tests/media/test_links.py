@@ -50,6 +50,7 @@ async def test_a_signed_link_needs_no_token_and_expires(node: ChatServer,  # noq
             status, headers, body = await ahttp("GET", bad)
             assert status == 403 and b"link" in body, (bad, body)
             assert headers["content-type"].startswith("text/plain")
+            assert headers["cache-control"] == "no-store"  # (a CDN keeps no refusal)
         # expired: a link made (by this node's key) an hour and more ago
         old, _ = node.media.make_link(image.id, now=time.time() - 2 * node.media.link_ttl)
         status, _, body = await ahttp("GET", alice.media_url + old)
