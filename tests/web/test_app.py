@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from playwright.sync_api import expect
@@ -160,6 +161,24 @@ def test_a_protocol_error_is_shown_to_the_user(node: Any, contexts: Any) -> None
     shot(page, "web-protocol-error")
     page.get_by_role("button", name="Sign in again").click()
     expect(page.get_by_label("Token")).to_be_visible()  # and the bad token is forgotten
+
+
+def test_a_server_that_breaks_the_protocol_is_reported_not_a_blank_page(
+        node: Any, contexts: Any) -> None:
+    """The node's WebSocket answered, through the real connection, with bytes that are not a
+    frame (here put in by the browser's WebSocket routing, in place of the node's Welcome)."""
+    page = contexts().new_page()
+
+    def garble(ws: Any) -> None:
+        server = ws.connect_to_server()
+        server.on_message(lambda message: ws.send(b"\x81\xa1t\x63"))  # {"t": 99}: no such frame
+
+    page.route_web_socket(re.compile(r".*/ws$"), garble)
+    page.goto(node.link("alice"))
+    alert = page.get_by_test_id("alert")
+    expect(alert).to_contain_text("protocol error")
+    expect(alert).to_contain_text("unknown frame type 99")
+    expect(page.get_by_test_id("status")).to_have_text("signed out")
 
 
 def test_the_token_leaves_the_address_bar_and_stays_in_the_tab(node: Any, contexts: Any) -> None:

@@ -121,6 +121,7 @@ class App {
             await this.store.write([], [["outbox", e.ref]]);
           }
         }
+        if (e.fatal) this.status = "signed out";
         if (e.fatal && e.code === 3) forgetToken();
         break;
     }
