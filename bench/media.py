@@ -1,8 +1,28 @@
 """Images: uploads/s and MiB/s of ~2 MB photos at 1 and 16 concurrent uploaders, the latency of
 a dedup hit ("already here"), download MiB/s, the node's RSS during 16 concurrent uploads of
-large photos (bounded: streamed to disk, two re-encodes at a time), and the 1:1 message latency
-of an unrelated chat while uploads run against the same chat with no uploads, same run
-(bar: p99 within 2x). The node is `chatd serve --http-port` in its own process."""
+large photos (bounded: streamed to disk, re-encoded one per core but one at a time, each in a
+child process), and the 1:1 message latency of an unrelated chat while uploads run against the
+same chat with no uploads, same run (bar: p99 within 2x). The node is `chatd serve
+--http-port` in its own process; uploads skip the SDK's own compression (a phone does that on
+its own CPU, here it would take the node's).
+
+Profile (2026-12-02, py-spy --gil on the node during `--quick`, 2 shared cores): of 2,665
+samples holding the GIL, 920 were the re-encode worker thread inside Pillow's JPEG encoder
+(`Image.save` -> `ImageFile._encode_tile` -> `encoder.encode`): into a BytesIO Pillow encodes in
+Python-visible chunks with the GIL held, and a progressive JPEG does all its work in the last
+chunk. Alone, a 2560 x 1920 encode kept the loop's thread from running for 951 ms into a
+BytesIO, 38 ms into a file (`encode_to_file` releases the GIL). Hashing (hashlib releases the
+GIL) and file writes did not show. Encoding into a file cut the worker's GIL samples from 920
+to 64; decoding and resizing still held it for 40-80 ms at a time, so re-encoding now runs in a
+child process at nice 10 (chatd.media.images): nothing of it holds the node's GIL, and the
+chat gets the CPU first.
+
+Figures, same machine, alternating runs of the code before (a80470b) and after, load average
+about 10 on the 2 cores (other work running): chat p99 while uploading 216 / 200 / 326 ms
+before (ratio to quiet 10.6 / 4.8 / 4.7 x), 70 / 82 / 51 ms after (0.9 / 2.6 / 1.9 x); p50
+10.5-12.4 ms before, 6.7-7.4 ms after. The cost: 16-uploader throughput 2.3-4.1 uploads/s
+before, 1.0-1.4 after (the nice'd children get little CPU while anything else runs, and each
+image starts a Python process: 0.1 s of CPU, 0.3 s of wall time here)."""
 
 from __future__ import annotations
 
