@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Final
 
 import trio
 
 from chatd.core import convs, now_ms
-from chatd.store import FanoutJobs, Store
+from chatd.store import FanoutJobs, Store, StoreError
+
+FANOUT_WAIT: Final = 30.0  # seconds delete-user waits for the "left" events' fan-out
 
 
 class AdminError(Exception):
@@ -75,14 +78,27 @@ async def delete_user(store: Store, user: str, settle: float = 2.0) -> list[str]
 
 
 async def _finish_fanouts(store: Store, chats: set[str], settle: float) -> None:
-    """Wait (up to `settle` s) for the group events' fan-out, which a running node does and
-    pushes to connected members; then run what is left here. (The "left" event goes to the
-    leaver too: it must be in their inbox before the inbox is deleted, not after.)"""
+    """Wait (`settle` s) for the group events' fan-out, which a running node does and pushes
+    to connected members; then run what is left from here (a job another process holds is
+    waited for). The "left" event goes to the leaver too: it must be in their inbox before the
+    inbox is deleted, not after (it would make the user again)."""
     if not isinstance(store, FanoutJobs):
         return
-    with trio.move_on_after(settle):
-        while any(c in chats for c, _ in await store.pending_fanouts()):
-            await trio.sleep(0.05)
-    for conv, seq in await store.pending_fanouts():
-        if conv in chats:
-            await store.fanout(conv, seq)
+    now = trio.current_time()
+    ours, give_up = now + settle, now + settle + FANOUT_WAIT
+    while True:
+        left = [(c, s) for c, s in await store.pending_fanouts() if c in chats]
+        if not left:
+            return
+        now = trio.current_time()
+        if now >= give_up:
+            raise AdminError(f"the group events' fan-out did not finish in {FANOUT_WAIT:g}s;"
+                             " the user is out of their groups but not deleted yet: run"
+                             " delete-user again")
+        if now >= ours:
+            for conv, seq in left:
+                try:
+                    await store.fanout(conv, seq)
+                except StoreError:  # (another process is running it: wait for it)
+                    pass
+        await trio.sleep(0.05)

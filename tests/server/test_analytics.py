@@ -97,7 +97,7 @@ async def test_real_traffic_reaches_the_report(redis: RedisServer, tmp_path: Pat
         await carol.send(None, "rope check", group=group.group)
         await messages(carol, 1)  # (the group's "created" event)
         await messages(bob, 2)
-        stream = await published(redis.url, "read", 1)
+        stream = await published(redis.url, "send", 5)  # (the last one: all before it too)
     kinds = {e["k"] for e in stream}
     assert {"connect", "send", "deliver", "read", "group"} <= kinds
     sends = [e for e in stream if e["k"] == "send"]
