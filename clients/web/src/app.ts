@@ -369,9 +369,10 @@ class App {
   }
 
   render(): void {
-    const focused = document.activeElement as HTMLInputElement | null;
+    const focused = document.activeElement as HTMLInputElement | HTMLSelectElement | null;
     const keep = focused?.dataset.keep ? { key: focused.dataset.keep, value: focused.value,
-      start: focused.selectionStart, end: focused.selectionEnd } : null;
+      start: "selectionStart" in focused ? focused.selectionStart : null,
+      end: "selectionEnd" in focused ? focused.selectionEnd : null } : null;
     const oldList = document.querySelector(".messages");
     const atBottom = !oldList || oldList.scrollHeight - oldList.scrollTop - oldList.clientHeight < 40;
     const scrollTop = oldList?.scrollTop ?? 0;
@@ -387,11 +388,11 @@ class App {
       this.root.querySelector<HTMLElement>(".viewer .close")?.focus();
     }
     if (keep) {
-      const el = this.root.querySelector<HTMLInputElement>(`[data-keep="${keep.key}"]`);
+      const el = this.root.querySelector<HTMLInputElement | HTMLSelectElement>(`[data-keep="${keep.key}"]`);
       if (el) {
         el.value = keep.value;
         el.focus();
-        el.setSelectionRange(keep.start, keep.end);
+        if (el instanceof HTMLInputElement && el.type === "text") el.setSelectionRange(keep.start, keep.end);
       }
     }
     const list = document.querySelector(".messages");
@@ -567,7 +568,7 @@ class App {
   infoPanel(chat: StoredChat): HTMLElement {
     const g = chat.group ? this.groups.get(chat.group) : undefined;
     const admin = !!g && g.admins.includes(this.me);
-    const modeSelect = h("select", { id: "mode", "aria-label": "chat mode" },
+    const modeSelect = h("select", { id: "mode", "aria-label": "chat mode", "data-keep": "mode" },
       ...MODE_NAMES.map((n, i) => h("option", { value: i, selected: i === chat.mode }, n)));
     const setMode = h("form", { class: "row", onsubmit: (ev: globalThis.Event) => {
       ev.preventDefault();
@@ -582,7 +583,8 @@ class App {
           this.render();
         }).catch((err) => this.fail(err));
     } }, h("label", { for: "mode" }, "Mode"), modeSelect,
-    h("input", { id: "ttl", type: "number", min: 1, value: chat.ttl || 86400, "aria-label": "disappear after (seconds)" }),
+    h("input", { id: "ttl", type: "number", min: 1, value: chat.ttl || 86400, "data-keep": "ttl",
+      "aria-label": "disappear after (seconds)" }),
     h("button", { type: "submit" }, "Set"));
     if (!chat.group) return h("div", { class: "panel info", "data-testid": "info" }, setMode);
     const group = chat.group;
