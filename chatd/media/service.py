@@ -7,7 +7,8 @@ Objects it keeps in its blob store (so several nodes sharing one S3 bucket share
   orig/<sha256 hex>  the id an uploaded original became (dedup of the same photo sent again)
   refs/<id>/<hex>    a conversation (its id in hex) that referred to the blob: who may
                      download it; holds [ts ms, sender, recipient devices] (msgpack)
-  got/<id>/<hex>/<hash>  in a TEMPORARY chat: that recipient device downloaded it
+  got/<id>/<hex>/<hash>  in a TEMPORARY chat: that recipient device downloaded it (and
+                     got/<id>/<hex>/u<hash>: a device of that user did)
   used/<nonce hex>   an upload slot taken (created only if absent: once across every node),
                      until the slot expires
 
@@ -97,6 +98,10 @@ def _unhex(key: str) -> str:
 
 def _device_key(user: str, device: str) -> str:
     return hashlib.sha256(f"{user}\0{device}".encode()).hexdigest()[:32]
+
+
+def _user_key(user: str) -> str:
+    return "u" + hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
 async def _reencode(path: str, out: str) -> tuple[Encoded, bytes]:
@@ -329,18 +334,14 @@ class MediaService:
             sender, devices = ref[1], ref[2] if len(ref) > 2 else []
             if user == sender:
                 continue
-            got = f"got/{blob_id}/{_hex(conv)}/"
-            await self.blobs.put_bytes(got + _device_key(user, device),
-                                       msgpack.packb([user, device]))
-            have = [msgpack.unpackb(r) for k in await self.blobs.list(got)
-                    if (r := await self.blobs.read(k)) is not None]
-            users = {u for u, _d in have}
-            if devices:  # the devices known when the message was stored
-                waiting = [(u, d) for u, d in devices
-                           if ([u, d] not in have if d != ANY_DEVICE else u not in users)]
-            else:  # (no device list: the chat was not TEMPORARY then) its users
-                waiting = [(u, "") for u in set(await recipients(conv)) - {sender} - users]
-            if not waiting:
+            got = f"got/{blob_id}/{_hex(conv)}/"  # (one listing tells who has: no reads)
+            await self.blobs.put_bytes(got + _device_key(user, device), b"")
+            await self.blobs.put_bytes(got + _user_key(user), b"")
+            have = {k.rsplit("/", 1)[1] for k in await self.blobs.list(got)}
+            if not devices:  # (no device list: the chat was not TEMPORARY then) its users
+                devices = [[u, ANY_DEVICE] for u in set(await recipients(conv)) - {sender}]
+            if all((_user_key(u) if d == ANY_DEVICE else _device_key(u, d)) in have
+                   for u, d in devices):
                 await self._drop_ref(blob_id, conv, key)
 
     async def _drop_ref(self, blob_id: str, conv: str, key: str) -> None:
