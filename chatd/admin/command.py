@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from chatd.store import SqliteStore, Store, open_store
+from chatd.store import FanoutJobs, Store, open_store
 
 from .ops import AdminError, delete_user, list_devices, revoke
 
@@ -59,9 +59,10 @@ async def run_admin(args: argparse.Namespace, cfg: Any) -> int:
             print("chatd: not deleted", file=sys.stderr)
             return 1
         async with open_store(cfg.store_url) as store:
-            if isinstance(store, SqliteStore):
-                # the "left" events' fan-out is run by a running node's store, which then
-                # pushes them to connected members (this process pushes to nobody)
+            if isinstance(store, FanoutJobs):
+                # the "left" events' fan-out is left to the running nodes (their revocation
+                # poll runs it), which push them to connected members; this process pushes
+                # to nobody (it runs what they leave: chatd.admin.ops)
                 store.fanout_mode = "external"
             try:  # (inside: the store's nursery would wrap the error)
                 return await _act(store, args, cfg)

@@ -8,8 +8,11 @@ import trio
 
 from chatd.core import now_ms
 from chatd.protocol import ErrorCode
+from chatd.store import FanoutJobs, StoreError
 
 from .revocations import REVOKED_MESSAGE, RevocationWatch
+
+MAX_FOREIGN_JOBS = 100  # jobs run per poll (they are run by their own process anyway)
 
 if TYPE_CHECKING:
     from chatd.server.app import ChatServer
@@ -34,6 +37,20 @@ async def poll_revocations(server: ChatServer) -> None:
         for session in watch.to_end(found, live):  # type: ignore[arg-type]
             session.close_with(ErrorCode.UNAUTHENTICATED, REVOKED_MESSAGE)  # type: ignore[attr-defined]
             server.stats["revoked_connections"] += 1
-        for r in found:
-            if r.device is None:  # (a deleted user must not stay "known" to sends)
+        if any(r.device is None for r in found):
+            for r in found:  # (a deleted user must not stay "known" to sends)
                 server._known_users.discard(r.user)
+            if isinstance(server.store, FanoutJobs):
+                server.spawn("revocations", run_foreign_fanouts, server.store)
+
+
+async def run_foreign_fanouts(store: FanoutJobs) -> None:
+    """Run the fan-out jobs committed by another process (`chatd admin delete-user` leaving
+    groups), so that this node's connected members get the events at once: its own runner
+    only hears of the jobs its store committed. Done in the minute after a revocation of
+    every device of a user; a job another process is running is left to it."""
+    for conv, seq in (await store.pending_fanouts())[:MAX_FOREIGN_JOBS]:
+        try:
+            await store.fanout(conv, seq)
+        except StoreError:
+            pass

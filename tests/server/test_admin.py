@@ -151,6 +151,8 @@ async def test_deleting_a_user(revocable: Node, capsys: pytest.CaptureFixture[st
                     await trio.sleep(0.01)
             assert await admin(node, "delete-user", "bob", "--yes") == 0
         assert "deleted 'bob' (left 1 group(s))" in capsys.readouterr().out
+        [left] = await messages(alice, 1)  # live: the node ran the event's fan-out
+        assert left.event is not None and "bob" in json.dumps(left.event)
     assert not await node.server.store.has_user("bob")
     assert await node.server.store.devices("bob") == {}
     info = await node.server.store.group(group.group)
