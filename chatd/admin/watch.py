@@ -13,6 +13,7 @@ from chatd.store import FanoutJobs, StoreError
 from .revocations import REVOKED_MESSAGE, RevocationWatch
 
 MAX_FOREIGN_JOBS = 100  # jobs run per poll (they are run by their own process anyway)
+_busy: set[int] = set()  # stores whose foreign jobs are being run now
 
 if TYPE_CHECKING:
     from chatd.server.app import ChatServer
@@ -40,7 +41,7 @@ async def poll_revocations(server: ChatServer) -> None:
         if any(r.device is None for r in found):
             for r in found:  # (a deleted user must not stay "known" to sends)
                 server._known_users.discard(r.user)
-            if isinstance(server.store, FanoutJobs):
+            if isinstance(server.store, FanoutJobs) and id(server.store) not in _busy:
                 server.spawn("revocations", run_foreign_fanouts, server.store)
 
 
@@ -49,8 +50,12 @@ async def run_foreign_fanouts(store: FanoutJobs) -> None:
     groups), so that this node's connected members get the events at once: its own runner
     only hears of the jobs its store committed. Done in the minute after a revocation of
     every device of a user; a job another process is running is left to it."""
-    for conv, seq in (await store.pending_fanouts())[:MAX_FOREIGN_JOBS]:
-        try:
-            await store.fanout(conv, seq)
-        except StoreError:
-            pass
+    _busy.add(id(store))  # (one run at a time: a poll may come while one runs)
+    try:
+        for conv, seq in (await store.pending_fanouts())[:MAX_FOREIGN_JOBS]:
+            try:
+                await store.fanout(conv, seq)
+            except StoreError:
+                pass
+    finally:
+        _busy.discard(id(store))
