@@ -1,7 +1,7 @@
-"""Re-encoding uploaded images with Pillow, in a child process the service starts per image
-(`python -m chatd.media.images SRC DST`, at nice 10): the decoding, resizing and encoding
-never hold the node's GIL or take CPU before the chat does, and a decoder crash on hostile
-bytes ends only that child.
+"""Re-encoding uploaded images with Pillow, in child processes the service keeps
+(`python -m chatd.media.images`, at nice 10; chatd.media.workers): the decoding, resizing and
+encoding never hold the node's GIL or take CPU before the chat does, and a decoder crash on
+hostile bytes ends only that child.
 
 What comes in is untrusted bytes; what goes out is a fresh encoding made from the pixels only:
 orientation applied, EXIF (GPS), ICC, XMP and comments gone, the longest side capped, plus a
@@ -22,7 +22,7 @@ import hashlib
 import io
 import os
 import sys
-from typing import Final
+from typing import Any, Final
 
 from PIL import Image, ImageOps
 
@@ -102,29 +102,38 @@ def reencode(path: str, out: str) -> Encoded:
 
 
 NICE: Final = 10  # the child's CPU priority below the node's
+IDLE: Final = 60.0  # seconds a child waits for its next job before it ends
 
 
-def main(argv: list[str]) -> int:
-    """Child process: re-encode argv[0] into argv[1]; print msgpack [size, mime, width,
-    height, preview, sha256 of the output]; exit 3 with the reason on stderr for an image
-    not taken."""
-    import msgpack
-
-    os.nice(NICE)
-    src, dst = argv
+def _one(src: str, dst: str) -> list[object]:
+    """[0, size, mime, width, height, preview, sha256 of dst] or [3, why not taken]."""
     try:
         enc = reencode(src, dst)
     except ImageError as exc:
-        sys.stderr.write(str(exc))
-        return 3
+        return [3, str(exc)]
     digest = hashlib.sha256()
     with open(dst, "rb") as f:
         while chunk := f.read(1024 * 1024):
             digest.update(chunk)
-    sys.stdout.buffer.write(msgpack.packb([enc.size, enc.mime, enc.width, enc.height,
-                                           enc.preview, digest.digest()]))
+    return [0, enc.size, enc.mime, enc.width, enc.height, enc.preview, digest.digest()]
+
+
+def serve(inp: Any, out: Any) -> int:
+    """Child process (`python -m chatd.media.images`, see chatd.media.workers): read
+    [src, dst] requests, each a 4-byte big-endian length and msgpack, answer each the same way
+    with what _one says; end at end of input or after IDLE seconds without a job."""
+    import select
+
+    import msgpack
+
+    os.nice(NICE)
+    while select.select([inp], [], [], IDLE)[0] and len(head := inp.read(4)) == 4:
+        src, dst = msgpack.unpackb(inp.read(int.from_bytes(head, "big")))
+        answer = msgpack.packb(_one(src, dst))
+        out.write(len(answer).to_bytes(4, "big") + answer)
+        out.flush()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer))

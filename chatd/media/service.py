@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import secrets
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -45,10 +44,10 @@ from chatd.protocol.errors import ProtocolError
 from chatd.protocol.schema import from_map, to_map
 
 from .blobs import BlobStore, BlobStoreError
-from .images import Encoded, ImageError
+from .images import ImageError
+from .workers import Reencoders
 
 log = logging.getLogger("chatd.media")
-_CHATD_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAX_UPLOAD: Final = 16 * 1024 * 1024
 SLOT_TTL: Final = 300.0  # seconds an upload slot stays valid
 LINK_TTL: Final = 3600.0  # seconds a signed download link stays valid (at least)
@@ -104,26 +103,6 @@ def _user_key(user: str) -> str:
     return "u" + hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
-async def _reencode(path: str, out: str) -> tuple[Encoded, bytes]:
-    """(what chatd.media.images.reencode says, SHA-256 of out), from a child process.
-    Measured in `bench media`: in a worker thread, Pillow's decoding and resizing still held
-    the GIL for up to 40-80 ms at a time, and took a core the chat needed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (
-        _CHATD_ROOT, os.environ.get("PYTHONPATH"))))}  # (chatd where this node found it)
-    proc = await trio.run_process([sys.executable, "-m", "chatd.media.images", path, out],
-                                  capture_stdout=True, capture_stderr=True, check=False,
-                                  env=env)
-    if proc.returncode == 3:
-        raise ImageError(proc.stderr.decode("utf-8", "replace")[:500])
-    try:
-        size, mime, width, height, preview, sha = msgpack.unpackb(proc.stdout)
-    except (ValueError, TypeError):
-        log.warning("re-encoding failed (exit %s): %s", proc.returncode,
-                    proc.stderr.decode("utf-8", "replace")[-500:])
-        raise ImageError("not a readable image (the decoder failed)") from None
-    return Encoded(size, mime, width, height, preview), sha
-
-
 class MediaService:
     """`members(conv)`, `conv_mode(conv)` and `devices(user)` (the node's: its store) say, when
     a message refers to a blob, which devices a TEMPORARY chat's image waits for; without them
@@ -143,6 +122,9 @@ class MediaService:
         self.slot_ttl = slot_ttl
         self.link_ttl = link_ttl
         self.jobs = trio.CapacityLimiter(jobs)
+        # Pillow in child processes: in a worker thread its decoding and resizing held the
+        # GIL for 40-80 ms at a time and took a core the chat needed (bench/media.py)
+        self.reencoders = Reencoders(jobs)
         self.members = members
         self.conv_mode = conv_mode
         self.devices = devices
@@ -270,7 +252,7 @@ class MediaService:
         try:
             async with self.jobs:
                 started = time.perf_counter()
-                enc, stored_sha = await _reencode(path, out)
+                enc, stored_sha = await self.reencoders.run(path, out)
                 REENCODE_TIME.observe(time.perf_counter() - started)
             blob_id = stored_sha.hex()
             media = await self.media(blob_id)
@@ -403,6 +385,7 @@ class MediaService:
         return self.blobs.get(f"blob/{blob_id}", start, end)
 
     async def aclose(self) -> None:
+        await self.reencoders.aclose()
         await self.blobs.aclose()
 
 

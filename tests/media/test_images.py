@@ -3,13 +3,16 @@ refused with a clear reason."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
 import pytest
+import trio
 from PIL import Image
 
 from chatd.media.images import MAX_SIDE, ImageError, reencode
+from chatd.media.workers import Reencoders
 from chatd.protocol.limits import MAX_PREVIEW_SIZE
 
 from .images import GPS_IFD, animated_gif, bomb, photo, png_with_alpha
@@ -53,3 +56,47 @@ def test_bad_images_are_refused_with_a_reason(tmp_path: Path, data: bytes, reaso
     src.write_bytes(data)
     with pytest.raises(ImageError, match=reason):
         reencode(str(src), str(tmp_path / "out"))
+
+
+async def test_reencoding_children_are_kept_and_replaced(tmp_path: Path) -> None:
+    """One child serves job after job; one that ended while idle, died in a job, or whose job
+    was cancelled is not used again (the job it died in is refused, the next one works)."""
+    pool = Reencoders(1)
+    src = tmp_path / "p.jpg"
+    src.write_bytes(photo(300, 200, seed=81))
+    try:
+        enc, sha = await pool.run(str(src), str(tmp_path / "o1"))
+        assert hashlib.sha256((tmp_path / "o1").read_bytes()).digest() == sha
+        assert enc.mime == "image/jpeg" and (enc.width, enc.height) == (200, 300)
+        [child] = pool._idle
+        assert (await pool.run(str(src), str(tmp_path / "o2")))[1] == sha
+        assert pool._idle == [child]  # the same child again
+        child.kill()
+        await child.wait()  # ended while idle: a fresh one takes the job
+        assert (await pool.run(str(src), str(tmp_path / "o3")))[1] == sha
+        [child] = pool._idle
+        refused: list[str] = []
+
+        async def job(out: str) -> None:
+            try:
+                await pool.run(str(src), out)
+            except ImageError as exc:
+                refused.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(job, str(tmp_path / "o4"))
+            await trio.sleep(0)  # (the job is sent: the child dies in it)
+            child.kill()
+        assert refused == ["not a readable image (the decoder failed)"]
+        assert pool._idle == []
+        with trio.CancelScope() as scope:  # a job cancelled half-way: its child is ended
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(job, str(tmp_path / "o5"))
+                await trio.sleep(0)
+                scope.cancel()
+        assert pool._idle == []
+        with pytest.raises(ImageError, match="not a readable image"):  # refused, not a crash
+            await pool.run(str(tmp_path / "missing"), str(tmp_path / "o6"))
+        assert (await pool.run(str(src), str(tmp_path / "o7")))[1] == sha
+    finally:
+        await pool.aclose()
