@@ -103,14 +103,16 @@ class Config:
             raise ConfigError(f"analytics {self.analytics!r}: expected redis://host:port")
         if self.revocation_poll <= 0:
             raise ConfigError("revocation_poll must be more than 0 seconds")
-        if self.processes > 1 and self.store_url == "memory://":
-            raise ConfigError("memory:// lives in one process: use --workers 1 with it")
         return self
 
     @property
     def processes(self) -> int:
-        """How many processes `chatd serve` runs (workers 0: one per core)."""
-        return self.workers or os.cpu_count() or 1
+        """How many processes `chatd serve` runs (workers 0: one per core); ConfigError if
+        the store cannot be shared by that many."""
+        n = self.workers or os.cpu_count() or 1
+        if n > 1 and self.store_url == "memory://":
+            raise ConfigError("memory:// lives in one process: use --workers 1 with it")
+        return n
 
 
 def load_config(path: str | None, flags: dict[str, Any], environ: dict[str, str]) -> Config:

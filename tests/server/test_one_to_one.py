@@ -207,7 +207,7 @@ async def test_a_live_item_after_a_gap_waits_for_the_store(node: Node,
     """Live delivery sends an item straight out only when it is the next one the device
     needs; after a gap (a push that went missing, e.g. via another node) it reads the
     store first, so the device still gets every item, in order."""
-    from chatd.protocol import encode_body
+    from chatd.core import wire
     from chatd.protocol import frames as F
 
     from .raw import Raw
@@ -224,7 +224,7 @@ async def test_a_live_item_after_a_gap_waits_for_the_store(node: Node,
     monkeypatch.undo()
     items = [item for user, item in committed if user == "bob"]
     assert [i.seq for i in items] == [1, 2]  # type: ignore[attr-defined]
-    session.offer(items[1], encode_body(items[1]))  # only the second push arrives
+    session.offer(items[1], wire.body(items[1]))  # only the second push arrives
     for q, body in [(1, b"first"), (2, b"second")]:
         f = await bob.recv_until(F.Deliver)
         assert isinstance(f, F.Deliver) and (f.q, f.seq, f.body) == (q, q, body), f

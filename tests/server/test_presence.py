@@ -68,12 +68,10 @@ async def test_the_default_presence_threshold_is_30_seconds(node: Node,
     assert node.config.presence_threshold == 30
     offset = 0.0
 
-    class Clock:
-        @staticmethod
-        def time() -> float:
-            return time.time() + offset
+    def clock() -> int:
+        return int((time.time() + offset) * 1000)
 
-    monkeypatch.setattr(presence_module, "time", Clock)
+    monkeypatch.setattr(presence_module, "now_ms", clock)
     async with node.connect("bob") as bob, node.connect("alice") as alice:
         await alice.next_event(cc.Synced)
         await bob.watch(["alice"])
