@@ -20,9 +20,13 @@ chat gets the CPU first.
 Figures, same machine, alternating runs of the code before (a80470b) and after, load average
 about 10 on the 2 cores (other work running): chat p99 while uploading 216 / 200 / 326 ms
 before (ratio to quiet 10.6 / 4.8 / 4.7 x), 70 / 82 / 51 ms after (0.9 / 2.6 / 1.9 x); p50
-10.5-12.4 ms before, 6.7-7.4 ms after. The cost: 16-uploader throughput 2.3-4.1 uploads/s
-before, 1.0-1.4 after (the nice'd children get little CPU while anything else runs, and each
-image starts a Python process: 0.1 s of CPU, 0.3 s of wall time here)."""
+10.5-12.4 ms before, 6.7-7.4 ms after. A child per image cost throughput: 16 uploaders 2.3-4.1
+uploads/s before, 1.0-1.4 after (starting Python and Pillow takes 0.1 s of CPU, 0.3 s here);
+keeping the children between jobs (chatd.media.workers) brought it back: three runs after
+that, same load, 2.1 / 3.7 / 5.5 uploads/s, chat p99 while uploading 74 / 24 / 75 ms against
+68 / 14 / 40 ms quiet (1.09 / 1.76 / 1.89 x), p50 3.5-4.0 ms both ways; the node's RSS with
+its re-encoding child 58-84 MB before the uploads, 181 MB at the peak (in-process before:
+102 -> 253 MB)."""
 
 from __future__ import annotations
 
