@@ -976,6 +976,8 @@ class SqliteStore:
                       ) -> list[tuple[str, Item]]:
         out: list[tuple[str, Item]] = []
         for n in notes:
+            if not self._user_known(db, n.to):
+                continue  # (a deleted user's messages: nobody to tell, and no user to make)
             q = self._next_q(db, n.to)
             self._remember(n.to, q, None)
             self._buf.inbox.append((n.to, q, n.conv, 0, blobs.receipt_blob(n)))

@@ -81,6 +81,21 @@ async def test_deleting_a_user_forgets_their_data_but_not_what_they_sent(store: 
     assert (await store.inbox("bob", "phone", 0, 100)).items == []
 
 
+async def test_receipts_for_a_deleted_users_messages_do_not_bring_them_back(
+        store: Store) -> None:
+    """alice acks and reads what bob sent before he was deleted: the DELIVERED and READ
+    receipts have nobody to go to, and must not make "bob" exist again (the server would
+    then take messages for a user nobody can sign in as)."""
+    for user in ("alice", "bob"):
+        await store.attach_device(user, "phone")
+    await store.append_message(msg("hi", "bob", "alice"))
+    await store.delete_user("bob")
+    await store.ack("alice", "phone", 1, ts=5)
+    await store.mark_read("alice", direct_conv("alice", "bob"), 1, ts=6)
+    assert not await store.has_user("bob")
+    assert await store.devices("bob") == {}
+
+
 async def test_delete_user_leaves_their_groups_as_a_normal_change(store: Store) -> None:
     for user in ("alice", "bob", "carol"):
         await store.attach_device(user, "phone")
