@@ -9,8 +9,8 @@ Objects it keeps in its blob store (so several nodes sharing one S3 bucket share
                      download it; holds [ts ms, sender, recipient devices] (msgpack)
   got/<id>/<hex>/<hash>  in a TEMPORARY chat: that recipient device downloaded it (and
                      got/<id>/<hex>/u<hash>: a device of that user did)
-  used/<nonce hex>   an upload slot taken (created only if absent: once across every node),
-                     until the slot expires
+  used/<exp ms>-<nonce hex>  an upload slot taken (created only if absent: once across
+                     every node), until the slot expires
 
 Lifetime follows the chat's mode (collect() and downloads): in a TEMPORARY chat the reference
 goes once every recipient device known when the message was stored has downloaded the image
@@ -218,8 +218,8 @@ class MediaService:
         whole in memory), checked against the slot's size and hash, re-encoded off the event
         loop, stored once by content."""
         _user, sha, size, _mime, nonce, exp = self.check_slot_token(token)
-        used = f"used/{nonce.hex()}"  # (once across every node sharing the blob store)
-        if not await self.blobs.put_new(used, msgpack.packb(int(exp * 1000))):
+        used = f"used/{int(exp * 1000)}-{nonce.hex()}"  # (once across every node sharing
+        if not await self.blobs.put_new(used, b""):  # the blob store; the expiry: for collect)
             raise MediaError(409, "this upload slot was used already: ask for a new one")
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="up-")
         try:
@@ -345,8 +345,7 @@ class MediaService:
         many blobs went."""
         gone = 0
         for used in await self.blobs.list("used/"):  # upload slots past their expiry
-            raw = await self.blobs.read(used)
-            if raw is None or msgpack.unpackb(raw) < now_ms:
+            if int(used[5:].split("-", 1)[0]) < now_ms:
                 await self.blobs.delete(used)
         for meta_key in await self.blobs.list("meta/"):
             blob_id = meta_key[5:]
