@@ -169,7 +169,7 @@ class MediaService:
 
     def check_link(self, blob_id: str, exp: str, sig: str, now: float | None = None) -> int:
         """The expiry of a valid link; MediaError(403) saying why otherwise."""
-        if not exp.isdigit() or len(exp) > 12:
+        if not (exp.isascii() and exp.isdigit()) or len(exp) > 12:
             raise MediaError(403, "bad link: exp must be a unix time in seconds")
         if not hmac.compare_digest(sig.encode(), self._link_sig(blob_id, int(exp)).encode()):
             raise MediaError(403, "bad link signature")

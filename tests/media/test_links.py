@@ -88,7 +88,7 @@ async def test_a_link_made_on_one_node_works_on_another(node: ChatServer,  # noq
         assert (await ahttp("GET", alice.media_url + path))[0] == 403
 
 
-@pytest.mark.parametrize("exp", ["", "-1", "1" * 13, "12a"])
+@pytest.mark.parametrize("exp", ["", "-1", "1" * 13, "12a", "\u00b2"])
 def test_link_checks_refuse_malformed_expiries(tmp_path: Path, exp: str) -> None:
     from chatd.media.blobs import FileBlobStore
     from chatd.media.service import MediaError
