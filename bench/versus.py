@@ -447,15 +447,32 @@ if _dir:
     sys.path.insert(0, os.getcwd())  # the chatd that `python -m chatd` here would run
     from chatd.store import sqlite as _sq
     _counts = collections.Counter()
+    import sqlite3
+    class _Timed(sqlite3.Connection):  # the time of BEGIN IMMEDIATE (the lock) and COMMIT
+        def execute(self, sql, *a):
+            if sql == "COMMIT" or sql.startswith("BEGIN"):
+                t = time.perf_counter()
+                try:
+                    return super().execute(sql, *a)
+                finally:
+                    _counts["ms_" + sql.split()[0].lower()] += (time.perf_counter() - t) * 1e3
+            return super().execute(sql, *a)
+    _connect = sqlite3.connect
+    def _timed_connect(*a, **k):
+        k.setdefault("factory", _Timed)
+        return _connect(*a, **k)
+    sqlite3.connect = _timed_connect
     _run_batch = _sq.SqliteStore._run_batch
     def _counted_batch(self, batch):
         _counts["commits"] += 1
         _counts["ops"] += len(batch)
         resets = getattr(self, "resets", 0)
+        t = time.perf_counter()
         try:
             return _run_batch(self, batch)
-        finally:  # another worker committed since: this one's caches are read again
+        finally:  # resets: another worker committed since, so the caches are read again
             _counts["cache_resets"] += getattr(self, "resets", 0) - resets
+            _counts["ms_batch"] += (time.perf_counter() - t) * 1e3
     _sq.SqliteStore._run_batch = _counted_batch
     for _name in ("append_messages", "ack", "inbox", "cursor", "mark_read", "receipt_state",
                   "attach_device", "set_last_seen"):
@@ -560,14 +577,13 @@ def summarize_pyspy(raw: str, lines: dict[str, set[int]], top: int = 25) -> dict
         stack_s, _, count_s = line.rpartition(" ")
         count = int(count_s)
         frames = stack_s.split(";")
-        thread = frames[0] if frames and frames[0].startswith(("thread", "process")) else ""
         stack = [fr for fr in frames if not fr.startswith(("thread", "process"))]
-        if not stack:
-            continue
+        if not stack or any("sitecustomize.py" in fr and "_dump" in fr for fr in stack):
+            continue  # (the profile's own counters)
         n += count
-        threads["writer thread" if any("_run_batch" in fr or "_threads.py" in fr
-                                       for fr in stack) else "event loop" if thread else
-                "?"] += count
+        threads["writer thread" if any("WorkerThread._work" in fr for fr in stack) else
+                "event loop" if any("trio/_core/_run.py" in fr for fr in stack) else
+                "other threads"] += count
         cats[categorize(stack, lines)] += count
         self_t[stack[-1]] += count
         for fr in set(re.sub(r":\d+\)$", ")", fr) for fr in stack):
@@ -655,7 +671,11 @@ def profile(rates: list[str], seconds: float = 8, workers: int = 2, pyspy_rate: 
                                 key=lambda kv: -(kv[1]["user"] + kv[1]["system"]))
             phase = {"phase": shape.name, "target_rate": shape.rate, **res,
                      "store_per_msg": {k: round(v / n, 3)
-                                       for k, v in sorted(state["count_delta"].items())},
+                                       for k, v in sorted(state["count_delta"].items())
+                                       if not k.startswith("ms_")},
+                     "ms_per_commit": {k[3:]: round(v / max(state["count_delta"].get(
+                         "commits", 0), 1), 2) for k, v in state["count_delta"].items()
+                         if k.startswith("ms_")},
                      "threads_us_per_msg": [
                          {"thread": k, "cpu_us": round((v["user"] + v["system"]) / n * 1e6, 1),
                           "system_share": round(v["system"] / max(v["user"] + v["system"],
@@ -693,6 +713,8 @@ def profile_text(result: dict[str, Any]) -> str:
                    " us/msg")
         out.append("store per message: " + ", ".join(f"{k} {v}"
                                                      for k, v in p["store_per_msg"].items()))
+        out.append("ms per commit (batch = its whole time in the writer thread): " + ", ".join(
+            f"{k} {v}" for k, v in p["ms_per_commit"].items()))
         out.append("threads (CPU us/msg, system share, voluntary/involuntary switches per msg):")
         for t in p["threads_us_per_msg"]:
             out.append(f"  {t['thread']:40} {t['cpu_us']:7.1f}  sys {t['system_share']:.2f}"
