@@ -28,7 +28,8 @@ from typing import Any
 import msgpack
 import trio
 
-from chatd.auth import AuthError, verify_token
+from chatd.admin.revocations import REVOKED_MESSAGE, is_void
+from chatd.auth import AuthError, read_token
 from chatd.protocol.schema import to_map
 
 from .blobs import BlobStoreError
@@ -44,8 +45,10 @@ class MediaApp:
     `conv_mode(conv)` and `members(conv)` what a download changes (TEMPORARY chats)."""
 
     def __init__(self, service: MediaService, secret: bytes, member: Member,
-                 conv_mode: ConvMode, members: Members) -> None:
+                 conv_mode: ConvMode, members: Members,
+                 revoked_at: Callable[[str, str], Awaitable[int]] | None = None) -> None:
         self.service = service
+        self.revoked_at = revoked_at  # (chatd admin revoke: the store's record)
         self.secret = secret
         self.member = member
         self.conv_mode = conv_mode
@@ -103,11 +106,12 @@ class MediaApp:
             (b"content-type", b"application/msgpack")]})
         await send({"type": "http.response.body", "body": msgpack.packb(to_map(media))})
 
-    def _device(self, token: str, headers: dict[str, str]) -> tuple[str, str]:
+    async def _device(self, token: str, headers: dict[str, str]) -> tuple[str, str]:
         """(user, device) of a device token; a token that names no device is for the device
-        the client says (X-Chatd-Device, else "default"), as when signing in."""
+        the client says (X-Chatd-Device, else "default"), as when signing in. A token the
+        operator revoked (chatd admin revoke) is refused here too."""
         try:
-            user, device = verify_token(self.secret, token)
+            user, device, issued = read_token(self.secret, token)
         except AuthError as exc:
             raise MediaError(401, f"a download needs the device's token: {exc}") from None
         said = headers.get("x-chatd-device", "")
@@ -115,11 +119,13 @@ class MediaApp:
             device = said[:64] or "default"
         elif said and said != device:
             raise MediaError(401, f"token is for device {device!r}")
+        if self.revoked_at is not None and is_void(issued, await self.revoked_at(user, device)):
+            raise MediaError(401, REVOKED_MESSAGE)
         return user, device
 
     async def _link(self, token: str, blob_id: str, headers: dict[str, str], send: Any
                     ) -> None:
-        user, _device = self._device(token, headers)
+        user, _device = await self._device(token, headers)
         if BLOB_ID.fullmatch(blob_id) is None:
             raise MediaError(404, "no such media")
         await self.service.may_download(user, blob_id, self.member)
@@ -145,7 +151,7 @@ class MediaApp:
                 raise MediaError(404, "no such media")
             cache = f"public, max-age={max(0, exp - int(time.time()))}, immutable"
         else:
-            device = self._device(token, headers)
+            device = await self._device(token, headers)
             media = await self.service.may_download(device[0], blob_id, self.member)
             cache = "private, max-age=31536000, immutable"
         etag = f'"{blob_id}"'

@@ -305,7 +305,8 @@ class ChatServer:
             f"{'https' if ssl_ctx else 'http'}://{cfg.host}:{self.http_port}")
         await listeners.start(functools.partial(
             serve_http, with_web(MediaApp(self.media, self.secret, self.takes_part,
-                                          self.store.conv_mode, self.conv_members),
+                                          self.store.conv_mode, self.conv_members,
+                                          self.store.revoked_at),
                                  self.ws_port, ssl_ctx is not None), sock, cfg.tls_cert,
             cfg.tls_key))
 
