@@ -39,6 +39,7 @@ import msgpack
 import trio
 from prometheus_client import Counter, Histogram
 
+from chatd.core import now_ms
 from chatd.protocol import frames as F
 from chatd.protocol.errors import ProtocolError
 from chatd.protocol.schema import from_map, to_map
@@ -263,7 +264,7 @@ class MediaService:
                 await self.blobs.put_file(f"blob/{blob_id}", out)
                 BLOB_LATENCY.observe(time.perf_counter() - started)
                 BYTES_STORED.inc(enc.size)
-                meta = {**to_map(media), "ut": int(time.time() * 1000)}  # (+ upload time)
+                meta = {**to_map(media), "ut": now_ms()}  # (+ upload time)
                 await self.blobs.put_bytes(f"meta/{blob_id}", msgpack.packb(meta))
         except ImageError as exc:
             raise MediaError(415, str(exc)) from None
