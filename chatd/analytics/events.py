@@ -84,7 +84,7 @@ def stop() -> None:
 def chat_key(conv: str) -> str:
     if convs.is_group(conv):
         return conv
-    return "d:" + hashlib.blake2b(conv.encode(), digest_size=6).hexdigest()
+    return convs.DIRECT + hashlib.blake2b(conv.encode(), digest_size=6).hexdigest()
 
 
 def words(body: bytes) -> str:
