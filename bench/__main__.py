@@ -44,6 +44,8 @@ def main() -> None:
     t.add_argument("--sweep-windows", default="1,4,16,64")
     m = sub.add_parser("memory", help="server memory per idle authenticated connection")
     m.add_argument("--connections", type=int, default=5000)
+    m.add_argument("--transport", choices=("tcp", "ws", "both"), default="tcp",
+                   help="connections over TCP, over WebSocket, or both (same run)")
     d = sub.add_parser("drain", help="a reconnecting device drains N queued messages")
     d.add_argument("--messages", type=int, default=10_000)
     f = sub.add_parser("fanout", help="send -> last member of a large group, and SENT meanwhile")
@@ -55,6 +57,8 @@ def main() -> None:
     n.add_argument("--workers", type=int, default=max(6, os.cpu_count() or 1),
                    help="chatd workers (each may hold < 20,000 files here)")
     n.add_argument("--hold", type=float, default=20, help="seconds to hold them")
+    n.add_argument("--transport", choices=("tcp", "ws"), default="tcp",
+                   help="the connections over TCP or over WebSocket (/ws)")
     n.add_argument("--heartbeat", type=float, default=30)
     n.add_argument("--max-seconds", type=float, default=900,
                    help="the whole run stops by itself after this")

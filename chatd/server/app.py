@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import trio
-from trio_websocket import WebSocketConnection, WebSocketRequest, WebSocketServer
+from wsproto.events import Request
 
 from chatd import __version__, need
 from chatd.admin import RevocationWatch, is_void
@@ -37,7 +37,7 @@ from chatd.router import LocalRouter
 from chatd.router.peers import Peers, UnixPeers
 from chatd.store import FanoutJobs, Store, StoreError, StoreStats, open_store
 from chatd.util import redact
-from chatd.web.origins import ws_request_allowed
+from chatd.web.origins import origin_allowed, parse_origins, request_origin
 
 from . import metrics
 from .config import Config
@@ -45,6 +45,8 @@ from .limits import UserLimits
 from .presence import PresenceService
 from .session import Session
 from .transport import HELLO_RECEIVE_SIZE, StreamTransport, WebSocketTransport
+from .websocket import Refusal, WebSocketListener
+from .websocket import handshake as websocket_handshake
 
 log = logging.getLogger("chatd")
 WS_PATH = "/ws"
@@ -77,13 +79,10 @@ async def listen(host: str, port: int, reuse_port: bool = False) -> list[trio.So
     return out
 
 
-def peer_address(link: trio.abc.Stream | WebSocketConnection) -> str:
+def peer_address(link: trio.abc.Stream | WebSocketTransport) -> str:
     """The client's address ("?" if it cannot be told)."""
     try:
-        if isinstance(link, WebSocketConnection):
-            remote = link.remote
-            return str(getattr(remote, "address", remote))
-        stream: Any = link
+        stream: Any = link.stream if isinstance(link, WebSocketTransport) else link
         while isinstance(stream, trio.SSLStream):
             stream = stream.transport_stream
         return str(stream.socket.getpeername()[0])
@@ -244,17 +243,17 @@ class ChatServer:
                 self.tcp_port = tcp[0].socket.getsockname()[1]
                 wrapped: Any = tcp if ssl_ctx is None else [
                     trio.SSLListener(t, ssl_ctx, https_compatible=False) for t in tcp]
+                serve: Any = self.serve_connection  # (a stream, or a WebSocketTransport)
                 await listeners.start(functools.partial(
-                    trio.serve_listeners, self.serve_connection, wrapped,
+                    trio.serve_listeners, serve, wrapped,
                     handler_nursery=sessions))
                 if cfg.ws_port >= 0:
                     ws = await listen(cfg.host, cfg.ws_port, self.reuse_port)
                     self.ws_port = ws[0].socket.getsockname()[1]
-                    await listeners.start(WebSocketServer(
-                        self.handle_ws, ws if ssl_ctx is None else [
-                            trio.SSLListener(w, ssl_ctx, https_compatible=True) for w in ws],
-                        handler_nursery=sessions, max_message_size=MAX_FRAME_SIZE,
-                        connect_timeout=cfg.auth_timeout, disconnect_timeout=2).run)
+                    wrapped = [WebSocketListener(w if ssl_ctx is None else trio.SSLListener(
+                        w, ssl_ctx, https_compatible=True)) for w in ws]
+                    await listeners.start(functools.partial(
+                        trio.serve_listeners, serve, wrapped, handler_nursery=sessions))
                 if cfg.http_port >= 0:
                     await self._start_http(listeners, ssl_ctx)
                 if cfg.metrics_port >= 0 and self.peers is None:  # (workers: the supervisor)
@@ -384,16 +383,26 @@ class ChatServer:
 
     # ---- connections -----------------------------------------------------------------------
 
-    async def handle_ws(self, request: WebSocketRequest) -> None:
-        if request.path.split("?")[0] != WS_PATH:
-            await request.reject(404, body=b"chatd speaks WebSocket on /ws\n")
-            return
-        if not ws_request_allowed(request, self.config.ws_origins, self.http_port,
-                                  bool(self.config.tls_cert)):
-            await request.reject(403, body=b"this Origin may not use chatd's WebSocket"
-                                 b" endpoint (setting ws_origins)\n")
-            return
-        await self.serve_connection(await request.accept())
+    async def handle_ws(self, transport: WebSocketTransport) -> bool:
+        """A WebSocket connection's opening handshake within auth_timeout (a wrong path, a
+        refused Origin or a malformed request get an HTTP error): whether it is open; if
+        not, it is closed."""
+        with trio.move_on_after(self.config.auth_timeout):
+            if await websocket_handshake(transport, self._ws_refusal):
+                return True
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(transport.stream)
+        return False
+
+    def _ws_refusal(self, request: Request) -> Refusal | None:
+        if request.target.split("?")[0] != WS_PATH:
+            return 404, b"chatd speaks WebSocket on /ws\n"
+        if not origin_allowed(request_origin(request.extra_headers), request.host,
+                              parse_origins(self.config.ws_origins), self.http_port,
+                              bool(self.config.tls_cert)):
+            return 403, (b"this Origin may not use chatd's WebSocket endpoint"
+                         b" (setting ws_origins)\n")
+        return None
 
     async def _refuse(self, transport: StreamTransport | WebSocketTransport, conn: Connection,
                       code: ErrorCode, message: str) -> None:
@@ -416,13 +425,14 @@ class ChatServer:
             assert isinstance(ev, F.Hello)  # the connection refuses anything else first
             return ev
 
-    async def serve_connection(self, link: trio.abc.Stream | WebSocketConnection) -> None:
+    async def serve_connection(self, link: trio.abc.Stream | WebSocketTransport) -> None:
         """One connection from accept to close: handshake, then the session. (One function,
         not several: every idle connection holds this coroutine frame.)"""
         cfg = self.config
+        if isinstance(link, WebSocketTransport) and not await self.handle_ws(link):
+            return  # (the handshake in this task: no frame of its own while connected)
         transport: StreamTransport | WebSocketTransport = (
-            WebSocketTransport(link) if isinstance(link, WebSocketConnection)
-            else StreamTransport(link))
+            link if isinstance(link, WebSocketTransport) else StreamTransport(link))
         conn = Connection(Role.SERVER, transport.framing, MAX_FRAME_SIZE)
         address = peer_address(link)
         crowded = self._signing_in.get(address, 0) >= cfg.max_unauthenticated_per_address

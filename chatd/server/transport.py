@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import Any, cast
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
 
 from chatd.protocol import ErrorCode, Framing, ProtocolError
+from chatd.protocol.limits import MAX_HELLO_SIZE
 
 RECEIVE_SIZE = 65536
 HELLO_RECEIVE_SIZE = 4100  # before Welcome: a Hello and its length prefix at most
@@ -38,39 +44,140 @@ class StreamTransport:
         await trio.aclose_forcefully(self.stream)
 
 
-class WebSocketTransport:
-    """WebSocket: one binary message is one frame."""
+def between_messages(ws: WSConnection) -> bool:
+    """Whether wsproto's connection holds nothing now: open, no event, no byte of a frame, no
+    message begun; a new one would do the same from here. (Its internals, looked up
+    defensively: should they change, the answer is no and the connection is kept.)"""
+    proto = getattr(ws, "_proto", None)
+    frames = getattr(proto, "_frame_decoder", None)
+    message = getattr(proto, "_message_decoder", None)
+    try:
+        return (ws.state is ConnectionState.OPEN and not ws._events
+                and frames is not None and not len(frames.buffer) and frames.header is None
+                and message is not None and message.opcode is None)
+    except (AttributeError, TypeError):
+        return False
+
+
+# Builds the frames sent (unmasked binary messages: no state of a connection's in them)
+FRAMES = WSConnection(ConnectionType.SERVER)
+
+
+class WebSocketTransport(trio.abc.AsyncResource):
+    """WebSocket after its handshake (chatd.server.websocket.accept): one binary message is
+    one frame. wsproto parses and builds the WebSocket frames; this drives it from the
+    session's own pump: no task, channel or buffer per connection, a message's bytes are
+    gathered only while it is being read. Between messages wsproto's connection object is
+    let go (ws is None: open, nothing pending) and made again at the next read, so an idle
+    connection holds none of it. Pings are answered, a close is answered."""
 
     framing = Framing.MESSAGE
     coalesce = False
-    __slots__ = ("ws",)
+    __slots__ = ("stream", "ws", "max_message", "close_code", "_sending", "_turn")
 
-    def __init__(self, ws: WebSocketConnection) -> None:
+    def __init__(self, stream: trio.abc.Stream, ws: WSConnection | None = None) -> None:
+        self.stream = stream
         self.ws = ws
+        self.max_message = MAX_HELLO_SIZE
+        self.close_code: int = CloseReason.NORMAL_CLOSURE  # sent by aclose
+        self._sending = False
+        self._turn: trio.Event | None = None  # exists while a send waits for another
 
     def limit(self, max_frame: int) -> None:
-        """The largest message this connection takes from now on (small until Welcome).
-        trio-websocket reads its per-connection limit at every message; it has no public
-        setter for it."""
-        self.ws._max_message_size = max_frame
+        """The largest message this connection takes from now on (small until Welcome)."""
+        self.max_message = max_frame
 
-    async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
-        try:
-            msg = await self.ws.get_message()
-        except ConnectionClosed:
-            return b""
-        if isinstance(msg, str):
-            raise ProtocolError(ErrorCode.MALFORMED, "text messages are not frames: send binary")
-        if not msg:
-            raise ProtocolError(ErrorCode.MALFORMED, "empty frame")
-        return msg
+    async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes | bytearray:
+        """The next binary message; b"" once the connection is closed (the peer's close is
+        answered). ProtocolError for a text, empty or oversized message. While it waits
+        between messages, no local holds wsproto's connection, an event or the bytes read."""
+        ws = self.ws
+        message: bytearray | None = None
+        while True:
+            event: Any = None
+            if ws is not None:
+                for event in ws.events():
+                    if isinstance(event, BytesMessage):
+                        if message is None:  # (a message in one frame and one read: no copy)
+                            data = event.data
+                            if not event.message_finished:
+                                message = data = bytearray(data)
+                        else:
+                            message += event.data
+                            data = message
+                        if len(data) > self.max_message:
+                            self.close_code = CloseReason.MESSAGE_TOO_BIG
+                            raise ProtocolError(ErrorCode.TOO_LARGE, f"message of more than"
+                                                f" {self.max_message} bytes")
+                        if event.message_finished:
+                            if not data:
+                                raise ProtocolError(ErrorCode.MALFORMED, "empty frame")
+                            if between_messages(ws):
+                                self.ws = None
+                            return data
+                        data = b""
+                    elif isinstance(event, TextMessage):
+                        self.close_code = CloseReason.UNSUPPORTED_DATA
+                        raise ProtocolError(ErrorCode.MALFORMED,
+                                            "text messages are not frames: send binary")
+                    elif isinstance(event, Ping):
+                        await self._send(ws.send(event.response()))
+                    elif isinstance(event, CloseConnection):
+                        if ws.state is ConnectionState.REMOTE_CLOSING:
+                            await self._send(ws.send(event.response()))
+                        elif ws.state is ConnectionState.OPEN:  # a frame wsproto could not parse
+                            self.close_code = event.code
+                        return b""
+                event = None
+                if message is None and between_messages(ws):
+                    self.ws = ws = None  # (a ping, say, and nothing else: idle again)
+            ws = self._feed(await self.stream.receive_some(max_bytes))
+
+    def _feed(self, data: bytes | bytearray) -> WSConnection:
+        """Bytes read (b"": the end) to wsproto's connection, made again if it was let go."""
+        ws = self.ws
+        if ws is None:
+            ws = self.ws = WSConnection(ConnectionType.SERVER)
+        ws.receive_data(cast(bytes, data) or None)
+        return ws
 
     async def send(self, data: bytes) -> None:
         try:
-            await self.ws.send_message(data)
-        except ConnectionClosed:
+            frame = (self.ws or FRAMES).send(BytesMessage(data))
+        except LocalProtocolError:
             raise trio.BrokenResourceError("websocket closed") from None
+        await self._send(frame)
+
+    async def _send(self, data: bytes) -> None:
+        """The writer (frames) and the reader (pongs) take turns on the stream."""
+        while self._sending:
+            if self._turn is None:
+                self._turn = trio.Event()
+            await self._turn.wait()
+        self._sending = True
+        try:
+            await self.stream.send_all(data)
+        finally:
+            self._sending = False
+            if self._turn is not None:
+                self._turn.set()
+                self._turn = None
 
     async def aclose(self) -> None:
+        """Send a close (if none was) and wait a moment for the peer's, then close."""
+        ws = self.ws
+        if ws is None:
+            ws = self.ws = WSConnection(ConnectionType.SERVER)
         with trio.move_on_after(1):
-            await self.ws.aclose()
+            try:
+                if ws.state is ConnectionState.OPEN:
+                    await self._send(ws.send(CloseConnection(self.close_code)))
+                while ws.state is ConnectionState.LOCAL_CLOSING:  # what comes is dropped
+                    ws.receive_data(cast(bytes, await self.stream.receive_some(RECEIVE_SIZE))
+                                    or None)
+                    for _ in ws.events():
+                        pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError,
+                    LocalProtocolError):
+                pass
+        await trio.aclose_forcefully(self.stream)
