@@ -453,7 +453,7 @@ if _dir:
             if sql == "COMMIT" or sql.startswith("BEGIN"):
                 t = time.perf_counter()
                 try:
-                    return super().execute(sql, *a)
+                    return super().execute(sql, *a)  # BEGIN or COMMIT
                 finally:
                     _counts["ms_" + sql.split()[0].lower()] += (time.perf_counter() - t) * 1e3
             return super().execute(sql, *a)
@@ -547,7 +547,15 @@ CATEGORIES: Final = (
 )
 
 
+def _hook_line(marker: str) -> int:
+    """The line of SITECUSTOMIZE (as written to sitecustomize.py) holding `marker`."""
+    return next(i + 1 for i, t in enumerate(SITECUSTOMIZE.splitlines()) if marker in t)
+
+
 def categorize(stack: list[str], lines: dict[str, set[int]]) -> str:
+    leaf = stack[-1]
+    if leaf.startswith("_Timed.execute") and f":{_hook_line('# BEGIN or COMMIT')})" in leaf:
+        return "store: BEGIN IMMEDIATE + COMMIT (lock wait, fsync)"
     in_writer = any("_run_batch" in fr for fr in stack)
     for fr in reversed(stack):
         for name, pattern, flag in CATEGORIES:
