@@ -7,6 +7,8 @@ run with --loader), each opening its share from loopback source addresses 127.0.
 127.0.0.3, ... (a source address has ~28,000 ephemeral ports). Every connection sends Hello
 with its own user's token, waits for Synced, then pings every heartbeat.
 
+`--transport ws`: the same over WebSocket (/ws; every Hello and ping a binary message).
+
 Reported: connect rate, server memory per connection (RSS of every process of the node, after
 minus before), server CPU while holding them idle, and 1:1 message latency (send -> DELIVERED
 receipt) from a few extra pairs while all of them are held. Progress is printed each second.
@@ -24,12 +26,14 @@ import time
 from typing import Any
 
 import trio
+from wsproto.frame_protocol import FrameProtocol
 
 from chatd.auth import load_or_create_secret, make_token
 from chatd.protocol import NEED_DATA, PEER_CLOSED, Connection, Role
 from chatd.protocol import frames as F
 
-from .common import ChatdProcess, percentile, save
+from .common import ChatdProcess, free_port, percentile, save
+from .memory import ws_connect
 from .plots import plot_ramp
 from .throughput import connect_pairs, run_pairs
 
@@ -40,7 +44,8 @@ PER_SOURCE = 25_000  # connections per loopback source address
 # ---- a load process ------------------------------------------------------------------------
 
 async def loader(port: int, data_dir: str, first: int, count: int, sources: list[str],
-                 heartbeat: float, max_seconds: float, concurrency: int) -> None:
+                 heartbeat: float, max_seconds: float, concurrency: int,
+                 transport: str = "tcp") -> None:
     secret = load_or_create_secret(data_dir)
     state = {"open": 0, "failed": 0, "closed": 0}
     errors: dict[str, int] = {}
@@ -51,6 +56,16 @@ async def loader(port: int, data_dir: str, first: int, count: int, sources: list
     async def connect(i: int) -> None:
         source = sources[i // PER_SOURCE % len(sources)]
         async with limiter:
+            if transport == "ws":
+                try:
+                    held.append(await ws_connect(port, make_token(secret, f"c{i}", None, 86400),
+                                                 source))
+                except (OSError, EOFError, trio.BrokenResourceError) as exc:
+                    state["failed"] += 1
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    return
+                state["open"] += 1
+                return
             try:
                 stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
             except OSError as exc:
@@ -83,11 +98,13 @@ async def loader(port: int, data_dir: str, first: int, count: int, sources: list
         per connection would cost this process more than the server). Pongs are left
         unread in the socket buffers (a few bytes a minute); a connection the server closed
         fails its next ping and is counted as closed."""
-        ping = held[0][1].send(F.Ping()) if held else b""  # (the bytes are the same for all)
+        ping = b""  # (the bytes are the same for all)
         while True:
             started = trio.current_time()
             if not ping and held:
                 ping = held[0][1].send(F.Ping())
+                if transport == "ws":  # a client's binary message (masked: one mask for all)
+                    ping = bytes(FrameProtocol(True, []).send_data(ping, True))
             for k, (stream, _) in enumerate(list(held)):
                 if stream.socket.fileno() == -1:
                     continue
@@ -123,7 +140,8 @@ async def loader(port: int, data_dir: str, first: int, count: int, sources: list
 
 async def ramp(node: ChatdProcess, target: int, sources: list[str], heartbeat: float,
                hold: float, max_seconds: float, concurrency: int, probe_pairs: int,
-               probe_rate: float) -> dict[str, Any]:
+               probe_rate: float, transport: str = "tcp", ws_port: int = -1
+               ) -> dict[str, Any]:
     loaders: list[trio.Process] = []
     status: list[dict[str, Any]] = []
     timeline: list[dict[str, float]] = []
@@ -150,9 +168,10 @@ async def ramp(node: ChatdProcess, target: int, sources: list[str], heartbeat: f
             count = min(PER_LOADER, target - first)
             status.append({})
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "bench.connections", "--loader", str(node.port),
+                [sys.executable, "-m", "bench.connections", "--loader",
+                 str(ws_port if transport == "ws" else node.port),
                  node.data_dir, str(first), str(count), ",".join(sources), str(heartbeat),
-                 str(max_seconds), str(concurrency)], stdout=-1)
+                 str(max_seconds), str(concurrency), transport], stdout=-1)
             loaders.append(proc)
             nursery.start_soon(follow, proc, k)
         # ramp: until every connection is open or failed, or the time is up
@@ -199,7 +218,7 @@ async def ramp(node: ChatdProcess, target: int, sources: list[str], heartbeat: f
         nursery.cancel_scope.cancel()
     ms = 1000
     return {
-        "target": target, "opened": opened, "failed": total("failed"),
+        "transport": transport, "target": target, "opened": opened, "failed": total("failed"),
         "errors": {k: v for s in status for k, v in s.get("errors", {}).items()},
         "held_after_hold": still_open, "loaders": n_loaders, "source_addresses": sources,
         "ramp_seconds": round(ramp_s, 1), "connects_per_s": round(opened / ramp_s),
@@ -216,27 +235,32 @@ async def ramp(node: ChatdProcess, target: int, sources: list[str], heartbeat: f
 
 def run(target: int, workers: int, hold: float = 20, heartbeat: float = 30,
         sources: int = 0, max_seconds: float = 600, concurrency: int = 100,
-        probe_pairs: int = 10, probe_rate: float = 200) -> dict[str, Any]:
+        probe_pairs: int = 10, probe_rate: float = 200, transport: str = "tcp"
+        ) -> dict[str, Any]:
     addrs = [f"127.0.0.{2 + i}" for i in range(max(sources, -(-target // PER_SOURCE)))]
     with tempfile.TemporaryDirectory() as tmp:
         # the loaders sign in up to `concurrency` connections each at once: more than the
         # default cap on connections signing in (per worker) when the kernel's spread is uneven
+        ws_port = free_port() if transport == "ws" else -1
         node = ChatdProcess(tmp, [], workers=workers, extra=(
-            "--heartbeat", str(heartbeat), "--idle-timeout", str(heartbeat * 3)),
+            "--heartbeat", str(heartbeat), "--idle-timeout", str(heartbeat * 3),
+            "--ws-port", str(ws_port)),
             env={"CHATD_MAX_UNAUTHENTICATED": str(max(1024, target)),
                  "CHATD_MAX_UNAUTHENTICATED_PER_ADDRESS": str(max(1024, target))})
         try:
             result = trio.run(ramp, node, target, addrs, heartbeat, hold, max_seconds,
-                              concurrency, probe_pairs, probe_rate)
+                              concurrency, probe_pairs, probe_rate, transport, ws_port)
         finally:
             node.stop()
     return {"workers": workers, **result}
 
 
 def main(args: Any) -> None:
-    print(f"connections: ramping to {args.target:,} with {args.workers} workers")
+    transport = getattr(args, "transport", "tcp")
+    print(f"connections: ramping to {args.target:,} over {transport} with {args.workers}"
+          " workers")
     result = run(args.target, args.workers, hold=args.hold, heartbeat=args.heartbeat,
-                 max_seconds=args.max_seconds)
+                 max_seconds=args.max_seconds, transport=transport)
     p = result["probe"]
     print(f"opened {result['opened']:,}/{result['target']:,} ({result['failed']:,} failed) in"
           f" {result['ramp_seconds']}s = {result['connects_per_s']:,}/s; still open after the"
@@ -244,15 +268,15 @@ def main(args: Any) -> None:
     print(f"server memory {result['kib_per_connection']} KiB per connection (bar <= 8);"
           f" idle CPU {result['idle_cpu_cores']:.1%} of a core;"
           f" probe latency p50 {p['p50_ms']} ms p99 {p['p99_ms']} ms ({p['messages']} msgs)")
-    path = save("connections", result)
+    path = save("connections" if transport == "tcp" else f"connections_{transport}", result)
     png = plot_ramp(result, path.with_suffix(".png"))
     print(f"saved {path} and {png}")
 
 
 def loader_main(argv: list[str]) -> None:
-    port, data_dir, first, count, sources, heartbeat, max_s, conc = argv
+    port, data_dir, first, count, sources, heartbeat, max_s, conc, transport = argv
     trio.run(loader, int(port), data_dir, int(first), int(count), sources.split(","),
-             float(heartbeat), float(max_s), int(conc))
+             float(heartbeat), float(max_s), int(conc), transport)
 
 
 if __name__ == "__main__":
@@ -265,4 +289,5 @@ if __name__ == "__main__":
         p.add_argument("--hold", type=float, default=20)
         p.add_argument("--heartbeat", type=float, default=30)
         p.add_argument("--max-seconds", type=float, default=600)
+        p.add_argument("--transport", choices=("tcp", "ws"), default="tcp")
         main(p.parse_args())

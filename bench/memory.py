@@ -30,9 +30,11 @@ trio.run(trio.serve_tcp, handle, int(sys.argv[1]))
 """
 
 
-async def ws_connect(port: int, token: str, source: str | None = None) -> trio.SocketStream:
+async def ws_connect(port: int, token: str, source: str | None = None
+                     ) -> tuple[trio.SocketStream, Connection]:
     """A WebSocket connection to /ws that sent Hello and got Synced (a raw wsproto client:
-    no task, no buffers of a client library in the way); the open stream."""
+    no task, no buffers of a client library in the way): the open stream, and the protocol
+    connection (its frames go in binary messages)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
     ws = WSConnection(ConnectionType.CLIENT)
     conn = Connection(Role.CLIENT, Framing.MESSAGE)
@@ -57,7 +59,7 @@ async def ws_connect(port: int, token: str, source: str | None = None) -> trio.S
                 if frame is PEER_CLOSED or isinstance(frame, F.Error):
                     raise EOFError(str(frame))
                 if isinstance(frame, F.Synced):
-                    return stream
+                    return stream, conn
     except BaseException:
         await stream.aclose()
         raise
@@ -73,7 +75,7 @@ async def open_idle(port: int, n: int, token: Any, transport: str = "tcp") -> li
             if token is None:
                 conns.append(await trio.open_tcp_stream("127.0.0.1", port))
             elif transport == "ws":
-                conns.append(await ws_connect(port, token(f"u{i}")))
+                conns.append((await ws_connect(port, token(f"u{i}")))[0])
             else:
                 conns.append(await RawClient.connect(port, token(f"u{i}"), wait_synced=True))
 
