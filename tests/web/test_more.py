@@ -79,3 +79,25 @@ def test_a_browser_and_the_python_sdk_on_the_same_node(node: Any, contexts: Any)
 
     assert trio.run(alice_reads) == ["from the browser"]
     expect(mine(bob, "from the browser")).to_have_attribute("data-status", "read")
+
+
+def test_a_long_backlog_arrives_whole_and_in_order(node: Any, contexts: Any) -> None:
+    n = 250
+    url = f"tcp://127.0.0.1:{node.tcp_port}"
+
+    async def alice_sends() -> None:
+        async with cc.connect(url, node.token("alice"), "sdk") as c:
+            for i in range(n):
+                await c.send("bob", f"b{i}")
+
+    trio.run(alice_sends)
+    bob = sign_in(contexts(), node, "bob")
+    expect(bob.get_by_test_id("chat-list").get_by_test_id("unread")).to_have_text(str(n))
+    open_listed(bob, "alice")
+    expect(bubbles(bob).last).to_have_text(f"b{n - 1}")
+    for _ in range(5):  # the newest are drawn first; scrolling up draws the rest
+        bob.get_by_test_id("messages").evaluate("el => el.scrollTop = 0")
+        if bubbles(bob).count() == n:
+            break
+        bob.wait_for_timeout(200)
+    expect(bubbles(bob)).to_have_text([f"b{i}" for i in range(n)])

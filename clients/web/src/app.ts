@@ -13,6 +13,8 @@ import {
 } from "./storage.js";
 
 const SENT = 1, DELIVERED = 2, READ = 3;
+const RENDER_MS = 40; // events within this are drawn together
+const SHOWN = 200; // rows of a conversation drawn at first; scrolling up draws more
 const ID = /^[A-Za-z0-9_.-]{1,64}$/;
 const MODE_NAMES = ["temporary", "permanent", "disappearing"];
 const enc = new TextEncoder();
@@ -38,6 +40,9 @@ class App {
   readBy: { seq: number; text: string } | null = null;
   root = document.getElementById("app")!;
   token = "";
+  renderTimer: ReturnType<typeof setTimeout> | null = null;
+  renderCost = 0; // ms the last render took
+  shown = SHOWN; // rows of the open conversation drawn (the newest); more on scrolling up
   viewer: { url: string; alt: string } | null = null; // a full image shown over the app
 
   async start(info: TokenInfo, wsUrl: string): Promise<void> {
@@ -125,7 +130,18 @@ class App {
         if (e.fatal && e.code === 3) forgetToken();
         break;
     }
-    this.render();
+    this.scheduleRender();
+  }
+
+  /** Draw once for whatever arrived within RENDER_MS: a backlog of a thousand messages into
+   *  the open conversation is then a few redraws, not a thousand (74 s -> see docs/WEB.md). */
+  scheduleRender(): void {
+    if (this.renderTimer !== null) return;
+    this.renderTimer = setTimeout(() => {
+      this.renderTimer = null;
+      this.render();
+      this.markRead();
+    }, Math.max(RENDER_MS, 4 * this.renderCost)); // (drawing takes at most ~1/5 of the time)
   }
 
   private describe(ev: Record<string, unknown>, sender: string): string {
@@ -178,7 +194,6 @@ class App {
     const puts: Array<["chats" | "messages" | "outbox", unknown]> = [["messages", msg], ["chats", chat]];
     await this.store.write(puts, this.outbox.has(e.id) && mine ? [["outbox", e.id]] : []);
     if (mine) this.outbox.delete(e.id);
-    this.markRead();
   }
 
   private async onReceipt(e: Extract<Event, { kind: "delivered" | "read" }>): Promise<void> {
@@ -318,6 +333,15 @@ class App {
   }
 
   olderHistory(conv: string): void {
+    if (this.msgs(conv).size + this.outbox.size > this.shown) { // drawn from what is here first
+      const list = document.querySelector(".messages");
+      const fromBottom = list ? list.scrollHeight - list.scrollTop : 0;
+      this.shown += SHOWN;
+      this.render();
+      const after = document.querySelector(".messages");
+      if (after) after.scrollTop = after.scrollHeight - fromBottom;
+      return;
+    }
     if (this.paging || this.historyMore.get(conv) === false || !this.client.connected) return;
     const known = [...this.msgs(conv).keys()];
     const before = known.length ? Math.min(...known) : undefined;
@@ -356,6 +380,7 @@ class App {
     const conv = m ? decodeURIComponent(m[1]!) : null;
     if (conv !== this.open) {
       this.open = conv;
+      this.shown = SHOWN;
       this.panel = "none";
       this.readBy = null;
       if (conv?.startsWith("d:")) this.client.watch([this.peer(conv)]);
@@ -369,6 +394,16 @@ class App {
   }
 
   render(): void {
+    const started = performance.now();
+    this.draw();
+    this.renderCost = performance.now() - started;
+  }
+
+  private draw(): void {
+    if (this.renderTimer !== null) {
+      clearTimeout(this.renderTimer);
+      this.renderTimer = null;
+    }
     const focused = document.activeElement as HTMLInputElement | HTMLSelectElement | null;
     const keep = focused?.dataset.keep ? { key: focused.dataset.keep, value: focused.value,
       start: "selectionStart" in focused ? focused.selectionStart : null,
@@ -479,7 +514,7 @@ class App {
     const rows: Array<{ seq: number; ts: number; m?: StoredMessage; o?: OutboxEntry }> = [
       ...[...this.msgs(conv).values()].map((m) => ({ seq: m.seq, ts: m.ts, m })),
       ...[...this.outbox.values()].filter((o) => o.conv === conv).map((o) => ({ seq: Infinity, ts: o.ts, o })),
-    ].sort((a, b) => a.seq - b.seq || a.ts - b.ts);
+    ].sort((a, b) => a.seq - b.seq || a.ts - b.ts).slice(-this.shown);
     const list = h("ol", { class: "messages", "data-testid": "messages", tabindex: 0,
       onscroll: (ev: globalThis.Event) => {
         if ((ev.target as HTMLElement).scrollTop < 30) this.olderHistory(conv);

@@ -45,6 +45,8 @@ export class Client {
   private timers: ReturnType<typeof setTimeout>[] = [];
   private lastHeard = 0;
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
+  private epoch = 0; // events handed over in an earlier epoch are not taken
+  private failedEpoch = -1;
 
   constructor(private readonly opts: ClientOptions) {}
 
@@ -180,20 +182,34 @@ export class Client {
     if (out.stop !== undefined) this.halt(out.stop);
   }
 
-  /** Hand the event to the application after the ones before it; take it once it is done. */
+  /** Hand the event to the application at once (in order), and take it once the application
+   *  is done with it and with every event before it (the application may work on several at
+   *  a time, e.g. store them in one transaction). If it fails on one, nothing after it is
+   *  taken either: the connection is renewed and the server sends them again. */
   private emit(event: Event): void {
-    this.queue = this.queue.then(async () => {
-      try {
-        await this.opts.onEvent(event);
-      } catch (exc) {
-        console.error("chatd: the application failed on an event", event, exc);
-        return; // not taken: it comes again after a reconnect
-      }
-      if ("q" in event) {
+    let done: Promise<boolean>;
+    try {
+      done = Promise.resolve(this.opts.onEvent(event)).then(() => true, (exc) => this.appFailed(event, exc));
+    } catch (exc) {
+      done = Promise.resolve(this.appFailed(event, exc));
+    }
+    const epoch = this.epoch;
+    this.queue = this.queue.then(() => done).then((ok) => {
+      if (ok && "q" in event && epoch === this.epoch) {
         this.delivery.take(event.q);
         this.scheduleAck();
       }
     });
+  }
+
+  private appFailed(event: Event, exc: unknown): boolean {
+    console.error("chatd: the application failed on an event", event, exc);
+    if (this.epoch === this.failedEpoch) return false;
+    this.failedEpoch = this.epoch;
+    this.epoch += 1; // nothing handed over before this is taken any more
+    this.delivery.maxQ = this.delivery.taken; // what was not taken is no repeat: it comes again
+    if (this.connected) this.lost("the application failed on an event: renewing the connection");
+    return false;
   }
 
   private scheduleAck(): void {
