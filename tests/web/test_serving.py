@@ -4,7 +4,10 @@ WebSocket endpoint's Origin check, over real sockets."""
 from __future__ import annotations
 
 import http.client
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,3 +152,12 @@ def test_origin_rules() -> None:
     assert not origin_allowed("http://h:8443", "h:7778", (), 8443, True)
     assert not origin_allowed("http://[::1]:80", "h", (), 80, False)
 
+
+
+def test_chatd_token_prints_a_sign_in_link(tmp_path: Path) -> None:
+    env = {**os.environ, "CHATD_HTTP_PORT": "7999"}
+    out = subprocess.run([sys.executable, "-m", "chatd", "token", "alice", "--data-dir",
+                          str(tmp_path)], capture_output=True, text=True, env=env, check=True)
+    token = out.stdout.strip()
+    assert token and "\n" not in token  # $(chatd token alice) is still the token
+    assert f"http://127.0.0.1:7999/#token={token}" in out.stderr
