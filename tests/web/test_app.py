@@ -207,3 +207,7 @@ def test_readable_on_a_phone(node: Any, contexts: Any) -> None:
     shot(alice, "web-phone")
     alice.get_by_label("back to chats").click()
     expect(alice.get_by_test_id("chat-list")).to_be_visible()
+    alice.get_by_test_id("chat-list").locator("a.chat").first.click()
+    expect(alice.get_by_test_id("chat-list")).to_be_hidden()
+    alice.keyboard.press("Escape")  # keyboard: Escape goes back too
+    expect(alice.get_by_test_id("chat-list")).to_be_visible()

@@ -59,6 +59,16 @@ class App {
     window.addEventListener("hashchange", () => this.route());
     window.addEventListener("pagehide", () => this.client.close("page closed"));
     document.addEventListener("visibilitychange", () => this.markRead());
+    document.addEventListener("keydown", (ev) => { // Escape: close what is open, then the chat
+      if (ev.key !== "Escape" || this.viewer) return;
+      if (this.panel !== "none" || this.readBy) {
+        this.panel = "none";
+        this.readBy = null;
+        this.render();
+      } else if (this.open) {
+        location.hash = "#";
+      }
+    });
     this.route();
   }
 
