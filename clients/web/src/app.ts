@@ -6,7 +6,7 @@
 import { Client, type Event } from "./client.js";
 import { clear, clock, h, lastSeenText } from "./dom.js";
 import { compress, fullUrl, previewUrl, sha256, upload } from "./media.js";
-import { codeName, type Decoded, type Frame, type Media, Mode } from "./protocol/index.js";
+import { actionOf, codeName, type Decoded, type Frame, type Media, Mode } from "./protocol/index.js";
 import {
   deviceName, forgetToken, LocalStore, type OutboxEntry, readToken, saveToken, type StoredChat,
   type StoredMessage, takeToken, type TokenInfo,
@@ -127,6 +127,7 @@ class App {
       case "synced":
         break;
       case "error":
+        if (actionOf(e.code) === "reconnect") break; // (the status line says it reconnects)
         this.alert = { text: `${e.name === "PROTOCOL" ? "protocol error" : e.name}: ${e.message}`,
           fatal: e.fatal };
         if (e.ref) {
@@ -549,7 +550,7 @@ class App {
           input.value = "";
           void this.say(text);
         } },
-        h("label", { class: "attach", title: "send a photo" }, "📷",
+        h("label", { class: "attach", title: "send a photo" }, "Photo",
           h("input", { type: "file", accept: "image/*", "aria-label": "attach a photo", class: "file",
             onchange: (ev: globalThis.Event) => {
               const input = ev.target as HTMLInputElement;
@@ -574,7 +575,7 @@ class App {
       return h("li", { class: "msg mine", "data-status": "pending", "data-id": o.id },
         ...this.thumbs(o.media ?? []),
         h("span", { class: "body" }, o.text),
-        h("span", { class: "meta" }, clock(o.ts), " ", h("span", { class: "tick", title: "waiting to be sent" }, "🕓")));
+        h("span", { class: "meta" }, clock(o.ts), " ", h("span", { class: "tick", title: "waiting to be sent" }, "◷")));
     }
     const msg = m!;
     if (msg.event) return h("li", { class: "msg event", "data-seq": msg.seq }, msg.text);
