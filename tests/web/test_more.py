@@ -19,6 +19,8 @@ def test_history_pages_in_as_bob_scrolls_up_on_a_new_device(node: Any, contexts:
     alice.get_by_label("chat mode").select_option("permanent")
     alice.get_by_role("button", name="Set").click()
     expect(alice.get_by_label("chat mode")).to_have_value("1")  # permanent: the server said Ok
+    # (the chat event goes to bob; alice's app reads it back from the chat's history)
+    expect(alice.get_by_test_id("messages")).to_contain_text("alice made the chat permanent")
     sent = [f"line {i}" for i in range(1, 71)]
     for text in sent:
         say(alice, text)

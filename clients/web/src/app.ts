@@ -334,7 +334,31 @@ class App {
   }
 
   groupAction(make: (rid: number) => Frame): Promise<void> {
-    return this.client.request<Decoded<"Group">>(make).then((g) => this.gotGroup(g)).catch((err) => this.fail(err));
+    return this.client.request<Decoded<"Group">>(make).then((g) => {
+      this.gotGroup(g);
+      this.recent(`g:${g.group}`);
+    }).catch((err) => this.fail(err));
+  }
+
+  /** The newest page of a chat, merged in: the chat events of one's own changes come to the
+   *  other members, not to the device that made them. */
+  recent(conv: string): void {
+    this.client.request<Decoded<"HistoryPage">>((rid) => ({ type: "History", rid, conv, before: null, limit: 20 }))
+      .then((page) => this.merge(conv, page)).catch(() => { /* (not a member any more) */ });
+  }
+
+  async merge(conv: string, page: Decoded<"HistoryPage">): Promise<void> {
+    const puts: Array<["messages", unknown]> = [];
+    for (const it of page.items) {
+      if (this.msgs(conv).has(it.seq)) continue;
+      const text = it.event ? this.describe(it.event, it.sender) : dec.decode(it.body);
+      const m: StoredMessage = { conv, seq: it.seq, ts: it.ts, sender: it.sender, id: it.id, text,
+        event: it.event, status: it.sender === this.me ? SENT : 0, media: it.media };
+      this.msgs(conv).set(it.seq, m);
+      puts.push(["messages", m]);
+    }
+    await this.store.write(puts);
+    this.scheduleRender();
   }
 
   fail(err: unknown): void {
@@ -360,17 +384,8 @@ class App {
     this.paging = true;
     this.client.request<Decoded<"HistoryPage">>((rid) => ({ type: "History", rid, conv, before: before ?? null, limit: 50 }))
       .then(async (page) => {
-        const puts: Array<["messages", unknown]> = [];
-        for (const it of page.items) {
-          if (this.msgs(conv).has(it.seq)) continue;
-          const text = it.event ? this.describe(it.event, it.sender) : dec.decode(it.body);
-          const m: StoredMessage = { conv, seq: it.seq, ts: it.ts, sender: it.sender, id: it.id, text,
-            event: it.event, status: it.sender === this.me ? SENT : 0, media: it.media };
-          this.msgs(conv).set(it.seq, m);
-          puts.push(["messages", m]);
-        }
         this.historyMore.set(conv, page.more);
-        await this.store.write(puts);
+        await this.merge(conv, page);
         const list = document.querySelector(".messages");
         const fromBottom = list ? list.scrollHeight - list.scrollTop : 0;
         this.render();
@@ -626,6 +641,7 @@ class App {
           chat.ttl = ttl;
           void this.store.write([["chats", chat]]);
           if (chat.group) this.refreshGroup(chat.group);
+          this.recent(chat.conv);
           this.render();
         }).catch((err) => this.fail(err));
     } }, h("label", { for: "mode" }, "Mode"), modeSelect,
