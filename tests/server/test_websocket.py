@@ -260,3 +260,17 @@ async def test_messages_cut_anywhere_and_fragmented_arrive_whole(server: ChatSer
     assert seqs == [1, 2, 3, 4]
     if not pongs:
         assert isinstance(await c.event(), Pong)
+
+
+async def test_an_idle_connection_is_told_of_a_shutdown(start: Any) -> None:
+    """The pump waits in a read when the node stops: it is cancelled there, cleanly."""
+    server = await start(shutdown_grace=0.5)
+    c = await Client.open(server)
+    await c.accepted()
+    await c.hello(server)
+    server.stop()
+    error = await c.frame()
+    assert isinstance(error, F.Error) and error.code == ErrorCode.SHUTTING_DOWN
+    with trio.fail_after(5):
+        await server.stopped.wait()
+    assert not server.sessions()
