@@ -2,8 +2,8 @@
 listener, and the Origin check of the WebSocket endpoint."""
 
 from .app import WebApp, find_bundle, sign_in_link, with_web
-from .origins import origin_allowed, parse_origins, request_origin, ws_request_allowed
+from .origins import origin_allowed, parse_origins, request_origin
 
 __all__ = ["WebApp", "find_bundle", "origin_allowed", "parse_origins", "request_origin",
            "sign_in_link",
-           "with_web", "ws_request_allowed"]
+           "with_web"]

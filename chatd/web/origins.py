@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
 from urllib.parse import urlsplit
 
 log = logging.getLogger("chatd.web")
@@ -79,9 +78,3 @@ def request_origin(headers: list[tuple[bytes, bytes]]) -> str | None:
             return value.decode("latin-1")
     return None
 
-
-def ws_request_allowed(request: Any, ws_origins: str, http_port: int, tls: bool) -> bool:
-    """The check for a trio-websocket request (its headers and the Host it asked for)."""
-    host = getattr(getattr(request, "_event", None), "host", "") or ""
-    return origin_allowed(request_origin(request.headers), host, parse_origins(ws_origins),
-                          http_port, tls)
