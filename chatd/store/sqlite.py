@@ -59,6 +59,11 @@ RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks with
 SCHEMA_VERSION: Final = 6
 COLLECT_LIMIT: Final = 10_000  # messages looked at per expiry rule per collect pass
 FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
+# An Ack (a cursor moving on, and the DELIVERED receipts it makes) waits this long for other
+# writes to share its commit: at low rates a message's two Acks would otherwise cost two
+# commits and two thread hand-offs of their own (docs/PROFILE.md). Nothing waits on an Ack
+# but the device's next Read, and a lost Ack costs only a redelivery the device drops.
+ACK_DELAY: Final = 0.01
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -141,6 +146,7 @@ class _Op:
     result: Any = None
     error: BaseException | None = None
     ids: list[tuple[str, str]] | None = None  # (sender, client id) keys it will look up
+    lazy: bool = False  # an Ack: it waits up to ACK_DELAY for other writes to share a commit
 
 
 @dataclasses.dataclass(slots=True)
@@ -236,7 +242,8 @@ class SqliteStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
         self._queue: list[_Op] = []
-        self._wake = trio.Event()
+        self._wake = trio.Event()  # an operation is queued
+        self._urgent = trio.Event()  # one that is not an Ack is
         self._closed = False
         self.on_append: AppendListener | None = None
         self.on_batch: Callable[[float], None] | None = None  # seconds each batch took
@@ -308,6 +315,10 @@ class SqliteStore:
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()
+                if not self._urgent.is_set():  # only Acks so far: let others ride along
+                    with trio.move_on_after(ACK_DELAY):
+                        await self._urgent.wait()
+                self._urgent = trio.Event()
                 while self._queue:
                     batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                     started = trio.current_time()
@@ -410,12 +421,14 @@ class SqliteStore:
         return sum(len(j.recipients) - j.done for j in self._jobs)
 
     async def _do(self, fn: Callable[[sqlite3.Connection], T],
-                  ids: list[tuple[str, str]] | None = None) -> T:
+                  ids: list[tuple[str, str]] | None = None, lazy: bool = False) -> T:
         if self._closed:
             raise StoreError("store is closed")
-        op = _Op(fn, ids=ids)
+        op = _Op(fn, ids=ids, lazy=lazy)
         self._queue.append(op)
         self._wake.set()
+        if not lazy:
+            self._urgent.set()
         await op.done.wait()
         if op.error is not None:
             raise op.error
@@ -548,6 +561,7 @@ class SqliteStore:
                              " client_id=?", key).fetchone()
         if row is not None:
             return Appended(row[0], row[1], row[2], duplicate=True)
+        self._ensure_user(db, msg.sender)  # (its receipts go to known users only)
         seq = self._last_seq_of(db, msg.conv) + 1
         self._last_seq[msg.conv] = self._buf.last_seq[msg.conv] = seq
         buf = self._buf
@@ -1005,7 +1019,7 @@ class SqliteStore:
                 items += self._advance_all(db, conv, user, ts)
             return Appended(items=tuple(items))
 
-        return await self._do(op)
+        return await self._do(op, lazy=True)
 
     async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:
         def op(db: sqlite3.Connection) -> Appended:

@@ -63,3 +63,37 @@ async def test_a_database_from_a_newer_chatd_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="newer"):
         async with open_store(url):
             pass
+
+
+async def test_an_ack_shares_the_commit_of_the_next_write(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """An Ack does not get a commit (and a thread hand-off) of its own when another write
+    comes within ACK_DELAY: at low rates a message's two Acks used to cost two more commits
+    (docs/PROFILE.md). It is still durable when it returns."""
+    import trio
+
+    monkeypatch.setattr(sqlite_store, "ACK_DELAY", 30.0)  # (a send always comes first here)
+    async with open_store(f"sqlite://{tmp_path}/db.sqlite") as store:
+        assert isinstance(store, sqlite_store.SqliteStore)
+        await store.attach_device("bob", "phone")
+        await store.attach_device("alice", "phone")
+        await store.append_message(msg(0))
+        before = store.batches
+        acked = trio.Event()
+
+        async def ack() -> None:
+            await store.ack("bob", "phone", 1, ts=2)
+            acked.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ack)
+            await trio.sleep(0.2)  # the writer is idle, the Ack waits for company
+            assert not acked.is_set()
+            await store.append_message(msg(1))  # ... which this send is
+        assert acked.is_set() and store.batches == before + 1
+        assert await store.cursor("bob", "phone") == 1
+        monkeypatch.setattr(sqlite_store, "ACK_DELAY", 0.05)
+        before = store.batches
+        r = await store.ack("alice", "phone", 1, ts=3)  # alone: committed after the delay
+        assert [type(i) for _, i in r.items] == [] and store.batches == before + 1
