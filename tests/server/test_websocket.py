@@ -274,3 +274,26 @@ async def test_an_idle_connection_is_told_of_a_shutdown(start: Any) -> None:
     with trio.fail_after(5):
         await server.stopped.wait()
     assert not server.sessions()
+
+
+async def test_pongs_and_frames_take_turns_on_the_socket(server: ChatServer) -> None:
+    """Pings (answered by the reader) amid sends (answered by the writer): both answered."""
+    c = await Client.open(server)
+    await c.accepted()
+    await c.hello(server)
+    n = 80  # (under the default burst of sends)
+    wire = b"".join(c.ws.send(BytesMessage(c.conn.send(F.Send(id=f"m{i}", to="bob",
+                                                                body=b"hi"))))
+                    + c.ws.send(Ping(b"%d" % i)) for i in range(n))
+    await c.stream.send_all(wire)
+    sent = pongs = 0
+    while sent < n or pongs < n:
+        while (ev := c.conn.next_event()) is NEED_DATA:
+            msg = await c.event()
+            if isinstance(msg, Pong):
+                pongs += 1
+                continue
+            assert isinstance(msg, BytesMessage), msg
+            c.conn.receive_data(msg.data)
+        sent += isinstance(ev, F.Sent)
+    assert (sent, pongs) == (n, n)
