@@ -40,6 +40,7 @@ class App {
   readBy: { seq: number; text: string } | null = null;
   root = document.getElementById("app")!;
   token = "";
+  device = "";
   renderTimer: ReturnType<typeof setTimeout> | null = null;
   renderCost = 0; // ms the last render took
   shown = SHOWN; // rows of the open conversation drawn (the newest); more on scrolling up
@@ -52,7 +53,8 @@ class App {
     for (const c of await this.store.all<StoredChat>("chats")) this.chats.set(c.conv, c);
     for (const m of await this.store.all<StoredMessage>("messages")) this.msgs(m.conv).set(m.seq, m);
     for (const o of await this.store.all<OutboxEntry>("outbox")) this.outbox.set(o.id, o);
-    this.client = new Client({ url: wsUrl, token: info.token, device: info.device ?? deviceName(),
+    this.device = info.device ?? deviceName();
+    this.client = new Client({ url: wsUrl, token: info.token, device: this.device,
       onEvent: (e) => this.onEvent(e) });
     this.client.start();
     for (const o of [...this.outbox.values()].sort((a, b) => a.ts - b.ts)) this.dispatch(o);
@@ -283,7 +285,7 @@ class App {
 
   async showImage(m: Media): Promise<void> {
     try {
-      this.viewer = { url: await fullUrl(m, this.token), alt: `photo, ${m.width}×${m.height}` };
+      this.viewer = { url: await fullUrl(m, this.token, this.device), alt: `photo, ${m.width}×${m.height}` };
       this.render();
     } catch (err) {
       this.fail(err);

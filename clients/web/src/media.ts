@@ -60,11 +60,14 @@ export function previewUrl(m: Media): string {
   return m.preview && m.preview.length ? objectUrl(`pv:${m.id}`, m.preview, "image/jpeg") : "";
 }
 
-/** The full image, downloaded with the device's token (only members of the chat get it). */
-export async function fullUrl(m: Media, token: string): Promise<string> {
+/** The full image, downloaded with the device's token (only members of the chat get it). The
+ *  device is named too (X-Chatd-Device), for a token that names none: in a TEMPORARY chat the
+ *  server forgets an image once every recipient device has downloaded it. */
+export async function fullUrl(m: Media, token: string, device: string): Promise<string> {
   const cached = urls.get(`full:${m.id}`);
   if (cached) return cached;
-  const r = await fetch(`/v1/media/${encodeURIComponent(m.id)}`, { headers: { Authorization: `Bearer ${token}` } });
+  const r = await fetch(`/v1/media/${encodeURIComponent(m.id)}`,
+    { headers: { Authorization: `Bearer ${token}`, "X-Chatd-Device": device } });
   if (!r.ok) throw new Error(`the image could not be downloaded (${r.status}): ${(await r.text()).trim()}`);
   return objectUrl(`full:${m.id}`, await r.blob(), m.mime);
 }
