@@ -267,45 +267,41 @@ async def group_leave(node: Node, dev: Device, ev: F.GroupLeave) -> None:
         dev.send_frame(F.Ok(rid=ev.rid))
 
 
+async def _change(node: Node, dev: Device, group: str, rid: int,
+                  check: Callable[[GroupInfo], Refusal | None], action: str, count: int,
+                  **change: Any) -> None:
+    """A membership or name change, if the device's user is a member and `check` allows it:
+    answered with the group as it is now."""
+    info = await group_for(node, dev, group, rid=rid)
+    if info is None:
+        return
+    problem = check(info)
+    if problem is not None:
+        refuse(dev, problem, rid=rid)
+        return
+    _send_group(dev, rid, await node.store.change_group(info.group, dev.user, now_ms(),
+                                                       **change))
+    analytics.group_changed(dev.user, info.group, action, count)
+
+
 async def group_add(node: Node, dev: Device, ev: F.GroupAdd) -> None:
     if await _unknown_users(node, dev, ev.users, ev.rid):
         return
-    info = await group_for(node, dev, ev.group, rid=ev.rid)
-    if info is None:
-        return
-    problem = group_rules.may_add(info, dev.user, ev.users, node.config.group_max_members)
-    if problem is not None:
-        refuse(dev, problem, rid=ev.rid)
-        return
-    _send_group(dev, ev.rid, await node.store.change_group(info.group, dev.user, now_ms(),
-                                                          add=ev.users))
-    analytics.group_changed(dev.user, info.group, "add", len(ev.users))
+    limit = node.config.group_max_members
+    await _change(node, dev, ev.group, ev.rid,
+                  lambda info: group_rules.may_add(info, dev.user, ev.users, limit),
+                  "add", len(ev.users), add=ev.users)
 
 
 async def group_remove(node: Node, dev: Device, ev: F.GroupRemove) -> None:
-    info = await group_for(node, dev, ev.group, rid=ev.rid)
-    if info is None:
-        return
-    problem = group_rules.may_remove(info, dev.user, ev.users)
-    if problem is not None:
-        refuse(dev, problem, rid=ev.rid)
-        return
-    _send_group(dev, ev.rid, await node.store.change_group(info.group, dev.user, now_ms(),
-                                                          remove=ev.users))
-    analytics.group_changed(dev.user, info.group, "remove", len(ev.users))
+    await _change(node, dev, ev.group, ev.rid,
+                  lambda info: group_rules.may_remove(info, dev.user, ev.users),
+                  "remove", len(ev.users), remove=ev.users)
 
 
 async def group_rename(node: Node, dev: Device, ev: F.GroupRename) -> None:
-    info = await group_for(node, dev, ev.group, rid=ev.rid)
-    if info is None:
-        return
-    problem = group_rules.may_rename(info, dev.user)
-    if problem is not None:
-        refuse(dev, problem, rid=ev.rid)
-        return
-    _send_group(dev, ev.rid, await node.store.change_group(info.group, dev.user, now_ms(),
-                                                          name=ev.name))
-    analytics.group_changed(dev.user, info.group, "rename")
+    await _change(node, dev, ev.group, ev.rid, lambda info: group_rules.may_rename(info, dev.user),
+                  "rename", 0, name=ev.name)
 
 
 async def set_mode(node: Node, dev: Device, ev: F.SetMode) -> None:
