@@ -95,6 +95,7 @@ class RedisPeers:
         self.healthy = trio.Event()
         self.store: FanoutJobs | None = store if isinstance(store, FanoutJobs) else None
         self._fanouts: list[tuple[str, int]] = []  # jobs to add to the stream
+        self._missed: set[str] = set()  # users whose items Redis did not take: poked later
         self.fanout_lag = 0  # jobs in the stream not yet read or not yet acknowledged
 
     # ---- what the node calls ----------------------------------------------------------------
@@ -156,9 +157,17 @@ class RedisPeers:
                         if not first:
                             log.warning("redis is back: re-registering, devices resync")
                             handler.peer_poke(sorted({u for u, _ in self._attached}))
+                            for user in sorted(self._missed):  # their nodes: read the store
+                                self.outbox.poke(user)
+                            self._missed.clear()
                         first = False
                         self.healthy.set()
-                    await self._heartbeat()
+                        self._wake.set()  # (what _join and the pokes above queued: send it)
+                    if not await self._heartbeat():
+                        log.warning("redis lost this node's keys (restarted empty?):"
+                                    " re-registering, devices resync")
+                        self._unhealthy()
+                        continue  # join again now, not a heartbeat later
             except REDIS_ERRORS as exc:
                 if self.healthy.is_set():
                     log.warning("redis unreachable (%r): serving local devices, retrying", exc)
@@ -194,14 +203,18 @@ class RedisPeers:
         await r.hset("chatd:nodes", {self.node_id: self.boot})
         # peers forget what this node said about presence before a restart
         self.outbox.hello()
-        self._wake.set()
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self) -> bool:
+        """False if this node's liveness key was gone: Redis lost what the node wrote (it
+        restarted empty, or the node was paused past NODE_TTL), so the registry has none of
+        its devices. A node that had no request fail while Redis was away learns it here."""
         r = self.redis
-        await r.set(f"chatd:node:{self.node_id}", self.boot, ex=NODE_TTL)
+        was = await r.set(f"chatd:node:{self.node_id}", self.boot, ex=NODE_TTL, get=True)
+        if was is None or _s(was) != self.boot:
+            return False
         await self._refresh_live()
         if time.monotonic() - self._ttl_at < REGISTRY_TTL / 3:
-            return
+            return True
         self._ttl_at = time.monotonic()
         # every registered device's TTL, a third of the way through it (a pipeline per 5,000)
         users = sorted({u for u, _ in self._attached})
@@ -210,6 +223,7 @@ class RedisPeers:
                 for u in users[i : i + 5000]:
                     p.expire(f"chatd:u:{u}", REGISTRY_TTL)
         await r.expire(f"chatd:nu:{self.node_id}", REGISTRY_TTL * 2)
+        return True
 
     async def _refresh_live(self) -> None:
         """Which nodes are alive (a node's liveness key expires NODE_TTL after its last
@@ -298,8 +312,10 @@ class RedisPeers:
             await self._wake.wait()
             self._wake = trio.Event()
             await trio.lowlevel.checkpoint()  # gather what this tick adds
-            if not self.healthy.is_set():
-                self.outbox.take()  # Redis is away: devices resync when it is back
+            if not self.healthy.is_set():  # Redis is away: this node's devices resync when
+                items, pokes, _ = self.outbox.split()  # it is back, and the users of what
+                self._missed.update(u for u, _ in items)  # it could not pass on are poked
+                self._missed.update(pokes)
                 continue
             try:
                 with trio.fail_after(5):
@@ -329,6 +345,15 @@ class RedisPeers:
         if not self.outbox:
             return
         items, pokes, other = self.outbox.split()
+        try:
+            await self._pass_on(items, pokes, other)
+        except BaseException:  # (Redis failed: poke these users' nodes when it is back)
+            self._missed.update(u for u, _ in items)
+            self._missed.update(pokes)
+            raise
+
+    async def _pass_on(self, items: list[tuple[str, bytes]], pokes: list[str],
+                       other: list[list[Any]]) -> None:
         if other:  # broadcasts must reach a node that joined a moment ago: ask Redis now
             await self._refresh_live()
         routes = await self._routes_for({u for u, _ in items} | set(pokes))
@@ -428,8 +453,10 @@ class RedisPeers:
                         self._last_id = _s(info[0].identifier) if info else "0-0"
                 got = await self.redis.xread({key: self._last_id}, count=500, block=1000)
             except REDIS_ERRORS as exc:
+                # Read on from the last entry read, once Redis answers again: stream ids grow
+                # with Redis's clock, so what peers add after a restart (even an empty one)
+                # comes after it ("$" would skip what they added before this read)
                 log.debug("redis read failed: %r", exc)
-                self._last_id = "$"
                 await trio.sleep(0.5)
                 continue
             for entries in (got or {}).values():

@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from chatd.auth import load_or_create_secret, make_token
+from chatd.router.redis import ROUTE_TTL
 from chatd.server import Config
 from chatd.server.app import serve
 
@@ -104,6 +105,102 @@ async def test_redis_restart_mid_run(redis: RedisServer | RedisCluster,
         # added again from the store when the nodes rejoined
         await alice.send("bob", "after")
         assert (await messages(bob, 1, timeout=20))[0].text == "after"
+
+
+async def test_a_node_that_saw_no_error_notices_redis_came_back_empty(
+        redis: RedisServer | RedisCluster, nodes: list[Node]) -> None:
+    """Redis restarted empty between two heartbeats, and no request of bob's node failed
+    meanwhile: the node used to carry on as if nothing happened, its devices gone from the
+    registry, so what alice sent afterwards reached bob only when he reconnected. Its
+    heartbeat now sees its own key gone, and it registers its devices again."""
+    if isinstance(redis, RedisCluster):
+        pytest.skip("restarting one server of the cluster is not this test")
+    n0, n1, _ = nodes
+    async with n0.connect("alice") as alice, n1.connect("bob") as bob:
+        await first(bob, cc.Synced)
+        await alice.send("bob", "before")
+        assert [m.text for m in await messages(bob, 1)] == ["before"]
+        redis.stop()
+        redis.start()  # (blocks: no node runs while Redis is away)
+        await trio.sleep(ROUTE_TTL + 1)  # (past the route alice's node has cached)
+        await alice.send("bob", "after")
+        assert [m.text for m in await messages(bob, 1, timeout=15)] == ["after"]
+
+
+class CuttableProxy:
+    """A TCP proxy in front of Redis whose connections the test cuts: Redis goes away for one
+    node only, the others carry on."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self.down = False
+        self._scopes: set[trio.CancelScope] = set()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    def cut(self) -> None:
+        self.down = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        async with client:
+            if self.down:
+                return
+            async with await trio.open_tcp_stream("127.0.0.1", self.target) as upstream, \
+                    trio.open_nursery() as nursery:
+                self._scopes.add(nursery.cancel_scope)
+
+                async def pump(a: trio.SocketStream, b: trio.SocketStream) -> None:
+                    with contextlib.suppress(trio.BrokenResourceError,
+                                             trio.ClosedResourceError):
+                        while data := await a.receive_some(65536):
+                            await b.send_all(data)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(pump, client, upstream)
+                nursery.start_soon(pump, upstream, client)
+            self._scopes.discard(nursery.cancel_scope)
+
+
+async def test_what_one_node_could_not_pass_on_reaches_the_other_node_when_redis_is_back(
+        redis: RedisServer | RedisCluster, tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Redis away for alice's node only: what she sent meanwhile is stored (Sent) but could
+    not be handed to bob's node, which saw nothing wrong and had no reason to re-read the
+    store. Alice's node used to drop those items; now, when Redis answers again, it has the
+    nodes of their users re-read the store."""
+    if isinstance(redis, RedisCluster):
+        pytest.skip("one proxied Redis is this test")
+    proxy = CuttableProxy(int(redis.url.rpartition(":")[2]))
+    await nursery.start(proxy.run)
+    data = tmp_path / "data"
+    load_or_create_secret(str(data))
+    run = secrets.token_hex(3)
+    nodes = []
+    for i, url in enumerate([f"redis://127.0.0.1:{proxy.port}", redis.url]):
+        cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
+                     node_id=f"{run}-n{i}", redis=url)
+        server = await nursery.start(lambda task_status, c=cfg: serve(
+            c, task_status=task_status))
+        nodes.append(Node(server, cfg))
+    await nodes[0].add_users("alice", "bob")
+    async with nodes[0].connect("alice") as alice, nodes[1].connect("bob") as bob:
+        await first(bob, cc.Synced)
+        await alice.send("bob", "before")
+        assert [m.text for m in await messages(bob, 1)] == ["before"]
+        await trio.sleep(ROUTE_TTL + 1.5)  # (past the re-read that follows a registration)
+        proxy.cut()
+        for i in range(3):
+            assert (await alice.send("bob", f"blip {i}")).seq  # stored
+            await trio.sleep(0.3)
+        proxy.down = False
+        got = await messages(bob, 3, timeout=15)
+        assert [m.text for m in got] == [f"blip {i}" for i in range(3)]
 
 
 async def test_live_delivery_across_nodes_resumes_after_a_long_redis_outage(
