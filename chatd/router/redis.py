@@ -29,7 +29,11 @@ and its new node has it read the store once more ROUTE_TTL + 1 s after registeri
 no node can still hold the old route. When Redis is unreachable the node keeps serving its own
 devices and retries; when Redis comes back (restarted, maybe empty) the node registers its
 devices again and has every local device re-read the store, so whatever crossed Redis while it
-was away is delivered.
+was away is delivered. A node none of whose requests failed learns that Redis lost its keys
+from its next heartbeat (SET ... GET of its own liveness key finds nothing) and does the same.
+What a node could not hand on while Redis was away for it (maybe for it alone), it hands on as
+pokes to its users' nodes when Redis is back, and they have those users re-read the store. The
+stream reader reads on from the last entry it read (stream ids grow with Redis's clock).
 """
 
 from __future__ import annotations
