@@ -356,7 +356,7 @@ class CassandraStore:
         """Give back the fan-out jobs this node was running (so another node, or this one
         restarted, carries on at once instead of after the lease), then disconnect."""
         self._closed = True
-        with trio.move_on_after(2):
+        with trio.move_on_after(5):  # (a lightweight transaction each: slow when busy)
             for key in list(self._owned):
                 try:
                     await self.db.run("job_release", (*key, self.node_id))
