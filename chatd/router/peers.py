@@ -48,6 +48,10 @@ class PeerHandler(Protocol):
 
     def peer_privacy(self, user: str, hidden: bool) -> None: ...
 
+    def peers_rejoined(self) -> None:
+        """This process is back in touch with its peers after an outage (Redis away), and
+        has told them to forget what it said about presence: say it again."""
+
 
 class Outbox:
     """Peer news gathered until the next flush, then packed into messages of bounded size.

@@ -61,6 +61,7 @@ STREAM_MAXLEN: Final = 100_000
 FANOUT_STREAM: Final = "chatd:fanout"
 FANOUT_GROUP: Final = "chatd"
 FANOUT_CLAIM_MS: Final = 30_000  # a job unacknowledged this long is taken over
+MAX_HELD: Final = 100_000  # kicks and privacy changes kept while Redis is away
 REDIS_ERRORS: Final = (coredis.exceptions.RedisError, OSError, trio.BrokenResourceError,
                        trio.ClosedResourceError, trio.TooSlowError)
 
@@ -100,6 +101,7 @@ class RedisPeers:
         self.store: FanoutJobs | None = store if isinstance(store, FanoutJobs) else None
         self._fanouts: list[tuple[str, int]] = []  # jobs to add to the stream
         self._missed: set[str] = set()  # users whose items Redis did not take: poked later
+        self._held: dict[tuple[str, ...], list[Any]] = {}  # kicks, privacy: sent when back
         self.fanout_lag = 0  # jobs in the stream not yet read or not yet acknowledged
 
     # ---- what the node calls ----------------------------------------------------------------
@@ -164,6 +166,15 @@ class RedisPeers:
                             for user in sorted(self._missed):  # their nodes: read the store
                                 self.outbox.poke(user)
                             self._missed.clear()
+                        # peers forget what this node said about presence before (a restart,
+                        # or news lost while Redis was away); then what it holds, and who is
+                        # online here (no await from here to healthy: all go out together)
+                        self.outbox.hello()
+                        for m in self._held.values():
+                            self.outbox.raw(m)
+                        self._held.clear()
+                        if not first:
+                            handler.peers_rejoined()
                         first = False
                         self.healthy.set()
                         self._wake.set()  # (what _join and the pokes above queued: send it)
@@ -205,8 +216,6 @@ class RedisPeers:
             self._fanouts.extend(await self.store.pending_fanouts())
         await r.set(f"chatd:node:{self.node_id}", self.boot, ex=NODE_TTL)
         await r.hset("chatd:nodes", {self.node_id: self.boot})
-        # peers forget what this node said about presence before a restart
-        self.outbox.hello()
 
     async def _heartbeat(self) -> bool:
         """False if this node's liveness key was gone: Redis lost what the node wrote (it
@@ -317,9 +326,10 @@ class RedisPeers:
             self._wake = trio.Event()
             await trio.lowlevel.checkpoint()  # gather what this tick adds
             if not self.healthy.is_set():  # Redis is away: this node's devices resync when
-                items, pokes, _ = self.outbox.split()  # it is back, and the users of what
-                self._missed.update(u for u, _ in items)  # it could not pass on are poked
-                self._missed.update(pokes)
+                items, pokes, other = self.outbox.split()  # it is back, and the users of
+                self._missed.update(u for u, _ in items)  # what it could not pass on are
+                self._missed.update(pokes)  # poked; kicks and privacy changes wait
+                self._hold(other)
                 continue
             try:
                 with trio.fail_after(5):
@@ -354,7 +364,19 @@ class RedisPeers:
         except BaseException:  # (Redis failed: poke these users' nodes when it is back)
             self._missed.update(u for u, _ in items)
             self._missed.update(pokes)
+            self._hold(other)
             raise
+
+    def _hold(self, other: list[list[Any]]) -> None:
+        """News for every peer that Redis did not take, kept (the latest per user, or per
+        device for kicks) until it is back: a privacy change must hold on every node, and an
+        older connection of a device that connected here must end. Presence is told afresh
+        when Redis is back (peers_rejoined), hellos are sent again."""
+        for m in other:
+            if m[0] == "v" and len(self._held) < MAX_HELD:
+                self._held[("v", m[2])] = m
+            elif m[0] == "k" and len(self._held) < MAX_HELD:
+                self._held[("k", m[2], m[3])] = m
 
     async def _pass_on(self, items: list[tuple[str, bytes]], pokes: list[str],
                        other: list[list[Any]]) -> None:
@@ -484,6 +506,7 @@ class _Joined:
         self.peer_presence = handler.peer_presence
         self.peer_restarted = handler.peer_restarted
         self.peer_privacy = handler.peer_privacy
+        self.peers_rejoined = handler.peers_rejoined
 
     def peer_kick(self, user: str, device: str, at: int) -> None:
         log.debug("kick %s/%s", user, device)

@@ -204,6 +204,9 @@ class ChatServer:
     def peer_kick(self, user: str, device: str, at: int) -> None:
         self._replace(user, device)
 
+    def peers_rejoined(self) -> None:
+        self.presence.retell()
+
     def peer_restarted(self, origin: str) -> None:
         self.presence.forget(origin)
 

@@ -70,6 +70,11 @@ class PresenceService:
             peers.outbox.presence(user, online, self._active.get(user, 0))
             peers.flush_soon()
 
+    def retell(self) -> None:
+        """Tell the peers again who is online here (they forgot it: this node rejoined)."""
+        for user in self._online:
+            self._tell_peers(user, True)
+
     def _foreground(self, user: str) -> bool:
         return any(not s.background for s in self.server.router.targets(user))  # type: ignore[attr-defined]
 

@@ -25,6 +25,9 @@ class Recorder:
     def peer_kick(self, user: str, device: str, at: int) -> None:
         self.calls.append(("kick", (user, device, at)))
 
+    def peers_rejoined(self) -> None:
+        pass
+
     def peer_restarted(self, origin: str) -> None:
         self.calls.append(("restarted", origin))
 

@@ -30,6 +30,7 @@ from . import scenarios
 from .conftest import Node, messages
 from .redis_servers import RedisCluster, RedisServer
 from .scenarios import first
+from .test_presence import presence
 
 
 @pytest.fixture(params=["redis", "cluster"], scope="module")
@@ -168,12 +169,10 @@ class CuttableProxy:
             self._scopes.discard(nursery.cancel_scope)
 
 
-async def test_what_one_node_could_not_pass_on_reaches_the_other_node_when_redis_is_back(
-        redis: RedisServer | RedisCluster, tmp_path: Path, nursery: trio.Nursery) -> None:
-    """Redis away for alice's node only: what she sent meanwhile is stored (Sent) but could
-    not be handed to bob's node, which saw nothing wrong and had no reason to re-read the
-    store. Alice's node used to drop those items; now, when Redis answers again, it has the
-    nodes of their users re-read the store."""
+@pytest.fixture
+async def proxied(redis: RedisServer | RedisCluster, tmp_path: Path, nursery: trio.Nursery
+                  ) -> tuple[CuttableProxy, Node, Node]:
+    """Two nodes on one Redis, the first through a proxy the test can cut."""
     if isinstance(redis, RedisCluster):
         pytest.skip("one proxied Redis is this test")
     proxy = CuttableProxy(int(redis.url.rpartition(":")[2]))
@@ -184,12 +183,22 @@ async def test_what_one_node_could_not_pass_on_reaches_the_other_node_when_redis
     nodes = []
     for i, url in enumerate([f"redis://127.0.0.1:{proxy.port}", redis.url]):
         cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
-                     node_id=f"{run}-n{i}", redis=url)
+                     node_id=f"{run}-n{i}", redis=url, presence_threshold=60)
         server = await nursery.start(lambda task_status, c=cfg: serve(
             c, task_status=task_status))
         nodes.append(Node(server, cfg))
     await nodes[0].add_users("alice", "bob")
-    async with nodes[0].connect("alice") as alice, nodes[1].connect("bob") as bob:
+    return proxy, nodes[0], nodes[1]
+
+
+async def test_what_one_node_could_not_pass_on_reaches_the_other_node_when_redis_is_back(
+        proxied: tuple[CuttableProxy, Node, Node]) -> None:
+    """Redis away for alice's node only: what she sent meanwhile is stored (Sent) but could
+    not be handed to bob's node, which saw nothing wrong and had no reason to re-read the
+    store. Alice's node used to drop those items; now, when Redis answers again, it has the
+    nodes of their users re-read the store."""
+    proxy, n0, n1 = proxied
+    async with n0.connect("alice") as alice, n1.connect("bob") as bob:
         await first(bob, cc.Synced)
         await alice.send("bob", "before")
         assert [m.text for m in await messages(bob, 1)] == ["before"]
@@ -201,6 +210,34 @@ async def test_what_one_node_could_not_pass_on_reaches_the_other_node_when_redis
         proxy.down = False
         got = await messages(bob, 3, timeout=15)
         assert [m.text for m in got] == [f"blip {i}" for i in range(3)]
+
+
+async def test_presence_and_privacy_hold_across_a_redis_outage_of_one_node(
+        proxied: tuple[CuttableProxy, Node, Node]) -> None:
+    """When a node is back in touch with Redis it tells its peers to forget what it said
+    about presence: it used to say nothing more, so alice, online all along, showed offline on
+    bob's node; and her hiding her last seen while Redis was away for her node was lost, so
+    bob's node kept showing it."""
+    proxy, n0, n1 = proxied
+    async with n1.connect("bob") as bob:
+        await bob.watch(["alice"])
+        assert not (await presence(bob, "alice")).online  # (bob's node read her setting)
+        async with n0.connect("alice") as alice:
+            await first(alice, cc.Synced)
+            assert (await presence(bob, "alice", timeout=10)).online
+            proxy.cut()
+            await alice.hide_last_seen(True)  # stored; her node cannot tell the others
+            await trio.sleep(1.0)
+            proxy.down = False
+            with trio.fail_after(15):
+                while not n0.server.peers.healthy.is_set():  # type: ignore[union-attr]
+                    await trio.sleep(0.05)
+            await trio.sleep(1.0)  # (what her node said on rejoining has reached bob's)
+            assert (await bob.last_seen("alice")).online
+        with trio.fail_after(10):  # (past the states her node's return announced)
+            while (p := await presence(bob, "alice")).online:
+                pass
+        assert p.last_seen is None  # hidden
 
 
 async def test_live_delivery_across_nodes_resumes_after_a_long_redis_outage(
