@@ -45,6 +45,8 @@ class App {
   renderCost = 0; // ms the last render took
   shown = SHOWN; // rows of the open conversation drawn (the newest); more on scrolling up
   viewer: { url: string; alt: string } | null = null; // a full image shown over the app
+  // the mode (and ttl) chosen in the info panel and not yet Set: kept when the app is drawn again
+  modeDraft: { conv: string; mode: number; ttl: number } | null = null;
 
   async start(info: TokenInfo, wsUrl: string): Promise<void> {
     this.me = info.user;
@@ -631,14 +633,22 @@ class App {
   infoPanel(chat: StoredChat): HTMLElement {
     const g = chat.group ? this.groups.get(chat.group) : undefined;
     const admin = !!g && g.admins.includes(this.me);
-    const modeSelect = h("select", { id: "mode", "aria-label": "chat mode", "data-keep": "mode" },
-      ...MODE_NAMES.map((n, i) => h("option", { value: i, selected: i === chat.mode }, n)));
+    const draft = this.modeDraft?.conv === chat.conv ? this.modeDraft : null;
+    const choose = () => {
+      this.modeDraft = { conv: chat.conv, mode: Number((modeSelect as HTMLSelectElement).value),
+        ttl: Number((ttlInput as HTMLInputElement).value) };
+    };
+    const modeSelect = h("select", { id: "mode", "aria-label": "chat mode", "data-keep": "mode", onchange: choose },
+      ...MODE_NAMES.map((n, i) => h("option", { value: i, selected: i === (draft?.mode ?? chat.mode) }, n)));
+    const ttlInput = h("input", { id: "ttl", type: "number", min: 1, value: draft?.ttl ?? (chat.ttl || 86400),
+      "data-keep": "ttl", "aria-label": "disappear after (seconds)", oninput: choose });
     const setMode = h("form", { class: "row", onsubmit: (ev: globalThis.Event) => {
       ev.preventDefault();
       const mode = Number((modeSelect as HTMLSelectElement).value);
-      const ttl = mode === Mode.DISAPPEARING ? Number((document.getElementById("ttl") as HTMLInputElement).value) : 0;
+      const ttl = mode === Mode.DISAPPEARING ? Number((ttlInput as HTMLInputElement).value) : 0;
       this.client.request((rid) => ({ type: "SetMode", rid, conv: chat.conv, mode, ttl }))
         .then(() => {
+          if (this.modeDraft?.conv === chat.conv) this.modeDraft = null;
           chat.mode = mode;
           chat.ttl = ttl;
           void this.store.write([["chats", chat]]);
@@ -646,9 +656,7 @@ class App {
           this.recent(chat.conv);
           this.render();
         }).catch((err) => this.fail(err));
-    } }, h("label", { for: "mode" }, "Mode"), modeSelect,
-    h("input", { id: "ttl", type: "number", min: 1, value: chat.ttl || 86400, "data-keep": "ttl",
-      "aria-label": "disappear after (seconds)" }),
+    } }, h("label", { for: "mode" }, "Mode"), modeSelect, ttlInput,
     h("button", { type: "submit" }, "Set"));
     if (!chat.group) return h("div", { class: "panel info", "data-testid": "info" }, setMode);
     const group = chat.group;
