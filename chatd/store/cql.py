@@ -148,6 +148,9 @@ class Session:
         self._session: Any = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._prepared: dict[str, Any] = {}
+        self._conditional: set[str] = set()  # prepared statements that are Paxos rounds
+        self.requests = 0  # requests sent (a batch is one), for metrics and benchmarks
+        self.paxos = 0  # of which lightweight transactions (conditional statements, batches)
 
     async def connect(self, keyspace: str | None) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -204,6 +207,8 @@ class Session:
         def run() -> None:
             for name, cql in statements.items():
                 self._prepared[name] = self._session.prepare(cql)
+                if " IF " in cql:
+                    self._conditional.add(name)
 
         try:
             await trio.to_thread.run_sync(run)
@@ -218,14 +223,19 @@ class Session:
         b = BatchStatement(batch_type=BatchType.UNLOGGED)
         for name, params in items:
             b.add(self._prepared[name], params)
+        b.chatd_paxos = any(name in self._conditional for name, _ in items)
         return b
 
     async def run(self, stmt: Any, params: Sequence[Any] | None = None
                   ) -> list[dict[str, Any]]:
         """Execute and await the rows (every page of them). stmt is the name of a prepared
         statement, CQL text, or a batch."""
+        self.requests += 1
         if isinstance(stmt, str):
+            self.paxos += stmt in self._conditional
             stmt = stmt if " " in stmt else self._prepared[stmt]
+        else:
+            self.paxos += bool(getattr(stmt, "chatd_paxos", False))
         token = self._token
         assert token is not None and self._session is not None, "not connected"
         send, recv = trio.open_memory_channel[tuple[bool, Any]](math.inf)
