@@ -748,6 +748,12 @@ class CassandraStore:
             self._qs.pop(key, None)
             raise StoreError("this node's lease on the chat ended: send it again")
 
+    async def _fenced(self, key: str, lease: Lease, epoch: int, stmt: Any) -> Any:
+        """A write that numbers: the lease checked right before the driver sends it (no
+        await in between)."""
+        self._fence(key, lease, epoch)
+        return await self.db.run(stmt)
+
     async def _write_inbox_owned(self, user: str, entries: list[Entry]
                                  ) -> list[tuple[str, Item] | None]:
         """_write_inbox by the owner of the user's shard: positions from memory (the last one
@@ -808,12 +814,12 @@ class CassandraStore:
                        for i in range(0, len(rows), CHUNK)]
             for tries in range(RETRIES + 1):  # the same rows again: idempotent
                 try:
-                    await self._gather(functools.partial(self.db.run, b) for b in batches)
+                    await self._gather(functools.partial(self._fenced, user, lease, epoch, b)
+                                       for b in batches)
                     break
                 except StoreError as exc:
                     if not isinstance(exc, StoreTimeout) or tries == RETRIES:
                         raise
-                    self._fence(user, lease, epoch)
         items = tuple((user, inbox_item(n, entries[j])) for n, j in enumerate(todo, last + 1))
         placed = iter(items)
         out = [None if there[j] else next(placed) for j in range(len(entries))]
@@ -850,7 +856,7 @@ class CassandraStore:
             self._seqs[conv] = top
             try:
                 await self._gather(
-                    functools.partial(self.db.run, self.db.batch(
+                    functools.partial(self._fenced, conv, lease, epoch, self.db.batch(
                         [("own_seq", (top, conv)), *rows[i : i + CHUNK]]))
                     for i in range(0, len(rows), CHUNK))
             except StoreError:
