@@ -1565,7 +1565,9 @@ class CassandraStore:
     # partition per day for the nodes' poll (kept a month; older ones come from a scan).
 
     async def _admin(self, name: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        if "revoke" not in self.db._prepared:
+        # (by name: a first call still preparing them has prepared only some, so a check
+        # of one name let a second caller run a statement not prepared yet: KeyError)
+        if name not in self.db._prepared:
             await self.db.prepare(ADMIN_STATEMENTS)
         return await self._op(self.db.run(name, params))
 
