@@ -78,6 +78,10 @@ BUCKET: Final = 1000  # messages per partition: (conv, seq // BUCKET)
 CHUNK: Final = 100  # rows per conditional batch
 RETRIES: Final = 2  # a timed-out transaction is tried again this many times
 BATCH_BYTES: Final = 32_768  # per single-partition batch (Cassandra refuses them over 50 KiB)
+# one request for the rows of several partitions up to this size and count (Cassandra's
+# default warning thresholds for multi-partition batches: 5 KiB, 10 partitions)
+SMALL_BATCH_BYTES: Final = 5_000
+SMALL_BATCH_PARTS: Final = 10
 FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
 DAY_MS: Final = 86_400_000
 IDS_TTL: Final = 30 * 86_400  # seconds a client id is remembered for retries
@@ -1084,7 +1088,12 @@ class CassandraStore:
 
     def _batches(self, rows: list[_Row]) -> list[Callable[[], Awaitable[Any]]]:
         """Writes grouped by partition: one single-partition batch (one mutation for
-        Cassandra) per partition and up to BATCH_BYTES, instead of a request per row."""
+        Cassandra) per partition and up to BATCH_BYTES, instead of a request per row; rows
+        of a few partitions that are small together go in one request (an unlogged batch:
+        Cassandra applies it per partition, as it would the separate batches)."""
+        if (len(rows) > 1 and sum(r[3] for r in rows) <= SMALL_BATCH_BYTES
+                and len({r[0] for r in rows}) <= SMALL_BATCH_PARTS):
+            return [functools.partial(self.db.run, self.db.batch([(r[1], r[2]) for r in rows]))]
         parts: dict[tuple[Any, ...], list[list[_Row]]] = {}
         for row in rows:
             chunks = parts.setdefault(row[0], [[]])
