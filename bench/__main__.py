@@ -74,6 +74,8 @@ def main() -> None:
     s2.add_argument("--seconds", type=float, default=5)
     s2.add_argument("--cassandra", help="cassandra://... of a running node (default: start"
                     " one on loopback for the run)")
+    s2.add_argument("--cassandra-pid", type=int, help="the process of that node, to count"
+                    " its CPU")
     ab = sub.add_parser("abuse", help="a victim pair's latency and the node's RSS while"
                         " clients flood, read slowly, loop History, send junk before sign-in;"
                         " the node with its default limits")

@@ -16,6 +16,8 @@ The stores and the server call these functions; none of them decides a rule itse
   groups     creating and changing groups: members, admins and succession, events, limits,
              who may do what
   modes      chat modes: their events and what each one keeps or forgets
+  owners     shards of conversations, their owner among the live nodes (rendezvous hashing),
+             the holder's view of a shard's lease
   wire       inbox items as the frames a device gets, and back
 """
 

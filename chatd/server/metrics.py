@@ -105,6 +105,10 @@ MAX_FDS = Gauge("chatd_max_fds", "Open-file limit (RLIMIT_NOFILE) of one chatd p
                 multiprocess_mode="livemin")
 CPUS = Gauge("chatd_cpus", "CPUs this node may use (its affinity mask)",
              multiprocess_mode="livemax")
+CQL_REQUESTS = Gauge("chatd_cassandra_requests", "Requests this process sent to Cassandra"
+                     " (a batch is one), since it started", multiprocess_mode="livesum")
+CQL_PAXOS = Gauge("chatd_cassandra_paxos", "Of chatd_cassandra_requests, the lightweight"
+                  " transactions (each a Paxos round)", multiprocess_mode="livesum")
 OUTBOUND_FULLEST = Gauge("chatd_outbound_fullest_ratio", "The fullest connection's outbound"
                          " queue as a fraction of its budget (max_queue frames or max_outbound"
                          " bytes); at 1 it is disconnected as a slow consumer",
@@ -186,6 +190,10 @@ def sample_node(server: Any) -> None:
         fullest = max(fullest, session.queued / max(1, cfg.max_queue),
                       getattr(session, "_out_bytes", 0) / max(1, cfg.max_outbound))
     OUTBOUND_FULLEST.set(fullest)
+    db = getattr(server.store, "db", None)  # (the Cassandra store's session)
+    if db is not None and hasattr(db, "paxos"):
+        CQL_REQUESTS.set(db.requests)
+        CQL_PAXOS.set(db.paxos)
 
 
 def observe_delivery(ts_ms: int) -> None:

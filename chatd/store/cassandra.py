@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, Literal, TypeVar
@@ -54,6 +55,7 @@ from chatd.core import (
     modes,
 )
 from chatd.core import groups as group_rules
+from chatd.core.owners import Lease, shard_of
 from chatd.core.values import now_ms
 from chatd.protocol.frames import HistoryItem, Mode, Status
 
@@ -65,6 +67,7 @@ from .cql import (
     CassandraURL,
     Session,
     StoreTimeout,
+    lease_margin,
     schema_version,
 )
 
@@ -75,6 +78,10 @@ BUCKET: Final = 1000  # messages per partition: (conv, seq // BUCKET)
 CHUNK: Final = 100  # rows per conditional batch
 RETRIES: Final = 2  # a timed-out transaction is tried again this many times
 BATCH_BYTES: Final = 32_768  # per single-partition batch (Cassandra refuses them over 50 KiB)
+# one request for the rows of several partitions up to this size and count (Cassandra's
+# default warning thresholds for multi-partition batches: 5 KiB, 10 partitions)
+SMALL_BATCH_BYTES: Final = 5_000
+SMALL_BATCH_PARTS: Final = 10
 FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
 DAY_MS: Final = 86_400_000
 IDS_TTL: Final = 30 * 86_400  # seconds a client id is remembered for retries
@@ -165,6 +172,24 @@ STATEMENTS: Final = {
     "job_done": "DELETE FROM fanout WHERE conv = ? AND seq = ? IF owner = ?",
     "job_release": "UPDATE fanout SET owner = null, lease = null WHERE conv = ? AND seq = ?"
                    " IF owner = ?",
+    # numbering=owner: shard leases (the only transactions), plain claims, a retry's checks
+    "lease_take": "UPDATE shard_leases USING TTL ? SET owner = ? WHERE shard = ?"
+                  " IF owner = null AND epoch = ?",
+    "lease_epoch": "UPDATE shard_leases SET epoch = ? WHERE shard = ?",
+    "lease_renew": "UPDATE shard_leases USING TTL ? SET owner = ? WHERE shard = ?"
+                   " IF owner = ? AND epoch = ?",
+    "lease_release": "UPDATE shard_leases SET owner = null WHERE shard = ?"
+                     " IF owner = ? AND epoch = ?",
+    "own_seq": "UPDATE sends SET last_seq = ? WHERE conv = ?",
+    "own_claim": "INSERT INTO sends (conv, sender, client_id, seq, ts, at)"
+                 " VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
+    "claims_of": "SELECT client_id, seq, ts, at, done FROM sends"
+                 " WHERE conv = ? AND sender = ? AND client_id IN ?",
+    "own_q": "UPDATE inbox SET last_q = ? WHERE user = ?",
+    "own_marker": "INSERT INTO inbox (user, q, conv, seq, item_q) VALUES (?, ?, ?, ?, ?)"
+                  " USING TTL ?",
+    "inbox_at": "SELECT q, conv, seq, item_q FROM inbox WHERE user = ? AND q IN ?",
+    "msg_key": "SELECT sender, client_id FROM messages WHERE conv = ? AND bucket = ? AND seq = ?",
     "queue": "INSERT INTO temp_queue (day, ts, conv, seq) VALUES (?, ?, ?, ?)",
     "queued": "SELECT ts, conv, seq FROM temp_queue WHERE day = ? AND ts < ? LIMIT ?",
     "unqueue": "DELETE FROM temp_queue WHERE day = ? AND ts < ?",
@@ -279,8 +304,20 @@ class CassandraStore:
         self.fanout_mode: Literal["auto", "external"] = "auto"  # or "external": see SqliteStore
         self.on_fanout: Callable[[str, int], None] | None = None
         self._nursery: trio.Nursery | None = None
-        self._inboxes = _Combiner(self, self._write_inbox)
-        self._claims = _Combiner(self, self._write_claims)
+        self._inboxes = _Combiner(
+            self, self._write_inbox_owned if self.url.numbering == "owner" else self._write_inbox)
+        self.owners = self.url.numbering == "owner"
+        self._claims = _Combiner(
+            self, self._write_claims_owned if self.owners else self._write_claims)
+        # numbering=owner: the shard leases this node took, and the last seq it numbered of
+        # each chat of those shards (loaded once per lease)
+        self._leases: dict[int, Lease] = {}
+        self._lease_locks: dict[int, trio.Lock] = {}
+        self._used: dict[int, float] = {}  # when a shard was last needed
+        self._shard_keys: dict[int, set[str]] = {}  # chats and inboxes loaded, per shard
+        self._seqs: dict[str, int] = {}
+        self._qs: dict[str, int] = {}  # user -> last inbox position given here
+        self._fresh: set[tuple[str, int]] = set()  # 1:1 messages numbered now, not appended
         self._acks = _Combiner(self, self._write_acks)
         self._last_q: dict[str, int] = {}  # guesses; a failed transaction corrects them
         self._last_seq: dict[str, int] = {}
@@ -319,6 +356,8 @@ class CassandraStore:
             self._nursery = nursery
             task_status.started()
             nursery.start_soon(self._resume_fanouts)
+            if self.owners:
+                nursery.start_soon(self._keep_leases)
             await trio.sleep_forever()
 
     async def fanout_some(self) -> bool:
@@ -362,6 +401,15 @@ class CassandraStore:
                     await self.db.run("job_release", (*key, self.node_id))
                 except StoreError:
                     break
+        with trio.move_on_after(2):  # (a lease not given back ends with its TTL)
+            for shard, lease in list(self._leases.items()):
+                if lease.valid(trio.current_time()):
+                    lease.lost()
+                    try:
+                        await self.db.applied("lease_release",
+                                              (shard, self.node_id, lease.epoch))
+                    except StoreError:
+                        break
         await self.db.close()
 
     @property
@@ -611,6 +659,261 @@ class CassandraStore:
                 found[(m.sender, m.client_id)] = _Claim(c.seq, c.ts, False, True)
         return out
 
+    # ---- conversation owners (numbering=owner): numbers in memory under a shard lease ------
+
+    def _lease(self, shard: int) -> Lease:
+        lease = self._leases.get(shard)
+        if lease is None:
+            lease = self._leases[shard] = Lease(self.url.lease, lease_margin(self.url.timeout))
+        return lease
+
+    async def _own(self, conv: str) -> Lease:
+        """The lease of conv's shard, held by this node: taken now if it is free; StoreError
+        if another node holds it."""
+        shard = shard_of(conv)
+        lease = self._lease(shard)
+        self._used[shard] = trio.current_time()
+        if lease.valid(trio.current_time()):
+            return lease
+        async with self._lease_locks.setdefault(shard, trio.Lock()):
+            if not lease.valid(trio.current_time()):
+                self._forget(shard)
+                await self._take(shard, lease)
+        return lease
+
+    def _forget(self, shard: int) -> None:
+        """What this node numbered in a shard is reloaded once it holds the shard again."""
+        for key in self._shard_keys.pop(shard, ()):
+            self._seqs.pop(key, None)
+            self._qs.pop(key, None)
+
+    async def _take(self, shard: int, lease: Lease) -> None:
+        """Take a free shard (a new epoch) or renew our own. The lease counts from the moment
+        the request is sent (Lease.granted)."""
+        ttl = math.ceil(self.url.lease)
+        epoch: int | None = lease.epoch or None
+        for _ in range(3):
+            sent = trio.current_time()
+            ok, current = await self.db.applied(self.db.batch([
+                ("lease_take", (ttl, self.node_id, shard, epoch)),
+                ("lease_epoch", ((epoch or 0) + 1, shard))]))
+            if ok:
+                lease.granted((epoch or 0) + 1, sent)
+                return
+            row = current[0] if current else {}
+            epoch = row.get("epoch")
+            if row.get("owner") == self.node_id and epoch is not None:  # ours still
+                sent = trio.current_time()
+                ok, _ = await self.db.applied(
+                    "lease_renew", (ttl, self.node_id, shard, self.node_id, epoch))
+                if ok:
+                    lease.granted(epoch, sent)
+                    return
+            elif row.get("owner") is not None:
+                raise StoreError(f"this chat is numbered by node {row['owner']} now (shard"
+                                 f" {shard}): send it there, or again once its lease ends")
+        raise StoreError(f"shard {shard}: could not take its lease, try again")
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of shards used within a lease's time; let the others lapse."""
+        while True:
+            await trio.sleep(min(1.0, self.url.lease / 10))
+            now = trio.current_time()
+            for shard, lease in list(self._leases.items()):
+                if lease.renew_due(now) and now - self._used.get(shard, -math.inf) < (
+                        self.url.lease):
+                    self._spawn(self._renew, shard, lease)
+
+    async def _renew(self, shard: int, lease: Lease) -> None:
+        lock = self._lease_locks.setdefault(shard, trio.Lock())
+        if lock.locked():
+            return
+        async with lock:
+            epoch = lease.epoch
+            if not lease.renew_due(trio.current_time()):
+                return
+            sent = trio.current_time()
+            try:
+                ok, _ = await self.db.applied("lease_renew", (
+                    math.ceil(self.url.lease), self.node_id, shard, self.node_id, epoch))
+            except StoreError as exc:  # (tried again in a second, until the lease ends)
+                log.warning("could not renew the lease of shard %d: %s", shard, exc)
+                return
+            if ok and lease.epoch == epoch:
+                lease.granted(epoch, sent)
+            else:
+                lease.lost()
+                self._forget(shard)
+
+    def _fence(self, key: str, lease: Lease, epoch: int) -> None:
+        """Number nothing once the lease may have ended (checked just before each write)."""
+        if lease.epoch != epoch or not lease.valid(trio.current_time()):
+            self._seqs.pop(key, None)
+            self._qs.pop(key, None)
+            raise StoreError("this node's lease on the chat ended: send it again")
+
+    async def _fenced(self, key: str, lease: Lease, epoch: int, stmt: Any) -> Any:
+        """A write that numbers: the lease checked right before the driver sends it (no
+        await in between)."""
+        self._fence(key, lease, epoch)
+        return await self.db.run(stmt)
+
+    async def _write_inbox_owned(self, user: str, entries: list[Entry]
+                                 ) -> list[tuple[str, Item] | None]:
+        """_write_inbox by the owner of the user's shard: positions from memory (the last one
+        read once per lease), items written with plain batches. Each message item goes in
+        with a marker row (`marker_q`) that says where the item is. A message that may be
+        in this inbox already (a fan-out chunk run again, a send redone by its retry) is
+        looked up first: its marker, then the item the marker names; only a message
+        numbered by this very send (`_fresh`) skips the look-up."""
+        lease = await self._own(user)
+        epoch = lease.epoch
+        last = self._qs.get(user)
+        if last is None:
+            last = await self._read_last_q(user)
+            self._fence(user, lease, epoch)
+            self._qs[user] = last
+            self._shard_keys.setdefault(shard_of(user), set()).add(user)
+        there = [False] * len(entries)
+        seen: set[tuple[str, int]] = set()
+        maybe: dict[int, list[int]] = {}  # marker -> entries
+        for j, it in enumerate(entries):
+            if type(it) is Message:
+                if (it.conv, it.seq) in seen:
+                    there[j] = True  # (twice in this call)
+                    continue
+                seen.add((it.conv, it.seq))
+                if (it.conv, it.seq) not in self._fresh:
+                    maybe.setdefault(marker_q(it.conv, it.seq), []).append(j)
+        if maybe:
+            marks = await self.db.run("inbox_at", (user, list(maybe)))
+            named = {r["item_q"]: r for r in marks if r.get("item_q") is not None}
+            found = await self.db.run("inbox_at", (user, list(named))) if named else []
+            for r in found:
+                m = named[r["q"]]
+                if (r["conv"], r["seq"]) == (m["conv"], m["seq"]):
+                    for j in maybe.get(m["q"], ()):
+                        e = entries[j]
+                        if type(e) is Message and (e.conv, e.seq) == (r["conv"], r["seq"]):
+                            there[j] = True
+        todo = [j for j in range(len(entries)) if not there[j]]
+        rows: list[tuple[str, tuple[Any, ...]]] = []
+        for n, j in enumerate(todo, last + 1):
+            it = entries[j]
+            if type(it) is Message:
+                rows.append(("put_item", (user, n, it.conv, it.seq, it.sender, None)))
+                rows.append(("own_marker", (user, marker_q(it.conv, it.seq), it.conv, it.seq,
+                                            n, MARK_TTL)))
+            else:
+                assert type(it) is ReceiptNote
+                rows.append(("put_item", (user, n, it.conv, 0, None, blobs.receipt_blob(it))))
+        if todo:
+            top = last + len(todo)
+            self._fence(user, lease, epoch)
+            if self._qs.get(user) != last:
+                raise StoreError("this inbox's numbering moved meanwhile: try again")
+            # taken for good: positions a failed write may still fill are never given again
+            self._qs[user] = top
+            batches = [self.db.batch([("own_q", (top, user)), *rows[i : i + CHUNK]])
+                       for i in range(0, len(rows), CHUNK)]
+            for tries in range(RETRIES + 1):  # the same rows again: idempotent
+                try:
+                    await self._gather(functools.partial(self._fenced, user, lease, epoch, b)
+                                       for b in batches)
+                    break
+                except StoreError as exc:
+                    if not isinstance(exc, StoreTimeout) or tries == RETRIES:
+                        raise
+        items = tuple((user, inbox_item(n, entries[j])) for n, j in enumerate(todo, last + 1))
+        placed = iter(items)
+        out = [None if there[j] else next(placed) for j in range(len(entries))]
+        if self.on_append is not None and items:
+            try:
+                self.on_append(items)
+            except Exception:
+                log.exception("append listener failed")
+        return out
+
+    async def _write_claims_owned(self, conv: str, msgs: list[NewMessage]) -> list[_Claim]:
+        """_write_claims by the chat's owner: seqs from memory (the last one read once per
+        lease), claims written with a plain batch; earlier claims of these client ids read
+        first (a retry finds its seq)."""
+        lease = await self._own(conv)
+        epoch = lease.epoch
+        last = self._seqs.get(conv)
+        if last is None:
+            last = await self._read_last_seq(conv)
+            self._fence(conv, lease, epoch)
+            self._seqs[conv] = last
+            self._shard_keys.setdefault(shard_of(conv), set()).add(conv)
+        todo = list({(m.sender, m.client_id): m for m in msgs}.values())
+        found = await self._earlier_claims(conv, todo, last)
+        new = [m for m in todo if (m.sender, m.client_id) not in found]
+        if new:
+            at = now_ms()
+            top = last + len(new)
+            rows = [("own_claim", (conv, m.sender, m.client_id, n, m.ts, at, IDS_TTL))
+                    for n, m in enumerate(new, last + 1)]
+            self._fence(conv, lease, epoch)
+            if self._seqs.get(conv) != last:
+                raise StoreError("this chat's numbering moved meanwhile: send it again")
+            self._seqs[conv] = top
+            try:
+                await self._gather(
+                    functools.partial(self._fenced, conv, lease, epoch, self.db.batch(
+                        [("own_seq", (top, conv)), *rows[i : i + CHUNK]]))
+                    for i in range(0, len(rows), CHUNK))
+            except StoreError:
+                # whether it applied is unknown: read again (a claim that lands late, its
+                # seq given to another message meanwhile, is no claim: _earlier_claims)
+                self._seqs.pop(conv, None)
+                raise
+            for n, m in enumerate(new, last + 1):
+                found[(m.sender, m.client_id)] = _Claim(n, m.ts, True)
+        self._turns.setdefault(conv, set()).update(c.seq for c in found.values() if c.new)
+        out = []
+        for m in msgs:  # a client id twice in one call: the second is a retry of the first
+            c = found[(m.sender, m.client_id)]
+            out.append(c)
+            if c.new:
+                found[(m.sender, m.client_id)] = _Claim(c.seq, c.ts, False, True)
+        return out
+
+    async def _earlier_claims(self, conv: str, msgs: list[NewMessage], last: int
+                              ) -> dict[tuple[str, str], _Claim]:
+        """The claims of these client ids already written. One not done is no claim if its
+        seq is past what the owner numbered, or holds another message: a claim write that
+        failed (no SENT was given) and landed after its seq went to another message."""
+        by_sender: dict[str, list[str]] = {}
+        for m in msgs:
+            by_sender.setdefault(m.sender, []).append(m.client_id)
+        results = await self._gather(
+            functools.partial(self.db.run, "claims_of", (conv, sender, ids))
+            for sender, ids in by_sender.items())
+        found: dict[tuple[str, str], _Claim] = {}
+        for sender, rows in zip(by_sender, results, strict=True):
+            for r in rows:
+                found[(sender, r["client_id"])] = _Claim(r["seq"], r["ts"], False,
+                                                         bool(r["done"]), r["at"] or 0)
+        running = self._turns.get(conv, set())
+        check = []
+        for key, c in list(found.items()):
+            if c.done:
+                continue
+            if c.seq > last:
+                del found[key]
+            elif c.seq in running:
+                c.at = now_ms()  # being stored by this node now: "still being stored"
+            elif now_ms() - c.at >= REDO_AFTER_MS:
+                check.append(key)
+        rows = await self._gather(
+            functools.partial(self.db.run, "msg_key", (conv, bucket(found[k].seq),
+                                                       found[k].seq)) for k in check)
+        for key, r in zip(check, rows, strict=True):
+            if r and (r[0]["sender"], r[0]["client_id"]) != key:
+                del found[key]
+        return found
+
     # ---- sending ---------------------------------------------------------------------------
 
     async def _wait_turn(self, conv: str, first: int) -> None:
@@ -696,6 +999,7 @@ class CassandraStore:
         rows: list[_Row] = []
         done: list[_Row] = []
         jobs: list[tuple[str, int, int]] = []  # group messages: (conv, seq, recipients)
+        fresh: list[tuple[str, int]] = []  # 1:1 messages numbered by this call
         for m, c in zip(msgs, claims, strict=True):
             assert c is not None
             if not c.new:
@@ -722,6 +1026,8 @@ class CassandraStore:
                                                      devices[m.sender]))
                 for u in targets:
                     inbox.setdefault(m.conv, {}).setdefault(u, []).append(stored)
+                if c.new:  # (in no inbox yet: see _write_inbox_owned)
+                    fresh.append((m.conv, c.seq))
             mode, ttl = chat_modes[m.conv]
             rows.append(((m.conv, bucket(c.seq)), "put_msg", (
                 m.conv, bucket(c.seq), c.seq, c.ts, m.sender, m.device, m.client_id, m.body,
@@ -765,8 +1071,12 @@ class CassandraStore:
                                  if m.conv == conv and c is not None and c.new])
             return got
 
-        items = [x for got in await self._gather(
-            functools.partial(step3, conv) for conv in by_conv) for x in got]
+        self._fresh.update(fresh)
+        try:
+            items = [x for got in await self._gather(
+                functools.partial(step3, conv) for conv in by_conv) for x in got]
+        finally:
+            self._fresh.difference_update(fresh)
         await self._gather(self._batches(done))
         # each result carries its own inbox items (for callers that look at them)
         by_msg: dict[tuple[str, int], list[tuple[str, Item]]] = {}
@@ -778,7 +1088,12 @@ class CassandraStore:
 
     def _batches(self, rows: list[_Row]) -> list[Callable[[], Awaitable[Any]]]:
         """Writes grouped by partition: one single-partition batch (one mutation for
-        Cassandra) per partition and up to BATCH_BYTES, instead of a request per row."""
+        Cassandra) per partition and up to BATCH_BYTES, instead of a request per row; rows
+        of a few partitions that are small together go in one request (an unlogged batch:
+        Cassandra applies it per partition, as it would the separate batches)."""
+        if (len(rows) > 1 and sum(r[3] for r in rows) <= SMALL_BATCH_BYTES
+                and len({r[0] for r in rows}) <= SMALL_BATCH_PARTS):
+            return [functools.partial(self.db.run, self.db.batch([(r[1], r[2]) for r in rows]))]
         parts: dict[tuple[Any, ...], list[list[_Row]]] = {}
         for row in rows:
             chunks = parts.setdefault(row[0], [[]])
@@ -1259,7 +1574,9 @@ class CassandraStore:
     # partition per day for the nodes' poll (kept a month; older ones come from a scan).
 
     async def _admin(self, name: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        if "revoke" not in self.db._prepared:
+        # (by name: a first call still preparing them has prepared only some, so a check
+        # of one name let a second caller run a statement not prepared yet: KeyError)
+        if name not in self.db._prepared:
             await self.db.prepare(ADMIN_STATEMENTS)
         return await self._op(self.db.run(name, params))
 

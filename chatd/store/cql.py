@@ -43,7 +43,9 @@ class CassandraURL:
     Options: replication=N (SimpleStrategy, N copies) or replication=dc1:3,dc2:3
     (NetworkTopologyStrategy; used by `chatd migrate` when it creates the keyspace),
     consistency=LOCAL_QUORUM (reads and writes), serial=LOCAL_SERIAL (lightweight
-    transactions), dc=NAME (the local data centre for routing), timeout=SECONDS (per request).
+    transactions), dc=NAME (the local data centre for routing), timeout=SECONDS (per request),
+    numbering=paxos|owner (how seqs are taken: docs/CASSANDRA.md), lease=SECONDS (a shard
+    lease's time to live with numbering=owner; over twice timeout + 2 s).
     """
 
     hosts: tuple[tuple[str, int], ...]
@@ -53,6 +55,8 @@ class CassandraURL:
     serial: str = "LOCAL_SERIAL"
     dc: str | None = None
     timeout: float = 5.0
+    numbering: str = "paxos"  # "owner": conversation owners under shard leases (CASSANDRA.md)
+    lease: float = 30.0  # seconds a shard lease lives unrenewed (numbering=owner)
     user: str | None = None  # password authentication (PasswordAuthenticator)
     password: str | None = dataclasses.field(default=None, repr=False)
 
@@ -95,9 +99,24 @@ class CassandraURL:
                     opts[key] = -1.0
                 if not 0 < opts[key] <= 600:
                     raise BadCassandraURL(f"{url!r}: timeout is seconds, 0 < timeout <= 600")
+            elif key == "numbering":
+                if value not in ("paxos", "owner"):
+                    raise BadCassandraURL(f"{url!r}: numbering is paxos or owner")
+                opts[key] = value
+            elif key == "lease":
+                try:
+                    opts[key] = float(value)
+                except ValueError:
+                    opts[key] = -1.0
+                if not 0 < opts[key] <= 3600:
+                    raise BadCassandraURL(f"{url!r}: lease is seconds, 0 < lease <= 3600")
             else:
                 raise BadCassandraURL(f"{url!r}: unknown option {key!r} (replication,"
-                                      " consistency, serial, dc, timeout)")
+                                      " consistency, serial, dc, timeout, numbering, lease)")
+        if opts.get("numbering") == "owner" and opts.get("lease", 30.0) <= 2 * lease_margin(
+                opts.get("timeout", 5.0)):
+            raise BadCassandraURL(f"{url!r}: lease must be over twice timeout + 2 s (the"
+                                  " margin an owner keeps before its lease ends)")
         if user:
             opts["user"] = urllib.parse.unquote(user)
             opts["password"] = urllib.parse.unquote(password)
@@ -109,6 +128,13 @@ class CassandraURL:
                     f"{self.replication['']}}}")
         dcs = ", ".join(f"'{dc}': {n}" for dc, n in self.replication.items())
         return "{'class': 'NetworkTopologyStrategy', " + dcs + "}"
+
+
+def lease_margin(timeout: float) -> float:
+    """How long before its shard lease ends an owner stops numbering: a request's time in
+    flight (the request timeout), a second for pauses and clock rate drift, and a second
+    because Cassandra ends a TTL on whole seconds (up to one early)."""
+    return timeout + 2.0
 
 
 def _replication(url: str, value: str) -> dict[str, int]:
@@ -148,6 +174,9 @@ class Session:
         self._session: Any = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._prepared: dict[str, Any] = {}
+        self._conditional: set[str] = set()  # prepared statements that are Paxos rounds
+        self.requests = 0  # requests sent (a batch is one), for metrics and benchmarks
+        self.paxos = 0  # of which lightweight transactions (conditional statements, batches)
 
     async def connect(self, keyspace: str | None) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -204,6 +233,8 @@ class Session:
         def run() -> None:
             for name, cql in statements.items():
                 self._prepared[name] = self._session.prepare(cql)
+                if " IF " in cql:
+                    self._conditional.add(name)
 
         try:
             await trio.to_thread.run_sync(run)
@@ -218,14 +249,19 @@ class Session:
         b = BatchStatement(batch_type=BatchType.UNLOGGED)
         for name, params in items:
             b.add(self._prepared[name], params)
+        b.chatd_paxos = any(name in self._conditional for name, _ in items)
         return b
 
     async def run(self, stmt: Any, params: Sequence[Any] | None = None
                   ) -> list[dict[str, Any]]:
         """Execute and await the rows (every page of them). stmt is the name of a prepared
         statement, CQL text, or a batch."""
+        self.requests += 1
         if isinstance(stmt, str):
+            self.paxos += stmt in self._conditional
             stmt = stmt if " " in stmt else self._prepared[stmt]
+        else:
+            self.paxos += bool(getattr(stmt, "chatd_paxos", False))
         token = self._token
         assert token is not None and self._session is not None, "not connected"
         send, recv = trio.open_memory_channel[tuple[bool, Any]](math.inf)
@@ -315,12 +351,19 @@ MIGRATIONS: Final[dict[int, list[str]]] = {
         "CREATE TABLE IF NOT EXISTS revocation_feed (day bigint, at bigint, user text,"
         " device text, PRIMARY KEY (day, at, user, device)) WITH gc_grace_seconds = 10800",
     ],
+    # numbering=owner: each shard's lease (owner lives for the lease's TTL, epoch for ever)
+    2: [
+        "CREATE TABLE IF NOT EXISTS shard_leases (shard int PRIMARY KEY, owner text,"
+        " epoch bigint)",
+        # (a marker row written by an owner says where its item is: see _write_inbox_owned)
+        "ALTER TABLE IF EXISTS inbox ADD IF NOT EXISTS item_q bigint",
+    ],
 }
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 TABLES: Final = ("meta", "users", "devices", "inbox", "sends", "messages", "convs",
                  "disappearing", "marks", "groups", "group_members", "user_groups", "fanout",
                  "fanout_jobs",
-                 "temp_queue", "temp_days", "revocations", "revocation_feed")
+                 "temp_queue", "temp_days", "revocations", "revocation_feed", "shard_leases")
 # Statements of CassandraStore's admin section (prepared on first use).
 ADMIN_STATEMENTS: Final = {
     # the highest time wins on every replica, whichever write came last

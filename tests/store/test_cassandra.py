@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 from bench.cassandra import CassandraNode
 from chatd.core import Delivery
 from chatd.store import CassandraStore, NewMessage, open_store
@@ -41,3 +43,17 @@ def test_driver_errors_become_store_errors_and_timeouts_say_so() -> None:
         assert isinstance(store_error(exc), StoreTimeout)  # may have applied: retried
     down = store_error(NoHostAvailable("Unable to connect to any servers", {}))
     assert type(down) is StoreError and str(down).startswith("cassandra: NoHostAvailable")
+
+
+async def test_admin_statements_prepared_on_first_use_by_several_callers_at_once(
+        cassandra: CassandraNode) -> None:
+    """A sign-in's revocation check and the nodes' revocation poll, the second while the
+    first is still preparing the statements: it must not run one not prepared yet."""
+    cassandra.truncate()
+    async with open_store(cassandra.url()) as store:
+        assert isinstance(store, CassandraStore)
+        async with trio.open_nursery() as n:
+            n.start_soon(store.revoked_at, "u", "phone")  # prepares them, one by one
+            while "revoke" not in store.db._prepared:  # (the first of them)
+                await trio.sleep(0.0005)
+            assert await store.revocations_since(0) == []

@@ -19,6 +19,9 @@ def test_hosts_keyspace_and_options() -> None:
     d = CassandraURL.parse("cassandra://127.0.0.1/chatd")
     assert (d.consistency, d.serial, d.timeout) == ("LOCAL_QUORUM", "LOCAL_SERIAL", 5.0)
     assert d.replication_cql() == "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    assert (d.numbering, d.lease) == ("paxos", 30.0)
+    o = CassandraURL.parse("cassandra://h/ks?numbering=owner&lease=9&timeout=2")
+    assert (o.numbering, o.lease) == ("owner", 9.0)
 
 
 @pytest.mark.parametrize(("url", "says"), [
@@ -32,6 +35,9 @@ def test_hosts_keyspace_and_options() -> None:
     ("cassandra://h1/ks?replication=0", "replication is N"),
     ("cassandra://h1/ks?replication=dc1:x", "replication is N"),
     ("cassandra://h1/ks?colour=blue", "unknown option 'colour'"),
+    ("cassandra://h1/ks?numbering=clock", "numbering is paxos or owner"),
+    ("cassandra://h1/ks?lease=0", "lease is seconds"),
+    ("cassandra://h1/ks?numbering=owner&lease=14", "lease must be over twice timeout + 2 s"),
     ("cassandra://u:hunter2@h1/ks?colour=blue", "***"),
 ])
 def test_bad_urls_say_what_is_wrong(url: str, says: str) -> None:

@@ -162,16 +162,23 @@ def slow_message_row(monkeypatch: pytest.MonkeyPatch, s: CassandraStore, client_
                      seconds: float) -> trio.Event:
     """Writing the message row of `client_id` (step 2 of its send, so its seq is taken) takes
     `seconds`; the event is set when it starts."""
-    real = s.db.run
+    real, real_batch = s.db.run, s.db.batch
     started = trio.Event()
 
+    def batch(items: Any) -> Any:  # (the row may go in a batch: remember what is in it)
+        b = real_batch(items)
+        b.chatd_items = list(items)
+        return b
+
     async def run(stmt: Any, params: Any = None) -> Any:
-        if stmt == "put_msg" and params is not None and params[6] == client_id:
+        rows = getattr(stmt, "chatd_items", [(stmt, params)])
+        if any(name == "put_msg" and p is not None and p[6] == client_id for name, p in rows):
             started.set()
             await trio.sleep(seconds)
         return await real(stmt, params)
 
     monkeypatch.setattr(s.db, "run", run)
+    monkeypatch.setattr(s.db, "batch", batch)
     return started
 
 

@@ -1,0 +1,146 @@
+"""Cassandra with numbering=owner: a chat's seqs are numbered in memory by the node that holds
+its shard's lease, and written with plain writes (docs/CASSANDRA.md, "Conversation owners")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from bench.cassandra import CassandraNode
+from chatd.core import Delivery, Message
+from chatd.core.values import now_ms
+from chatd.store import CassandraStore, NewMessage, StoreError, open_store
+from chatd.store.cassandra import REDO_AFTER_MS, bucket
+
+CONV = "d:alice:bob"
+
+
+def owner_url(node: CassandraNode) -> str:
+    # lease 9 s, timeout 2 s: the owner stops numbering 4 s before its lease ends
+    return node.url(numbering="owner", timeout="2", lease="9")
+
+
+def msg(i: int | str, body: bytes = b"x") -> NewMessage:
+    return NewMessage("alice", "phone", f"alice-{i}", CONV, ("bob",), body, 1000)
+
+
+async def seqs_of(s: Any) -> dict[int, str]:
+    """seq -> client id of every message of the chat, read from the store."""
+    return {it.seq: it.id for it in await s.history(CONV, None, 500)}
+
+
+@pytest.fixture
+def node(cassandra: CassandraNode) -> CassandraNode:
+    cassandra.truncate()
+    return cassandra
+
+
+async def test_an_owner_numbers_without_a_transaction_per_message(node: CassandraNode) -> None:
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore) and s.owners
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        paxos = s.db.paxos
+        seqs = [(await s.append_message(msg(i))).seq for i in range(20)]
+        got: list[int] = []
+
+        async def send(i: int) -> None:
+            got.append((await s.append_message(msg(i))).seq)
+
+        async with trio.open_nursery() as n:
+            for i in range(20, 60):
+                n.start_soon(send, i)
+        assert seqs + sorted(got) == list(range(1, 61))
+        again = await s.append_message(msg(7))
+        assert again.duplicate and again.seq == 8
+        # no transaction but the leases: the chat's, bob's inbox's (and maybe alice's)
+        assert s.db.paxos - paxos <= 3
+        page = await s.inbox("bob", "phone", 0, 100)
+        assert [it.q for it in page.items] == list(range(1, 61))
+        assert sorted(it.message.seq for it in page.items if isinstance(it, Delivery)) == (
+            list(range(1, 61)))
+    async with open_store(owner_url(node)) as s:  # a new owner (the lease was given back)
+        assert (await s.append_message(msg(60))).seq == 61  # from the store, not from 1
+        assert (await s.append_message(msg(59))).duplicate
+        stored = await seqs_of(s)  # each message once, at its seq
+        assert sorted(stored) == list(range(1, 62))
+        assert sorted(stored.values()) == sorted(f"alice-{i}" for i in range(61))
+
+
+async def test_a_chat_has_one_owner_at_a_time(node: CassandraNode) -> None:
+    async with open_store(owner_url(node)) as a, open_store(owner_url(node)) as b:
+        for u in ("alice", "bob"):
+            await a.attach_device(u, "phone")
+        assert (await a.append_message(msg(0))).seq == 1
+        with pytest.raises(StoreError, match="numbered by node"):
+            await b.append_message(msg(1))
+        assert (await a.append_message(msg(1))).seq == 2
+        await a.aclose()  # gives its leases back: b takes over at once
+        assert (await b.append_message(msg(2))).seq == 3
+        assert (await b.append_message(msg(0))).duplicate
+        assert await seqs_of(b) == {1: "alice-0", 2: "alice-1", 3: "alice-2"}
+
+
+async def test_an_owner_cut_off_past_its_lease_numbers_nothing_the_next_one_does(
+        node: CassandraNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_store(owner_url(node)) as a, open_store(owner_url(node)) as b:
+        assert isinstance(a, CassandraStore)
+        for u in ("alice", "bob"):
+            await a.attach_device(u, "phone")
+        assert (await a.append_message(msg(0))).seq == 1
+
+        async def cannot_renew(*args: object) -> None:  # (a paused node, or one cut off)
+            pass
+
+        monkeypatch.setattr(a, "_renew", cannot_renew)
+        with trio.fail_after(30):  # b takes the chat once a's lease has ended in Cassandra
+            while True:
+                try:
+                    sent = await b.append_message(msg(1))
+                    break
+                except StoreError:
+                    await trio.sleep(0.5)
+        assert sent.seq == 2
+        with pytest.raises(StoreError):  # a stopped before its lease ended: no seq 2 again
+            await a.append_message(msg(2))
+        assert (await b.append_message(msg(3))).seq == 3
+        assert await seqs_of(b) == {1: "alice-0", 2: "alice-1", 3: "alice-3"}
+
+
+async def test_a_claim_written_late_over_a_seq_given_away_is_no_claim(
+        node: CassandraNode) -> None:
+    """A claim write that failed (no SENT) may still land after its seq went to another
+    message: its retry gets a new seq instead of writing over that message."""
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        assert (await s.append_message(msg(0))).seq == 1
+        assert (await s.append_message(msg(1))).seq == 2
+        old = now_ms() - REDO_AFTER_MS - 1
+        for cid, seq in (("alice-late", 2), ("alice-ahead", 3)):  # as if from a lost write
+            await s.db.run("own_claim", (CONV, "alice", cid, seq, 1000, old, 60))
+        late = await s.append_message(msg("late", b"late"))
+        ahead = await s.append_message(msg("ahead", b"ahead"))
+        assert (late.seq, ahead.seq) == (3, 4) and not late.duplicate
+        assert await seqs_of(s) == {1: "alice-0", 2: "alice-1", 3: "alice-late",
+                                    4: "alice-ahead"}
+        rows = await s.db.run("msg_key", (CONV, bucket(2), 2))
+        assert rows[0]["client_id"] == "alice-1"
+
+
+async def test_an_inbox_gets_a_message_once_when_appended_again(node: CassandraNode) -> None:
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        await s.attach_device("bob", "phone")
+        m = Message(CONV, 5, 1000, "alice", "phone", "alice-x", b"x")
+        first = await s._append_items({"bob": [m]})
+        again = await s._append_items({"bob": [m, m]})  # (a fan-out chunk run again)
+        assert [it.q for _, it in first] == [1] and again == []
+        # its marker names q 1, where another item now is (a write that failed and landed
+        # after q 1 was given again): the message goes in again
+        await s.db.run("put_item", ("bob", 1, CONV, 6, "alice", None))
+        third = await s._append_items({"bob": [m]})
+        assert [it.q for _, it in third] == [2]
