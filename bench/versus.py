@@ -357,7 +357,7 @@ def run_shape(shape: Shape, systems: tuple[str, ...], workers: int, store: str,
     return out
 
 
-def run(quick: bool = False, systems: tuple[str, ...] = SYSTEMS, workers: int = 2,
+def run(quick: bool = False, systems: tuple[str, ...] = SYSTEMS, workers: int = 0,
         store: str = "sqlite://TMP/chatd.db", rates: tuple[str, ...] = ("1000", "half"),
         seconds: float = 5, repeat: int = 1, quiet: bool = False,
         progress: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
@@ -425,8 +425,9 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None:
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     axes[1].set_yscale("log")
-    fig.suptitle("chatd (2 workers, SQLite, fsync on) vs ejabberd 23.01 (online only) vs a"
-                 " bare trio relay, same run")
+    workers = result["workers"] or "default"
+    fig.suptitle(f"chatd ({workers} workers, {result['store'].split(':')[0]}, fsync on) vs"
+                 " ejabberd 23.01 (online only) vs a bare trio relay, same run")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -613,7 +614,7 @@ def _sql_lines() -> dict[str, set[int]]:
             for k in ("COMMIT", "BEGIN")}
 
 
-def profile(rates: list[str], seconds: float = 8, workers: int = 2, pyspy_rate: int = 250,
+def profile(rates: list[str], seconds: float = 8, workers: int = 0, pyspy_rate: int = 250,
             store: str = "sqlite://TMP/chatd.db", quiet: bool = False) -> dict[str, Any]:
     """chatd alone: peak at 50 x 16, then paced at each rate ("peak": that peak again),
     a fresh node each; per phase /proc CPU per thread, store counts and py-spy samples."""
@@ -751,7 +752,8 @@ def add_parser(sub: Any) -> None:
                        " hot path at paced rates)")
     v.add_argument("--quick", action="store_true", help="small shapes, 1 s paced phases")
     v.add_argument("--systems", default=",".join(SYSTEMS))
-    v.add_argument("--workers", type=int, default=2, help="chatd worker processes")
+    v.add_argument("--workers", type=int, default=0,
+                   help="chatd worker processes (0: chatd's default, 1 on SQLite)")
     v.add_argument("--store", default="sqlite://TMP/chatd.db")
     v.add_argument("--rates", default="1000,half",
                    help="paced msg/s over 50 pairs ('half': half of chatd's peak;"

@@ -65,7 +65,8 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--redis", help="join a cluster: redis://host:port, or"
                    " redis+cluster://host:port[,host:port...] for Redis Cluster")
     p.add_argument("--workers", type=int, help="worker processes sharing the ports"
-                   " (default: one per core; 1 runs everything in this process)")
+                   " (default: 1 on SQLite, one per core on Cassandra; 1 runs everything in"
+                   " this process)")
     p.add_argument("--http-port", type=int, help="HTTP(S) port for image uploads and"
                    " downloads (default -1: off; 0: any free port)")
     p.add_argument("--media", help="where images are kept: file:///path (default"

@@ -92,8 +92,10 @@ def peer_address(link: trio.abc.Stream | WebSocketTransport) -> str:
 
 class ChatServer:
     def __init__(self, config: Config, store: Store, secret: bytes, node_id: str = "n1",
-                 peers: Peers | None = None, share: int = 1) -> None:
+                 peers: Peers | None = None, share: int = 1, worker: bool = False) -> None:
         self.config = config
+        self.worker = worker  # one worker of `chatd serve --workers N` (the supervisor has
+        # the node's metrics port); a one-process node may have peers too (other nodes)
         self.store = store
         self.secret = secret
         self.node_id = node_id
@@ -259,7 +261,7 @@ class ChatServer:
                         trio.serve_listeners, serve, wrapped, handler_nursery=sessions))
                 if cfg.http_port >= 0:
                     await self._start_http(listeners, ssl_ctx)
-                if cfg.metrics_port >= 0 and self.peers is None:  # (workers: the supervisor)
+                if cfg.metrics_port >= 0 and not self.worker:  # (workers: the supervisor)
                     self.metrics_port = metrics.serve_metrics(cfg.host, cfg.metrics_port)
                 log.info("chatd listening: tcp %s:%d ws %s:%s%s (store %s)", cfg.host,
                          self.tcp_port, cfg.host, self.ws_port, WS_PATH,
@@ -565,7 +567,8 @@ async def serve(config: Config, *, worker: Worker | None = None,
         elif worker is not None:
             peers = UnixPeers(worker.run_dir, worker.index, worker.count)
         server = ChatServer(config, store, secret, node_id, peers,
-                            share=worker.count if worker is not None else 1)
+                            share=worker.count if worker is not None else 1,
+                            worker=worker is not None)
         async with trio.open_nursery() as nursery:
             if peers is not None:
                 await nursery.start(functools.partial(peers.run, server))

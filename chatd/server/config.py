@@ -45,7 +45,7 @@ class Config:
     metrics_port: int = -1  # Prometheus /metrics on this port; -1: off, 0: any free port
     node_id: str = ""  # this node's name among several (with redis); default: the host name
     redis: str = ""  # redis://host:port or redis+cluster://host:port,...: join a cluster
-    workers: int = 0  # processes of `chatd serve` sharing the ports; 0: one per core
+    workers: int = 0  # processes of `chatd serve` sharing the ports; 0: the store's best
     http_port: int = -1  # image uploads and downloads over HTTP(S); -1: off, 0: any free port
     media: str = ""  # blob store: file:///path or s3://bucket?endpoint=...; "": <data_dir>/media
     media_url: str = ""  # the HTTP base URL clients use; default http(s)://host:http_port
@@ -107,9 +107,12 @@ class Config:
 
     @property
     def processes(self) -> int:
-        """How many processes `chatd serve` runs (workers 0: one per core); ConfigError if
-        the store cannot be shared by that many."""
-        n = self.workers or os.cpu_count() or 1
+        """How many processes `chatd serve` runs; ConfigError if the store cannot be shared by
+        that many. workers 0: one on SQLite (its writers take turns on one write lock, so a
+        second process adds contention, not capacity: docs/BENCHMARKS.md), one per core on a
+        store that runs elsewhere (Cassandra)."""
+        n = self.workers or (1 if self.store_url.startswith(("sqlite:", "memory:"))
+                             else os.cpu_count() or 1)
         if n > 1 and self.store_url == "memory://":
             raise ConfigError("memory:// lives in one process: use --workers 1 with it")
         return n

@@ -54,7 +54,7 @@ class Session:
     __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_out_bytes",
                  "_writing", "_sent_upto", "_live", "_need_sync", "_nursery", "_closing",
                  "rx_at", "frame_at", "_acks_running", "_acks_done", "background", "watching",
-                 "_presence_pending", "_item_max", "_acked", "_pause")
+                 "_presence_pending", "_item_max", "_acked", "_pause", "_msg_upto")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
                  conn: Connection, user: str, device: str, cursor: int,
@@ -69,6 +69,9 @@ class Session:
         self._writing = False  # a writer task is running
         self._sent_upto = cursor  # highest inbox position handed to the writer (or skipped)
         self._acked = cursor  # highest position acknowledged: an Ack not above it costs nothing
+        # highest position of a message from another user queued to the device: an Ack above
+        # it covers only receipts and the user's own messages, which nobody waits for (lazy)
+        self._msg_upto = 0
         self._pause = 0  # ms the reader waits before reading again (a rate limit was hit)
         self._live = False  # the backlog is drained; offers in sequence go straight out
         self._need_sync = True
@@ -184,6 +187,8 @@ class Session:
             self._queue(self.conn.frame_bytes(body))
             metrics.ITEMS_OUT.inc()
             if message is not None:
+                if message.sender != self.user:
+                    self._msg_upto = q
                 metrics.observe_delivery(message.ts)
                 analytics.delivered(self.user, message.ts)
         else:
@@ -265,6 +270,8 @@ class Session:
                 self._queue(data)
                 metrics.ITEMS_OUT.inc()
                 if type(item) is Delivery:
+                    if item.message.sender != self.user:
+                        self._msg_upto = item.q
                     metrics.observe_delivery(item.message.ts)
                     analytics.delivered(self.user, item.message.ts)
         if page.items:  # grow at once, shrink slowly
@@ -365,12 +372,15 @@ class Session:
             else:
                 rest.append(ev)
         if upto > self._acked:
+            # Over receipts only (nobody waits for what that makes): the store may hold it
+            # to share a later commit. Over a message: its sender waits for DELIVERED.
+            lazy = self._msg_upto <= self._acked
             self._acked = upto
             if self._nursery is not None and all(type(ev) in _ORDER_FREE for ev in rest):
                 self._acks_running += 1
-                self._nursery.start_soon(self._background_ack, upto)
+                self._nursery.start_soon(self._background_ack, upto, lazy)
             else:
-                await self._ack(upto)
+                await self._ack(upto, lazy)
         i, n = 0, len(rest)
         while i < n and not self._closing:
             ev = rest[i]
@@ -389,18 +399,18 @@ class Session:
             i = j
         return peer_closed
 
-    async def _background_ack(self, upto: int) -> None:
+    async def _background_ack(self, upto: int, lazy: bool) -> None:
         try:
-            await self._ack(upto)
+            await self._ack(upto, lazy)
         finally:
             self._acks_running -= 1
             if not self._acks_running and self._acks_done is not None:
                 self._acks_done.set()
                 self._acks_done = None
 
-    async def _ack(self, upto: int) -> None:
+    async def _ack(self, upto: int, lazy: bool) -> None:
         try:
-            await self.server.store.ack(self.user, self.device, upto, now_ms())
+            await self.server.store.ack(self.user, self.device, upto, now_ms(), lazy=lazy)
         except StoreError as exc:
             self.close_with(ErrorCode.INTERNAL, f"store unavailable: {exc}")
 

@@ -90,9 +90,13 @@ class Store(Protocol):
         sent itself are left out of items but counted in upto."""
         ...
 
-    async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
+    async def ack(self, user: str, device: str, upto: int, ts: int, *,
+                  lazy: bool = True) -> Appended:
         """Move the device's cursor to upto (never back) and append DELIVERED receipts to the
-        senders' inboxes for messages delivered to this user for the first time."""
+        senders' inboxes for messages delivered to this user for the first time. `lazy`: the
+        caller knows nobody waits for what it makes (the device acknowledged only receipts or
+        its own messages), so the store may hold it a little to share a later commit; False:
+        a sender waits for its DELIVERED receipt, commit it at once."""
         ...
 
     async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:

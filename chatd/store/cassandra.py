@@ -1266,7 +1266,8 @@ class CassandraStore:
             out.setdefault(n.to, []).append(n)
         return await self._append_items(out)
 
-    async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
+    async def ack(self, user: str, device: str, upto: int, ts: int, *,
+                  lazy: bool = True) -> Appended:
         """Acks of one user are combined: those that arrive while one is stored become one
         (cumulative: the highest upto per device), so a busy device costs one ack per round
         trip."""

@@ -59,10 +59,10 @@ RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks with
 SCHEMA_VERSION: Final = 6
 COLLECT_LIMIT: Final = 10_000  # messages looked at per expiry rule per collect pass
 FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
-# An Ack (a cursor moving on, and the DELIVERED receipts it makes) waits this long for other
-# writes to share its commit: at low rates a message's two Acks would otherwise cost two
-# commits and two thread hand-offs of their own (docs/PROFILE.md). Nothing waits on an Ack
-# but the device's next Read, and a lost Ack costs only a redelivery the device drops.
+# A lazy Ack (a cursor moving over receipts only: nothing waits for what it makes) waits this
+# long for other writes to share its commit: at low rates it would otherwise cost a commit and
+# a thread hand-off of its own (docs/PROFILE.md), and a lost Ack costs only a redelivery the
+# device drops. An Ack over messages is not lazy: their senders wait for DELIVERED.
 ACK_DELAY: Final = 0.01
 
 SCHEMA = """
@@ -998,7 +998,8 @@ class SqliteStore:
             out.append((n.to, Notice(q, n)))
         return out
 
-    async def ack(self, user: str, device: str, upto: int, ts: int) -> Appended:
+    async def ack(self, user: str, device: str, upto: int, ts: int, *,
+                  lazy: bool = True) -> Appended:
         def op(db: sqlite3.Connection) -> Appended:
             devs = self._devices_of(db, user)
             old = devs.get(device)
@@ -1019,7 +1020,7 @@ class SqliteStore:
                 items += self._advance_all(db, conv, user, ts)
             return Appended(items=tuple(items))
 
-        return await self._do(op, lazy=True)
+        return await self._do(op, lazy=lazy)
 
     async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:
         def op(db: sqlite3.Connection) -> Appended:

@@ -298,9 +298,9 @@ async def test_repeated_acks_cost_the_store_nothing(
     real = store.ack
     calls: list[int] = []
 
-    async def counted(user: str, device: str, upto: int, ts: int) -> object:
+    async def counted(user: str, device: str, upto: int, ts: int, **kw: bool) -> object:
         calls.append(upto)
-        return await real(user, device, upto, ts)
+        return await real(user, device, upto, ts, **kw)
 
     monkeypatch.setattr(store, "ack", counted)
     async with node.connect("alice") as alice:

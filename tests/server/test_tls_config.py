@@ -64,3 +64,16 @@ def test_bad_config_is_explained(tmp_path: Path, text: str, problem: str) -> Non
     toml.write_text(text)
     with pytest.raises(ConfigError, match=problem):
         load_config(str(toml), {}, {})
+
+
+def test_the_default_worker_count_follows_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process on SQLite (a second one only takes turns on the file's write lock:
+    docs/BENCHMARKS.md), one per core on a store that runs elsewhere; a count given wins."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert Config().processes == 1  # (the default store: SQLite in data_dir)
+    assert Config(store="sqlite:///tmp/x.db").processes == 1
+    assert Config(store="memory://").processes == 1
+    assert Config(store="cassandra://127.0.0.1:9042/chatd").processes == 4
+    assert Config(store="sqlite:///tmp/x.db", workers=3).processes == 3

@@ -97,3 +97,22 @@ async def test_an_ack_shares_the_commit_of_the_next_write(tmp_path: Path,
         before = store.batches
         r = await store.ack("alice", "phone", 1, ts=3)  # alone: committed after the delay
         assert [type(i) for _, i in r.items] == [] and store.batches == before + 1
+
+
+async def test_an_ack_whose_receipt_someone_waits_for_is_not_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lazy=False (the device acknowledged a message: its sender waits for DELIVERED): the
+    Ack commits at once, alone, instead of waiting for another write to share its commit."""
+    import trio
+
+    monkeypatch.setattr(sqlite_store, "ACK_DELAY", 3600.0)  # held, it would never return
+    async with open_store(f"sqlite://{tmp_path}/db.sqlite") as store:
+        assert isinstance(store, sqlite_store.SqliteStore)
+        await store.attach_device("bob", "phone")
+        await store.attach_device("alice", "phone")
+        await store.append_message(msg(0))
+        before = store.batches
+        with trio.fail_after(60):
+            r = await store.ack("bob", "phone", 1, ts=2, lazy=False)
+        assert [(u, type(i)) for u, i in r.items] == [("alice", Notice)]
+        assert store.batches == before + 1
