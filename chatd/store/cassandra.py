@@ -318,6 +318,9 @@ class CassandraStore:
         self._seqs: dict[str, int] = {}
         self._qs: dict[str, int] = {}  # user -> last inbox position given here
         self._fresh: set[tuple[str, int]] = set()  # 1:1 messages numbered now, not appended
+        # claims of sends stored here, to be marked done by the chat's next claim batch (or
+        # by _keep_leases within a second): per chat, (sender, client id)
+        self._dones: dict[str, set[tuple[str, str]]] = {}
         self._acks = _Combiner(self, self._write_acks)
         self._last_q: dict[str, int] = {}  # guesses; a failed transaction corrects them
         self._last_seq: dict[str, int] = {}
@@ -395,6 +398,9 @@ class CassandraStore:
         """Give back the fan-out jobs this node was running (so another node, or this one
         restarted, carries on at once instead of after the lease), then disconnect."""
         self._closed = True
+        with trio.move_on_after(2):  # (one not written: its retry redoes the send, no harm)
+            for conv in list(self._dones):
+                await self._write_dones(conv)
         with trio.move_on_after(5):  # (a lightweight transaction each: slow when busy)
             for key in list(self._owned):
                 try:
@@ -718,11 +724,38 @@ class CassandraStore:
         """Renew the leases of shards used within a lease's time; let the others lapse."""
         while True:
             await trio.sleep(min(1.0, self.url.lease / 10))
+            for conv in list(self._dones):
+                self._spawn(self._write_dones, conv)
             now = trio.current_time()
             for shard, lease in list(self._leases.items()):
                 if lease.renew_due(now) and now - self._used.get(shard, -math.inf) < (
                         self.url.lease):
                     self._spawn(self._renew, shard, lease)
+
+    def _done_rows(self, conv: str) -> tuple[set[tuple[str, str]], list[tuple[str, Any]]]:
+        """The done marks waiting for conv's claims partition (kept until written)."""
+        keys = set(self._dones.get(conv, ()))
+        return keys, [("done", (IDS_TTL, conv, s, c)) for s, c in sorted(keys)]
+
+    def _dones_written(self, conv: str, keys: set[tuple[str, str]]) -> None:
+        left = self._dones.get(conv)
+        if left is not None:
+            left -= keys
+            if not left:
+                del self._dones[conv]
+
+    async def _write_dones(self, conv: str) -> None:
+        """The done marks of a chat that no claim batch took along (a quiet chat)."""
+        keys, rows = self._done_rows(conv)
+        if not rows:
+            return
+        try:
+            for i in range(0, len(rows), CHUNK):
+                await self.db.run(self.db.batch(rows[i : i + CHUNK]))
+        except StoreError as exc:  # (tried again in a second)
+            log.warning("could not mark sends of %s done: %s", conv, exc)
+            return
+        self._dones_written(conv, keys)
 
     async def _renew(self, shard: int, lease: Lease) -> None:
         lock = self._lease_locks.setdefault(shard, trio.Lock())
@@ -858,6 +891,8 @@ class CassandraStore:
             if self._seqs.get(conv) != last:
                 raise StoreError("this chat's numbering moved meanwhile: send it again")
             self._seqs[conv] = top
+            dones, done_rows = self._done_rows(conv)  # (same partition: no extra request)
+            rows = done_rows + rows
             try:
                 await self._gather(
                     functools.partial(self._fenced, conv, lease, epoch, self.db.batch(
@@ -868,6 +903,7 @@ class CassandraStore:
                 # seq given to another message meanwhile, is no claim: _earlier_claims)
                 self._seqs.pop(conv, None)
                 raise
+            self._dones_written(conv, dones)
             for n, m in enumerate(new, last + 1):
                 found[(m.sender, m.client_id)] = _Claim(n, m.ts, True)
         self._turns.setdefault(conv, set()).update(c.seq for c in found.values() if c.new)
@@ -896,8 +932,11 @@ class CassandraStore:
                 found[(sender, r["client_id"])] = _Claim(r["seq"], r["ts"], False,
                                                          bool(r["done"]), r["at"] or 0)
         running = self._turns.get(conv, set())
+        done_here = self._dones.get(conv, set())
         check = []
         for key, c in list(found.items()):
+            if key in done_here:  # (stored here, its done mark not written yet)
+                c.done = True
             if c.done:
                 continue
             if c.seq > last:
@@ -1077,7 +1116,11 @@ class CassandraStore:
                 functools.partial(step3, conv) for conv in by_conv) for x in got]
         finally:
             self._fresh.difference_update(fresh)
-        await self._gather(self._batches(done))
+        if self.owners:  # marked done by the chat's next claim batch (_write_claims_owned)
+            for (conv,), _, (_, _, sender, cid), _ in done:
+                self._dones.setdefault(conv, set()).add((sender, cid))
+        else:
+            await self._gather(self._batches(done))
         # each result carries its own inbox items (for callers that look at them)
         by_msg: dict[tuple[str, int], list[tuple[str, Item]]] = {}
         for user, it in items:

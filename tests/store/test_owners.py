@@ -144,3 +144,28 @@ async def test_an_inbox_gets_a_message_once_when_appended_again(node: CassandraN
         await s.db.run("put_item", ("bob", 1, CONV, 6, "alice", None))
         third = await s._append_items({"bob": [m]})
         assert [it.q for _, it in third] == [2]
+
+
+async def test_a_send_costs_no_request_of_its_own_for_its_done_mark(node: CassandraNode) -> None:
+    """The owner marks a send's claim done with the chat's next claim batch (the same
+    partition), or within a second for a quiet chat; a retry meanwhile is a duplicate."""
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        await s.append_message(msg(0))  # (leases taken, counters loaded)
+        before = s.db.requests
+        await s.append_message(msg(1))
+        # claims read, claims written, message row, bob's inbox: nothing more
+        assert s.db.requests - before <= 4
+        rows = await s.db.run("claims_of", (CONV, "alice", ["alice-1"]))
+        assert not rows[0]["done"]  # not written yet
+        again = await s.append_message(msg(1))
+        assert again.duplicate and again.seq == 2
+        with trio.fail_after(5):
+            while not (await s.db.run("claims_of", (CONV, "alice", ["alice-1"])))[0]["done"]:
+                await trio.sleep(0.2)
+        await s.append_message(msg(2))
+    async with open_store(owner_url(node)) as s:  # (the last one written on closing)
+        rows = await s.db.run("claims_of", (CONV, "alice", [f"alice-{i}" for i in range(3)]))
+        assert [r["done"] for r in rows] == [True] * 3
