@@ -262,6 +262,7 @@ class _Claim:
     new: bool  # this call took the seq
     done: bool = False
     at: int = 0
+    stored: bool = False  # its message rows went in with the claim (numbering=owner)
 
 
 @dataclasses.dataclass(slots=True)
@@ -867,10 +868,16 @@ class CassandraStore:
                 log.exception("append listener failed")
         return out
 
-    async def _write_claims_owned(self, conv: str, msgs: list[NewMessage]) -> list[_Claim]:
+    async def _write_claims_owned(
+            self, conv: str, entries: list[tuple[NewMessage, Callable[[int, int], list[_Row]]]]
+    ) -> list[_Claim]:
         """_write_claims by the chat's owner: seqs from memory (the last one read once per
         lease), claims written with a plain batch; earlier claims of these client ids read
-        first (a retry finds its seq)."""
+        first (a retry finds its seq). A new claim's message rows (from its entry's
+        function of seq and ts) go in the same request, unless they are large; and the
+        done marks waiting for this chat (_dones)."""
+        msgs = [m for m, _ in entries]
+        rows_of = {(m.sender, m.client_id): f for m, f in entries}
         lease = await self._own(conv)
         epoch = lease.epoch
         last = self._seqs.get(conv)
@@ -885,19 +892,31 @@ class CassandraStore:
         if new:
             at = now_ms()
             top = last + len(new)
-            rows = [("own_claim", (conv, m.sender, m.client_id, n, m.ts, at, IDS_TTL))
-                    for n, m in enumerate(new, last + 1)]
+            dones, done_rows = self._done_rows(conv)  # (same partition: no extra request)
+            rows = [(*r, 50) for r in done_rows]
+            stored = set()
+            for n, m in enumerate(new, last + 1):
+                rows.append(("own_claim", (conv, m.sender, m.client_id, n, m.ts, at, IDS_TTL),
+                             50))
+                extra = rows_of[(m.sender, m.client_id)](n, m.ts)
+                if sum(r[3] for r in extra) <= SMALL_BATCH_BYTES:
+                    rows += [(r[1], r[2], r[3]) for r in extra]
+                    stored.add((m.sender, m.client_id))
+            chunks: list[list[tuple[str, tuple[Any, ...], int]]] = [[]]
+            for r in rows:  # (the rows of a chat's claims partition and its messages')
+                if chunks[-1] and (len(chunks[-1]) >= CHUNK or sum(
+                        x[2] for x in chunks[-1]) + r[2] > BATCH_BYTES):
+                    chunks.append([])
+                chunks[-1].append(r)
             self._fence(conv, lease, epoch)
             if self._seqs.get(conv) != last:
                 raise StoreError("this chat's numbering moved meanwhile: send it again")
             self._seqs[conv] = top
-            dones, done_rows = self._done_rows(conv)  # (same partition: no extra request)
-            rows = done_rows + rows
             try:
                 await self._gather(
                     functools.partial(self._fenced, conv, lease, epoch, self.db.batch(
-                        [("own_seq", (top, conv)), *rows[i : i + CHUNK]]))
-                    for i in range(0, len(rows), CHUNK))
+                        [("own_seq", (top, conv)), *((r[0], r[1]) for r in chunk)]))
+                    for chunk in chunks)
             except StoreError:
                 # whether it applied is unknown: read again (a claim that lands late, its
                 # seq given to another message meanwhile, is no claim: _earlier_claims)
@@ -905,7 +924,8 @@ class CassandraStore:
                 raise
             self._dones_written(conv, dones)
             for n, m in enumerate(new, last + 1):
-                found[(m.sender, m.client_id)] = _Claim(n, m.ts, True)
+                key = (m.sender, m.client_id)
+                found[key] = _Claim(n, m.ts, True, stored=key in stored)
         self._turns.setdefault(conv, set()).update(c.seq for c in found.values() if c.new)
         out = []
         for m in msgs:  # a client id twice in one call: the second is a retry of the first
@@ -1012,10 +1032,28 @@ class CassandraStore:
         devices: dict[str, int] = {}
         members: dict[str, _Members | None] = {}
 
+        def targets_of(m: NewMessage) -> list[str]:
+            g = members[m.group] if m.group is not None else None
+            return list(delivery.send_targets(m.sender, m.recipients, g.members if g else (),
+                                              devices[m.sender]))
+
+        def msg_rows(m: NewMessage, seq: int, ts: int) -> list[_Row]:
+            """The message row, and its day's queue row for a TEMPORARY chat."""
+            mode, ttl = chat_modes[m.conv]
+            out: list[_Row] = [((m.conv, bucket(seq)), "put_msg", (
+                m.conv, bucket(seq), seq, ts, m.sender, m.device, m.client_id, m.body,
+                blobs.media_blob(m.media), m.group, blobs.event_blob(m.event),
+                set(targets_of(m)) or None, modes.ttl_of(mode, ttl)), len(m.body) + 100)]
+            if modes.forgets_undelivered(mode):
+                out.append(((ts // DAY_MS,), "queue", (ts // DAY_MS, ts, m.conv, seq), 50))
+            return out
+
         async def claim(conv: str) -> None:
             idx = by_conv[conv]
-            for i, c in zip(idx, await self._claims.submit(conv, [msgs[i] for i in idx]),
-                            strict=True):
+            entries: list[Any] = [msgs[i] for i in idx]
+            if self.owners:  # the owner writes the message rows with the claims
+                entries = [(m, functools.partial(msg_rows, m)) for m in entries]
+            for i, c in zip(idx, await self._claims.submit(conv, entries), strict=True):
                 claims[i] = c
 
         async def conv_mode(conv: str) -> None:
@@ -1027,11 +1065,16 @@ class CassandraStore:
         async def group(name: str) -> None:
             members[name] = await self._group(name)
 
-        await self._gather([*(functools.partial(claim, c) for c in by_conv),
-                            *(functools.partial(conv_mode, c) for c in by_conv),
-                            *(functools.partial(count, u) for u in {m.sender for m in msgs}),
-                            *(functools.partial(group, g) for g in {m.group for m in msgs}
-                              if g is not None)])
+        claim_all = [functools.partial(claim, c) for c in by_conv]
+        lookups = [*(functools.partial(conv_mode, c) for c in by_conv),
+                   *(functools.partial(count, u) for u in {m.sender for m in msgs}),
+                   *(functools.partial(group, g) for g in {m.group for m in msgs}
+                     if g is not None)]
+        if self.owners:  # (the message rows, written with the claims, need the lookups)
+            await self._gather(lookups)
+            await self._gather(claim_all)
+        else:
+            await self._gather([*claim_all, *lookups])
         results: list[Appended] = []
         writes: list[Callable[..., Awaitable[Any]]] = []
         inbox: dict[str, dict[str, list[Entry]]] = {}  # per chat
@@ -1051,33 +1094,23 @@ class CassandraStore:
             stored = Message(conv=m.conv, seq=c.seq, ts=c.ts, sender=m.sender, device=m.device,
                              id=m.client_id, body=m.body, group=m.group, media=m.media,
                              event=m.event)
+            targets = targets_of(m)
             if m.group is not None:
-                g = members[m.group]
-                targets = list(delivery.send_targets(m.sender, m.recipients,
-                                                     g.members if g else (), devices[m.sender]))
                 writes.append(lambda m=m, c=c, t=targets: self.db.run(
                     "add_job", (m.conv, c.seq, t)))
                 jobs.append((m.conv, c.seq, len(targets)))
                 writes.append(lambda m=m, c=c: self.db.run("list_job", (m.conv, c.seq)))
                 writes.append(lambda m=m, c=c: self._set_marks(m.conv, m.sender, c.seq, c.seq))
             else:
-                targets = list(delivery.send_targets(m.sender, m.recipients, (),
-                                                     devices[m.sender]))
                 for u in targets:
                     inbox.setdefault(m.conv, {}).setdefault(u, []).append(stored)
                 if c.new:  # (in no inbox yet: see _write_inbox_owned)
                     fresh.append((m.conv, c.seq))
-            mode, ttl = chat_modes[m.conv]
-            rows.append(((m.conv, bucket(c.seq)), "put_msg", (
-                m.conv, bucket(c.seq), c.seq, c.ts, m.sender, m.device, m.client_id, m.body,
-                blobs.media_blob(m.media), m.group, blobs.event_blob(m.event),
-                set(targets) or None, modes.ttl_of(mode, ttl)),
-                len(m.body) + 100))
-            if modes.forgets_undelivered(mode):
-                day = c.ts // DAY_MS
-                rows.append(((day,), "queue", (day, c.ts, m.conv, c.seq), 50))
-                if day not in self._days:
-                    writes.append(lambda day=day: self._add_day(day))
+            if not c.stored:
+                rows += msg_rows(m, c.seq, c.ts)
+            day = c.ts // DAY_MS
+            if modes.forgets_undelivered(chat_modes[m.conv][0]) and day not in self._days:
+                writes.append(lambda day=day: self._add_day(day))
             done.append(((m.conv,), "done", (IDS_TTL, m.conv, m.sender, m.client_id), 50))
             results.append(Appended(m.conv, c.seq, c.ts))
         # the message rows exist before anything points at them
