@@ -1322,16 +1322,26 @@ class CassandraStore:
     async def _set_marks(self, conv: str, user: str, delivered: int | None,
                          read: int | None) -> None:
         """Raise a member's watermarks; a lower value never wins (it is the write time)."""
-        rows: list[tuple[str, tuple[Any, ...]]] = []
-        st = self._mark_cache.get((conv, user))
-        if delivered is not None:
-            rows.append(("set_delivered", (delivered + 1, delivered, conv, user)))
-        if read is not None:
-            rows.append(("set_read", (read + 1, read, conv, user)))
+        rows = self._mark_rows(conv, user, delivered, read)
         if len(rows) == 1:
             await self.db.run(*rows[0])
         elif rows:
             await self.db.run(self.db.batch(rows))
+        self._marks_written(conv, user, delivered, read)
+
+    @staticmethod
+    def _mark_rows(conv: str, user: str, delivered: int | None, read: int | None
+                   ) -> list[tuple[str, tuple[Any, ...]]]:
+        rows: list[tuple[str, tuple[Any, ...]]] = []
+        if delivered is not None:
+            rows.append(("set_delivered", (delivered + 1, delivered, conv, user)))
+        if read is not None:
+            rows.append(("set_read", (read + 1, read, conv, user)))
+        return rows
+
+    def _marks_written(self, conv: str, user: str, delivered: int | None, read: int | None
+                       ) -> None:
+        st = self._mark_cache.get((conv, user))
         if st is not None:
             st[0], st[1] = max(st[0], delivered or 0), max(st[1], read or 0)
 
@@ -1372,17 +1382,24 @@ class CassandraStore:
         new = delivery.new_cursor(old, upto, rows[-1]["q"] if rows else old)
         if new is None:
             return Appended()
-        await self.db.run("set_cursor", (new + 1, new, user, device))
-        self._cursors[(user, device)] = new
-        self._acked_users.add(user)  # collect() may prune what all devices now have
         chats = list({r["conv"] for r in rows if r["receipt"] is None})
         states = dict(zip(chats, await self._gather(
             lambda c=c: self._marks(c, user) for c in chats), strict=True))
         got = delivery.delivered(user, [(r["sender"], r["conv"], r["seq"]) for r in rows
                                         if r["receipt"] is None],
                                  lambda conv: states[conv][0])
-        await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
-                           for c, s in got.raised.items())
+        cursor = ("set_cursor", (new + 1, new, user, device))
+        if len(got.raised) < SMALL_BATCH_PARTS:  # the cursor and the watermarks: one request
+            await self.db.run(self.db.batch([cursor, *(
+                self._mark_rows(c, user, s, None)[0] for c, s in got.raised.items())]))
+            for c, s in got.raised.items():
+                self._marks_written(c, user, s, None)
+        else:
+            await self.db.run(*cursor)
+            await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
+                               for c, s in got.raised.items())
+        self._cursors[(user, device)] = new
+        self._acked_users.add(user)  # collect() may prune what all devices now have
         items = await self._put_receipts(delivery.receipts(user, Status.DELIVERED, ts,
                                                            got.direct))
         for conv in got.groups:  # coalesced: one receipt when all have it

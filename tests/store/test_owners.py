@@ -191,3 +191,22 @@ async def test_an_owner_writes_a_message_with_its_claim_a_large_one_apart(
         queued = await s.db.run("queued", (day, 2**62, 10))
         assert sorted(r["seq"] for r in queued) == [1, 2, 3]
 
+
+async def test_an_ack_writes_the_cursor_and_the_watermark_in_one_request(
+        node: CassandraNode) -> None:
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        await s.append_message(msg(0))
+        await s.ack("bob", "phone", 1, 2000)  # (bob's watermark in the chat read once)
+        await s.append_message(msg(1))
+        before = s.db.requests
+        got = await s.ack("bob", "phone", 2, 3000)
+        # (bob's items read, unless remembered), his cursor and watermark written, alice's
+        # receipt appended
+        assert s.db.requests - before <= 3
+        assert [it.q for _, it in got.items] == [2]  # alice's DELIVERED receipt for seq 2
+        assert await s.cursor("bob", "phone") == 2
+        assert (await s.db.run("mark", (CONV, "bob")))[0]["delivered"] == 2
+
