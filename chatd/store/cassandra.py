@@ -96,6 +96,7 @@ MARK_TTL: Final = 7 * 86_400
 TURN_WAIT: Final = 2.0
 CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are trusted from memory
 MAX_CACHED: Final = 200_000  # entries per cache before it starts again
+MAX_RECENT: Final = 10_000  # inbox items remembered per user until acked (numbering=owner)
 
 STATEMENTS: Final = {
     "add_user": "INSERT INTO users (user) VALUES (?)",
@@ -266,6 +267,15 @@ class _Claim:
 
 
 @dataclasses.dataclass(slots=True)
+class _Recent:
+    """numbering=owner: the items this node put in an inbox at positions (base, top], every
+    one of them, as `items_upto` would read them (an ack within that range reads nothing)."""
+    base: int
+    top: int
+    rows: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
 class _Members:
     name: str
     members: dict[str, tuple[bool, int]]  # user -> (admin, joined_seq), in joining order
@@ -318,6 +328,7 @@ class CassandraStore:
         self._shard_keys: dict[int, set[str]] = {}  # chats and inboxes loaded, per shard
         self._seqs: dict[str, int] = {}
         self._qs: dict[str, int] = {}  # user -> last inbox position given here
+        self._recent: dict[str, _Recent] = {}  # user -> items given here, not acked yet
         self._fresh: set[tuple[str, int]] = set()  # 1:1 messages numbered now, not appended
         # claims of sends stored here, to be marked done by the chat's next claim batch (or
         # by _keep_leases within a second): per chat, (sender, client id)
@@ -693,6 +704,7 @@ class CassandraStore:
         for key in self._shard_keys.pop(shard, ()):
             self._seqs.pop(key, None)
             self._qs.pop(key, None)
+            self._recent.pop(key, None)
 
     async def _take(self, shard: int, lease: Lease) -> None:
         """Take a free shard (a new epoch) or renew our own. The lease counts from the moment
@@ -807,6 +819,7 @@ class CassandraStore:
             last = await self._read_last_q(user)
             self._fence(user, lease, epoch)
             self._qs[user] = last
+            self._recent[user] = _Recent(last, last)
             self._shard_keys.setdefault(shard_of(user), set()).add(user)
         there = [False] * len(entries)
         seen: set[tuple[str, int]] = set()
@@ -850,6 +863,7 @@ class CassandraStore:
             self._qs[user] = top
             batches = [self.db.batch([("own_q", (top, user)), *rows[i : i + CHUNK]])
                        for i in range(0, len(rows), CHUNK)]
+            recent = self._recent.pop(user, None)
             for tries in range(RETRIES + 1):  # the same rows again: idempotent
                 try:
                     await self._gather(functools.partial(self._fenced, user, lease, epoch, b)
@@ -857,7 +871,20 @@ class CassandraStore:
                     break
                 except StoreError as exc:
                     if not isinstance(exc, StoreTimeout) or tries == RETRIES:
+                        # (items may be at these positions or not: known from here on)
+                        self._recent[user] = _Recent(top, top)
                         raise
+            if recent is not None and recent.top == last and len(recent.rows) < MAX_RECENT:
+                for n, j in enumerate(todo, last + 1):
+                    it = entries[j]
+                    got = it if type(it) is Message else None  # (else a receipt)
+                    recent.rows[n] = {"q": n, "conv": it.conv, "seq": got.seq if got else 0,
+                                      "sender": got.sender if got else None,
+                                      "receipt": None if got else b""}
+                recent.top = top
+                self._recent[user] = recent
+            else:
+                self._recent[user] = _Recent(top, top)
         items = tuple((user, inbox_item(n, entries[j])) for n, j in enumerate(todo, last + 1))
         placed = iter(items)
         out = [None if there[j] else next(placed) for j in range(len(entries))]
@@ -1378,7 +1405,11 @@ class CassandraStore:
         if upto <= old:
             return Appended()
         # what is there up to upto (an ack beyond the inbox stops at its end)
-        rows = await self.db.run("items_upto", (user, old, upto))
+        recent = self._recent.get(user)
+        if recent is not None and recent.base <= old and upto <= recent.top:
+            rows = [recent.rows[q] for q in range(old + 1, upto + 1)]  # (put here)
+        else:
+            rows = await self.db.run("items_upto", (user, old, upto))
         new = delivery.new_cursor(old, upto, rows[-1]["q"] if rows else old)
         if new is None:
             return Appended()
@@ -1400,6 +1431,10 @@ class CassandraStore:
                                for c, s in got.raised.items())
         self._cursors[(user, device)] = new
         self._acked_users.add(user)  # collect() may prune what all devices now have
+        if recent is not None and recent.base < new:  # (another device acks them: read)
+            for q in range(recent.base + 1, min(new, recent.top) + 1):
+                recent.rows.pop(q, None)
+            recent.base = min(new, recent.top)
         items = await self._put_receipts(delivery.receipts(user, Status.DELIVERED, ts,
                                                            got.direct))
         for conv in got.groups:  # coalesced: one receipt when all have it
@@ -1702,6 +1737,7 @@ class CassandraStore:
         for name in ("del_devices", "del_inbox", "del_user_groups", "del_user"):
             await self._admin(name, (user,))
         self._last_q.pop(user, None)
+        self._recent.pop(user, None)
         self._device_counts.pop(user, None)
         self._acked_users.discard(user)
         for key in [k for k in self._cursors if k[0] == user]:

@@ -210,3 +210,35 @@ async def test_an_ack_writes_the_cursor_and_the_watermark_in_one_request(
         assert await s.cursor("bob", "phone") == 2
         assert (await s.db.run("mark", (CONV, "bob")))[0]["delivered"] == 2
 
+
+async def test_an_ack_of_items_put_by_this_owner_reads_nothing(
+        node: CassandraNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox's owner remembers the items it put there until they are acked: an ack
+    within them reads nothing; after a write that failed (its items there or not) it reads."""
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        await s.append_message(msg(0))
+        await s.ack("bob", "phone", 1, 2000)
+        await s.append_message(msg(1))
+        before = s.db.requests
+        got = await s.ack("bob", "phone", 2, 3000)
+        # bob's cursor and watermark written, alice's receipt appended: nothing read
+        assert s.db.requests - before <= 2
+        assert [(it.q, it.seqs) for _, it in got.items] == [(2, (2,))]
+        fenced = s._fenced
+
+        async def lost_answer(key: str, *args: Any) -> Any:
+            out = await fenced(key, *args)
+            if key == "bob":  # (bob's inbox write applied, but its answer is lost)
+                raise StoreError("cassandra: lost")
+            return out
+
+        monkeypatch.setattr(s, "_fenced", lost_answer)
+        with pytest.raises(StoreError):
+            await s.append_message(msg(2))
+        monkeypatch.setattr(s, "_fenced", fenced)
+        got = await s.ack("bob", "phone", 3, 4000)  # seq 3 is in bob's inbox: read
+        assert await s.cursor("bob", "phone") == 3
+        assert [it.seqs for _, it in got.items] == [(3,)]
