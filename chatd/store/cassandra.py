@@ -96,6 +96,7 @@ MARK_TTL: Final = 7 * 86_400
 TURN_WAIT: Final = 2.0
 CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are trusted from memory
 MAX_CACHED: Final = 200_000  # entries per cache before it starts again
+MAX_RECENT: Final = 10_000  # inbox items remembered per user until acked (numbering=owner)
 
 STATEMENTS: Final = {
     "add_user": "INSERT INTO users (user) VALUES (?)",
@@ -262,6 +263,16 @@ class _Claim:
     new: bool  # this call took the seq
     done: bool = False
     at: int = 0
+    stored: bool = False  # its message rows went in with the claim (numbering=owner)
+
+
+@dataclasses.dataclass(slots=True)
+class _Recent:
+    """numbering=owner: the items this node put in an inbox at positions (base, top], every
+    one of them, as `items_upto` would read them (an ack within that range reads nothing)."""
+    base: int
+    top: int
+    rows: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -317,7 +328,11 @@ class CassandraStore:
         self._shard_keys: dict[int, set[str]] = {}  # chats and inboxes loaded, per shard
         self._seqs: dict[str, int] = {}
         self._qs: dict[str, int] = {}  # user -> last inbox position given here
+        self._recent: dict[str, _Recent] = {}  # user -> items given here, not acked yet
         self._fresh: set[tuple[str, int]] = set()  # 1:1 messages numbered now, not appended
+        # claims of sends stored here, to be marked done by the chat's next claim batch (or
+        # by _keep_leases within a second): per chat, (sender, client id)
+        self._dones: dict[str, set[tuple[str, str]]] = {}
         self._acks = _Combiner(self, self._write_acks)
         self._last_q: dict[str, int] = {}  # guesses; a failed transaction corrects them
         self._last_seq: dict[str, int] = {}
@@ -395,6 +410,9 @@ class CassandraStore:
         """Give back the fan-out jobs this node was running (so another node, or this one
         restarted, carries on at once instead of after the lease), then disconnect."""
         self._closed = True
+        with trio.move_on_after(2):  # (one not written: its retry redoes the send, no harm)
+            for conv in list(self._dones):
+                await self._write_dones(conv)
         with trio.move_on_after(5):  # (a lightweight transaction each: slow when busy)
             for key in list(self._owned):
                 try:
@@ -686,6 +704,7 @@ class CassandraStore:
         for key in self._shard_keys.pop(shard, ()):
             self._seqs.pop(key, None)
             self._qs.pop(key, None)
+            self._recent.pop(key, None)
 
     async def _take(self, shard: int, lease: Lease) -> None:
         """Take a free shard (a new epoch) or renew our own. The lease counts from the moment
@@ -718,11 +737,38 @@ class CassandraStore:
         """Renew the leases of shards used within a lease's time; let the others lapse."""
         while True:
             await trio.sleep(min(1.0, self.url.lease / 10))
+            for conv in list(self._dones):
+                self._spawn(self._write_dones, conv)
             now = trio.current_time()
             for shard, lease in list(self._leases.items()):
                 if lease.renew_due(now) and now - self._used.get(shard, -math.inf) < (
                         self.url.lease):
                     self._spawn(self._renew, shard, lease)
+
+    def _done_rows(self, conv: str) -> tuple[set[tuple[str, str]], list[tuple[str, Any]]]:
+        """The done marks waiting for conv's claims partition (kept until written)."""
+        keys = set(self._dones.get(conv, ()))
+        return keys, [("done", (IDS_TTL, conv, s, c)) for s, c in sorted(keys)]
+
+    def _dones_written(self, conv: str, keys: set[tuple[str, str]]) -> None:
+        left = self._dones.get(conv)
+        if left is not None:
+            left -= keys
+            if not left:
+                del self._dones[conv]
+
+    async def _write_dones(self, conv: str) -> None:
+        """The done marks of a chat that no claim batch took along (a quiet chat)."""
+        keys, rows = self._done_rows(conv)
+        if not rows:
+            return
+        try:
+            for i in range(0, len(rows), CHUNK):
+                await self.db.run(self.db.batch(rows[i : i + CHUNK]))
+        except StoreError as exc:  # (tried again in a second)
+            log.warning("could not mark sends of %s done: %s", conv, exc)
+            return
+        self._dones_written(conv, keys)
 
     async def _renew(self, shard: int, lease: Lease) -> None:
         lock = self._lease_locks.setdefault(shard, trio.Lock())
@@ -773,6 +819,7 @@ class CassandraStore:
             last = await self._read_last_q(user)
             self._fence(user, lease, epoch)
             self._qs[user] = last
+            self._recent[user] = _Recent(last, last)
             self._shard_keys.setdefault(shard_of(user), set()).add(user)
         there = [False] * len(entries)
         seen: set[tuple[str, int]] = set()
@@ -816,6 +863,7 @@ class CassandraStore:
             self._qs[user] = top
             batches = [self.db.batch([("own_q", (top, user)), *rows[i : i + CHUNK]])
                        for i in range(0, len(rows), CHUNK)]
+            recent = self._recent.pop(user, None)
             for tries in range(RETRIES + 1):  # the same rows again: idempotent
                 try:
                     await self._gather(functools.partial(self._fenced, user, lease, epoch, b)
@@ -823,7 +871,20 @@ class CassandraStore:
                     break
                 except StoreError as exc:
                     if not isinstance(exc, StoreTimeout) or tries == RETRIES:
+                        # (items may be at these positions or not: known from here on)
+                        self._recent[user] = _Recent(top, top)
                         raise
+            if recent is not None and recent.top == last and len(recent.rows) < MAX_RECENT:
+                for n, j in enumerate(todo, last + 1):
+                    it = entries[j]
+                    got = it if type(it) is Message else None  # (else a receipt)
+                    recent.rows[n] = {"q": n, "conv": it.conv, "seq": got.seq if got else 0,
+                                      "sender": got.sender if got else None,
+                                      "receipt": None if got else b""}
+                recent.top = top
+                self._recent[user] = recent
+            else:
+                self._recent[user] = _Recent(top, top)
         items = tuple((user, inbox_item(n, entries[j])) for n, j in enumerate(todo, last + 1))
         placed = iter(items)
         out = [None if there[j] else next(placed) for j in range(len(entries))]
@@ -834,10 +895,16 @@ class CassandraStore:
                 log.exception("append listener failed")
         return out
 
-    async def _write_claims_owned(self, conv: str, msgs: list[NewMessage]) -> list[_Claim]:
+    async def _write_claims_owned(
+            self, conv: str, entries: list[tuple[NewMessage, Callable[[int, int], list[_Row]]]]
+    ) -> list[_Claim]:
         """_write_claims by the chat's owner: seqs from memory (the last one read once per
         lease), claims written with a plain batch; earlier claims of these client ids read
-        first (a retry finds its seq)."""
+        first (a retry finds its seq). A new claim's message rows (from its entry's
+        function of seq and ts) go in the same request, unless they are large; and the
+        done marks waiting for this chat (_dones)."""
+        msgs = [m for m, _ in entries]
+        rows_of = {(m.sender, m.client_id): f for m, f in entries}
         lease = await self._own(conv)
         epoch = lease.epoch
         last = self._seqs.get(conv)
@@ -852,8 +919,22 @@ class CassandraStore:
         if new:
             at = now_ms()
             top = last + len(new)
-            rows = [("own_claim", (conv, m.sender, m.client_id, n, m.ts, at, IDS_TTL))
-                    for n, m in enumerate(new, last + 1)]
+            dones, done_rows = self._done_rows(conv)  # (same partition: no extra request)
+            rows = [(*r, 50) for r in done_rows]
+            stored = set()
+            for n, m in enumerate(new, last + 1):
+                rows.append(("own_claim", (conv, m.sender, m.client_id, n, m.ts, at, IDS_TTL),
+                             50))
+                extra = rows_of[(m.sender, m.client_id)](n, m.ts)
+                if sum(r[3] for r in extra) <= SMALL_BATCH_BYTES:
+                    rows += [(r[1], r[2], r[3]) for r in extra]
+                    stored.add((m.sender, m.client_id))
+            chunks: list[list[tuple[str, tuple[Any, ...], int]]] = [[]]
+            for r in rows:  # (the rows of a chat's claims partition and its messages')
+                if chunks[-1] and (len(chunks[-1]) >= CHUNK or sum(
+                        x[2] for x in chunks[-1]) + r[2] > BATCH_BYTES):
+                    chunks.append([])
+                chunks[-1].append(r)
             self._fence(conv, lease, epoch)
             if self._seqs.get(conv) != last:
                 raise StoreError("this chat's numbering moved meanwhile: send it again")
@@ -861,15 +942,17 @@ class CassandraStore:
             try:
                 await self._gather(
                     functools.partial(self._fenced, conv, lease, epoch, self.db.batch(
-                        [("own_seq", (top, conv)), *rows[i : i + CHUNK]]))
-                    for i in range(0, len(rows), CHUNK))
+                        [("own_seq", (top, conv)), *((r[0], r[1]) for r in chunk)]))
+                    for chunk in chunks)
             except StoreError:
                 # whether it applied is unknown: read again (a claim that lands late, its
                 # seq given to another message meanwhile, is no claim: _earlier_claims)
                 self._seqs.pop(conv, None)
                 raise
+            self._dones_written(conv, dones)
             for n, m in enumerate(new, last + 1):
-                found[(m.sender, m.client_id)] = _Claim(n, m.ts, True)
+                key = (m.sender, m.client_id)
+                found[key] = _Claim(n, m.ts, True, stored=key in stored)
         self._turns.setdefault(conv, set()).update(c.seq for c in found.values() if c.new)
         out = []
         for m in msgs:  # a client id twice in one call: the second is a retry of the first
@@ -896,8 +979,11 @@ class CassandraStore:
                 found[(sender, r["client_id"])] = _Claim(r["seq"], r["ts"], False,
                                                          bool(r["done"]), r["at"] or 0)
         running = self._turns.get(conv, set())
+        done_here = self._dones.get(conv, set())
         check = []
         for key, c in list(found.items()):
+            if key in done_here:  # (stored here, its done mark not written yet)
+                c.done = True
             if c.done:
                 continue
             if c.seq > last:
@@ -973,10 +1059,28 @@ class CassandraStore:
         devices: dict[str, int] = {}
         members: dict[str, _Members | None] = {}
 
+        def targets_of(m: NewMessage) -> list[str]:
+            g = members[m.group] if m.group is not None else None
+            return list(delivery.send_targets(m.sender, m.recipients, g.members if g else (),
+                                              devices[m.sender]))
+
+        def msg_rows(m: NewMessage, seq: int, ts: int) -> list[_Row]:
+            """The message row, and its day's queue row for a TEMPORARY chat."""
+            mode, ttl = chat_modes[m.conv]
+            out: list[_Row] = [((m.conv, bucket(seq)), "put_msg", (
+                m.conv, bucket(seq), seq, ts, m.sender, m.device, m.client_id, m.body,
+                blobs.media_blob(m.media), m.group, blobs.event_blob(m.event),
+                set(targets_of(m)) or None, modes.ttl_of(mode, ttl)), len(m.body) + 100)]
+            if modes.forgets_undelivered(mode):
+                out.append(((ts // DAY_MS,), "queue", (ts // DAY_MS, ts, m.conv, seq), 50))
+            return out
+
         async def claim(conv: str) -> None:
             idx = by_conv[conv]
-            for i, c in zip(idx, await self._claims.submit(conv, [msgs[i] for i in idx]),
-                            strict=True):
+            entries: list[Any] = [msgs[i] for i in idx]
+            if self.owners:  # the owner writes the message rows with the claims
+                entries = [(m, functools.partial(msg_rows, m)) for m in entries]
+            for i, c in zip(idx, await self._claims.submit(conv, entries), strict=True):
                 claims[i] = c
 
         async def conv_mode(conv: str) -> None:
@@ -988,11 +1092,16 @@ class CassandraStore:
         async def group(name: str) -> None:
             members[name] = await self._group(name)
 
-        await self._gather([*(functools.partial(claim, c) for c in by_conv),
-                            *(functools.partial(conv_mode, c) for c in by_conv),
-                            *(functools.partial(count, u) for u in {m.sender for m in msgs}),
-                            *(functools.partial(group, g) for g in {m.group for m in msgs}
-                              if g is not None)])
+        claim_all = [functools.partial(claim, c) for c in by_conv]
+        lookups = [*(functools.partial(conv_mode, c) for c in by_conv),
+                   *(functools.partial(count, u) for u in {m.sender for m in msgs}),
+                   *(functools.partial(group, g) for g in {m.group for m in msgs}
+                     if g is not None)]
+        if self.owners:  # (the message rows, written with the claims, need the lookups)
+            await self._gather(lookups)
+            await self._gather(claim_all)
+        else:
+            await self._gather([*claim_all, *lookups])
         results: list[Appended] = []
         writes: list[Callable[..., Awaitable[Any]]] = []
         inbox: dict[str, dict[str, list[Entry]]] = {}  # per chat
@@ -1012,33 +1121,23 @@ class CassandraStore:
             stored = Message(conv=m.conv, seq=c.seq, ts=c.ts, sender=m.sender, device=m.device,
                              id=m.client_id, body=m.body, group=m.group, media=m.media,
                              event=m.event)
+            targets = targets_of(m)
             if m.group is not None:
-                g = members[m.group]
-                targets = list(delivery.send_targets(m.sender, m.recipients,
-                                                     g.members if g else (), devices[m.sender]))
                 writes.append(lambda m=m, c=c, t=targets: self.db.run(
                     "add_job", (m.conv, c.seq, t)))
                 jobs.append((m.conv, c.seq, len(targets)))
                 writes.append(lambda m=m, c=c: self.db.run("list_job", (m.conv, c.seq)))
                 writes.append(lambda m=m, c=c: self._set_marks(m.conv, m.sender, c.seq, c.seq))
             else:
-                targets = list(delivery.send_targets(m.sender, m.recipients, (),
-                                                     devices[m.sender]))
                 for u in targets:
                     inbox.setdefault(m.conv, {}).setdefault(u, []).append(stored)
                 if c.new:  # (in no inbox yet: see _write_inbox_owned)
                     fresh.append((m.conv, c.seq))
-            mode, ttl = chat_modes[m.conv]
-            rows.append(((m.conv, bucket(c.seq)), "put_msg", (
-                m.conv, bucket(c.seq), c.seq, c.ts, m.sender, m.device, m.client_id, m.body,
-                blobs.media_blob(m.media), m.group, blobs.event_blob(m.event),
-                set(targets) or None, modes.ttl_of(mode, ttl)),
-                len(m.body) + 100))
-            if modes.forgets_undelivered(mode):
-                day = c.ts // DAY_MS
-                rows.append(((day,), "queue", (day, c.ts, m.conv, c.seq), 50))
-                if day not in self._days:
-                    writes.append(lambda day=day: self._add_day(day))
+            if not c.stored:
+                rows += msg_rows(m, c.seq, c.ts)
+            day = c.ts // DAY_MS
+            if modes.forgets_undelivered(chat_modes[m.conv][0]) and day not in self._days:
+                writes.append(lambda day=day: self._add_day(day))
             done.append(((m.conv,), "done", (IDS_TTL, m.conv, m.sender, m.client_id), 50))
             results.append(Appended(m.conv, c.seq, c.ts))
         # the message rows exist before anything points at them
@@ -1077,7 +1176,11 @@ class CassandraStore:
                 functools.partial(step3, conv) for conv in by_conv) for x in got]
         finally:
             self._fresh.difference_update(fresh)
-        await self._gather(self._batches(done))
+        if self.owners:  # marked done by the chat's next claim batch (_write_claims_owned)
+            for (conv,), _, (_, _, sender, cid), _ in done:
+                self._dones.setdefault(conv, set()).add((sender, cid))
+        else:
+            await self._gather(self._batches(done))
         # each result carries its own inbox items (for callers that look at them)
         by_msg: dict[tuple[str, int], list[tuple[str, Item]]] = {}
         for user, it in items:
@@ -1246,16 +1349,26 @@ class CassandraStore:
     async def _set_marks(self, conv: str, user: str, delivered: int | None,
                          read: int | None) -> None:
         """Raise a member's watermarks; a lower value never wins (it is the write time)."""
-        rows: list[tuple[str, tuple[Any, ...]]] = []
-        st = self._mark_cache.get((conv, user))
-        if delivered is not None:
-            rows.append(("set_delivered", (delivered + 1, delivered, conv, user)))
-        if read is not None:
-            rows.append(("set_read", (read + 1, read, conv, user)))
+        rows = self._mark_rows(conv, user, delivered, read)
         if len(rows) == 1:
             await self.db.run(*rows[0])
         elif rows:
             await self.db.run(self.db.batch(rows))
+        self._marks_written(conv, user, delivered, read)
+
+    @staticmethod
+    def _mark_rows(conv: str, user: str, delivered: int | None, read: int | None
+                   ) -> list[tuple[str, tuple[Any, ...]]]:
+        rows: list[tuple[str, tuple[Any, ...]]] = []
+        if delivered is not None:
+            rows.append(("set_delivered", (delivered + 1, delivered, conv, user)))
+        if read is not None:
+            rows.append(("set_read", (read + 1, read, conv, user)))
+        return rows
+
+    def _marks_written(self, conv: str, user: str, delivered: int | None, read: int | None
+                       ) -> None:
+        st = self._mark_cache.get((conv, user))
         if st is not None:
             st[0], st[1] = max(st[0], delivered or 0), max(st[1], read or 0)
 
@@ -1292,21 +1405,36 @@ class CassandraStore:
         if upto <= old:
             return Appended()
         # what is there up to upto (an ack beyond the inbox stops at its end)
-        rows = await self.db.run("items_upto", (user, old, upto))
+        recent = self._recent.get(user)
+        if recent is not None and recent.base <= old and upto <= recent.top:
+            rows = [recent.rows[q] for q in range(old + 1, upto + 1)]  # (put here)
+        else:
+            rows = await self.db.run("items_upto", (user, old, upto))
         new = delivery.new_cursor(old, upto, rows[-1]["q"] if rows else old)
         if new is None:
             return Appended()
-        await self.db.run("set_cursor", (new + 1, new, user, device))
-        self._cursors[(user, device)] = new
-        self._acked_users.add(user)  # collect() may prune what all devices now have
         chats = list({r["conv"] for r in rows if r["receipt"] is None})
         states = dict(zip(chats, await self._gather(
             lambda c=c: self._marks(c, user) for c in chats), strict=True))
         got = delivery.delivered(user, [(r["sender"], r["conv"], r["seq"]) for r in rows
                                         if r["receipt"] is None],
                                  lambda conv: states[conv][0])
-        await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
-                           for c, s in got.raised.items())
+        cursor = ("set_cursor", (new + 1, new, user, device))
+        if len(got.raised) < SMALL_BATCH_PARTS:  # the cursor and the watermarks: one request
+            await self.db.run(self.db.batch([cursor, *(
+                self._mark_rows(c, user, s, None)[0] for c, s in got.raised.items())]))
+            for c, s in got.raised.items():
+                self._marks_written(c, user, s, None)
+        else:
+            await self.db.run(*cursor)
+            await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
+                               for c, s in got.raised.items())
+        self._cursors[(user, device)] = new
+        self._acked_users.add(user)  # collect() may prune what all devices now have
+        if recent is not None and recent.base < new:  # (another device acks them: read)
+            for q in range(recent.base + 1, min(new, recent.top) + 1):
+                recent.rows.pop(q, None)
+            recent.base = min(new, recent.top)
         items = await self._put_receipts(delivery.receipts(user, Status.DELIVERED, ts,
                                                            got.direct))
         for conv in got.groups:  # coalesced: one receipt when all have it
@@ -1609,6 +1737,7 @@ class CassandraStore:
         for name in ("del_devices", "del_inbox", "del_user_groups", "del_user"):
             await self._admin(name, (user,))
         self._last_q.pop(user, None)
+        self._recent.pop(user, None)
         self._device_counts.pop(user, None)
         self._acked_users.discard(user)
         for key in [k for k in self._cursors if k[0] == user]:

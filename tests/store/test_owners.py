@@ -144,3 +144,101 @@ async def test_an_inbox_gets_a_message_once_when_appended_again(node: CassandraN
         await s.db.run("put_item", ("bob", 1, CONV, 6, "alice", None))
         third = await s._append_items({"bob": [m]})
         assert [it.q for _, it in third] == [2]
+
+
+async def test_a_send_costs_no_request_of_its_own_for_its_done_mark(node: CassandraNode) -> None:
+    """The owner marks a send's claim done with the chat's next claim batch (the same
+    partition), or within a second for a quiet chat; a retry meanwhile is a duplicate."""
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        await s.append_message(msg(0))  # (leases taken, counters loaded)
+        before = s.db.requests
+        await s.append_message(msg(1))
+        # claims read, claims written with the message row (and its day's queue row), bob's
+        # inbox: nothing more
+        assert s.db.requests - before <= 3
+        rows = await s.db.run("claims_of", (CONV, "alice", ["alice-1"]))
+        assert not rows[0]["done"]  # not written yet
+        again = await s.append_message(msg(1))
+        assert again.duplicate and again.seq == 2
+        with trio.fail_after(5):
+            while not (await s.db.run("claims_of", (CONV, "alice", ["alice-1"])))[0]["done"]:
+                await trio.sleep(0.2)
+        await s.append_message(msg(2))
+    async with open_store(owner_url(node)) as s:  # (the last one written on closing)
+        rows = await s.db.run("claims_of", (CONV, "alice", [f"alice-{i}" for i in range(3)]))
+        assert [r["done"] for r in rows] == [True] * 3
+
+
+async def test_an_owner_writes_a_message_with_its_claim_a_large_one_apart(
+        node: CassandraNode) -> None:
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        big = b"y" * 60_000  # (over what Cassandra takes in a batch: written by itself)
+        sent = [await s.append_message(msg(i, body)) for i, body in enumerate(
+            [b"a", big, b"b"])]
+        assert [a.seq for a in sent] == [1, 2, 3]
+        got = {it.seq: it.body for it in await s.history(CONV, None, 10)}
+        assert got == {1: b"a", 2: big, 3: b"b"}
+        page = await s.inbox("bob", "phone", 0, 10)
+        assert [it.message.body for it in page.items if isinstance(it, Delivery)] == [
+            b"a", big, b"b"]
+        day = sent[0].ts // 86_400_000  # (TEMPORARY: each message in its day's queue)
+        queued = await s.db.run("queued", (day, 2**62, 10))
+        assert sorted(r["seq"] for r in queued) == [1, 2, 3]
+
+
+async def test_an_ack_writes_the_cursor_and_the_watermark_in_one_request(
+        node: CassandraNode) -> None:
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        await s.append_message(msg(0))
+        await s.ack("bob", "phone", 1, 2000)  # (bob's watermark in the chat read once)
+        await s.append_message(msg(1))
+        before = s.db.requests
+        got = await s.ack("bob", "phone", 2, 3000)
+        # (bob's items read, unless remembered), his cursor and watermark written, alice's
+        # receipt appended
+        assert s.db.requests - before <= 3
+        assert [it.q for _, it in got.items] == [2]  # alice's DELIVERED receipt for seq 2
+        assert await s.cursor("bob", "phone") == 2
+        assert (await s.db.run("mark", (CONV, "bob")))[0]["delivered"] == 2
+
+
+async def test_an_ack_of_items_put_by_this_owner_reads_nothing(
+        node: CassandraNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox's owner remembers the items it put there until they are acked: an ack
+    within them reads nothing; after a write that failed (its items there or not) it reads."""
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        await s.append_message(msg(0))
+        await s.ack("bob", "phone", 1, 2000)
+        await s.append_message(msg(1))
+        before = s.db.requests
+        got = await s.ack("bob", "phone", 2, 3000)
+        # bob's cursor and watermark written, alice's receipt appended: nothing read
+        assert s.db.requests - before <= 2
+        assert [(it.q, it.seqs) for _, it in got.items] == [(2, (2,))]
+        fenced = s._fenced
+
+        async def lost_answer(key: str, *args: Any) -> Any:
+            out = await fenced(key, *args)
+            if key == "bob":  # (bob's inbox write applied, but its answer is lost)
+                raise StoreError("cassandra: lost")
+            return out
+
+        monkeypatch.setattr(s, "_fenced", lost_answer)
+        with pytest.raises(StoreError):
+            await s.append_message(msg(2))
+        monkeypatch.setattr(s, "_fenced", fenced)
+        got = await s.ack("bob", "phone", 3, 4000)  # seq 3 is in bob's inbox: read
+        assert await s.cursor("bob", "phone") == 3
+        assert [it.seqs for _, it in got.items] == [(3,)]
