@@ -668,6 +668,11 @@ class CassandraStore:
             todo = [m for m in todo if (m.sender, m.client_id) not in found]
         self._last_seq[conv] = last
         # (held here, before the next claims of this chat are taken: see _wait_turn)
+        return self._hold_turns(conv, msgs, found)
+
+    def _hold_turns(self, conv: str, msgs: list[NewMessage],
+                    found: dict[tuple[str, str], _Claim]) -> list[_Claim]:
+        """The claims of msgs in order, the new seqs held until appended (see _wait_turn)."""
         self._turns.setdefault(conv, set()).update(c.seq for c in found.values() if c.new)
         out = []
         for m in msgs:  # a client id twice in one call: the second is a retry of the first
@@ -953,14 +958,7 @@ class CassandraStore:
             for n, m in enumerate(new, last + 1):
                 key = (m.sender, m.client_id)
                 found[key] = _Claim(n, m.ts, True, stored=key in stored)
-        self._turns.setdefault(conv, set()).update(c.seq for c in found.values() if c.new)
-        out = []
-        for m in msgs:  # a client id twice in one call: the second is a retry of the first
-            c = found[(m.sender, m.client_id)]
-            out.append(c)
-            if c.new:
-                found[(m.sender, m.client_id)] = _Claim(c.seq, c.ts, False, True)
-        return out
+        return self._hold_turns(conv, msgs, found)
 
     async def _earlier_claims(self, conv: str, msgs: list[NewMessage], last: int
                               ) -> dict[tuple[str, str], _Claim]:
