@@ -803,6 +803,23 @@ class CassandraStore:
             self._qs.pop(key, None)
             raise StoreError("this node's lease on the chat ended: send it again")
 
+    async def _numbering(self, key: str, numbers: dict[str, int],
+                         read_last: Callable[[str], Awaitable[int]]
+                         ) -> tuple[Lease, int, int, bool]:
+        """The lease over key's shard, its epoch, key's last number (a chat's seq or an
+        inbox's position: read once per lease, then kept in `numbers`), and whether it was
+        read just now."""
+        lease = await self._own(key)
+        epoch = lease.epoch
+        last = numbers.get(key)
+        if last is not None:
+            return lease, epoch, last, False
+        last = await read_last(key)
+        self._fence(key, lease, epoch)
+        numbers[key] = last
+        self._shard_keys.setdefault(shard_of(key), set()).add(key)
+        return lease, epoch, last, True
+
     async def _fenced(self, key: str, lease: Lease, epoch: int, stmt: Any) -> Any:
         """A write that numbers: the lease checked right before the driver sends it (no
         await in between)."""
@@ -817,15 +834,9 @@ class CassandraStore:
         in this inbox already (a fan-out chunk run again, a send redone by its retry) is
         looked up first: its marker, then the item the marker names; only a message
         numbered by this very send (`_fresh`) skips the look-up."""
-        lease = await self._own(user)
-        epoch = lease.epoch
-        last = self._qs.get(user)
-        if last is None:
-            last = await self._read_last_q(user)
-            self._fence(user, lease, epoch)
-            self._qs[user] = last
+        lease, epoch, last, read = await self._numbering(user, self._qs, self._read_last_q)
+        if read:
             self._recent[user] = _Recent(last, last)
-            self._shard_keys.setdefault(shard_of(user), set()).add(user)
         there = [False] * len(entries)
         seen: set[tuple[str, int]] = set()
         maybe: dict[int, list[int]] = {}  # marker -> entries
@@ -910,14 +921,7 @@ class CassandraStore:
         done marks waiting for this chat (_dones)."""
         msgs = [m for m, _ in entries]
         rows_of = {(m.sender, m.client_id): f for m, f in entries}
-        lease = await self._own(conv)
-        epoch = lease.epoch
-        last = self._seqs.get(conv)
-        if last is None:
-            last = await self._read_last_seq(conv)
-            self._fence(conv, lease, epoch)
-            self._seqs[conv] = last
-            self._shard_keys.setdefault(shard_of(conv), set()).add(conv)
+        lease, epoch, last, _ = await self._numbering(conv, self._seqs, self._read_last_seq)
         todo = list({(m.sender, m.client_id): m for m in msgs}.values())
         found = await self._earlier_claims(conv, todo, last)
         new = [m for m in todo if (m.sender, m.client_id) not in found]
