@@ -3,13 +3,17 @@ Python SDK on the same node."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import chatd_client as cc
 import trio
 from playwright.sync_api import expect
 
-from .pages import bubbles, mine, open_chat, open_listed, say, sign_in
+from chatd.protocol.codec import decode_body
+from chatd.protocol.frames import Receipt, Sent
+
+from .pages import bubbles, connected, mine, open_chat, open_listed, say, sign_in
 
 
 def test_history_pages_in_as_bob_scrolls_up_on_a_new_device(node: Any, contexts: Any) -> None:
@@ -126,3 +130,38 @@ def test_a_mode_chosen_in_the_info_panel_is_kept_when_a_message_arrives_before_s
     expect(alice.get_by_label("chat mode")).to_have_value("1")
     alice.get_by_role("button", name="Set").click()
     expect(alice.get_by_test_id("messages")).to_contain_text("alice made the chat permanent")
+
+
+def test_a_delivered_receipt_that_overtakes_its_sent_still_shows_two_ticks(
+        node: Any, contexts: Any) -> None:
+    """With several nodes a send is numbered by its chat's owner (Cassandra numbering=owner),
+    and the recipient's DELIVERED can reach the sender before the Sent that tells it the seq.
+    Here the browser's WebSocket routing holds alice's Sent back until a Receipt has passed.
+    The app used to drop the receipt (no message at that seq yet): one tick for ever."""
+    bob = sign_in(contexts(), node, "bob")
+    alice = contexts().new_page()
+
+    def hold_sent(ws: Any) -> None:
+        server = ws.connect_to_server()
+        held: list[bytes] = []
+
+        def from_server(message: Any) -> None:
+            frame = decode_body(message) if isinstance(message, bytes) else None
+            if isinstance(frame, Sent):
+                held.append(message)
+                return
+            ws.send(message)
+            if isinstance(frame, Receipt):
+                for m in held:
+                    ws.send(m)
+                held.clear()
+
+        server.on_message(from_server)
+
+    alice.route_web_socket(re.compile(r".*/ws$"), hold_sent)
+    alice.goto(node.link("alice"))
+    connected(alice)
+    open_chat(alice, "bob")
+    say(alice, "hi")
+    expect(bob.get_by_test_id("chat-list")).to_contain_text("hi")  # bob's device took it
+    expect(mine(alice, "hi")).to_have_attribute("data-status", "delivered")

@@ -47,6 +47,9 @@ class App {
   viewer: { url: string; alt: string } | null = null; // a full image shown over the app
   // the mode (and ttl) chosen in the info panel and not yet Set: kept when the app is drawn again
   modeDraft: { conv: string; mode: number; ttl: number } | null = null;
+  // receipts for my messages whose Sent has not come yet ("conv seq" -> status): with several
+  // nodes a send is numbered by its chat's owner, and its DELIVERED can overtake its Sent
+  early = new Map<string, number>();
 
   async start(info: TokenInfo, wsUrl: string): Promise<void> {
     this.me = info.user;
@@ -228,10 +231,16 @@ class App {
         if (m && m.sender === this.me && m.status < status) {
           m.status = status;
           puts.push(["messages", m]);
-        }
+        } else if (!m) this.keepEarly(`${e.conv} ${seq}`, status);
       }
     }
     await this.store.write(puts);
+  }
+
+  /** A receipt for a seq not here yet, kept (the newest 1,000) until its Sent comes. */
+  private keepEarly(key: string, status: number): void {
+    this.early.set(key, Math.max(this.early.get(key) ?? 0, status));
+    if (this.early.size > 1000) this.early.delete(this.early.keys().next().value!);
   }
 
   private async onSent(e: Extract<Event, { kind: "sent" }>): Promise<void> {
@@ -240,8 +249,11 @@ class App {
     this.outbox.delete(e.id);
     const chat = this.chat(e.conv);
     const old = this.msgs(e.conv).get(e.seq);
+    const key = `${e.conv} ${e.seq}`;
+    const early = this.early.get(key) ?? 0;
+    this.early.delete(key);
     const msg: StoredMessage = { conv: e.conv, seq: e.seq, ts: e.ts, sender: this.me, id: e.id, text: o.text,
-      event: null, status: Math.max(old?.status ?? 0, SENT), media: o.media ?? [] };
+      event: null, status: Math.max(old?.status ?? 0, SENT, early), media: o.media ?? [] };
     this.msgs(e.conv).set(e.seq, msg);
     if (e.ts >= chat.lastTs) { chat.lastTs = e.ts; chat.lastText = o.text || (o.media?.length ? "Photo" : ""); }
     await this.store.write([["messages", msg], ["chats", chat]], [["outbox", e.id]]);
