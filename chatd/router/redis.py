@@ -136,24 +136,24 @@ class RedisPeers:
             self.store.fanout_mode = "external"
             self.store.on_fanout = self._enqueue_fanout
         self._handler = handler
-        async with self.redis:
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._keep_alive, handler)
-                    with trio.move_on_after(10):  # start even if Redis is down
-                        await self.healthy.wait()
-                    nursery.start_soon(self._receive, handler)
-                    nursery.start_soon(self._send_loop)
-                    if self.store is not None:
-                        nursery.start_soon(self._fanout_worker)
-                    task_status.started()
-            finally:  # leaving: peers stop counting on this node (owners move) at once
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    try:
-                        await self.redis.delete([f"chatd:node:{self.node_id}"])
-                    except REDIS_ERRORS:
-                        pass
+        try:
+            async with self.redis, trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._keep_alive, handler)
+                with trio.move_on_after(10):  # start even if Redis is down: it may come back
+                    await self.healthy.wait()
+                nursery.start_soon(self._receive, handler)
+                nursery.start_soon(self._send_loop)
+                if self.store is not None:
+                    nursery.start_soon(self._fanout_worker)
+                task_status.started()
+        finally:  # leaving: peers stop counting on this node (its shards move) at once
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:  # (a new client: the cancel closed the other one's connections)
+                    async with connect_redis(self.url) as r:
+                        await r.delete([f"chatd:node:{self.node_id}"])
+                except REDIS_ERRORS:  # (then it expires after NODE_TTL)
+                    pass
 
     async def _keep_alive(self, handler: PeerHandler) -> None:
         """Heartbeat: node liveness, registry TTLs, the live-node list. After Redis was away,
