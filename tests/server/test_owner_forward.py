@@ -9,7 +9,6 @@ import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import chatd_client as cc
 import pytest
 import trio
 
@@ -23,7 +22,7 @@ from chatd.server import Config
 from chatd.server.app import serve
 from chatd.store import open_store
 
-from .conftest import Node, messages
+from .conftest import Node
 from .redis_servers import RedisServer
 
 CONV = "d:alice:bob"
@@ -135,21 +134,34 @@ async def test_eight_writers_through_two_nodes_share_one_sequence_through_the_ow
 
 async def test_one_to_one_between_users_on_two_nodes_arrives_once_in_order(
         two: tuple[Node, Node, str]) -> None:
-    """alice on one node and bob on the other send to each other at once: each gets every
-    message of the other exactly once, in the order sent."""
+    """alice on one node and bob on the other send to each other at once, each on one
+    connection: every send is answered Sent (none refused: the node that does not own the
+    chat forwards it), and each gets every message of the other exactly once, in order."""
     a, b, _ = two
-    async with a.connect("alice", "phone") as alice, b.connect("bob", "phone") as bob:
-        async def talk(me: cc.Client, to: str, n: int) -> None:
-            for i in range(n):
-                await me.send(to, b"%d" % i)
+    got: dict[str, list[F.Deliver]] = {"alice": [], "bob": []}
+    sent: dict[str, list[F.Sent]] = {"alice": [], "bob": []}
 
+    async def talk(node: Node, me: str, to: str) -> None:
+        c = await RawClient.connect(node.server.tcp_port, node.token(me), "phone")
+        try:
+            await c.send(*(F.Send(id=f"{me}-{i}", to=to, body=b"%d" % i) for i in range(30)))
+            while len(sent[me]) < 30 or len(got[me]) < 30:
+                f = await c.next()
+                assert not isinstance(f, F.Error), f
+                if isinstance(f, F.Sent):
+                    sent[me].append(f)
+                elif isinstance(f, F.Deliver):
+                    got[me].append(f)
+                    await c.send(F.Ack(upto=f.q))
+        finally:
+            await c.stream.aclose()
+
+    with trio.fail_after(60):
         async with trio.open_nursery() as n:
-            n.start_soon(talk, alice, "bob", 30)
-            n.start_soon(talk, bob, "alice", 30)
-            to_bob = await messages(bob, 30, timeout=60)
-            to_alice = await messages(alice, 30, timeout=60)
-    for got, sender in ((to_bob, "alice"), (to_alice, "bob")):
-        assert [m.body for m in got] == [b"%d" % i for i in range(30)]
-        assert all(m.sender == sender for m in got)
-        seqs = [m.seq for m in got]
-        assert seqs == sorted(seqs) and len(set(seqs)) == 30
+            n.start_soon(talk, a, "alice", "bob")
+            n.start_soon(talk, b, "bob", "alice")
+    for me, other in (("alice", "bob"), ("bob", "alice")):
+        assert [f.body for f in got[me]] == [b"%d" % i for i in range(30)]
+        assert all(f.sender == other for f in got[me])
+        assert [f.seq for f in got[me]] == sorted(f.seq for f in sent[other])
+    assert sorted(f.seq for f in sent["alice"] + sent["bob"]) == list(range(1, 61))
