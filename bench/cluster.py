@@ -6,6 +6,10 @@ SQLite file) run on loopback. Same-node: every sender and receiver on node A. Cr
 senders on A, receivers on B, so every message and every receipt crosses Redis (an XADD per
 flush to the other node's stream). Registry cost: connect + Welcome + Synced + close cycles
 against a node with Redis and against a node without it (no registry), same client.
+
+With --cassandra (a URL, or nothing: a node started for the run) the two nodes share
+Cassandra with numbering=owner instead, and the comparison is sends made on the node that
+owns their chat against sends forwarded to it.
 """
 
 from __future__ import annotations
@@ -19,8 +23,14 @@ from typing import Any
 
 import trio
 
+from chatd.core.convs import direct
+from chatd.core.owners import owner, shard_of
+from chatd.store.cql import migrate
+from chatd.util import redact
+
 from .common import ChatdProcess, RawClient, free_port, percentile, save
-from .throughput import connect_pairs, run_pairs
+from .stores import cassandra_node
+from .throughput import Pair, connect_pairs, run_pairs
 
 
 def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -39,9 +49,25 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("redis did not start")
 
 
+async def owned_pairs(a: ChatdProcess, b: ChatdProcess, npairs: int, forwarded: bool
+                      ) -> list[Pair]:
+    """numbering=owner (nodes "a" and "b"): each pair's receiver on the node that owns its
+    chat, its sender there too, or (forwarded) on the other node, so that every send is
+    forwarded to the owner and its Sent comes back. The inbox owners are the same both ways."""
+    pairs = []
+    for i in range(npairs):
+        conv = direct(f"s{i}", f"r{i}")
+        home, away = (a, b) if owner(shard_of(conv), ["a", "b"]) == "a" else (b, a)
+        s = await RawClient.connect((away if forwarded else home).port, a.token(f"s{i}"))
+        pairs.append(Pair(s, await RawClient.connect(home.port, a.token(f"r{i}")), False))
+    return pairs
+
+
 async def load(a: ChatdProcess, b: ChatdProcess, npairs: int, window: int, seconds: float,
-               rate: float | None) -> dict[str, Any]:
-    pairs = await connect_pairs(a.port, npairs, a.token, False, receiver_port=b.port)
+               rate: float | None, forwarded: bool | None = None) -> dict[str, Any]:
+    """Senders on a, receivers on b; with `forwarded` set, placed by chat owner instead."""
+    pairs = await (connect_pairs(a.port, npairs, a.token, False, receiver_port=b.port)
+                   if forwarded is None else owned_pairs(a, b, npairs, forwarded))
     await trio.sleep(1.0)  # the registry entries are written and routes can be found
     await run_pairs(pairs, window, min(1.0, seconds / 3), rate, [])  # warm up
     lat: list[float] = []
@@ -70,6 +96,36 @@ async def churn(node: ChatdProcess, n: int) -> float:
         for i in range(n):
             nursery.start_soon(one, i)
     return n / (time.perf_counter() - t0)
+
+
+def run_owner(npairs: int, window: int, seconds: float, cassandra: str | None
+              ) -> dict[str, Any]:
+    """Two nodes on Cassandra with numbering=owner: sends made on their chat's owner against
+    sends forwarded to it (same pairs, same run)."""
+    users = [f"{k}{i}" for i in range(npairs) for k in ("s", "r")]
+    with cassandra_node(cassandra) as (url, _), tempfile.TemporaryDirectory() as tmp:
+        trio.run(migrate, url)
+        if "numbering=" not in url:
+            url += ("&" if "?" in url else "?") + "numbering=owner"
+        redis, rport = start_redis(tmp)
+        try:
+            extra = ("--redis", f"redis://127.0.0.1:{rport}")
+            a = ChatdProcess(tmp, users, store=url, extra=("--node-id", "a", *extra))
+            b = ChatdProcess(tmp, [], store=url, extra=("--node-id", "b", *extra))
+            try:
+                time.sleep(4)  # a heartbeat: each node sees the other alive (same owners)
+                trio.run(load, a, b, npairs, window, seconds, None, True)  # leases taken
+                out = {"on_owner": trio.run(load, a, b, npairs, window, seconds, None, False),
+                       "forwarded": trio.run(load, a, b, npairs, window, seconds, None, True)}
+            finally:
+                a.stop()
+                b.stop()
+        finally:
+            redis.kill()
+            redis.wait()
+    return {"pairs": npairs, "window": window, "seconds": seconds, "store": redact(url),
+            **out, "forwarded_vs_on_owner": round(out["forwarded"]["msgs_per_s"] / max(
+                out["on_owner"]["msgs_per_s"], 1), 3)}
 
 
 def run(npairs: int = 20, window: int = 8, seconds: float = 5, churn_n: int = 2000
@@ -108,6 +164,15 @@ def run(npairs: int = 20, window: int = 8, seconds: float = 5, churn_n: int = 20
 
 
 def main(args: Any) -> None:
+    if args.cassandra is not None:
+        r = run_owner(args.pairs, args.window, args.seconds, args.cassandra or None)
+        for name in ("on_owner", "forwarded"):
+            x = r[name]
+            print(f"{name:10} {x['msgs_per_s']:7,} msg/s  p50 {x['p50_ms']:7.2f} ms  p99"
+                  f" {x['p99_ms']:7.2f} ms")
+        print(f"forwarded / on owner = {r['forwarded_vs_on_owner']}")
+        print(f"saved {save('cluster-owner', r)}")
+        return
     r = run(args.pairs, args.window, args.seconds)
     for name in ("same_node", "cross_node"):
         x = r[name]
