@@ -59,7 +59,9 @@ async def owned_pairs(a: ChatdProcess, b: ChatdProcess, npairs: int, forwarded: 
         conv = direct(f"s{i}", f"r{i}")
         home, away = (a, b) if owner(shard_of(conv), ["a", "b"]) == "a" else (b, a)
         s = await RawClient.connect((away if forwarded else home).port, a.token(f"s{i}"))
-        pairs.append(Pair(s, await RawClient.connect(home.port, a.token(f"r{i}")), False))
+        p = Pair(s, await RawClient.connect(home.port, a.token(f"r{i}")), False)
+        p.sender_user, p.receiver_user = f"s{i}", f"r{i}"  # type: ignore[attr-defined]
+        pairs.append(p)
     return pairs
 
 
