@@ -14,11 +14,13 @@ owns their chat against sends forwarded to it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -100,6 +102,27 @@ async def churn(node: ChatdProcess, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def two_nodes(tmp: str, users: list[str], store: str = "") -> Iterator[
+        tuple[ChatdProcess, ChatdProcess]]:
+    """Redis and two nodes "a" and "b" joined through it (users registered through a)."""
+    redis, rport = start_redis(tmp)
+    try:
+        extra = ("--redis", f"redis://127.0.0.1:{rport}")
+        a = ChatdProcess(tmp, users, store=store, extra=("--node-id", "a", *extra))
+        try:
+            b = ChatdProcess(tmp, [], store=store, extra=("--node-id", "b", *extra))
+            try:
+                yield a, b
+            finally:
+                b.stop()
+        finally:
+            a.stop()
+    finally:
+        redis.kill()
+        redis.wait()
+
+
 def run_owner(npairs: int, window: int, seconds: float, cassandra: str | None
               ) -> dict[str, Any]:
     """Two nodes on Cassandra with numbering=owner: sends made on their chat's owner against
@@ -109,22 +132,11 @@ def run_owner(npairs: int, window: int, seconds: float, cassandra: str | None
         trio.run(migrate, url)
         if "numbering=" not in url:
             url += ("&" if "?" in url else "?") + "numbering=owner"
-        redis, rport = start_redis(tmp)
-        try:
-            extra = ("--redis", f"redis://127.0.0.1:{rport}")
-            a = ChatdProcess(tmp, users, store=url, extra=("--node-id", "a", *extra))
-            b = ChatdProcess(tmp, [], store=url, extra=("--node-id", "b", *extra))
-            try:
-                time.sleep(4)  # a heartbeat: each node sees the other alive (same owners)
-                trio.run(load, a, b, npairs, window, seconds, None, True)  # leases taken
-                out = {"on_owner": trio.run(load, a, b, npairs, window, seconds, None, False),
-                       "forwarded": trio.run(load, a, b, npairs, window, seconds, None, True)}
-            finally:
-                a.stop()
-                b.stop()
-        finally:
-            redis.kill()
-            redis.wait()
+        with two_nodes(tmp, users, url) as (a, b):
+            time.sleep(7)  # two heartbeats: each node sees the other alive (same owners)
+            trio.run(load, a, b, npairs, window, seconds, None, True)  # leases taken
+            out = {"on_owner": trio.run(load, a, b, npairs, window, seconds, None, False),
+                   "forwarded": trio.run(load, a, b, npairs, window, seconds, None, True)}
     return {"pairs": npairs, "window": window, "seconds": seconds, "store": redact(url),
             **out, "forwarded_vs_on_owner": round(out["forwarded"]["msgs_per_s"] / max(
                 out["on_owner"]["msgs_per_s"], 1), 3)}
@@ -134,23 +146,12 @@ def run(npairs: int = 20, window: int = 8, seconds: float = 5, churn_n: int = 20
         ) -> dict[str, Any]:
     users = [f"{k}{i}" for i in range(npairs) for k in ("s", "r")]
     with tempfile.TemporaryDirectory() as tmp:
-        redis, rport = start_redis(tmp)
-        try:
-            url = f"redis://127.0.0.1:{rport}"
-            a = ChatdProcess(tmp, users, extra=("--node-id", "a", "--redis", url))
-            b = ChatdProcess(tmp, [], extra=("--node-id", "b", "--redis", url))
-            try:
-                same = trio.run(load, a, a, npairs, window, seconds, None)
-                cross = trio.run(load, a, b, npairs, window, seconds, None)
-                light = {"same": trio.run(load, a, a, npairs, 1, seconds, 20 / npairs),
-                         "cross": trio.run(load, a, b, npairs, 1, seconds, 20 / npairs)}
-                with_registry = trio.run(churn, a, churn_n)
-            finally:
-                a.stop()
-                b.stop()
-        finally:
-            redis.kill()
-            redis.wait()
+        with two_nodes(tmp, users) as (a, b):
+            same = trio.run(load, a, a, npairs, window, seconds, None)
+            cross = trio.run(load, a, b, npairs, window, seconds, None)
+            light = {"same": trio.run(load, a, a, npairs, 1, seconds, 20 / npairs),
+                     "cross": trio.run(load, a, b, npairs, 1, seconds, 20 / npairs)}
+            with_registry = trio.run(churn, a, churn_n)
         plain = ChatdProcess(os.path.join(tmp, "plain"), [])
         try:
             without = trio.run(churn, plain, churn_n)
