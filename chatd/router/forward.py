@@ -72,7 +72,7 @@ class Forwarder:
     async def _call(self, node: str, what: str, args: Any, timeout: float) -> Any:
         rid = next(self._rids)
         call = self._waiting[rid] = _Call()
-        self.peers.outbox.call(node, rid, what, args)
+        self.peers.outbox.call(node, rid, what, args, timeout)
         self.peers.flush_soon()
         try:
             with trio.move_on_after(timeout):
@@ -92,8 +92,16 @@ class Forwarder:
             call.ok, call.answer = ok, answer
             call.done.set()
 
-    async def serve(self, origin: str, rid: int, what: str, args: Any) -> None:
-        """Run a peer's call on this node's store (never handed on again) and answer it."""
+    async def serve(self, origin: str, rid: int, what: str, args: Any, within: float
+                    ) -> None:
+        """Run a peer's call on this node's store (never handed on again) and answer it.
+        Given up when the caller gives up: nobody waits for the answer then, and what was
+        not started yet could only race the caller's retry (a write already handed to the
+        store runs to its end, as for a local caller that is cancelled)."""
+        with trio.move_on_after(within):
+            await self._serve(origin, rid, what, args)
+
+    async def _serve(self, origin: str, rid: int, what: str, args: Any) -> None:
         ok = False
         answer: Any = None
         try:
