@@ -285,8 +285,6 @@ class _Members:
                          tuple(u for u, (admin, _) in self.members.items() if admin), *mode)
 
 
-
-
 def inbox_item(q: int, entry: Entry) -> Item:
     if isinstance(entry, Message):
         return Delivery(q, entry)

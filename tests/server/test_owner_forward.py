@@ -22,6 +22,7 @@ from chatd.server import Config
 from chatd.server.app import serve
 from chatd.store import open_store
 
+from . import scenarios
 from .conftest import Node
 from .redis_servers import RedisServer
 
@@ -165,3 +166,13 @@ async def test_one_to_one_between_users_on_two_nodes_arrives_once_in_order(
         assert all(f.sender == other for f in got[me])
         assert [f.seq for f in got[me]] == sorted(f.seq for f in sent[other])
     assert sorted(f.seq for f in sent["alice"] + sent["bob"]) == list(range(1, 61))
+
+
+async def test_group_message_across_two_nodes_through_the_owners(
+        two: tuple[Node, Node, str]) -> None:
+    """alice (on one node) makes a group with bob (on the other) and carol: both get her
+    message, and she gets the DELIVERED receipt, whichever nodes own the group and the
+    members' inboxes (the fan-out's appends go to each inbox's owner)."""
+    a, b, _ = two
+    await scenarios.group_message(a, b, a)
+    await scenarios.group_message(b, a, b)
