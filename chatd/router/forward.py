@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from chatd.core import NewMessage
+from chatd.core import NewMessage, now_ms
 from chatd.core.owners import owner
 from chatd.store.base import Appended, Entry, OwnedNumbering, StoreError
 
@@ -72,7 +72,7 @@ class Forwarder:
     async def _call(self, node: str, what: str, args: Any, timeout: float) -> Any:
         rid = next(self._rids)
         call = self._waiting[rid] = _Call()
-        self.peers.outbox.call(node, rid, what, args, timeout)
+        self.peers.outbox.call(node, rid, what, args, now_ms() + int(timeout * 1000))
         self.peers.flush_soon()
         try:
             with trio.move_on_after(timeout):
@@ -92,13 +92,19 @@ class Forwarder:
             call.ok, call.answer = ok, answer
             call.done.set()
 
-    async def serve(self, origin: str, rid: int, what: str, args: Any, within: float
-                    ) -> None:
+    async def serve(self, origin: str, rid: int, what: str, args: Any, until: int) -> None:
         """Run a peer's call on this node's store (never handed on again) and answer it.
-        Given up when the caller gives up: nobody waits for the answer then, and what was
+        Given up at `until`, when the caller gives up (by this node's clock: nodes' clocks
+        are assumed within a second or so): nobody waits for the answer then, and what was
         not started yet could only race the caller's retry (a write already handed to the
-        store runs to its end, as for a local caller that is cancelled)."""
-        with trio.move_on_after(within):
+        store runs to its end, as for a local caller that is cancelled). So a call that
+        waited in the stream (this node paused, Redis slow) past its caller is not run."""
+        left = (until - now_ms()) / 1000
+        if left <= 0:
+            log.info("a call from %s came %.1f s after its caller gave up: not run", origin,
+                     -left)
+            return
+        with trio.move_on_after(left):
             await self._serve(origin, rid, what, args)
 
     async def _serve(self, origin: str, rid: int, what: str, args: Any) -> None:

@@ -15,8 +15,8 @@ each hold an array of them (one datagram, not one per message, for a burst of co
   ["k", origin, user, device, at_ms]        a device connected at at_ms: end older connections
   ["h", origin]                             origin (re)started: forget its presence claims
   ["v", origin, user, hidden]               a user's privacy setting changed (hide last seen)
-  ["c", origin, rid, what, args, within]    a call to this node: run `what` (chatd.router.calls),
-                                            given up by the origin after `within` seconds
+  ["c", origin, rid, what, args, until]     a call to this node: run `what` (chatd.router.calls),
+                                            given up by the origin at `until` (wall clock, ms)
   ["r", origin, rid, ok, answer]            the answer to the origin's call rid (or an error text)
 Calls and answers go to one node (Outbox.to), the others to every peer that needs them.
 """
@@ -52,7 +52,7 @@ class PeerHandler(Protocol):
 
     def peer_privacy(self, user: str, hidden: bool) -> None: ...
 
-    def peer_call(self, origin: str, rid: int, what: str, args: Any, within: float) -> None:
+    def peer_call(self, origin: str, rid: int, what: str, args: Any, until: int) -> None:
         ...
 
     def peer_answer(self, rid: int, ok: bool, answer: Any) -> None: ...
@@ -93,8 +93,8 @@ class Outbox:
         """A message for one node (a call, an answer)."""
         self._direct.setdefault(node, []).append(message)
 
-    def call(self, node: str, rid: int, what: str, args: Any, within: float) -> None:
-        self.to(node, ["c", self.origin, rid, what, args, within])
+    def call(self, node: str, rid: int, what: str, args: Any, until: int) -> None:
+        self.to(node, ["c", self.origin, rid, what, args, until])
 
     def answer(self, node: str, rid: int, ok: bool, answer: Any) -> None:
         self.to(node, ["r", self.origin, rid, ok, answer])
@@ -183,7 +183,7 @@ def _handle_one(m: Any, handler: PeerHandler) -> None:
         elif kind == "v":
             handler.peer_privacy(str(m[2]), bool(m[3]))
         elif kind == "c":
-            handler.peer_call(str(m[1]), int(m[2]), str(m[3]), m[4], float(m[5]))
+            handler.peer_call(str(m[1]), int(m[2]), str(m[3]), m[4], int(m[5]))
         elif kind == "r":
             handler.peer_answer(int(m[2]), bool(m[3]), m[4])
         else:

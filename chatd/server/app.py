@@ -217,9 +217,9 @@ class ChatServer:
     def peer_privacy(self, user: str, hidden: bool) -> None:
         self.presence.privacy_changed(user, hidden)
 
-    def peer_call(self, origin: str, rid: int, what: str, args: Any, within: float) -> None:
+    def peer_call(self, origin: str, rid: int, what: str, args: Any, until: int) -> None:
         if self.forwarder is not None:  # (else unanswered: the caller gives up and retries)
-            self.spawn("forwarded", self.forwarder.serve, origin, rid, what, args, within)
+            self.spawn("forwarded", self.forwarder.serve, origin, rid, what, args, until)
 
     def peer_answer(self, rid: int, ok: bool, answer: Any) -> None:
         if self.forwarder is not None:

@@ -51,8 +51,8 @@ class Recorder:
     def __init__(self) -> None:
         self.got: list[tuple[Any, ...]] = []
 
-    def peer_call(self, origin: str, rid: int, what: str, args: Any, within: float) -> None:
-        self.got.append(("call", origin, rid, what, args, within))
+    def peer_call(self, origin: str, rid: int, what: str, args: Any, until: int) -> None:
+        self.got.append(("call", origin, rid, what, args, until))
 
     def peer_answer(self, rid: int, ok: bool, answer: Any) -> None:
         self.got.append(("answer", rid, ok, answer))
@@ -60,7 +60,7 @@ class Recorder:
 
 def test_calls_and_answers_go_to_one_node_each() -> None:
     box = peers.Outbox("n1")
-    box.call("n2", 7, calls.SEND, [["d:a:b"]], 12.5)
+    box.call("n2", 7, calls.SEND, [["d:a:b"]], 1_700_000_000_000)
     box.answer("n3", 8, False, "refused")
     box.presence("alice", True, 1)  # (for every peer: not among the direct ones)
     assert box
@@ -73,5 +73,5 @@ def test_calls_and_answers_go_to_one_node_each() -> None:
             one.raw(m)
         for data in one.take():
             peers.handle(data, r)  # type: ignore[arg-type]
-    assert r.got == [("call", "n1", 7, "send", [["d:a:b"]], 12.5),
+    assert r.got == [("call", "n1", 7, "send", [["d:a:b"]], 1_700_000_000_000),
                      ("answer", 8, False, "refused")]
