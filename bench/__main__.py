@@ -67,6 +67,8 @@ def main() -> None:
     c2.add_argument("--pairs", type=int, default=20)
     c2.add_argument("--window", type=int, default=8)
     c2.add_argument("--seconds", type=float, default=5)
+    c2.add_argument("--cassandra", nargs="?", const="", help="on Cassandra, numbering=owner:"
+                    " cassandra://... of a running node, or nothing to start one")
     s2 = sub.add_parser("stores", help="1:1 msg/s and latency on SQLite and on Cassandra (and"
                         " the relay), same run")
     s2.add_argument("--pairs", type=int, default=20)

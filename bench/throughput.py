@@ -41,6 +41,7 @@ class Pair:
         self.sender, self.receiver, self.relay = sender, receiver, relay
         self.sent_at: dict[str, float] = {}
         self.seq_at: dict[int, float] = {}
+        self.early: set[int] = set()  # seqs DELIVERED before their Sent came (a forwarded send)
         self.n = 0
         self.run = secrets.token_hex(4)  # client ids unique across runs with the same users
 
@@ -61,6 +62,17 @@ async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float 
 
         async def reader() -> None:
             nonlocal done
+
+            def delivered(seq: int, t: float) -> None:
+                nonlocal done
+                start = p.seq_at.pop(seq, None)
+                if start is None:  # its Sent comes later (a send forwarded to another node)
+                    p.early.add(seq)
+                    return
+                latencies.append(t - start)
+                done += 1
+                slots.release()
+
             while True:
                 for f in await p.sender.batch():
                     t = time.perf_counter()
@@ -68,13 +80,12 @@ async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float 
                         start = p.sent_at.pop(f.id, None)
                         if start is not None:
                             p.seq_at[f.seq] = start
+                            if f.seq in p.early:
+                                p.early.discard(f.seq)
+                                delivered(f.seq, t)
                     elif isinstance(f, F.Receipt) and f.status == F.Status.DELIVERED:
                         for s in f.seqs:
-                            start = p.seq_at.pop(s, None)
-                            if start is not None:
-                                latencies.append(t - start)
-                                done += 1
-                                slots.release()
+                            delivered(s, t)
                         await p.sender.send(F.Ack(upto=f.q))
                     elif isinstance(f, F.Deliver) and p.relay:  # relay: the echo is the receipt
                         start = p.sent_at.pop(f.id, None)

@@ -15,6 +15,10 @@ each hold an array of them (one datagram, not one per message, for a burst of co
   ["k", origin, user, device, at_ms]        a device connected at at_ms: end older connections
   ["h", origin]                             origin (re)started: forget its presence claims
   ["v", origin, user, hidden]               a user's privacy setting changed (hide last seen)
+  ["c", origin, rid, what, args, until]     a call to this node: run `what` (chatd.router.calls),
+                                            given up by the origin at `until` (wall clock, ms)
+  ["r", origin, rid, ok, answer]            the answer to the origin's call rid (or an error text)
+Calls and answers go to one node (Outbox.to), the others to every peer that needs them.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ class PeerHandler(Protocol):
 
     def peer_privacy(self, user: str, hidden: bool) -> None: ...
 
+    def peer_call(self, origin: str, rid: int, what: str, args: Any, until: int) -> None:
+        ...
+
+    def peer_answer(self, rid: int, ok: bool, answer: Any) -> None: ...
+
     def peers_rejoined(self) -> None:
         """This process is back in touch with its peers after an outage (Redis away), and
         has told them to forget what it said about presence: say it again."""
@@ -62,9 +71,10 @@ class Outbox:
         self._items: list[list[Any]] = []
         self._pokes: list[str] = []
         self._other: list[list[Any]] = []
+        self._direct: dict[str, list[list[Any]]] = {}  # node -> messages for it alone
 
     def __bool__(self) -> bool:
-        return bool(self._items or self._pokes or self._other)
+        return bool(self._items or self._pokes or self._other or self._direct)
 
     def items(self, items: Iterable[tuple[str, bytes]]) -> None:
         for user, body in items:
@@ -78,6 +88,21 @@ class Outbox:
 
     def raw(self, message: list[Any]) -> None:
         self._other.append(message)
+
+    def to(self, node: str, message: list[Any]) -> None:
+        """A message for one node (a call, an answer)."""
+        self._direct.setdefault(node, []).append(message)
+
+    def call(self, node: str, rid: int, what: str, args: Any, until: int) -> None:
+        self.to(node, ["c", self.origin, rid, what, args, until])
+
+    def answer(self, node: str, rid: int, ok: bool, answer: Any) -> None:
+        self.to(node, ["r", self.origin, rid, ok, answer])
+
+    def direct(self) -> dict[str, list[list[Any]]]:
+        """Take the messages gathered for single nodes."""
+        out, self._direct = self._direct, {}
+        return out
 
     def split(self) -> tuple[list[tuple[str, bytes]], list[str], list[list[Any]]]:
         """Take what was gathered, unpacked: (items, pokes, other messages)."""
@@ -157,6 +182,10 @@ def _handle_one(m: Any, handler: PeerHandler) -> None:
             handler.peer_restarted(str(m[1]))
         elif kind == "v":
             handler.peer_privacy(str(m[2]), bool(m[3]))
+        elif kind == "c":
+            handler.peer_call(str(m[1]), int(m[2]), str(m[3]), m[4], int(m[5]))
+        elif kind == "r":
+            handler.peer_answer(int(m[2]), bool(m[3]), m[4])
         else:
             raise ValueError(f"unknown kind {kind!r}")
     except Exception as exc:  # a peer's bug must not take this process down

@@ -136,16 +136,24 @@ class RedisPeers:
             self.store.fanout_mode = "external"
             self.store.on_fanout = self._enqueue_fanout
         self._handler = handler
-        async with self.redis, trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._keep_alive, handler)
-            with trio.move_on_after(10):  # start even if Redis is down: it may come back
-                await self.healthy.wait()
-            nursery.start_soon(self._receive, handler)
-            nursery.start_soon(self._send_loop)
-            if self.store is not None:
-                nursery.start_soon(self._fanout_worker)
-            task_status.started()
+        try:
+            async with self.redis, trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._keep_alive, handler)
+                with trio.move_on_after(10):  # start even if Redis is down: it may come back
+                    await self.healthy.wait()
+                nursery.start_soon(self._receive, handler)
+                nursery.start_soon(self._send_loop)
+                if self.store is not None:
+                    nursery.start_soon(self._fanout_worker)
+                task_status.started()
+        finally:  # leaving: peers stop counting on this node (its shards move) at once
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                try:  # (a new client: the cancel closed the other one's connections)
+                    async with connect_redis(self.url) as r:
+                        await r.delete([f"chatd:node:{self.node_id}"])
+                except Exception:  # (then it expires after NODE_TTL; coredis may raise a
+                    pass               # group of its errors here)
 
     async def _keep_alive(self, handler: PeerHandler) -> None:
         """Heartbeat: node liveness, registry TTLs, the live-node list. After Redis was away,
@@ -330,6 +338,7 @@ class RedisPeers:
                 self._missed.update(u for u, _ in items)  # what it could not pass on are
                 self._missed.update(pokes)  # poked; kicks and privacy changes wait
                 self._hold(other)
+                self.outbox.direct()  # (calls and answers: they time out)
                 continue
             try:
                 with trio.fail_after(5):
@@ -359,8 +368,9 @@ class RedisPeers:
         if not self.outbox:
             return
         items, pokes, other = self.outbox.split()
+        direct = self.outbox.direct()  # (calls and answers: lost with Redis, they time out)
         try:
-            await self._pass_on(items, pokes, other)
+            await self._pass_on(items, pokes, other, direct)
         except BaseException:  # (Redis failed: poke these users' nodes when it is back)
             self._missed.update(u for u, _ in items)
             self._missed.update(pokes)
@@ -379,7 +389,7 @@ class RedisPeers:
                 self._held[("k", m[2], m[3])] = m
 
     async def _pass_on(self, items: list[tuple[str, bytes]], pokes: list[str],
-                       other: list[list[Any]]) -> None:
+                       other: list[list[Any]], direct: dict[str, list[list[Any]]]) -> None:
         if other:  # broadcasts must reach a node that joined a moment ago: ask Redis now
             await self._refresh_live()
         routes = await self._routes_for({u for u, _ in items} | set(pokes))
@@ -400,6 +410,9 @@ class RedisPeers:
                 box(node).poke(user)
         for m in other:  # presence, hellos and "device connected here": to every live node
             for node in set(self._live) - {self.node_id}:
+                box(node).raw(m)
+        for node, messages in direct.items():
+            for m in messages:
                 box(node).raw(m)
         if not per_node:
             return
@@ -461,6 +474,10 @@ class RedisPeers:
             if _s(g.get("name", "")) == FANOUT_GROUP:
                 self.fanout_lag = int(g.get("lag") or 0) + int(g.get("pending") or 0)
 
+    def live_nodes(self) -> list[str]:
+        """The nodes alive at the last heartbeat (this one included, even before its first)."""
+        return sorted({*self._live, self.node_id})
+
     def route_changed(self, user: str) -> None:
         """A device of user connected somewhere: look the user up again (and do not cache a
         lookup that was under way)."""
@@ -507,6 +524,8 @@ class _Joined:
         self.peer_restarted = handler.peer_restarted
         self.peer_privacy = handler.peer_privacy
         self.peers_rejoined = handler.peers_rejoined
+        self.peer_call = handler.peer_call
+        self.peer_answer = handler.peer_answer
 
     def peer_kick(self, user: str, device: str, at: int) -> None:
         log.debug("kick %s/%s", user, device)

@@ -36,6 +36,7 @@ from chatd.protocol.limits import MAX_HELLO_SIZE
 from chatd.router import LocalRouter
 from chatd.router.peers import Peers, UnixPeers
 from chatd.store import FanoutJobs, Store, StoreError, StoreStats, open_store
+from chatd.store.base import OwnedNumbering
 from chatd.util import redact
 from chatd.web.origins import origin_allowed, parse_origins, request_origin
 
@@ -123,6 +124,7 @@ class ChatServer:
         self.media: Any = None  # chatd.media.service.MediaService while http_port >= 0
         self.http_port = -1
         self.media_url = ""
+        self.forwarder: Any = None  # chatd.router.forward.Forwarder: owners on other nodes
 
     def stop(self) -> None:
         self._stop.set()
@@ -214,6 +216,14 @@ class ChatServer:
 
     def peer_privacy(self, user: str, hidden: bool) -> None:
         self.presence.privacy_changed(user, hidden)
+
+    def peer_call(self, origin: str, rid: int, what: str, args: Any, until: int) -> None:
+        if self.forwarder is not None:  # (else unanswered: the caller gives up and retries)
+            self.spawn("forwarded", self.forwarder.serve, origin, rid, what, args, until)
+
+    def peer_answer(self, rid: int, ok: bool, answer: Any) -> None:
+        if self.forwarder is not None:
+            self.forwarder.answered(rid, ok, answer)
 
     def sessions(self) -> list[Session]:
         """Every connected device's session on this node."""
@@ -555,6 +565,7 @@ async def serve(config: Config, *, worker: Worker | None = None,
     secret = load_or_create_secret(config.data_dir)
     async with open_store(config.store_url) as store:
         peers: Peers | None = None
+        forwarder = None
         node_id = config.node_id or "n1"
         if worker is not None:
             node_id = f"{config.node_id}-w{worker.index}" if config.node_id else \
@@ -564,11 +575,16 @@ async def serve(config: Config, *, worker: Worker | None = None,
             from chatd.router.redis import RedisPeers
 
             peers = RedisPeers(config.redis, node_id, store)
+            if isinstance(store, OwnedNumbering) and store.owners:
+                from chatd.router.forward import Forwarder
+
+                forwarder = store.remote = Forwarder(peers, store)
         elif worker is not None:
             peers = UnixPeers(worker.run_dir, worker.index, worker.count)
         server = ChatServer(config, store, secret, node_id, peers,
                             share=worker.count if worker is not None else 1,
                             worker=worker is not None)
+        server.forwarder = forwarder
         async with trio.open_nursery() as nursery:
             if peers is not None:
                 await nursery.start(functools.partial(peers.run, server))

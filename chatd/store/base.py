@@ -22,7 +22,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import trio
 
-from chatd.core import GroupInfo, Item, NewMessage, ReceiptState
+from chatd.core import GroupInfo, Item, Message, NewMessage, ReceiptNote, ReceiptState
 from chatd.protocol.frames import HistoryItem
 
 __all__ = ["AppendListener", "Appended", "FanoutJobs", "GroupInfo", "Item", "NewMessage",
@@ -241,4 +241,44 @@ class StoreStats(Protocol):
     @property
     def queue_depth(self) -> int:
         """Operations waiting for the next batch."""
+        ...
+
+
+Entry = Message | ReceiptNote  # what goes into an inbox (it gets its position there)
+
+
+class OwnerCalls(Protocol):
+    """How a store with numbering by owners (Cassandra `numbering=owner`) reaches the other
+    nodes (chatd.router.forward, with Redis): which node owns a shard, and the calls that
+    hand it a send or an inbox append. Each call raises StoreError when the owner refuses
+    or does not answer within `timeout` (the work may still be done there: retry)."""
+
+    def owner_of(self, shard: int) -> str | None:
+        """The node that numbers shard's chats and inboxes; None when it is this node."""
+        ...
+
+    async def send(self, node: str, msgs: list[NewMessage], timeout: float
+                   ) -> list[Appended]: ...
+
+    async def inbox(self, node: str, user: str, entries: list[Entry], fresh: list[bool],
+                    timeout: float) -> list[int | None]: ...
+
+
+@runtime_checkable
+class OwnedNumbering(Protocol):
+    """A store that numbers by owners: the node sets `remote` when it has peers, and runs
+    what peers hand it with the `_here` methods (never handed on again)."""
+
+    owners: bool  # numbering by owners is on (else nothing here is used)
+    remote: OwnerCalls | None
+
+    async def append_here(self, msgs: list[NewMessage]) -> list[Appended]:
+        """append_messages, all of them on this node."""
+        ...
+
+    async def inbox_here(self, user: str, entries: list[Entry], fresh: list[bool]
+                         ) -> list[int | None]:
+        """Append to user's inbox on this node: each entry's position, None where it was
+        there already. `fresh`: a message numbered by the send that appends it (it can be
+        in no inbox yet: not looked up)."""
         ...

@@ -60,7 +60,7 @@ from chatd.core.values import now_ms
 from chatd.protocol.frames import HistoryItem, Mode, Status
 
 from . import blobs
-from .base import Appended, AppendListener, Item, Page, Revocation, StoreError
+from .base import Appended, AppendListener, Entry, Item, OwnerCalls, Page, Revocation, StoreError
 from .cql import (
     ADMIN_STATEMENTS,
     SCHEMA_VERSION,
@@ -285,9 +285,6 @@ class _Members:
                          tuple(u for u, (admin, _) in self.members.items() if admin), *mode)
 
 
-Entry = Message | ReceiptNote  # what goes into an inbox (it gets its q there)
-
-
 def inbox_item(q: int, entry: Entry) -> Item:
     if isinstance(entry, Message):
         return Delivery(q, entry)
@@ -318,6 +315,7 @@ class CassandraStore:
         self._inboxes = _Combiner(
             self, self._write_inbox_owned if self.url.numbering == "owner" else self._write_inbox)
         self.owners = self.url.numbering == "owner"
+        self.remote: OwnerCalls | None = None  # owners on other nodes (set with Redis)
         self._claims = _Combiner(
             self, self._write_claims_owned if self.owners else self._write_claims)
         # numbering=owner: the shard leases this node took, and the last seq it numbered of
@@ -626,8 +624,33 @@ class CassandraStore:
         """Append to each user's inbox; what is there already (see _write_inbox) is left out
         of the result."""
         results = await self._gather(
-            (lambda u=u, e=e: self._inboxes.submit(u, e)) for u, e in per_user.items() if e)
+            functools.partial(self._inbox, u, e) for u, e in per_user.items() if e)
         return [x for r in results for x in r if x is not None]
+
+    async def _inbox(self, user: str, entries: list[Entry]) -> list[tuple[str, Item] | None]:
+        """Append to user's inbox here, or by the node that owns it (numbering=owner: the
+        call returns once that node wrote them, so a send is SENT only after its items are
+        in)."""
+        node = self._owner(user)
+        if node is None:
+            return await self._inboxes.submit(user, entries)
+        assert self.remote is not None
+        fresh = [type(e) is Message and (e.conv, e.seq) in self._fresh for e in entries]
+        placed = await self.remote.inbox(node, user, entries, fresh,
+                                         self._call_timeout("inbox"))
+        return [None if q is None else (user, inbox_item(q, e))
+                for q, e in zip(placed, entries, strict=True)]
+
+    async def inbox_here(self, user: str, entries: list[Entry], fresh: list[bool]
+                         ) -> list[int | None]:
+        new = {(e.conv, e.seq) for e, f in zip(entries, fresh, strict=True)
+               if f and type(e) is Message} - self._fresh
+        self._fresh |= new
+        try:
+            got = await self._op(self._inboxes.submit(user, entries))
+        finally:
+            self._fresh -= new
+        return [None if x is None else x[1].q for x in got]
 
     async def _write_claims(self, conv: str, msgs: list[NewMessage]) -> list[_Claim]:
         """Take seqs for the messages not sent before; find the claims of those that were."""
@@ -692,7 +715,7 @@ class CassandraStore:
 
     async def _own(self, conv: str) -> Lease:
         """The lease of conv's shard, held by this node: taken now if it is free; StoreError
-        if another node holds it."""
+        if another node holds it, or owns the shard among the live nodes (with peers)."""
         shard = shard_of(conv)
         lease = self._lease(shard)
         self._used[shard] = trio.current_time()
@@ -700,6 +723,9 @@ class CassandraStore:
             return lease
         async with self._lease_locks.setdefault(shard, trio.Lock()):
             if not lease.valid(trio.current_time()):
+                if (node := self._owner(conv)) is not None:  # (not taken back after a hand-over)
+                    raise StoreError(f"this chat is numbered by node {node} now (shard {shard}):"
+                                     " send it again")
                 self._forget(shard)
                 await self._take(shard, lease)
         return lease
@@ -746,9 +772,31 @@ class CassandraStore:
                 self._spawn(self._write_dones, conv)
             now = trio.current_time()
             for shard, lease in list(self._leases.items()):
-                if lease.renew_due(now) and now - self._used.get(shard, -math.inf) < (
+                if not lease.valid(now) or self._lease_locks.setdefault(
+                        shard, trio.Lock()).locked():
+                    continue
+                if self.remote is not None and self.remote.owner_of(shard) is not None:
+                    self._spawn(self._hand_over, shard, lease)
+                elif lease.renew_due(now) and now - self._used.get(shard, -math.inf) < (
                         self.url.lease):
                     self._spawn(self._renew, shard, lease)
+
+    async def _hand_over(self, shard: int, lease: Lease) -> None:
+        """Another node owns the shard now (the live nodes changed): number nothing more,
+        wait until every write sent under the lease has landed or timed out (the lease's
+        margin), then give the lease back, so that node takes the shard at once rather than
+        once the lease has run out."""
+        async with self._lease_locks.setdefault(shard, trio.Lock()):
+            if not lease.valid(trio.current_time()):
+                return
+            epoch = lease.epoch
+            lease.lost()
+            self._forget(shard)
+            await trio.sleep(lease_margin(self.url.timeout))
+            try:
+                await self.db.applied("lease_release", (shard, self.node_id, epoch))
+            except StoreError as exc:  # (then it ends with its time to live)
+                log.warning("could not give back the lease of shard %d: %s", shard, exc)
 
     def _done_rows(self, conv: str) -> tuple[set[tuple[str, str]], list[tuple[str, Any]]]:
         """The done marks waiting for conv's claims partition (kept until written)."""
@@ -1043,7 +1091,42 @@ class CassandraStore:
     async def append_messages(self, msgs: list[NewMessage]) -> list[Appended]:
         return await self._op(self._append_all(msgs))
 
+    async def append_here(self, msgs: list[NewMessage]) -> list[Appended]:
+        return await self._op(self._append_claims(msgs))
+
+    def _owner(self, key: str) -> str | None:
+        """The other node that numbers key's shard (numbering=owner with peers), or None."""
+        return None if self.remote is None else self.remote.owner_of(shard_of(key))
+
+    def _call_timeout(self, what: str) -> float:
+        """How long to wait for an owner's answer: its requests (a timed-out one tried
+        again) and, for a send, the inbox calls it makes in turn."""
+        inbox = 2 * self.url.timeout + 2
+        return inbox if what == "inbox" else 2 * inbox + TURN_WAIT
+
     async def _append_all(self, msgs: list[NewMessage]) -> list[Appended]:
+        """Each chat's messages numbered by its owner: here, or handed to its node."""
+        by_node: dict[str | None, list[int]] = {}
+        for i, m in enumerate(msgs):
+            by_node.setdefault(self._owner(m.conv), []).append(i)
+        if list(by_node) == [None]:
+            return await self._append_claims(msgs)
+        out: list[Appended] = [Appended()] * len(msgs)
+
+        async def part(node: str | None, idx: list[int]) -> None:
+            some = [msgs[i] for i in idx]
+            if node is None:
+                got = await self._append_claims(some)
+            else:
+                assert self.remote is not None
+                got = await self.remote.send(node, some, self._call_timeout("send"))
+            for i, r in zip(idx, got, strict=True):
+                out[i] = r
+
+        await self._gather(functools.partial(part, n, idx) for n, idx in by_node.items())
+        return out
+
+    async def _append_claims(self, msgs: list[NewMessage]) -> list[Appended]:
         claims: list[_Claim | None] = [None] * len(msgs)
         try:
             return await self._append_claimed(msgs, claims)

@@ -1,0 +1,178 @@
+"""Two chatd nodes on one Cassandra with numbering=owner, joined through Redis: a send that
+arrives at a node which does not own its chat is forwarded to the owner (and its Sent comes
+back); the owner's inbox appends go to each inbox's owner (docs/CASSANDRA.md, "Conversation
+owners")."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.cassandra import CassandraNode
+from bench.common import RawClient
+from chatd.auth import load_or_create_secret
+from chatd.core import Delivery
+from chatd.core.owners import owner, shard_of
+from chatd.protocol import frames as F
+from chatd.server import Config
+from chatd.server.app import serve
+from chatd.store import open_store
+
+from . import scenarios
+from .conftest import Node
+from .redis_servers import RedisServer
+
+CONV = "d:alice:bob"
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    r = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield r
+    r.stop()
+
+
+def split_ids(run: int) -> tuple[str, str]:
+    """Two node ids under which the chat and bob's inbox have different owners (so a send
+    is forwarded one way and its inbox append the other, whichever node gets it)."""
+    for i in itertools.count(run * 1000):
+        a, b = f"fw{i}-a", f"fw{i}-b"
+        if owner(shard_of(CONV), [a, b]) != owner(shard_of("bob"), [a, b]):
+            return a, b
+    raise AssertionError
+
+
+@pytest.fixture
+async def two(redis: RedisServer, cassandra: CassandraNode, tmp_path: Path,
+              nursery: trio.Nursery) -> AsyncIterator[tuple[Node, Node, str]]:
+    cassandra.truncate()
+    url = cassandra.url(numbering="owner", timeout="2", lease="9")
+    data = tmp_path / "data"
+    load_or_create_secret(str(data))
+    out = []
+    ids = split_ids(int(trio.current_time() * 1000) % 1000)
+    for node_id in ids:
+        cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
+                     node_id=node_id, redis=redis.url, store=url)
+        out.append(Node(await nursery.start(serve, cfg), cfg))
+    await out[0].add_users("alice", "bob", "carol")
+    with trio.fail_after(15):  # each node sees both alive (its heartbeat), so both agree
+        while any(n.server.peers.live_nodes() != sorted(ids)  # type: ignore[union-attr]
+                  for n in out):
+            await trio.sleep(0.1)
+    yield out[0], out[1], url
+
+
+async def send_until_sent(node: Node, device: str, cid: str, body: bytes) -> F.Sent:
+    """Send one message as alice through node, again on a new connection while it is refused
+    (the same client id: what an SDK does)."""
+    with trio.fail_after(60):
+        while True:
+            try:
+                c = await RawClient.connect(node.server.tcp_port, node.token("alice"), device)
+                try:
+                    await c.send(F.Send(id=cid, to="bob", body=body))
+                    while True:
+                        f = await c.next()
+                        if isinstance(f, F.Sent) and f.id == cid:
+                            return f
+                        if isinstance(f, F.Error):
+                            break
+                finally:
+                    await c.stream.aclose()
+            except (RuntimeError, EOFError, OSError, trio.BrokenResourceError):
+                pass
+            await trio.sleep(0.2)
+
+
+async def test_eight_writers_through_two_nodes_share_one_sequence_through_the_owner(
+        two: tuple[Node, Node, str]) -> None:
+    """The several-writer test through real nodes: 8 devices of alice, half on each node,
+    send 25 messages each into one chat at once. Seqs are exactly 1..200, bob's inbox holds
+    each once in seq order per writer, and every send again through the other node is a
+    duplicate with its seq."""
+    a, b, url = two
+    seqs: dict[str, int] = {}
+
+    async def writer(w: int) -> None:
+        node = (a, b)[w % 2]
+        c = await RawClient.connect(node.server.tcp_port, node.token("alice"), f"w{w}")
+        try:
+            for i in range(25):
+                cid = f"w{w}-{i}"
+                await c.send(F.Send(id=cid, to="bob", body=b"%d" % i))
+                while not isinstance(f := await c.next(), F.Sent):
+                    assert not isinstance(f, F.Error), f
+                assert f.id == cid
+                seqs[cid] = f.seq
+        finally:
+            await c.stream.aclose()
+
+    async with open_store(url) as reader:
+        await reader.attach_device("bob", "phone")
+        with trio.fail_after(120):
+            async with trio.open_nursery() as n:
+                for w in range(8):
+                    n.start_soon(writer, w)
+        assert sorted(seqs.values()) == list(range(1, 201))
+        page = await reader.inbox("bob", "phone", 0, 1000)
+        got = [i for i in page.items if isinstance(i, Delivery)]
+        assert sorted(i.seq for i in got) == list(range(1, 201))
+        assert [i.q for i in got] == list(range(1, 201))
+        for w in range(8):
+            mine = [i.seq for i in got if i.id.startswith(f"w{w}-")]
+            assert mine == sorted(mine)
+        for cid, seq in seqs.items():  # retries, through the other node
+            w = int(cid[1])
+            again = await send_until_sent((b, a)[w % 2], f"w{w}", cid, b"retry")
+            assert again.seq == seq
+        assert (await reader.inbox("bob", "phone", 0, 1000)).upto == 200
+
+
+async def test_one_to_one_between_users_on_two_nodes_arrives_once_in_order(
+        two: tuple[Node, Node, str]) -> None:
+    """alice on one node and bob on the other send to each other at once, each on one
+    connection: every send is answered Sent (none refused: the node that does not own the
+    chat forwards it), and each gets every message of the other exactly once, in order."""
+    a, b, _ = two
+    got: dict[str, list[F.Deliver]] = {"alice": [], "bob": []}
+    sent: dict[str, list[F.Sent]] = {"alice": [], "bob": []}
+
+    async def talk(node: Node, me: str, to: str) -> None:
+        c = await RawClient.connect(node.server.tcp_port, node.token(me), "phone")
+        try:
+            await c.send(*(F.Send(id=f"{me}-{i}", to=to, body=b"%d" % i) for i in range(30)))
+            while len(sent[me]) < 30 or len(got[me]) < 30:
+                f = await c.next()
+                assert not isinstance(f, F.Error), f
+                if isinstance(f, F.Sent):
+                    sent[me].append(f)
+                elif isinstance(f, F.Deliver):
+                    got[me].append(f)
+                    await c.send(F.Ack(upto=f.q))
+        finally:
+            await c.stream.aclose()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            n.start_soon(talk, a, "alice", "bob")
+            n.start_soon(talk, b, "bob", "alice")
+    for me, other in (("alice", "bob"), ("bob", "alice")):
+        assert [f.body for f in got[me]] == [b"%d" % i for i in range(30)]
+        assert all(f.sender == other for f in got[me])
+        assert [f.seq for f in got[me]] == sorted(f.seq for f in sent[other])
+    assert sorted(f.seq for f in sent["alice"] + sent["bob"]) == list(range(1, 61))
+
+
+async def test_group_message_across_two_nodes_through_the_owners(
+        two: tuple[Node, Node, str]) -> None:
+    """alice (on one node) makes a group with bob (on the other) and carol: both get her
+    message, and she gets the DELIVERED receipt, whichever nodes own the group and the
+    members' inboxes (the fan-out's appends go to each inbox's owner)."""
+    a, b, _ = two
+    await scenarios.group_message(a, b, a)
+    await scenarios.group_message(b, a, b)
