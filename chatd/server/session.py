@@ -12,6 +12,7 @@ arrive through `offer()` from the router, in commit order.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from .app import ChatServer
     from .transport import StreamTransport, WebSocketTransport
 
+log = logging.getLogger("chatd")
 DRAIN_PAGE: Final = 500
 BUSY: Final = float("inf")  # rx_at while the connection's requests are being handled
 MAX_PAUSE_MS: Final = 1000  # how long a rate-limited connection is not read
@@ -77,7 +79,11 @@ class Flusher:
             await trio.lowlevel.cancel_shielded_checkpoint()  # (the tasks woken with us)
             due, self._due = self._due, []
             for session in due:
-                session.flush()
+                try:
+                    session.flush()
+                except Exception:  # a bug: it ends that connection, never the others
+                    log.exception("writing to a connection failed")
+                    session.abort()
 
 
 class Session:
@@ -252,14 +258,19 @@ class Session:
                     self._out_bytes += len(data) - sent + FRAME_OVERHEAD
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._closing = True  # the device went away (as in _writer)
-            self._nursery.cancel_scope.cancel()
+            self.abort()  # the device went away (as in _writer)
             return
         if self._out:
             self._kick()
         else:
             self._out = None  # idle: hold no queue
             self._out_bytes = 0
+
+    def abort(self) -> None:
+        """End the connection now, writing nothing more."""
+        self._closing = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def _take(self) -> bytes:
         """The next bytes to write: every queued frame up to WRITE_COALESCE bytes where the

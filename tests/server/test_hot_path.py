@@ -80,6 +80,10 @@ async def test_what_one_commit_makes_for_a_device_reaches_its_socket_in_one_writ
     store = node.server.store
     alice = await signed_in(node, "alice")
     bob = await signed_in(node, "bob")
+    for sender, to, receiver in ((alice, "bob", bob), (bob, "alice", alice)):
+        await sender.send(F.Send(id=f"first-to-{to}", to=to, body=b"hi"))  # (from then on a
+        await sender.recv_until(F.Sent, timeout=30)  # send looks up no user in the store:
+        await receiver.recv_until(F.Deliver, timeout=30)  # one store op each)
     (session,) = node.server.router.targets("alice")
     counted = _CountedWrites(session.transport)  # type: ignore[attr-defined]
     session.transport = counted  # type: ignore[attr-defined]
@@ -108,3 +112,28 @@ async def test_what_one_commit_makes_for_a_device_reaches_its_socket_in_one_writ
         assert counted.writes == 1, f"round {round_}: {counted.writes} writes"
     await alice.aclose()
     await bob.aclose()
+
+
+class _FailingWrites(_CountedWrites):
+    def send_nowait(self, data: bytes) -> int:
+        raise RuntimeError("a bug in the write path")
+
+
+@pytest.mark.parametrize("start_node", ["sqlite"], indirect=True)
+async def test_a_write_that_fails_unexpectedly_ends_that_connection_only(
+        node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    """The node's one task that writes for every connection contains a failure to the
+    connection it was writing to: that one is closed, the others and the node go on."""
+    alice = await signed_in(node, "alice")
+    bob = await signed_in(node, "bob")
+    carol = await signed_in(node, "carol")
+    (session,) = node.server.router.targets("alice")
+    session.transport = _FailingWrites(session.transport)  # type: ignore[attr-defined]
+    await bob.send(F.Send(id="b1", to="alice", body=b"hi"))
+    assert await alice.closed(timeout=30)
+    assert "writing to a connection failed" in caplog.text
+    await bob.send(F.Send(id="b2", to="carol", body=b"still here"))
+    deliver = await carol.recv_until(F.Deliver, timeout=30)
+    assert isinstance(deliver, F.Deliver) and deliver.body == b"still here"
+    await bob.aclose()
+    await carol.aclose()
