@@ -437,7 +437,8 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None:
 # -- the profile ---------------------------------------------------------------------------
 
 # Loaded by every chatd process of a profile run (PYTHONPATH), it counts the store's round
-# trips (operations awaited, by kind) and batches (one COMMIT each) and writes them to
+# trips (operations awaited, by kind), batches (one COMMIT each) and writes to devices'
+# TCP sockets (socket_writes) and writes them to
 # $CHATD_PROFILE_COUNTS/<pid>.json every 0.1 s. No chatd file changes.
 GIL_RATE: Final = 100  # samples/s of py-spy --gil (which thread holds the GIL)
 SITECUSTOMIZE: Final = '''
@@ -484,6 +485,21 @@ if _dir:
                 return await fn(*a, **k)
             return counted
         setattr(_sq.SqliteStore, _name, _wrap(getattr(_sq.SqliteStore, _name)))
+    import inspect
+    from chatd.server import transport as _tr
+    for _name in ("send", "send_nowait"):  # writes to devices' sockets (TCP)
+        _fn = getattr(_tr.StreamTransport, _name, None)
+        if _fn is None:
+            continue
+        if inspect.iscoroutinefunction(_fn):
+            async def _write(self, data, _fn=_fn):
+                _counts["socket_writes"] += 1
+                return await _fn(self, data)
+        else:
+            def _write(self, data, _fn=_fn):
+                _counts["socket_writes"] += 1
+                return _fn(self, data)
+        setattr(_tr.StreamTransport, _name, _write)
     def _dump():
         path = os.path.join(_dir, f"{os.getpid()}.json")
         while True:
@@ -705,7 +721,8 @@ def profile(rates: list[str], seconds: float = 8, workers: int = 0, pyspy_rate: 
                 print(f"  {shape.name:14} {res['msgs_per_s']:7,} msg/s  p50 {res['p50_ms']:8.2f}"
                       f" p99 {res['p99_ms']:8.2f} ms  server {res['server_cpu_us_per_msg']:6.1f}"
                       f" us/msg  commits/msg {phase['store_per_msg'].get('commits', 0)}"
-                      f"  store ops/msg {phase['store_per_msg'].get('ops', 0)}", flush=True)
+                      f"  store ops/msg {phase['store_per_msg'].get('ops', 0)}  socket writes/msg"
+                      f" {phase['store_per_msg'].get('socket_writes', 0)}", flush=True)
     return {"workers": workers, "store": store, "seconds": seconds, "pyspy_rate_hz": pyspy_rate,
             "load_before": before, "load_after": load(), "phases": phases}
 

@@ -16,9 +16,8 @@ _packer_options: dict[str, Any] = {"use_bin_type": True}
 
 def encode_body(frame: Frame) -> bytes:
     """The msgpack body of a frame: a map with "t" first, then fields in declaration order."""
-    body = {"t": frame.TYPE}
-    body.update(to_map(frame))
-    return msgpack.packb(body, **_packer_options)  # type: ignore[no-any-return]
+    return msgpack.packb(to_map(frame, {"t": frame.TYPE}),  # type: ignore[no-any-return]
+                         **_packer_options)
 
 
 class _TooManyContainers(Exception):

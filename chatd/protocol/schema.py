@@ -183,11 +183,27 @@ def from_map(cls: Any, value: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
-def to_map(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for s in obj.SPEC:
-        v = getattr(obj, s.attr)
-        if not s.required and v == s.default:
+# class -> its fields as (attribute, key, default or _NO_DEFAULT, wire function or None when
+# the value goes as it is): what to_map needs, looked up once per class, not once per field
+_PLANS: dict[type, tuple[tuple[str, str, Any, Any], ...]] = {}
+
+
+def _plan(cls: type) -> tuple[tuple[str, str, Any, Any], ...]:
+    plan = _PLANS[cls] = tuple(
+        (s.attr, s.key, _NO_DEFAULT if s.required else s.default,
+         None if type(s.kind).wire is Kind.wire else s.kind.wire)
+        for s in cls.SPEC)  # type: ignore[attr-defined]
+    return plan
+
+
+def to_map(obj: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The wire map of a frame or record (into `out` if given, after what it holds)."""
+    if out is None:
+        out = {}
+    cls = type(obj)
+    for attr, key, default, wire in _PLANS.get(cls) or _plan(cls):
+        v = getattr(obj, attr)
+        if default is not _NO_DEFAULT and v == default:
             continue  # canonical form: defaults are omitted
-        out[s.key] = s.kind.wire(v)
+        out[key] = v if wire is None else wire(v)
     return out

@@ -44,7 +44,7 @@ from . import metrics
 from .config import Config
 from .limits import UserLimits
 from .presence import PresenceService
-from .session import Session
+from .session import Flusher, Session
 from .transport import HELLO_RECEIVE_SIZE, StreamTransport, WebSocketTransport
 from .websocket import Refusal, WebSocketListener
 from .websocket import handshake as websocket_handshake
@@ -119,6 +119,7 @@ class ChatServer:
         self.stopped = trio.Event()
         self._session_count = 0
         self.presence = PresenceService(self)
+        self.flusher = Flusher()  # writes what sessions queued, once a tick each
         self.revocations = RevocationWatch()  # live tokens' issue times (chatd admin revoke)
         self._tasks: trio.Nursery | None = None
         self.media: Any = None  # chatd.media.service.MediaService while http_port >= 0
@@ -253,6 +254,7 @@ class ChatServer:
         cfg = self.config
         ssl_ctx = self._ssl_context()
         async with trio.open_nursery() as sessions:
+            await sessions.start(self.flusher.run)  # (until the last session has ended)
             async with trio.open_nursery() as listeners:
                 tcp = await listen(cfg.host, cfg.tcp_port, self.reuse_port)
                 self.tcp_port = tcp[0].socket.getsockname()[1]

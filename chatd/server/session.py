@@ -1,14 +1,18 @@
 """One connected device: reads frames, acts on them, and writes what the device should get.
 
-Tasks per connection: the handler task reads (and runs the request logic). A writer task owns
-the socket's sending side while there is something to send, and also drains the inbox from the
-store when the device is behind; it ends when everything is written and starts again when a
-frame is queued, so an idle connection holds one task and no queue. There is never more than
-one writer. Live items arrive through `offer()` from the router, in commit order.
+Tasks per connection: the handler task reads (and runs the request logic). What is queued
+for a device during one scheduler tick (a commit's deliveries and receipts, the Sent answers
+of the sends it stored) is written once, at the end of the tick, by the node's `Flusher`: one
+non-blocking write per connection, no task of its own. Only when the socket does not take it
+all (or for TLS and WebSocket, or to drain the inbox from the store when the device is behind)
+does a writer task own the socket's sending side; it ends when everything is written, so an
+idle connection holds one task and no queue. There is never more than one writer. Live items
+arrive through `offer()` from the router, in commit order.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from .app import ChatServer
     from .transport import StreamTransport, WebSocketTransport
 
+log = logging.getLogger("chatd")
 DRAIN_PAGE: Final = 500
 BUSY: Final = float("inf")  # rx_at while the connection's requests are being handled
 MAX_PAUSE_MS: Final = 1000  # how long a rate-limited connection is not read
@@ -48,6 +53,37 @@ _NOT_ACTIVITY: Final = (F.Ping, F.Pong, F.Ack, F.Sync, F.Goodbye)  # the app's o
 
 class Closing(Exception):
     """Raised inside the reader to end the session after an error frame was queued."""
+
+
+class Flusher:
+    """Writes what sessions queued, once per session per scheduler tick (see the module's
+    doc). A session is handed over when its queue stops being empty; the task waits one more
+    tick before writing, so that the tasks woken with it (a commit wakes the senders whose
+    messages it stored, and they queue their Sent) add to the same write."""
+
+    def __init__(self) -> None:
+        self._due: list[Session] = []
+        self._wake = trio.Event()
+
+    def add(self, session: Session) -> None:
+        if not self._due:
+            self._wake.set()
+        self._due.append(session)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.lowlevel.cancel_shielded_checkpoint()  # (the tasks woken with us)
+            due, self._due = self._due, []
+            for session in due:
+                try:
+                    session.flush()
+                except Exception:  # a bug: it ends that connection, never the others
+                    log.exception("writing to a connection failed")
+                    session.abort()
 
 
 class Session:
@@ -101,9 +137,10 @@ class Session:
               or len(out) >= self.server.config.max_queue):
             self._slow_consumer()
             return
+        if not out and not self._writing:
+            self.server.flusher.add(self)  # (written at the end of this tick)
         out.append(data)
         self._out_bytes += size
-        self._kick()
 
     def _slow_consumer(self) -> None:
         self.server.stats["slow_consumers"] += 1
@@ -206,6 +243,51 @@ class Session:
             self._need_sync = True
             self._kick()
 
+    def flush(self) -> None:
+        """Write what is queued without waiting (the Flusher calls it); what the socket does
+        not take now goes to a writer task."""
+        if self._writing or self._closing or self._nursery is None:
+            return  # (a writer writes it; the session has not started, or is ending: `end`
+            # queued its last frame and started a writer)
+        try:
+            while self._out:
+                data = self._take()
+                sent = self.transport.send_nowait(data)
+                if sent < len(data):  # the rest when the socket can take it
+                    self._out.appendleft(data[sent:])
+                    self._out_bytes += len(data) - sent + FRAME_OVERHEAD
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.abort()  # the device went away (as in _writer)
+            return
+        if self._out:
+            self._kick()
+        else:
+            self._out = None  # idle: hold no queue
+            self._out_bytes = 0
+
+    def abort(self) -> None:
+        """End the connection now, writing nothing more."""
+        self._closing = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _take(self) -> bytes:
+        """The next bytes to write: every queued frame up to WRITE_COALESCE bytes where the
+        transport takes several frames in one write, else one frame."""
+        out = self._out
+        assert out
+        if self.transport.coalesce and len(out) > 1:
+            parts, size = [], 0
+            while out and size < WRITE_COALESCE:
+                parts.append(out.popleft())
+                size += len(parts[-1])
+            self._out_bytes -= size + FRAME_OVERHEAD * len(parts)
+            return b"".join(parts)
+        data = out.popleft()
+        self._out_bytes -= len(data) + FRAME_OVERHEAD
+        return data
+
     async def _writer(self) -> None:
         try:
             await self._write_loop()
@@ -220,19 +302,8 @@ class Session:
     async def _write_loop(self) -> None:
         transport = self.transport
         while True:
-            out = self._out
-            if out:
-                if transport.coalesce and len(out) > 1:
-                    parts, size = [], 0
-                    while out and size < WRITE_COALESCE:
-                        parts.append(out.popleft())
-                        size += len(parts[-1])
-                    self._out_bytes -= size + FRAME_OVERHEAD * len(parts)
-                    await transport.send(b"".join(parts))
-                else:
-                    data = out.popleft()
-                    self._out_bytes -= len(data) + FRAME_OVERHEAD
-                    await transport.send(data)
+            if self._out:
+                await transport.send(self._take())
             elif self._need_sync and not self._closing:
                 await self._sync_step()
             elif self._presence_pending:
@@ -316,9 +387,10 @@ class Session:
                 self.close_with(exc.code, exc.message)
             except StoreError as exc:
                 self.close_with(ErrorCode.INTERNAL, f"store unavailable: {exc}")
-            if not self._closing:  # the device left (or said goodbye): nothing more to say
-                self._closing = True
-                nursery.cancel_scope.cancel()
+            finally:  # (also when cancelled: nothing is written from now on but by `end`)
+                if not self._closing:  # the device left (or said goodbye): nothing more to say
+                    self._closing = True
+                    nursery.cancel_scope.cancel()
             nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline,
                                                 trio.current_time() + 1.0)
 

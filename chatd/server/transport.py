@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Generator
 from typing import Any, cast
 
@@ -39,6 +40,23 @@ class StreamTransport:
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
+
+    def send_nowait(self, data: bytes) -> int:
+        """Write what the socket takes now, without waiting: the number of bytes written (0
+        when it would block, or for TLS, which only `send` writes). The caller makes sure
+        no `send` is running. ClosedResourceError / BrokenResourceError as `send` would."""
+        stream = self.stream
+        if type(stream) is not trio.SocketStream:
+            return 0
+        fd = stream.socket.fileno()
+        if fd == -1:
+            raise trio.ClosedResourceError("socket was already closed")
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
@@ -92,6 +110,10 @@ class WebSocketTransport(trio.abc.AsyncResource):
         answered). ProtocolError for a text, empty or oversized message. (Not a coroutine:
         see Receiving.)"""
         return Receiving(self, max_bytes)
+
+    def send_nowait(self, data: bytes) -> int:
+        """(Messages are written by `send` only: see StreamTransport.send_nowait.)"""
+        return 0
 
     def _feed(self, data: bytes | bytearray) -> WSConnection:
         """Bytes read (b"": the end) to wsproto's connection, made again if it was let go."""
