@@ -97,6 +97,7 @@ TURN_WAIT: Final = 2.0
 CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are trusted from memory
 MAX_CACHED: Final = 200_000  # entries per cache before it starts again
 MAX_RECENT: Final = 10_000  # inbox items remembered per user until acked (numbering=owner)
+MAX_CLAIMS: Final = 10_000  # client ids a chat's owner keeps in memory (more: read per batch)
 
 STATEMENTS: Final = {
     "add_user": "INSERT INTO users (user) VALUES (?)",
@@ -184,6 +185,8 @@ STATEMENTS: Final = {
     "own_seq": "UPDATE sends SET last_seq = ? WHERE conv = ?",
     "own_claim": "INSERT INTO sends (conv, sender, client_id, seq, ts, at)"
                  " VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
+    "chat_claims": "SELECT last_seq, sender, client_id, seq, ts, at, done FROM sends"
+                   " WHERE conv = ? LIMIT ?",
     "claims_of": "SELECT client_id, seq, ts, at, done FROM sends"
                  " WHERE conv = ? AND sender = ? AND client_id IN ?",
     "own_q": "UPDATE inbox SET last_q = ? WHERE user = ?",
@@ -325,6 +328,9 @@ class CassandraStore:
         self._used: dict[int, float] = {}  # when a shard was last needed
         self._shard_keys: dict[int, set[str]] = {}  # chats and inboxes loaded, per shard
         self._seqs: dict[str, int] = {}
+        # every claim of a chat that may be in the store, since the chat was loaded under the
+        # lease (None: more than MAX_CLAIMS, read per batch): (sender, client id) -> claim
+        self._claimed: dict[str, dict[tuple[str, str], _Claim] | None] = {}
         self._qs: dict[str, int] = {}  # user -> last inbox position given here
         self._recent: dict[str, _Recent] = {}  # user -> items given here, not acked yet
         self._fresh: set[tuple[str, int]] = set()  # 1:1 messages numbered now, not appended
@@ -736,6 +742,7 @@ class CassandraStore:
             self._seqs.pop(key, None)
             self._qs.pop(key, None)
             self._recent.pop(key, None)
+            self._claimed.pop(key, None)
 
     async def _take(self, shard: int, lease: Lease) -> None:
         """Take a free shard (a new epoch) or renew our own. The lease counts from the moment
@@ -969,7 +976,7 @@ class CassandraStore:
         done marks waiting for this chat (_dones)."""
         msgs = [m for m, _ in entries]
         rows_of = {(m.sender, m.client_id): f for m, f in entries}
-        lease, epoch, last, _ = await self._numbering(conv, self._seqs, self._read_last_seq)
+        lease, epoch, last, _ = await self._numbering(conv, self._seqs, self._load_chat)
         todo = list({(m.sender, m.client_id): m for m in msgs}.values())
         found = await self._earlier_claims(conv, todo, last)
         new = [m for m in todo if (m.sender, m.client_id) not in found]
@@ -996,6 +1003,12 @@ class CassandraStore:
             if self._seqs.get(conv) != last:
                 raise StoreError("this chat's numbering moved meanwhile: send it again")
             self._seqs[conv] = top
+            known = self._claimed.get(conv)
+            if known is not None:  # (kept whether the write applies or not: it may have)
+                for n, m in enumerate(new, last + 1):
+                    known[(m.sender, m.client_id)] = _Claim(n, m.ts, False, False, at)
+                if len(known) > MAX_CLAIMS:
+                    self._claimed[conv] = None
             try:
                 await self._gather(
                     functools.partial(self._fenced, conv, lease, epoch, self.db.batch(
@@ -1012,22 +1025,50 @@ class CassandraStore:
                 found[key] = _Claim(n, m.ts, True, stored=key in stored)
         return self._hold_turns(conv, msgs, found)
 
+    async def _load_chat(self, conv: str) -> int:
+        """A chat's last seq, read by its owner once per lease (and after a failed claim
+        write), with every claim in the chat's partition (up to MAX_CLAIMS): from then on the
+        owner knows every claim there (it writes all the new ones), so a send's earlier claim
+        is looked up in memory, not read (docs/CASSANDRA.md, "Conversation owners")."""
+        rows = await self.db.run("chat_claims", (conv, MAX_CLAIMS + 1))
+        last = (rows[0]["last_seq"] or 0) if rows else 0
+        claims = [r for r in rows if r.get("client_id") is not None]
+        if len(claims) > MAX_CLAIMS:
+            self._claimed[conv] = None
+            return last
+        if conv in self._claimed and self._claimed[conv] is None:
+            return last  # (stays read per batch until the lease is given up)
+        known = self._claimed.get(conv) or {}
+        self._claimed[conv] = known
+        for r in claims:  # (a claim this node wrote or tried is kept as it knows it)
+            known.setdefault((r["sender"], r["client_id"]), _Claim(
+                r["seq"], r["ts"], False, bool(r["done"]), r["at"] or 0))
+        if len(known) > MAX_CLAIMS:
+            self._claimed[conv] = None
+        return last
+
     async def _earlier_claims(self, conv: str, msgs: list[NewMessage], last: int
                               ) -> dict[tuple[str, str], _Claim]:
         """The claims of these client ids already written. One not done is no claim if its
         seq is past what the owner numbered, or holds another message: a claim write that
         failed (no SENT was given) and landed after its seq went to another message."""
-        by_sender: dict[str, list[str]] = {}
-        for m in msgs:
-            by_sender.setdefault(m.sender, []).append(m.client_id)
-        results = await self._gather(
-            functools.partial(self.db.run, "claims_of", (conv, sender, ids))
-            for sender, ids in by_sender.items())
         found: dict[tuple[str, str], _Claim] = {}
-        for sender, rows in zip(by_sender, results, strict=True):
-            for r in rows:
-                found[(sender, r["client_id"])] = _Claim(r["seq"], r["ts"], False,
-                                                         bool(r["done"]), r["at"] or 0)
+        known = self._claimed.get(conv)
+        if known is not None:  # every claim of the chat: in memory (see _load_chat)
+            for m in msgs:
+                if (c := known.get((m.sender, m.client_id))) is not None:
+                    found[(m.sender, m.client_id)] = dataclasses.replace(c)
+        else:
+            by_sender: dict[str, list[str]] = {}
+            for m in msgs:
+                by_sender.setdefault(m.sender, []).append(m.client_id)
+            results = await self._gather(
+                functools.partial(self.db.run, "claims_of", (conv, sender, ids))
+                for sender, ids in by_sender.items())
+            for sender, rows in zip(by_sender, results, strict=True):
+                for r in rows:
+                    found[(sender, r["client_id"])] = _Claim(r["seq"], r["ts"], False,
+                                                             bool(r["done"]), r["at"] or 0)
         running = self._turns.get(conv, set())
         done_here = self._dones.get(conv, set())
         check = []
@@ -1264,6 +1305,8 @@ class CassandraStore:
         if self.owners:  # marked done by the chat's next claim batch (_write_claims_owned)
             for (conv,), _, (_, _, sender, cid), _ in done:
                 self._dones.setdefault(conv, set()).add((sender, cid))
+                if (c := (self._claimed.get(conv) or {}).get((sender, cid))) is not None:
+                    c.done = True
         else:
             await self._gather(self._batches(done))
         # each result carries its own inbox items (for callers that look at them)
