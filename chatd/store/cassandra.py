@@ -38,7 +38,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast
 
 import trio
 
@@ -276,6 +276,13 @@ class _Recent:
     base: int
     top: int
     rows: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class _Along:
+    """numbering=owner: rows of other partitions written in the same request as an inbox's
+    next batch (an ack's cursor and watermarks, with the DELIVERED receipts it appends)."""
+    rows: list[tuple[str, tuple[Any, ...]]]
 
 
 @dataclasses.dataclass(slots=True)
@@ -881,22 +888,27 @@ class CassandraStore:
         self._fence(key, lease, epoch)
         return await self.db.run(stmt)
 
-    async def _write_inbox_owned(self, user: str, entries: list[Entry]
+    async def _write_inbox_owned(self, user: str, entries: list[Entry | _Along]
                                  ) -> list[tuple[str, Item] | None]:
         """_write_inbox by the owner of the user's shard: positions from memory (the last one
         read once per lease), items written with plain batches. Each message item goes in
         with a marker row (`marker_q`) that says where the item is. A message that may be
         in this inbox already (a fan-out chunk run again, a send redone by its retry) is
         looked up first: its marker, then the item the marker names; only a message
-        numbered by this very send (`_fresh`) skips the look-up."""
+        numbered by this very send (`_fresh`) skips the look-up. Rows `_Along` go in the
+        first batch (their results are None)."""
         lease, epoch, last, read = await self._numbering(user, self._qs, self._read_last_q)
         if read:
             self._recent[user] = _Recent(last, last)
         there = [False] * len(entries)
         seen: set[tuple[str, int]] = set()
         maybe: dict[int, list[int]] = {}  # marker -> entries
+        along: list[tuple[str, tuple[Any, ...]]] = []
         for j, it in enumerate(entries):
-            if type(it) is Message:
+            if type(it) is _Along:
+                along += it.rows
+                there[j] = True
+            elif type(it) is Message:
                 if (it.conv, it.seq) in seen:
                     there[j] = True  # (twice in this call)
                     continue
@@ -932,7 +944,8 @@ class CassandraStore:
                 raise StoreError("this inbox's numbering moved meanwhile: try again")
             # taken for good: positions a failed write may still fill are never given again
             self._qs[user] = top
-            batches = [self.db.batch([("own_q", (top, user)), *rows[i : i + CHUNK]])
+            batches = [self.db.batch([("own_q", (top, user)), *(along if i == 0 else ()),
+                                      *rows[i : i + CHUNK]])
                        for i in range(0, len(rows), CHUNK)]
             recent = self._recent.pop(user, None)
             for tries in range(RETRIES + 1):  # the same rows again: idempotent
@@ -947,7 +960,7 @@ class CassandraStore:
                         raise
             if recent is not None and recent.top == last and len(recent.rows) < MAX_RECENT:
                 for n, j in enumerate(todo, last + 1):
-                    it = entries[j]
+                    it = cast(Entry, entries[j])
                     got = it if type(it) is Message else None  # (else a receipt)
                     recent.rows[n] = {"q": n, "conv": it.conv, "seq": got.seq if got else 0,
                                       "sender": got.sender if got else None,
@@ -956,7 +969,10 @@ class CassandraStore:
                 self._recent[user] = recent
             else:
                 self._recent[user] = _Recent(top, top)
-        items = tuple((user, inbox_item(n, entries[j])) for n, j in enumerate(todo, last + 1))
+        elif along:
+            await self.db.run(self.db.batch(along))
+        items = tuple((user, inbox_item(n, cast(Entry, entries[j])))
+                      for n, j in enumerate(todo, last + 1))
         placed = iter(items)
         out = [None if there[j] else next(placed) for j in range(len(entries))]
         if self.on_append is not None and items:
@@ -1548,7 +1564,20 @@ class CassandraStore:
                                         if r["receipt"] is None],
                                  lambda conv: states[conv][0])
         cursor = ("set_cursor", (new + 1, new, user, device))
-        if len(got.raised) < SMALL_BATCH_PARTS:  # the cursor and the watermarks: one request
+        notes = delivery.receipts(user, Status.DELIVERED, ts, got.direct)
+        to = {n.to for n in notes}
+        items: list[tuple[str, Item]] = []
+        if (self.owners and len(to) == 1 and len(got.raised) < SMALL_BATCH_PARTS
+                and self._owner(sender := next(iter(to))) is None):
+            # the cursor and the watermarks in the request that appends the receipts (to one
+            # inbox numbered here: the usual ack of a 1:1 chat)
+            placed = await self._inboxes.submit(sender, [*notes, _Along([cursor, *(
+                self._mark_rows(c, user, s, None)[0] for c, s in got.raised.items())])])
+            items = [x for x in placed if x is not None]
+            notes = []
+            for c, s in got.raised.items():
+                self._marks_written(c, user, s, None)
+        elif len(got.raised) < SMALL_BATCH_PARTS:  # the cursor and the watermarks: one request
             await self.db.run(self.db.batch([cursor, *(
                 self._mark_rows(c, user, s, None)[0] for c, s in got.raised.items())]))
             for c, s in got.raised.items():
@@ -1563,8 +1592,7 @@ class CassandraStore:
             for q in range(recent.base + 1, min(new, recent.top) + 1):
                 recent.rows.pop(q, None)
             recent.base = min(new, recent.top)
-        items = await self._put_receipts(delivery.receipts(user, Status.DELIVERED, ts,
-                                                           got.direct))
+        items += await self._put_receipts(notes)
         for conv in got.groups:  # coalesced: one receipt when all have it
             items += await self._advance_all(conv, user, ts)
         return Appended(items=tuple(items))

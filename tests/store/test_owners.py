@@ -250,8 +250,11 @@ async def test_an_ack_of_items_put_by_this_owner_reads_nothing(
         await s.append_message(msg(1))
         before = s.db.requests
         got = await s.ack("bob", "phone", 2, 3000)
-        # bob's cursor and watermark written, alice's receipt appended: nothing read
-        assert s.db.requests - before <= 2
+        # nothing read; bob's cursor and watermark written in the request that appends
+        # alice's receipt (her inbox is numbered here too)
+        assert s.db.requests - before == 1
+        assert await s.cursor("bob", "phone") == 2
+        assert (await s.db.run("mark", (CONV, "bob")))[0]["delivered"] == 2
         assert [(it.q, it.seqs) for _, it in got.items] == [(2, (2,))]
         fenced = s._fenced
 
