@@ -98,6 +98,7 @@ CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are truste
 MAX_CACHED: Final = 200_000  # entries per cache before it starts again
 MAX_RECENT: Final = 10_000  # inbox items remembered per user until acked (numbering=owner)
 MAX_CLAIMS: Final = 10_000  # client ids a chat's owner keeps in memory (more: read per batch)
+MAX_CLAIMS_KEPT: Final = 1_000_000  # client ids kept in memory, all chats (more: read)
 
 STATEMENTS: Final = {
     "add_user": "INSERT INTO users (user) VALUES (?)",
@@ -338,6 +339,7 @@ class CassandraStore:
         # every claim of a chat that may be in the store, since the chat was loaded under the
         # lease (None: more than MAX_CLAIMS, read per batch): (sender, client id) -> claim
         self._claimed: dict[str, dict[tuple[str, str], _Claim] | None] = {}
+        self._claims_kept = 0  # in _claimed, all chats
         self._qs: dict[str, int] = {}  # user -> last inbox position given here
         self._recent: dict[str, _Recent] = {}  # user -> items given here, not acked yet
         self._fresh: set[tuple[str, int]] = set()  # 1:1 messages numbered now, not appended
@@ -749,7 +751,7 @@ class CassandraStore:
             self._seqs.pop(key, None)
             self._qs.pop(key, None)
             self._recent.pop(key, None)
-            self._claimed.pop(key, None)
+            self._drop_claims(key)
 
     async def _take(self, shard: int, lease: Lease) -> None:
         """Take a free shard (a new epoch) or renew our own. The lease counts from the moment
@@ -877,7 +879,11 @@ class CassandraStore:
         if last is not None:
             return lease, epoch, last, False
         last = await read_last(key)
-        self._fence(key, lease, epoch)
+        try:
+            self._fence(key, lease, epoch)
+        except StoreError:  # (what it read may be older than what another owner wrote since)
+            self._drop_claims(key)
+            raise
         numbers[key] = last
         self._shard_keys.setdefault(shard_of(key), set()).add(key)
         return lease, epoch, last, True
@@ -1021,10 +1027,12 @@ class CassandraStore:
             self._seqs[conv] = top
             known = self._claimed.get(conv)
             if known is not None:  # (kept whether the write applies or not: it may have)
+                kept = len(known)
                 for n, m in enumerate(new, last + 1):
                     known[(m.sender, m.client_id)] = _Claim(n, m.ts, False, False, at)
-                if len(known) > MAX_CLAIMS:
-                    self._claimed[conv] = None
+                self._claims_kept += len(known) - kept
+                if len(known) > MAX_CLAIMS or self._claims_kept > MAX_CLAIMS_KEPT:
+                    self._claims_off(conv)
             try:
                 await self._gather(
                     functools.partial(self._fenced, conv, lease, epoch, self.db.batch(
@@ -1049,19 +1057,29 @@ class CassandraStore:
         rows = await self.db.run("chat_claims", (conv, MAX_CLAIMS + 1))
         last = (rows[0]["last_seq"] or 0) if rows else 0
         claims = [r for r in rows if r.get("client_id") is not None]
-        if len(claims) > MAX_CLAIMS:
-            self._claimed[conv] = None
-            return last
         if conv in self._claimed and self._claimed[conv] is None:
             return last  # (stays read per batch until the lease is given up)
         known = self._claimed.get(conv) or {}
         self._claimed[conv] = known
+        kept = len(known)
         for r in claims:  # (a claim this node wrote or tried is kept as it knows it)
             known.setdefault((r["sender"], r["client_id"]), _Claim(
                 r["seq"], r["ts"], False, bool(r["done"]), r["at"] or 0))
-        if len(known) > MAX_CLAIMS:
-            self._claimed[conv] = None
+        self._claims_kept += len(known) - kept
+        if len(known) > MAX_CLAIMS or self._claims_kept > MAX_CLAIMS_KEPT:
+            self._claims_off(conv)
         return last
+
+    def _drop_claims(self, conv: str) -> None:
+        self._claims_off(conv)
+        del self._claimed[conv]
+
+    def _claims_off(self, conv: str) -> None:
+        """Too many claims to keep: conv's are read per batch (until the lease is given up)."""
+        known = self._claimed.get(conv)
+        if known is not None:
+            self._claims_kept -= len(known)
+        self._claimed[conv] = None
 
     async def _earlier_claims(self, conv: str, msgs: list[NewMessage], last: int
                               ) -> dict[tuple[str, str], _Claim]:

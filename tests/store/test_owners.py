@@ -11,7 +11,7 @@ import trio
 from bench.cassandra import CassandraNode
 from chatd.core import Delivery, Message
 from chatd.core.values import now_ms
-from chatd.store import CassandraStore, NewMessage, StoreError, open_store
+from chatd.store import CassandraStore, NewMessage, StoreError, cassandra, open_store
 from chatd.store.cassandra import REDO_AFTER_MS, bucket
 
 CONV = "d:alice:bob"
@@ -155,6 +155,21 @@ async def test_a_retry_of_a_send_cut_short_under_the_previous_owner_is_found(
         assert await seqs_of(s) == {1: "alice-0", 2: "alice-1", 3: "alice-2"}
         page = await s.inbox("bob", "phone", 0, 10)
         assert [it.message.seq for it in page.items if isinstance(it, Delivery)] == [1, 2, 3]
+
+
+async def test_a_chat_with_more_claims_than_kept_in_memory_reads_them(
+        node: CassandraNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cassandra, "MAX_CLAIMS", 2)
+    async with open_store(owner_url(node)) as s:
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        assert [(await s.append_message(msg(i))).seq for i in range(4)] == [1, 2, 3, 4]
+        assert (await s.append_message(msg(0))).duplicate
+    async with open_store(owner_url(node)) as s:  # (the next owner finds 4 claims: reads)
+        assert (await s.append_message(msg(1))).duplicate
+        assert (await s.append_message(msg(4))).seq == 5
+        assert (await s.append_message(msg(4))).duplicate
+        assert sorted(await seqs_of(s)) == [1, 2, 3, 4, 5]
 
 
 async def test_an_inbox_gets_a_message_once_when_appended_again(node: CassandraNode) -> None:
