@@ -24,6 +24,7 @@ from .common import ChatdProcess, cpu_seconds, free_port, save
 from .throughput import chatd_process, measure, relay_process
 
 COUNTED = ("chatd_messages_received_total", "chatd_cassandra_requests", "chatd_cassandra_paxos")
+BY_STATEMENT = "chatd_cassandra_requests_by_statement{"
 
 
 def counts(port: int) -> dict[str, float]:
@@ -33,7 +34,10 @@ def counts(port: int) -> dict[str, float]:
     out = dict.fromkeys(COUNTED, 0.0)
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in out:
+        if name.startswith(BY_STATEMENT):  # (its own key per statement)
+            name = name[len(BY_STATEMENT):].split('"')[1]
+            out[name] = out.get(name, 0.0) + float(value)
+        elif name in out:
             out[name] += float(value)
     return out
 
@@ -89,6 +93,9 @@ def run(npairs: int, window: int, seconds: float, cassandra: str | None = None,
         out["cassandra"]["paxos_per_msg"] = round(
             (after[COUNTED[2]] - before[COUNTED[2]]) / sent, 3)
         out["cassandra"]["cassandra_cpu_ms_per_msg"] = round(jvm * 1000 / sent, 2)
+        out["cassandra"]["requests_per_msg_by_statement"] = dict(sorted((
+            (k, round((after[k] - before.get(k, 0.0)) / sent, 3)) for k in after
+            if k not in COUNTED and after[k] > before.get(k, 0.0)), key=lambda kv: -kv[1]))
     for name in ("sqlite", "cassandra"):
         out[name]["ratio_vs_relay"] = round(
             out[name]["msgs_per_s"] / max(out["relay"]["msgs_per_s"], 1), 3)
@@ -109,6 +116,8 @@ def main(args: Any) -> None:
     print(f"Cassandra requests per message {c['requests_per_msg']}, of which Paxos rounds"
           f" {c['paxos_per_msg']} (a message: send, stored, delivered, DELIVERED back);"
           f" Cassandra CPU {c['cassandra_cpu_ms_per_msg']} ms per message")
+    print("  by statement, per message: " + ", ".join(
+        f"{k} {v}" for k, v in c["requests_per_msg_by_statement"].items()))
     print(f"Cassandra's own CPU meanwhile: {result['cassandra']['cassandra_cpu']:.0%} (averaged"
           " over the peak and half-load runs; 0 if it was not started here)")
     print(f"cassandra / sqlite = {result['cassandra_vs_sqlite']:.2f}; vs relay: sqlite"

@@ -109,6 +109,9 @@ CQL_REQUESTS = Gauge("chatd_cassandra_requests", "Requests this process sent to 
                      " (a batch is one), since it started", multiprocess_mode="livesum")
 CQL_PAXOS = Gauge("chatd_cassandra_paxos", "Of chatd_cassandra_requests, the lightweight"
                   " transactions (each a Paxos round)", multiprocess_mode="livesum")
+CQL_BY_STATEMENT = Gauge("chatd_cassandra_requests_by_statement", "chatd_cassandra_requests by"
+                         " what they ran: a statement, or a batch's statements joined by +",
+                         ["statement"], multiprocess_mode="livesum")
 OUTBOUND_FULLEST = Gauge("chatd_outbound_fullest_ratio", "The fullest connection's outbound"
                          " queue as a fraction of its budget (max_queue frames or max_outbound"
                          " bytes); at 1 it is disconnected as a slow consumer",
@@ -194,6 +197,8 @@ def sample_node(server: Any) -> None:
     if db is not None and hasattr(db, "paxos"):
         CQL_REQUESTS.set(db.requests)
         CQL_PAXOS.set(db.paxos)
+        for name, n in db.by_statement.items():
+            CQL_BY_STATEMENT.labels(name).set(n)
 
 
 def observe_delivery(ts_ms: int) -> None:

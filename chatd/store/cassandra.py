@@ -38,7 +38,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast
 
 import trio
 
@@ -97,6 +97,8 @@ TURN_WAIT: Final = 2.0
 CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are trusted from memory
 MAX_CACHED: Final = 200_000  # entries per cache before it starts again
 MAX_RECENT: Final = 10_000  # inbox items remembered per user until acked (numbering=owner)
+MAX_CLAIMS: Final = 10_000  # client ids a chat's owner keeps in memory (more: read per batch)
+MAX_CLAIMS_KEPT: Final = 1_000_000  # client ids kept in memory, all chats (more: read)
 
 STATEMENTS: Final = {
     "add_user": "INSERT INTO users (user) VALUES (?)",
@@ -184,6 +186,8 @@ STATEMENTS: Final = {
     "own_seq": "UPDATE sends SET last_seq = ? WHERE conv = ?",
     "own_claim": "INSERT INTO sends (conv, sender, client_id, seq, ts, at)"
                  " VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
+    "chat_claims": "SELECT last_seq, sender, client_id, seq, ts, at, done FROM sends"
+                   " WHERE conv = ? LIMIT ?",
     "claims_of": "SELECT client_id, seq, ts, at, done FROM sends"
                  " WHERE conv = ? AND sender = ? AND client_id IN ?",
     "own_q": "UPDATE inbox SET last_q = ? WHERE user = ?",
@@ -276,6 +280,13 @@ class _Recent:
 
 
 @dataclasses.dataclass(slots=True)
+class _Along:
+    """numbering=owner: rows of other partitions written in the same request as an inbox's
+    next batch (an ack's cursor and watermarks, with the DELIVERED receipts it appends)."""
+    rows: list[tuple[str, tuple[Any, ...]]]
+
+
+@dataclasses.dataclass(slots=True)
 class _Members:
     name: str
     members: dict[str, tuple[bool, int]]  # user -> (admin, joined_seq), in joining order
@@ -325,6 +336,10 @@ class CassandraStore:
         self._used: dict[int, float] = {}  # when a shard was last needed
         self._shard_keys: dict[int, set[str]] = {}  # chats and inboxes loaded, per shard
         self._seqs: dict[str, int] = {}
+        # every claim of a chat that may be in the store, since the chat was loaded under the
+        # lease (None: more than MAX_CLAIMS, read per batch): (sender, client id) -> claim
+        self._claimed: dict[str, dict[tuple[str, str], _Claim] | None] = {}
+        self._claims_kept = 0  # in _claimed, all chats
         self._qs: dict[str, int] = {}  # user -> last inbox position given here
         self._recent: dict[str, _Recent] = {}  # user -> items given here, not acked yet
         self._fresh: set[tuple[str, int]] = set()  # 1:1 messages numbered now, not appended
@@ -736,6 +751,7 @@ class CassandraStore:
             self._seqs.pop(key, None)
             self._qs.pop(key, None)
             self._recent.pop(key, None)
+            self._drop_claims(key)
 
     async def _take(self, shard: int, lease: Lease) -> None:
         """Take a free shard (a new epoch) or renew our own. The lease counts from the moment
@@ -863,7 +879,11 @@ class CassandraStore:
         if last is not None:
             return lease, epoch, last, False
         last = await read_last(key)
-        self._fence(key, lease, epoch)
+        try:
+            self._fence(key, lease, epoch)
+        except StoreError:  # (what it read may be older than what another owner wrote since)
+            self._drop_claims(key)
+            raise
         numbers[key] = last
         self._shard_keys.setdefault(shard_of(key), set()).add(key)
         return lease, epoch, last, True
@@ -874,22 +894,27 @@ class CassandraStore:
         self._fence(key, lease, epoch)
         return await self.db.run(stmt)
 
-    async def _write_inbox_owned(self, user: str, entries: list[Entry]
+    async def _write_inbox_owned(self, user: str, entries: list[Entry | _Along]
                                  ) -> list[tuple[str, Item] | None]:
         """_write_inbox by the owner of the user's shard: positions from memory (the last one
         read once per lease), items written with plain batches. Each message item goes in
         with a marker row (`marker_q`) that says where the item is. A message that may be
         in this inbox already (a fan-out chunk run again, a send redone by its retry) is
         looked up first: its marker, then the item the marker names; only a message
-        numbered by this very send (`_fresh`) skips the look-up."""
+        numbered by this very send (`_fresh`) skips the look-up. Rows `_Along` go in the
+        first batch (their results are None)."""
         lease, epoch, last, read = await self._numbering(user, self._qs, self._read_last_q)
         if read:
             self._recent[user] = _Recent(last, last)
         there = [False] * len(entries)
         seen: set[tuple[str, int]] = set()
         maybe: dict[int, list[int]] = {}  # marker -> entries
+        along: list[tuple[str, tuple[Any, ...]]] = []
         for j, it in enumerate(entries):
-            if type(it) is Message:
+            if type(it) is _Along:
+                along += it.rows
+                there[j] = True
+            elif type(it) is Message:
                 if (it.conv, it.seq) in seen:
                     there[j] = True  # (twice in this call)
                     continue
@@ -925,7 +950,8 @@ class CassandraStore:
                 raise StoreError("this inbox's numbering moved meanwhile: try again")
             # taken for good: positions a failed write may still fill are never given again
             self._qs[user] = top
-            batches = [self.db.batch([("own_q", (top, user)), *rows[i : i + CHUNK]])
+            batches = [self.db.batch([("own_q", (top, user)), *(along if i == 0 else ()),
+                                      *rows[i : i + CHUNK]])
                        for i in range(0, len(rows), CHUNK)]
             recent = self._recent.pop(user, None)
             for tries in range(RETRIES + 1):  # the same rows again: idempotent
@@ -940,7 +966,7 @@ class CassandraStore:
                         raise
             if recent is not None and recent.top == last and len(recent.rows) < MAX_RECENT:
                 for n, j in enumerate(todo, last + 1):
-                    it = entries[j]
+                    it = cast(Entry, entries[j])
                     got = it if type(it) is Message else None  # (else a receipt)
                     recent.rows[n] = {"q": n, "conv": it.conv, "seq": got.seq if got else 0,
                                       "sender": got.sender if got else None,
@@ -949,7 +975,10 @@ class CassandraStore:
                 self._recent[user] = recent
             else:
                 self._recent[user] = _Recent(top, top)
-        items = tuple((user, inbox_item(n, entries[j])) for n, j in enumerate(todo, last + 1))
+        elif along:
+            await self.db.run(self.db.batch(along))
+        items = tuple((user, inbox_item(n, cast(Entry, entries[j])))
+                      for n, j in enumerate(todo, last + 1))
         placed = iter(items)
         out = [None if there[j] else next(placed) for j in range(len(entries))]
         if self.on_append is not None and items:
@@ -969,7 +998,7 @@ class CassandraStore:
         done marks waiting for this chat (_dones)."""
         msgs = [m for m, _ in entries]
         rows_of = {(m.sender, m.client_id): f for m, f in entries}
-        lease, epoch, last, _ = await self._numbering(conv, self._seqs, self._read_last_seq)
+        lease, epoch, last, _ = await self._numbering(conv, self._seqs, self._load_chat)
         todo = list({(m.sender, m.client_id): m for m in msgs}.values())
         found = await self._earlier_claims(conv, todo, last)
         new = [m for m in todo if (m.sender, m.client_id) not in found]
@@ -996,6 +1025,14 @@ class CassandraStore:
             if self._seqs.get(conv) != last:
                 raise StoreError("this chat's numbering moved meanwhile: send it again")
             self._seqs[conv] = top
+            known = self._claimed.get(conv)
+            if known is not None:  # (kept whether the write applies or not: it may have)
+                kept = len(known)
+                for n, m in enumerate(new, last + 1):
+                    known[(m.sender, m.client_id)] = _Claim(n, m.ts, False, False, at)
+                self._claims_kept += len(known) - kept
+                if len(known) > MAX_CLAIMS or self._claims_kept > MAX_CLAIMS_KEPT:
+                    self._claims_off(conv)
             try:
                 await self._gather(
                     functools.partial(self._fenced, conv, lease, epoch, self.db.batch(
@@ -1012,22 +1049,60 @@ class CassandraStore:
                 found[key] = _Claim(n, m.ts, True, stored=key in stored)
         return self._hold_turns(conv, msgs, found)
 
+    async def _load_chat(self, conv: str) -> int:
+        """A chat's last seq, read by its owner once per lease (and after a failed claim
+        write), with every claim in the chat's partition (up to MAX_CLAIMS): from then on the
+        owner knows every claim there (it writes all the new ones), so a send's earlier claim
+        is looked up in memory, not read (docs/CASSANDRA.md, "Conversation owners")."""
+        rows = await self.db.run("chat_claims", (conv, MAX_CLAIMS + 1))
+        last = (rows[0]["last_seq"] or 0) if rows else 0
+        claims = [r for r in rows if r.get("client_id") is not None]
+        if conv in self._claimed and self._claimed[conv] is None:
+            return last  # (stays read per batch until the lease is given up)
+        known = self._claimed.get(conv) or {}
+        self._claimed[conv] = known
+        kept = len(known)
+        for r in claims:  # (a claim this node wrote or tried is kept as it knows it)
+            known.setdefault((r["sender"], r["client_id"]), _Claim(
+                r["seq"], r["ts"], False, bool(r["done"]), r["at"] or 0))
+        self._claims_kept += len(known) - kept
+        if len(known) > MAX_CLAIMS or self._claims_kept > MAX_CLAIMS_KEPT:
+            self._claims_off(conv)
+        return last
+
+    def _drop_claims(self, conv: str) -> None:
+        self._claims_off(conv)
+        del self._claimed[conv]
+
+    def _claims_off(self, conv: str) -> None:
+        """Too many claims to keep: conv's are read per batch (until the lease is given up)."""
+        known = self._claimed.get(conv)
+        if known is not None:
+            self._claims_kept -= len(known)
+        self._claimed[conv] = None
+
     async def _earlier_claims(self, conv: str, msgs: list[NewMessage], last: int
                               ) -> dict[tuple[str, str], _Claim]:
         """The claims of these client ids already written. One not done is no claim if its
         seq is past what the owner numbered, or holds another message: a claim write that
         failed (no SENT was given) and landed after its seq went to another message."""
-        by_sender: dict[str, list[str]] = {}
-        for m in msgs:
-            by_sender.setdefault(m.sender, []).append(m.client_id)
-        results = await self._gather(
-            functools.partial(self.db.run, "claims_of", (conv, sender, ids))
-            for sender, ids in by_sender.items())
         found: dict[tuple[str, str], _Claim] = {}
-        for sender, rows in zip(by_sender, results, strict=True):
-            for r in rows:
-                found[(sender, r["client_id"])] = _Claim(r["seq"], r["ts"], False,
-                                                         bool(r["done"]), r["at"] or 0)
+        known = self._claimed.get(conv)
+        if known is not None:  # every claim of the chat: in memory (see _load_chat)
+            for m in msgs:
+                if (c := known.get((m.sender, m.client_id))) is not None:
+                    found[(m.sender, m.client_id)] = dataclasses.replace(c)
+        else:
+            by_sender: dict[str, list[str]] = {}
+            for m in msgs:
+                by_sender.setdefault(m.sender, []).append(m.client_id)
+            results = await self._gather(
+                functools.partial(self.db.run, "claims_of", (conv, sender, ids))
+                for sender, ids in by_sender.items())
+            for sender, rows in zip(by_sender, results, strict=True):
+                for r in rows:
+                    found[(sender, r["client_id"])] = _Claim(r["seq"], r["ts"], False,
+                                                             bool(r["done"]), r["at"] or 0)
         running = self._turns.get(conv, set())
         done_here = self._dones.get(conv, set())
         check = []
@@ -1264,6 +1339,8 @@ class CassandraStore:
         if self.owners:  # marked done by the chat's next claim batch (_write_claims_owned)
             for (conv,), _, (_, _, sender, cid), _ in done:
                 self._dones.setdefault(conv, set()).add((sender, cid))
+                if (c := (self._claimed.get(conv) or {}).get((sender, cid))) is not None:
+                    c.done = True
         else:
             await self._gather(self._batches(done))
         # each result carries its own inbox items (for callers that look at them)
@@ -1505,7 +1582,20 @@ class CassandraStore:
                                         if r["receipt"] is None],
                                  lambda conv: states[conv][0])
         cursor = ("set_cursor", (new + 1, new, user, device))
-        if len(got.raised) < SMALL_BATCH_PARTS:  # the cursor and the watermarks: one request
+        notes = delivery.receipts(user, Status.DELIVERED, ts, got.direct)
+        to = {n.to for n in notes}
+        items: list[tuple[str, Item]] = []
+        if (self.owners and len(to) == 1 and len(got.raised) < SMALL_BATCH_PARTS
+                and self._owner(sender := next(iter(to))) is None):
+            # the cursor and the watermarks in the request that appends the receipts (to one
+            # inbox numbered here: the usual ack of a 1:1 chat)
+            placed = await self._inboxes.submit(sender, [*notes, _Along([cursor, *(
+                self._mark_rows(c, user, s, None)[0] for c, s in got.raised.items())])])
+            items = [x for x in placed if x is not None]
+            notes = []
+            for c, s in got.raised.items():
+                self._marks_written(c, user, s, None)
+        elif len(got.raised) < SMALL_BATCH_PARTS:  # the cursor and the watermarks: one request
             await self.db.run(self.db.batch([cursor, *(
                 self._mark_rows(c, user, s, None)[0] for c, s in got.raised.items())]))
             for c, s in got.raised.items():
@@ -1520,8 +1610,7 @@ class CassandraStore:
             for q in range(recent.base + 1, min(new, recent.top) + 1):
                 recent.rows.pop(q, None)
             recent.base = min(new, recent.top)
-        items = await self._put_receipts(delivery.receipts(user, Status.DELIVERED, ts,
-                                                           got.direct))
+        items += await self._put_receipts(notes)
         for conv in got.groups:  # coalesced: one receipt when all have it
             items += await self._advance_all(conv, user, ts)
         return Appended(items=tuple(items))

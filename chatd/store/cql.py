@@ -14,6 +14,7 @@ command to run) if the keyspace is missing, older or newer.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -177,6 +178,8 @@ class Session:
         self._conditional: set[str] = set()  # prepared statements that are Paxos rounds
         self.requests = 0  # requests sent (a batch is one), for metrics and benchmarks
         self.paxos = 0  # of which lightweight transactions (conditional statements, batches)
+        # requests by what they ran: a statement's name, or a batch's names joined by "+"
+        self.by_statement: collections.Counter[str] = collections.Counter()
 
     async def connect(self, keyspace: str | None) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -250,6 +253,7 @@ class Session:
         for name, params in items:
             b.add(self._prepared[name], params)
         b.chatd_paxos = any(name in self._conditional for name, _ in items)
+        b.chatd_names = "+".join(sorted({name for name, _ in items}))
         return b
 
     async def run(self, stmt: Any, params: Sequence[Any] | None = None
@@ -259,9 +263,11 @@ class Session:
         self.requests += 1
         if isinstance(stmt, str):
             self.paxos += stmt in self._conditional
+            self.by_statement[stmt if " " not in stmt else "cql"] += 1
             stmt = stmt if " " in stmt else self._prepared[stmt]
         else:
             self.paxos += bool(getattr(stmt, "chatd_paxos", False))
+            self.by_statement[getattr(stmt, "chatd_names", "other")] += 1
         token = self._token
         assert token is not None and self._session is not None, "not connected"
         send, recv = trio.open_memory_channel[tuple[bool, Any]](math.inf)

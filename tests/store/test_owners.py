@@ -11,7 +11,7 @@ import trio
 from bench.cassandra import CassandraNode
 from chatd.core import Delivery, Message
 from chatd.core.values import now_ms
-from chatd.store import CassandraStore, NewMessage, StoreError, open_store
+from chatd.store import CassandraStore, NewMessage, StoreError, cassandra, open_store
 from chatd.store.cassandra import REDO_AFTER_MS, bucket
 
 CONV = "d:alice:bob"
@@ -112,9 +112,9 @@ async def test_an_owner_cut_off_past_its_lease_numbers_nothing_the_next_one_does
 async def test_a_claim_written_late_over_a_seq_given_away_is_no_claim(
         node: CassandraNode) -> None:
     """A claim write that failed (no SENT) may still land after its seq went to another
-    message: its retry gets a new seq instead of writing over that message."""
+    message: its retry (here through the next owner, which loads the chat's claims) gets a
+    new seq instead of writing over that message."""
     async with open_store(owner_url(node)) as s:
-        assert isinstance(s, CassandraStore)
         for u in ("alice", "bob"):
             await s.attach_device(u, "phone")
         assert (await s.append_message(msg(0))).seq == 1
@@ -122,6 +122,8 @@ async def test_a_claim_written_late_over_a_seq_given_away_is_no_claim(
         old = now_ms() - REDO_AFTER_MS - 1
         for cid, seq in (("alice-late", 2), ("alice-ahead", 3)):  # as if from a lost write
             await s.db.run("own_claim", (CONV, "alice", cid, seq, 1000, old, 60))
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
         late = await s.append_message(msg("late", b"late"))
         ahead = await s.append_message(msg("ahead", b"ahead"))
         assert (late.seq, ahead.seq) == (3, 4) and not late.duplicate
@@ -129,6 +131,45 @@ async def test_a_claim_written_late_over_a_seq_given_away_is_no_claim(
                                     4: "alice-ahead"}
         rows = await s.db.run("msg_key", (CONV, bucket(2), 2))
         assert rows[0]["client_id"] == "alice-1"
+
+
+async def test_a_retry_of_a_send_cut_short_under_the_previous_owner_is_found(
+        node: CassandraNode) -> None:
+    """The next owner knows the chat's claims from its first read of the chat: a send the
+    previous owner claimed and stored but did not finish (no SENT) is redone at its seq by its
+    retry, and one it finished is a duplicate; neither is numbered again."""
+    async with open_store(owner_url(node)) as s:
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        assert (await s.append_message(msg(0))).seq == 1
+        old = now_ms() - REDO_AFTER_MS - 1  # (cut short: claimed, stored, not done)
+        await s.db.run(s.db.batch([("own_seq", (2, CONV)), (
+            "own_claim", (CONV, "alice", "alice-1", 2, 1000, old, 60))]))
+        await s.db.run("put_msg", (CONV, bucket(2), 2, 1000, "alice", "phone", "alice-1",
+                                   b"x", None, None, None, {"bob"}, 0))
+    async with open_store(owner_url(node)) as s:
+        again = await s.append_message(msg(1))
+        assert (again.seq, again.duplicate) == (2, False)
+        assert (await s.append_message(msg(0))).duplicate
+        assert (await s.append_message(msg(2))).seq == 3
+        assert await seqs_of(s) == {1: "alice-0", 2: "alice-1", 3: "alice-2"}
+        page = await s.inbox("bob", "phone", 0, 10)
+        assert [it.message.seq for it in page.items if isinstance(it, Delivery)] == [1, 2, 3]
+
+
+async def test_a_chat_with_more_claims_than_kept_in_memory_reads_them(
+        node: CassandraNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cassandra, "MAX_CLAIMS", 2)
+    async with open_store(owner_url(node)) as s:
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        assert [(await s.append_message(msg(i))).seq for i in range(4)] == [1, 2, 3, 4]
+        assert (await s.append_message(msg(0))).duplicate
+    async with open_store(owner_url(node)) as s:  # (the next owner finds 4 claims: reads)
+        assert (await s.append_message(msg(1))).duplicate
+        assert (await s.append_message(msg(4))).seq == 5
+        assert (await s.append_message(msg(4))).duplicate
+        assert sorted(await seqs_of(s)) == [1, 2, 3, 4, 5]
 
 
 async def test_an_inbox_gets_a_message_once_when_appended_again(node: CassandraNode) -> None:
@@ -153,12 +194,12 @@ async def test_a_send_costs_no_request_of_its_own_for_its_done_mark(node: Cassan
         assert isinstance(s, CassandraStore)
         for u in ("alice", "bob"):
             await s.attach_device(u, "phone")
-        await s.append_message(msg(0))  # (leases taken, counters loaded)
+        await s.append_message(msg(0))  # (leases taken, counters and claims loaded)
         before = s.db.requests
         await s.append_message(msg(1))
-        # claims read, claims written with the message row (and its day's queue row), bob's
-        # inbox: nothing more
-        assert s.db.requests - before <= 3
+        # the claim written with the message row (and its day's queue row), bob's inbox:
+        # nothing more (the chat's earlier claims are known since it was loaded: no read)
+        assert s.db.requests - before <= 2
         rows = await s.db.run("claims_of", (CONV, "alice", ["alice-1"]))
         assert not rows[0]["done"]  # not written yet
         again = await s.append_message(msg(1))
@@ -224,8 +265,11 @@ async def test_an_ack_of_items_put_by_this_owner_reads_nothing(
         await s.append_message(msg(1))
         before = s.db.requests
         got = await s.ack("bob", "phone", 2, 3000)
-        # bob's cursor and watermark written, alice's receipt appended: nothing read
-        assert s.db.requests - before <= 2
+        # nothing read; bob's cursor and watermark written in the request that appends
+        # alice's receipt (her inbox is numbered here too)
+        assert s.db.requests - before == 1
+        assert await s.cursor("bob", "phone") == 2
+        assert (await s.db.run("mark", (CONV, "bob")))[0]["delivered"] == 2
         assert [(it.q, it.seqs) for _, it in got.items] == [(2, (2,))]
         fenced = s._fenced
 
