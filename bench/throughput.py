@@ -34,6 +34,7 @@ from .common import (
 from .plots import plot_sweep
 
 BODY = b"m" * 100
+STUCK_S = 10.0  # a message unanswered this long at the end of a run is reported
 
 
 class Pair:
@@ -87,6 +88,8 @@ async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float 
                         for s in f.seqs:
                             delivered(s, t)
                         await p.sender.send(F.Ack(upto=f.q))
+                    elif isinstance(f, F.Error):
+                        raise RuntimeError(f"the node ended {p.sender_user}'s connection: {f}")
                     elif isinstance(f, F.Deliver) and p.relay:  # relay: the echo is the receipt
                         start = p.sent_at.pop(f.id, None)
                         if start is not None:
@@ -97,7 +100,10 @@ async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float 
         async with trio.open_nursery() as n:
             n.start_soon(reader)
             while trio.current_time() < stop_at:
-                await slots.acquire()
+                with trio.move_on_at(stop_at):  # (a message never answered: the run still ends)
+                    await slots.acquire()
+                if trio.current_time() >= stop_at:
+                    break
                 if interval:
                     next_at += interval
                     await trio.sleep_until(next_at)
@@ -112,6 +118,8 @@ async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float 
             frames = await p.receiver.batch()
             upto, echoes = 0, []
             for f in frames:
+                if isinstance(f, F.Error):
+                    raise RuntimeError(f"the node ended {p.receiver_user}'s connection: {f}")
                 if isinstance(f, F.Deliver):
                     upto = max(upto, f.q)
                     if p.relay:
@@ -128,6 +136,12 @@ async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float 
             for p in pairs:
                 senders.start_soon(sender, p)
         n.cancel_scope.cancel()
+    now = time.perf_counter()
+    stuck = sum(1 for p in pairs for t in [*p.sent_at.values(), *p.seq_at.values()]
+                if now - t > STUCK_S)
+    if stuck:
+        print(f"  warning: {stuck} message(s) sent over {STUCK_S:g} s ago got no Sent or no"
+              " DELIVERED", file=sys.stderr)
     return done
 
 
