@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
-import trio
-import trio.testing
 
-from chatd.core import Delivery, Item, Notice
-from chatd.protocol.frames import Status
-from chatd.store import NewMessage, StoreError, open_store
+from chatd.core import Delivery, Notice
+from chatd.store import NewMessage, open_store
 from chatd.store import sqlite as sqlite_store
 
 
@@ -123,108 +116,3 @@ async def test_an_ack_whose_receipt_someone_waits_for_is_not_held(
             r = await store.ack("bob", "phone", 1, ts=2, lazy=False)
         assert [(u, type(i)) for u, i in r.items] == [("alice", Notice)]
         assert store.batches == before + 1
-
-
-class _HeldCommit:
-    """The store's connection, with each COMMIT held until the test lets it go (or fail, as a
-    crash before the commit would): what is handed out before the commit is observable."""
-
-    def __init__(self, db: Any) -> None:
-        self.db = db
-        self.reached = threading.Event()  # a COMMIT is waiting
-        self.go = threading.Event()
-        self.fail = False
-        self.commits = 0
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if sql == "COMMIT":
-            self.reached.set()
-            self.go.wait()
-            if self.fail:
-                raise sqlite3.OperationalError("disk I/O error (the test's)")
-            self.commits += 1
-        return self.db.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.db, name)
-
-
-async def _receipt_before_commit(store: sqlite_store.SqliteStore, held: _HeldCommit,
-                                 upto: int) -> tuple[str, Item]:
-    """Bob acknowledges a message (lazy=False: its sender waits): the DELIVERED receipt
-    must reach the listener while the Ack's COMMIT is still held."""
-    handed: list[tuple[str, Item]] = []
-    store.on_append = lambda items: handed.extend(items)
-    held.reached.clear()
-    held.go.clear()
-    store._db = held  # type: ignore[assignment]
-    commits = held.commits
-    async with trio.open_nursery() as nursery:
-
-        async def ack() -> None:
-            with contextlib.suppress(StoreError):
-                await store.ack("bob", "phone", upto, ts=2, lazy=False)
-
-        nursery.start_soon(ack)
-        try:
-            await trio.to_thread.run_sync(held.reached.wait)
-            await trio.testing.wait_all_tasks_blocked()
-            receipts = [(u, i) for u, i in handed if isinstance(i, Notice)]
-            assert held.commits == commits  # the Ack's batch has not committed
-            assert [(u, i.receipt.status) for u, i in receipts] == [("alice", Status.DELIVERED)]
-        finally:
-            held.go.set()  # (else the writer thread would wait for ever)
-    store._db = held.db
-    assert [(u, i) for u, i in handed if isinstance(i, Notice)] == receipts  # handed once
-    return receipts[0]
-
-
-async def test_a_delivered_receipt_goes_out_before_the_acks_commit(tmp_path: Path) -> None:
-    """The sender's DELIVERED receipt does not wait for the fsync of the recipient's Ack
-    (issue 17): it is handed out while that commit runs, once, and committed with it."""
-    async with open_store(f"sqlite://{tmp_path}/db.sqlite") as store:
-        assert isinstance(store, sqlite_store.SqliteStore)
-        for u in ("alice", "bob"):
-            await store.attach_device(u, "phone")
-        await store.append_message(msg(0))
-        await store.ack("bob", "phone", 1, ts=1, lazy=False)  # (reserves alice's positions)
-        await store.append_message(msg(1))
-        _, receipt = await _receipt_before_commit(store, _HeldCommit(store._db), 2)
-        assert await store.cursor("bob", "phone") == 2
-        page = await store.inbox("alice", "phone", 0, 10)
-        assert [i.q for i in page.items if isinstance(i, Notice)][-1] == receipt.q
-
-
-async def test_a_position_handed_out_before_a_failed_commit_is_never_reused(
-        tmp_path: Path) -> None:
-    """A receipt handed out early whose commit never happens (a crash, a failed fsync): the
-    sender's device has its position q and may acknowledge it, so no later item may get q,
-    neither in this process nor after a restart (the device would skip that item)."""
-    url = f"sqlite://{tmp_path}/db.sqlite"
-    async with open_store(url) as store:
-        assert isinstance(store, sqlite_store.SqliteStore)
-        for u in ("alice", "bob"):
-            await store.attach_device(u, "phone")
-        await store.append_message(msg(0))
-        await store.ack("bob", "phone", 1, ts=1, lazy=False)
-        await store.append_message(msg(1))
-        held = _HeldCommit(store._db)
-        held.fail = True
-        _, receipt = await _receipt_before_commit(store, held, 2)
-        assert await store.cursor("bob", "phone") == 1  # the Ack was not stored
-        later = await store.append_message(NewMessage(
-            "bob", "phone", "b1", "d:alice:bob", ("alice",), b"y", 2000))
-        assert next(i.q for u, i in later.items if u == "alice") > receipt.q
-    # the same, then the process ends (a crash after the hand-out leaves the file so)
-    async with open_store(url) as store:
-        assert isinstance(store, sqlite_store.SqliteStore)
-        await store.append_message(msg(2))
-        await store.ack("bob", "phone", 3, ts=1, lazy=False)  # (first after a start: waits)
-        await store.append_message(msg(3))
-        held = _HeldCommit(store._db)
-        held.fail = True
-        _, receipt = await _receipt_before_commit(store, held, 4)
-    async with open_store(url) as store:  # reopened cold
-        again = await store.append_message(NewMessage(
-            "bob", "phone", "b2", "d:alice:bob", ("alice",), b"z", 3000))
-        assert next(i.q for u, i in again.items if u == "alice") > receipt.q
