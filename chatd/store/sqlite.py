@@ -56,7 +56,7 @@ log = logging.getLogger("chatd.store")
 MAX_BATCH: Final = 2000
 HAND_SLICE: Final = 256  # inbox items handed to the router between two checkpoints
 RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks without a query
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 6
 COLLECT_LIMIT: Final = 10_000  # messages looked at per expiry rule per collect pass
 FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
 # A lazy Ack (a cursor moving over receipts only: nothing waits for what it makes) waits this
@@ -64,11 +64,6 @@ FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
 # a thread hand-off of its own (docs/PROFILE.md), and a lost Ack costs only a redelivery the
 # device drops. An Ack over messages is not lazy: their senders wait for DELIVERED.
 ACK_DELAY: Final = 0.01
-# Inbox positions reserved ahead per user for DELIVERED receipts handed out before their
-# batch commits (see _early_ok): users.reserved_q is committed before any position at or
-# below it is handed out early, and numbering after a (re)load starts above it, so a position
-# a device may have seen is never given to another item, even after a crash.
-EARLY_RESERVE: Final = 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -141,11 +136,6 @@ CREATE TABLE revocations (
     PRIMARY KEY (user, device)) WITHOUT ROWID;
 CREATE INDEX revocations_by_at ON revocations (at);
 """,
-    # The highest inbox position that may have been handed out before its commit (the
-    # DELIVERED receipts of an Ack over messages): numbering after a restart starts above it.
-    6: """
-ALTER TABLE users ADD COLUMN reserved_q INTEGER NOT NULL DEFAULT 0;
-""",
 }
 
 
@@ -157,7 +147,6 @@ class _Op:
     error: BaseException | None = None
     ids: list[tuple[str, str]] | None = None  # (sender, client id) keys it will look up
     lazy: bool = False  # an Ack: it waits up to ACK_DELAY for other writes to share a commit
-    early: list[tuple[str, Item]] | None = None  # its items handed out before the commit
 
 
 @dataclasses.dataclass(slots=True)
@@ -195,15 +184,13 @@ class _Buffers:
         self.inbox: list[tuple[Any, ...]] = []
         self.last_seq: dict[str, int] = {}
         self.last_q: dict[str, int] = {}
-        self.reserved: dict[str, int] = {}
         self.state: dict[tuple[str, str], list[int]] = {}
         self.fanout: dict[tuple[str, int], tuple[list[str], int] | None] = {}  # None: finished
         self.all: dict[str, list[int]] = {}  # group conv -> [all delivered, all read]
 
     def __bool__(self) -> bool:
         return bool(self.users or self.devices or self.messages or self.inbox or self.last_q
-                    or self.reserved or self.state or self.ids or self.last_seq or self.fanout
-                    or self.all)
+                    or self.state or self.ids or self.last_seq or self.fanout or self.all)
 
     def flush(self, db: sqlite3.Connection) -> None:
         if self.users:
@@ -211,9 +198,6 @@ class _Buffers:
         if self.last_q:
             db.executemany("UPDATE users SET last_q=? WHERE user=?",
                            [(q, u) for u, q in self.last_q.items()])
-        if self.reserved:
-            db.executemany("UPDATE users SET reserved_q=? WHERE user=?",
-                           [(q, u) for u, q in self.reserved.items()])
         if self.devices:
             db.executemany("INSERT INTO devices VALUES (?, ?, ?) ON CONFLICT DO UPDATE"
                            " SET cursor=excluded.cursor",
@@ -280,12 +264,6 @@ class SqliteStore:
         # start it holds every user who has a device: nothing acknowledged is missed.
         self._acked_users: set[str] = {u for (u,) in self._db.execute(
             "SELECT DISTINCT user FROM devices")}
-        self._held: set[str] = set()  # users given an item this batch hands out at its end
-        self._cur: _Op | None = None  # the operation running (writer thread)
-        self._raised: dict[str, int] = {}  # reservations this batch writes
-        self._early_out: list[tuple[str, Item]] = []  # handed out before their commit
-        self._early_wake = trio.Event()
-        self._token: trio.lowlevel.TrioToken | None = None
         self._reset_caches()
 
     def _migrate(self) -> None:
@@ -311,9 +289,6 @@ class SqliteStore:
         self._users: set[str] = set()
         self._last_seq: dict[str, int] = {}
         self._last_q: dict[str, int] = {}
-        # users.reserved_q: as this batch leaves it, and as last committed (see _early_ok)
-        self._reserved: dict[str, int] = {}
-        self._reserved_durable: dict[str, int] = {}
         self._devices: dict[str, dict[str, int]] = {}
         self._state: dict[tuple[str, str], list[int]] = {}  # [delivered_upto, read_upto]
         # Inbox items not yet acknowledged by any device, per user: q -> (sender, conv, seq) for
@@ -334,32 +309,6 @@ class SqliteStore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run batches until cancelled. Started by open_store(). When it stops, the store is
         closed: what still waits for it gets StoreError at once, not a wait for ever."""
-        self._token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._herald)
-            await self._write(task_status)
-
-    async def _herald(self) -> None:
-        """Hand out the items a batch lets go before its commit, while the commit runs."""
-        while True:
-            await self._early_wake.wait()
-            self._early_wake = trio.Event()
-            self._hand_early()
-
-    def _post_early(self, items: list[tuple[str, Item]]) -> None:
-        """(run_sync_soon, from the writer thread) A batch's early items are ready."""
-        self._early_out += items
-        self._early_wake.set()
-
-    def _hand_early(self) -> None:
-        items, self._early_out = self._early_out, []
-        if items and self.on_append is not None:
-            try:
-                self.on_append(tuple(items))
-            except Exception:  # a broken listener must not stop the store
-                log.exception("append listener failed")
-
-    async def _write(self, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
         batch: list[_Op] = []
         try:
@@ -375,7 +324,6 @@ class SqliteStore:
                     started = trio.current_time()
                     await trio.to_thread.run_sync(self._run_batch, batch,
                                                   abandon_on_cancel=False)
-                    self._hand_early()  # (before the batch's other items: order per inbox)
                     if self.on_batch is not None:
                         self.on_batch(trio.current_time() - started)
                     await self._finish(batch)
@@ -386,7 +334,6 @@ class SqliteStore:
                             self.on_fanout(conv, seq)
         finally:
             self._closed = True
-            self._hand_early()
             for op in batch:  # ran (the thread is never abandoned): its results stand
                 op.done.set()
             for op in self._queue:
@@ -405,15 +352,9 @@ class SqliteStore:
                 results = op.result if type(op.result) is list else (op.result,)
                 for r in results:
                     if type(r) is Appended and r.items:
-                        items = r.items
-                        if op.early:  # handed out already, before the commit
-                            skip = {id(x) for x in op.early}
-                            items = tuple(x for x in items if id(x) not in skip)
-                            if not items:
-                                continue
-                        handed += len(items)
+                        handed += len(r.items)
                         try:
-                            listener(items)
+                            listener(r.items)
                         except Exception:  # a broken listener must not stop the store
                             log.exception("append listener failed")
             op.done.set()
@@ -436,26 +377,16 @@ class SqliteStore:
                 self._reset_caches()
                 self._data_version = version
             self._prefetch_ids(db, [k for op in batch if op.ids for k in op.ids])
-            self._held.clear()
             for op in batch:
-                self._cur = op
                 try:
                     op.result = op.fn(db)
                 except sqlite3.Error:
                     raise
                 except Exception as exc:  # a bug in one operation: report it to its caller
                     op.error = exc
-            self._cur = None
             self._buf.flush(db)
-            early = [x for op in batch if op.early and op.error is None for x in op.early]
-            if early and self._token is not None:  # out while the COMMIT's fsync runs
-                self._token.run_sync_soon(self._post_early, early)
             db.execute("COMMIT")
-            self._reserved_durable.update(self._raised)
-            self._raised.clear()
         except sqlite3.Error as exc:
-            self._cur = None
-            self._raised.clear()
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self._buf = _Buffers()
@@ -524,43 +455,19 @@ class SqliteStore:
             self._buf.users.append((user,))
 
     def _last_q_of(self, db: sqlite3.Connection, user: str) -> int:
-        """The user's last inbox position. Read from the table, it is at least the user's
-        reservation: a position that may have been handed out before a commit that never
-        happened (a crash) is never numbered again."""
+        """The user's last inbox position."""
         q = self._last_q.get(user)
         if q is None:
-            row = db.execute("SELECT last_q, reserved_q FROM users WHERE user=?",
-                             (user,)).fetchone()
-            last, reserved = row if row else (0, 0)
-            self._reserved[user] = self._reserved_durable[user] = reserved
-            q = self._last_q[user] = max(last, reserved)
+            row = db.execute("SELECT last_q FROM users WHERE user=?", (user,)).fetchone()
+            q = self._last_q[user] = row[0] if row else 0
         return q
 
-    def _next_q(self, db: sqlite3.Connection, user: str, early: bool = False) -> int:
+    def _next_q(self, db: sqlite3.Connection, user: str) -> int:
         if user not in self._last_q:
             self._ensure_user(db, user)
-        if not early:
-            self._held.add(user)
         q = self._last_q_of(db, user) + 1
         self._last_q[user] = self._buf.last_q[user] = q
         return q
-
-    def _early_ok(self, db: sqlite3.Connection, user: str) -> bool:
-        """Whether the user's next inbox item may be handed out before its batch commits
-        (the DELIVERED receipt of an Ack over messages: its sender waits for it). Only when
-        (1) the position is at or below the user's committed reservation, so no restart can
-        number it again (a device that acknowledged it would skip that other item); the
-        reservation is topped up in this batch for the next ones; (2) nothing of this batch
-        before it goes to the user (it would be handed out only after the commit: the item
-        would overtake it); (3) no other process writes this file: its caches are reloaded
-        after every batch of the other, each reload skipping past the reservation."""
-        if self.resets:
-            return False
-        q = self._last_q_of(db, user) + 1
-        if q + EARLY_RESERVE // 2 > self._reserved.get(user, 0):
-            self._reserved[user] = self._buf.reserved[user] = self._raised[user] = (
-                q + EARLY_RESERVE)
-        return user not in self._held and q <= self._reserved_durable.get(user, 0)
 
     def _remember(self, user: str, q: int, item: tuple[str, str, int] | None) -> None:
         recent = self._recent.get(user)
@@ -1079,26 +986,16 @@ class SqliteStore:
     async def inbox(self, user: str, device: str, after: int, limit: int) -> Page:
         return await self._do(lambda db: self._page(db, user, device, after, limit))
 
-    def _put_receipts(self, db: sqlite3.Connection, notes: list[ReceiptNote],
-                      early: bool = False) -> list[tuple[str, Item]]:
-        """Append receipts to their users' inboxes. `early`: someone waits for them; each
-        one _early_ok allows is handed out before the batch commits (op.early)."""
+    def _put_receipts(self, db: sqlite3.Connection, notes: list[ReceiptNote]
+                      ) -> list[tuple[str, Item]]:
         out: list[tuple[str, Item]] = []
         for n in notes:
             if not self._user_known(db, n.to):
                 continue  # (a deleted user's messages: nobody to tell, and no user to make)
-            now = early and self._cur is not None and self._early_ok(db, n.to)
-            q = self._next_q(db, n.to, now)
+            q = self._next_q(db, n.to)
             self._remember(n.to, q, None)
             self._buf.inbox.append((n.to, q, n.conv, 0, blobs.receipt_blob(n)))
-            item: tuple[str, Item] = (n.to, Notice(q, n))
-            out.append(item)
-            if now:
-                op = self._cur
-                assert op is not None
-                if op.early is None:
-                    op.early = []
-                op.early.append(item)
+            out.append((n.to, Notice(q, n)))
         return out
 
     async def ack(self, user: str, device: str, upto: int, ts: int, *,
@@ -1118,7 +1015,7 @@ class SqliteStore:
             for conv, seq in got.raised.items():
                 self._mark(db, conv, user, seq, None)
             items = self._put_receipts(db, delivery.receipts(user, Status.DELIVERED, ts,
-                                                             got.direct), early=not lazy)
+                                                             got.direct))
             for conv in got.groups:  # coalesced: one receipt when all have it
                 items += self._advance_all(db, conv, user, ts)
             return Appended(items=tuple(items))
