@@ -23,10 +23,21 @@ from chatd.store import open_store
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that is free now and that this process has not handed out before.
+    The kernel may give the same spare port to two binds in a row; two servers told to use it
+    then collide (SeaweedFS's master and filer once got one gRPC port and `weed` exited)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no loopback port left that this process has not handed out already")
 
 
 READY_LINE = b"chatd serving "  # `chatd serve` prints it once every worker is listening

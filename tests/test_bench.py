@@ -127,3 +127,12 @@ def test_versus_xmpp_stanzas_split_whole_and_byte_by_byte() -> None:
     assert whole == pieces and [s[:9] for s in whole] == [
         b"<stream:f", b"<message ", b"<presence", b"<message "]
     assert whole[1].endswith(b"</message>") and whole[3].endswith(b"</message>")
+
+
+def test_free_port_never_hands_out_one_port_twice() -> None:
+    """Two servers given the same spare port collide (SeaweedFS's master and filer once got
+    one gRPC port, and every S3 test failed); the kernel may repeat a spare port."""
+    from bench.common import free_port
+
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)

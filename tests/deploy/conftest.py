@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -12,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import wait_ready
+from bench.common import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, str]:

@@ -30,23 +30,39 @@ class SeaweedNode:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, tries: int = 3) -> None:
+        """Start `weed server`. If another process took one of its spare ports between our
+        choosing it and weed binding it, weed exits; we try again on new ports, in a new
+        directory (weed keeps its first addresses in its master's raft state)."""
+        for attempt in range(tries):
+            data = self.workdir / f"run{attempt}"
+            data.mkdir()
+            try:
+                return self._start_in(data, timeout)
+            except RuntimeError:
+                log = (data / "weed.log").read_text(errors="replace")
+                if self.proc is None or self.proc.poll() is None \
+                        or "address already in use" not in log or attempt == tries - 1:
+                    raise
+                self.log.close()
+                self.s3_port = free_port()
+
+    def _start_in(self, data: Path, timeout: float) -> None:
         ports = {name: free_port() for name in ("master", "volume", "filer")}
         grpc = {name: free_port() for name in ports}
-        args = [self.weed, "server", f"-dir={self.workdir}", "-ip=127.0.0.1",
+        args = [self.weed, "server", f"-dir={data}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", "-s3", f"-s3.port={self.s3_port}",
                 f"-s3.port.grpc={free_port()}", "-s3.port.iceberg=0",
                 "-master.volumeSizeLimitMB=16", "-volume.max=1000", "-master.telemetry=false",
-                f"-filer.localSocket={self.workdir}/filer.sock"]
+                f"-filer.localSocket={data}/filer.sock"]
         for name, port in ports.items():
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={grpc[name]}"]
-        self.log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir)
+        self.log = open(data / "weed.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=data)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited: see {self.workdir / 'weed.log'}")
+                raise RuntimeError(f"weed exited: see {data / 'weed.log'}")
             try:
                 socket.create_connection(("127.0.0.1", self.s3_port), 0.5).close()
             except OSError:
@@ -55,7 +71,7 @@ class SeaweedNode:
             if self._bucket_works():
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"SeaweedFS did not start in {timeout}s")
+        raise RuntimeError(f"SeaweedFS did not start in {timeout}s: see {data / 'weed.log'}")
 
     def _bucket_works(self) -> bool:
         import boto3

@@ -160,7 +160,7 @@ async def test_delivery_goes_on_while_redis_is_down_and_drops_are_counted(
 
 async def test_a_node_starts_and_delivers_with_its_analytics_redis_down(
         tmp_path: Path, nursery: trio.Nursery) -> None:
-    from .redis_servers import free_port
+    from bench.common import free_port
 
     before = dropped("redis")
     node = await start(nursery, tmp_path, analytics=f"redis://127.0.0.1:{free_port()}")
@@ -204,7 +204,7 @@ async def test_the_report_needs_to_know_where_the_stream_is(
     monkeypatch.delenv("CHATD_CONFIG", raising=False)
     code, _ = await report()
     assert code == 2 and "give --redis" in capsys.readouterr().err
-    from .redis_servers import free_port
+    from bench.common import free_port
 
     code, _ = await report("--redis", f"redis://127.0.0.1:{free_port()}")
     assert code == 1 and "Unable to establish a connection" in capsys.readouterr().err
