@@ -16,16 +16,10 @@ import chatd_client as cc
 import pytest
 import trio
 
-from bench.common import wait_ready
+from bench.common import free_port, wait_ready
 from chatd.protocol import ErrorCode
 
 CHATD = [sys.executable, "-m", "chatd"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(*args: str, data_dir: Path, timeout: float = 30) -> str:

@@ -36,10 +36,7 @@ class WebNode:
                  env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.env = env
-        ports: set[int] = set()
-        while len(ports) < 3:  # (free_port may give the same one twice)
-            ports.add(free_port())
-        self.tcp_port, self.ws_port, self.http_port = sorted(ports)
+        self.tcp_port, self.ws_port, self.http_port = free_port(), free_port(), free_port()
         self.extra = extra
         self.secret = load_or_create_secret(str(data_dir))
         self.store = f"sqlite://{data_dir}/chatd.db"
