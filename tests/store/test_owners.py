@@ -314,11 +314,11 @@ async def test_a_send_whose_caller_left_while_its_seq_was_written_holds_up_no_la
             finally:
                 written.set()
 
-        s._claims._write = held  # type: ignore[method-assign]
+        s._claims._write = held
         with trio.move_on_after(0.5) as gone:  # the caller leaves while its seq is written
             await s.append_message(msg(1))
         assert gone.cancelled_caught
-        s._claims._write = real  # type: ignore[method-assign]
+        s._claims._write = real
         go_on.set()
         await written.wait()  # seq 2 went to the send that left
         with trio.fail_after(60):
