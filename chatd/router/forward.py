@@ -1,5 +1,6 @@
-"""Conversation owners across nodes (Cassandra `numbering=owner` with Redis): which node owns
-a shard, and the calls that hand it work, over the nodes' batched streams (RedisPeers).
+"""Conversation owners across nodes (Cassandra `numbering=owner`): which node owns a shard,
+and the calls that hand it work, over the nodes' batched streams (RedisPeers), or between the
+workers of one node without Redis (UnixPeers: each worker is then a node).
 
 A shard's owner is chosen by rendezvous hashing (chatd.core.owners) over the nodes alive at
 the last heartbeat. Ownership by hashing is only a routing hint: what makes numbering safe is
@@ -14,18 +15,53 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from chatd.core import NewMessage, now_ms
+from chatd.core import NewMessage, ReceiptNote, now_ms
 from chatd.core.owners import owner
 from chatd.store.base import Appended, Entry, OwnedNumbering, StoreError
 
 from . import calls
-from .redis import RedisPeers
+from .peers import Outbox
 
 log = logging.getLogger("chatd.forward")
+
+CALL_BYTES = 96 * 1024  # about the most message bytes one call carries (a datagram between
+# workers holds a few hundred KiB at most); a larger batch is handed over in several calls
+
+
+class OwnerPeers(Protocol):
+    """What calls travel by: RedisPeers (nodes) or UnixPeers (the workers of one node)."""
+
+    node_id: str
+    outbox: Outbox
+
+    def flush_soon(self) -> None: ...
+
+    def live_nodes(self) -> list[str]: ...
+
+
+def chunks(sizes: list[int], limit: int = CALL_BYTES) -> list[range]:
+    """Consecutive index ranges whose sizes add up to at most `limit` (at least one each)."""
+    out: list[range] = []
+    start = total = 0
+    for i, n in enumerate(sizes):
+        if i > start and total + n > limit:
+            out.append(range(start, i))
+            start, total = i, 0
+        total += n
+    if sizes:
+        out.append(range(start, len(sizes)))
+    return out
+
+
+def _size(e: NewMessage | Entry) -> int:
+    """About how many bytes a message (or receipt) takes in a call."""
+    if isinstance(e, ReceiptNote):
+        return 100 + 10 * len(e.seqs)
+    return 200 + len(e.body) + sum(300 + len(m.preview) for m in e.media)
 
 
 @dataclasses.dataclass(slots=True)
@@ -38,7 +74,7 @@ class _Call:
 class Forwarder:
     """The store's OwnerCalls, and the other side: the calls peers make to this node."""
 
-    def __init__(self, peers: RedisPeers, store: OwnedNumbering) -> None:
+    def __init__(self, peers: OwnerPeers, store: OwnedNumbering) -> None:
         self.peers = peers
         self.store = store
         self._rids = itertools.count(1)
@@ -57,17 +93,27 @@ class Forwarder:
 
     async def send(self, node: str, msgs: list[NewMessage], timeout: float
                    ) -> list[Appended]:
-        answer = calls.sent_of(await self._call(node, calls.SEND, calls.send_args(msgs),
-                                                timeout))
-        if len(answer) != len(msgs):
-            raise StoreError(f"node {node} answered {len(answer)} of {len(msgs)} sends")
-        return [Appended(conv, seq, ts, dup) for conv, seq, ts, dup in answer]
+        """msgs sent through their owner `node`: in calls of at most about CALL_BYTES, one
+        after the other (so a chat's messages keep their order)."""
+        out: list[Appended] = []
+        for part in chunks([_size(m) for m in msgs]):
+            some = msgs[part.start:part.stop]
+            answer = calls.sent_of(await self._call(node, calls.SEND, calls.send_args(some),
+                                                    timeout))
+            if len(answer) != len(some):
+                raise StoreError(f"node {node} answered {len(answer)} of {len(some)} sends")
+            out += [Appended(conv, seq, ts, dup) for conv, seq, ts, dup in answer]
+        return out
 
     async def inbox(self, node: str, user: str, entries: list[Entry], fresh: list[bool],
                     timeout: float) -> list[int | None]:
-        answer = await self._call(node, calls.INBOX, calls.inbox_args(user, entries, fresh),
-                                  timeout)
-        return calls.placed_of(answer, len(entries))
+        out: list[int | None] = []
+        for part in chunks([_size(e) for e in entries]):
+            some = entries[part.start:part.stop]
+            answer = await self._call(node, calls.INBOX, calls.inbox_args(
+                user, some, fresh[part.start:part.stop]), timeout)
+            out += calls.placed_of(answer, len(some))
+        return out
 
     async def _call(self, node: str, what: str, args: Any, timeout: float) -> Any:
         rid = next(self._rids)

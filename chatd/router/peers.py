@@ -195,9 +195,14 @@ def _handle_one(m: Any, handler: PeerHandler) -> None:
 class Peers(Protocol):
     """A way to reach the other processes (UnixPeers for workers, RedisPeers for nodes)."""
 
+    node_id: str
     outbox: Outbox
 
     def flush_soon(self) -> None: ...
+
+    def live_nodes(self) -> list[str]:
+        """The processes alive (this one included), by node id."""
+        ...
 
     def attach(self, user: str, device: str) -> None:
         """A device of user connected to this process."""
@@ -218,11 +223,17 @@ class UnixPeers:
         self.run_dir = run_dir
         self.index = index
         self.paths = [os.path.join(run_dir, f"w{i}.sock") for i in range(count)]
-        self.outbox = Outbox(f"w{index}")
+        self.node_id = f"w{index}"
+        self.outbox = Outbox(self.node_id)
         self._wake = trio.Event()
 
     def flush_soon(self) -> None:
         self._wake.set()
+
+    def live_nodes(self) -> list[str]:
+        """Every worker of the node (the supervisor starts one again that died): each is
+        a node to conversation owners (chatd.router.forward)."""
+        return [f"w{i}" for i in range(len(self.paths))]
 
     def attach(self, user: str, device: str) -> None:
         pass  # workers tell every other worker everything: no registry
@@ -240,6 +251,7 @@ class UnixPeers:
         await sock.bind(path)
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4 << 20)
         out = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
+        out.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4 << 20)  # (calls)
         self.outbox.hello()
         self._wake.set()
         try:
@@ -250,23 +262,40 @@ class UnixPeers:
                     await self._wake.wait()
                     self._wake = trio.Event()
                     await trio.lowlevel.checkpoint()  # gather what this tick adds
+                    direct = self.outbox.direct()  # (calls and answers: one worker each)
                     for data in self.outbox.take():
                         for i, peer in enumerate(self.paths):
                             if i != self.index:
                                 await self._send(out, data, peer)
+                    for node, messages in direct.items():
+                        to = self._path_of(node)
+                        for m in messages:  # (a call may be large: a datagram of its own)
+                            if (to is None or not await self._send(
+                                    out, msgpack.packb([m]), to)) and m[0] == "c":
+                                # (a worker not running: its caller need not wait it out)
+                                handler.peer_answer(m[2], False, f"worker {node} is not"
+                                                    " running: send it again")
         finally:
             sock.close()
             out.close()
             if os.path.exists(path):
                 os.unlink(path)
 
-    async def _send(self, out: trio.socket.SocketType, data: bytes, peer: str) -> None:
+    def _path_of(self, node: str) -> str | None:
+        i = int(node[1:]) if node[:1] == "w" and node[1:].isdigit() else -1
+        return self.paths[i] if 0 <= i < len(self.paths) and i != self.index else None
+
+    async def _send(self, out: trio.socket.SocketType, data: bytes, peer: str) -> bool:
+        """Send a datagram to a worker; False if it did not go (that worker is not running,
+        or it is stuck: the store keeps what it misses)."""
         try:
-            with trio.move_on_after(1):  # a stuck peer: the store keeps what it misses
+            with trio.move_on_after(1):
                 await out.sendto(data, peer)
+                return True
         except OSError as exc:
             if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
                 log.warning("peer %s: %s", peer, exc)
+        return False
 
     async def _receive(self, sock: trio.socket.SocketType, handler: PeerHandler) -> None:
         while True:

@@ -582,12 +582,12 @@ async def serve(config: Config, *, worker: Worker | None = None,
             from chatd.router.redis import RedisPeers
 
             peers = RedisPeers(config.redis, node_id, store)
-            if isinstance(store, OwnedNumbering) and store.owners:
-                from chatd.router.forward import Forwarder
-
-                forwarder = store.remote = Forwarder(peers, store)
         elif worker is not None:
             peers = UnixPeers(worker.run_dir, worker.index, worker.count)
+        if peers is not None and isinstance(store, OwnedNumbering) and store.owners:
+            from chatd.router.forward import Forwarder  # (each worker is a node)
+
+            forwarder = store.remote = Forwarder(peers, store)
         server = ChatServer(config, store, secret, node_id, peers,
                             share=worker.count if worker is not None else 1,
                             worker=worker is not None)

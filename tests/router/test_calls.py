@@ -75,3 +75,14 @@ def test_calls_and_answers_go_to_one_node_each() -> None:
             peers.handle(data, r)  # type: ignore[arg-type]
     assert r.got == [("call", "n1", 7, "send", [["d:a:b"]], 1_700_000_000_000),
                      ("answer", 8, False, "refused")]
+
+
+def test_a_large_batch_is_handed_over_in_calls_of_bounded_size() -> None:
+    """A datagram between workers holds a few hundred KiB: a batch of sends to an owner goes
+    in consecutive calls of at most about CALL_BYTES (one message each at least), in order."""
+    from chatd.router.forward import CALL_BYTES, chunks
+
+    big = 60 * 1024
+    parts = chunks([big] * 7 + [10] * 3 + [CALL_BYTES * 2])
+    assert [list(p) for p in parts] == [[0], [1], [2], [3], [4], [5], [6, 7, 8, 9], [10]]
+    assert chunks([10] * 5) == [range(0, 5)] and chunks([]) == []

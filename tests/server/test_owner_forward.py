@@ -19,7 +19,7 @@ from chatd.core import Delivery
 from chatd.core.owners import owner, shard_of
 from chatd.protocol import frames as F
 from chatd.server import Config
-from chatd.server.app import serve
+from chatd.server.app import Worker, serve
 from chatd.store import open_store
 
 from . import scenarios
@@ -46,19 +46,31 @@ def split_ids(run: int) -> tuple[str, str]:
     raise AssertionError
 
 
-@pytest.fixture
-async def two(redis: RedisServer, cassandra: CassandraNode, tmp_path: Path,
+@pytest.fixture(params=["nodes", "workers"])
+async def two(request: pytest.FixtureRequest, cassandra: CassandraNode, tmp_path: Path,
               nursery: trio.Nursery) -> AsyncIterator[tuple[Node, Node, str]]:
+    """Two nodes joined through Redis; or the two workers of one node, without Redis
+    (`chatd serve --workers 2`: each worker is a node, their calls go by Unix datagrams;
+    the chat is then owned by w0, bob's inbox by w0, alice's by w1)."""
     cassandra.truncate()
     url = cassandra.url(numbering="owner", timeout="2", lease="9")
     data = tmp_path / "data"
     load_or_create_secret(str(data))
     out = []
-    ids = split_ids(int(trio.current_time() * 1000) % 1000)
-    for node_id in ids:
-        cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
-                     node_id=node_id, redis=redis.url, store=url)
-        out.append(Node(await nursery.start(serve, cfg), cfg))
+    if request.param == "workers":
+        ids: tuple[str, ...] = ("w0", "w1")
+        for i in range(2):
+            cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
+                         store=url, send_burst=1000)  # (workers share a user's rate)
+            out.append(Node(await nursery.start(lambda task_status, c=cfg, i=i: serve(
+                c, worker=Worker(i, 2, str(data / "run")), task_status=task_status)), cfg))
+    else:
+        redis: RedisServer = request.getfixturevalue("redis")
+        ids = split_ids(int(trio.current_time() * 1000) % 1000)
+        for node_id in ids:
+            cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
+                         node_id=node_id, redis=redis.url, store=url, send_burst=1000)
+            out.append(Node(await nursery.start(serve, cfg), cfg))
     await out[0].add_users("alice", "bob", "carol")
     with trio.fail_after(15):  # each node sees both alive (its heartbeat), so both agree
         while any(n.server.peers.live_nodes() != sorted(ids)  # type: ignore[union-attr]
@@ -251,3 +263,23 @@ async def test_a_slow_send_keeps_its_turn_and_every_message_gets_its_delivered_r
         finally:
             for c in (phone, tablet, bob):
                 await c.stream.aclose()
+
+
+@pytest.mark.parametrize("two", ["workers"], indirect=True)
+async def test_a_send_for_a_chat_owned_by_a_worker_that_is_gone_fails_at_once(
+        two: tuple[Node, Node, str]) -> None:
+    """The worker that owns the chat (w0) has stopped (crashed, before the supervisor starts
+    it again): a send through w1 is answered at once with a retryable error that says so,
+    rather than after the call's timeout."""
+    w0, w1, _ = two
+    w0.server.stop()
+    with trio.fail_after(10):
+        await w0.server.stopped.wait()
+    c = await RawClient.connect(w1.server.tcp_port, w1.token("alice"), "phone")
+    try:
+        await c.send(F.Send(id="m1", to="bob", body=b"1"))
+        while not isinstance(f := await c.next(), F.Error):
+            pass
+        assert "worker w0 is not running: send it again" in f.message
+    finally:
+        await c.stream.aclose()
