@@ -86,6 +86,27 @@ def delivered(user: str, messages: Iterable[tuple[str, str, int]],
     return out
 
 
+def missed(user: str, messages: Iterable[tuple[str, str, int]],
+           got: Delivered) -> list[tuple[str, str, int]]:
+    """The one-to-one messages of an ack that `delivered` gave no receipt: at or under their
+    chat's delivered watermark. Most were delivered before, to another device of the user;
+    but a message can reach an inbox after a later one of its chat was delivered (a send cut
+    short and finished by its retry), and then it was never receipted. A store tells the two
+    apart by inbox position: a position no device of the user had reached before this ack
+    is a first delivery, whatever its seq (see `first_reached`)."""
+    receipted = set(got.direct)
+    return [m for m in messages if m[0] != user and not convs.is_group(m[1])
+            and m not in receipted]
+
+
+def first_reached(missed: Iterable[tuple[str, str, int]],
+                  position: Mapping[tuple[str, str, int], int],
+                  reached: int) -> list[tuple[str, str, int]]:
+    """Those of `missed` whose inbox position is past `reached`, the furthest any other
+    device of the user had acknowledged: they get their DELIVERED receipt now."""
+    return [m for m in missed if position[m] > reached]
+
+
 def receipts(by: str, status: int, ts: int, messages: Iterable[tuple[str, str, int]],
              all_: bool = False) -> list[ReceiptNote]:
     """Receipts for messages (sender, conv, seq): one per sender and chat, however many

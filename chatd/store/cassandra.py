@@ -369,7 +369,7 @@ class CassandraStore:
         self._modes: dict[str, tuple[float, tuple[int, int]]] = {}
         self._days: set[int] = set()
         self._acked_users: set[str] = set()
-        self._cursors: dict[tuple[str, str], int] = {}  # of the devices attached here
+        self._cursors: dict[str, dict[str, int]] = {}  # user -> device -> cursor (attached here)
         self._mark_cache: dict[tuple[str, str], list[int]] = {}
         self._device_counts: dict[str, tuple[float, int]] = {}  # (when read, count)
         self._attaching: dict[str, int] = {}  # devices attaching here now, per user
@@ -553,7 +553,7 @@ class CassandraStore:
                 await self._devices(user)  # counted after its own row is there
             if len(self._cursors) >= MAX_CACHED:
                 self._cursors.clear()  # (a miss costs one read)
-            self._cursors[(user, device)] = cursor
+            self._cursors.setdefault(user, {})[device] = cursor
             return cursor
 
         return await self._op(op())
@@ -1600,7 +1600,7 @@ class CassandraStore:
         return [done[d] for d, _, _ in entries]
 
     async def _ack_one(self, user: str, device: str, upto: int, ts: int) -> Appended:
-        old = self._cursors.get((user, device))  # (this node holds the device)
+        old = self._cursors.get(user, {}).get(device)  # (this node holds the device)
         if old is None:
             old = (await self._devices(user)).get(device)
             if old is None:
@@ -1619,9 +1619,13 @@ class CassandraStore:
         chats = list({r["conv"] for r in rows if r["receipt"] is None})
         states = dict(zip(chats, await self._gather(
             lambda c=c: self._marks(c, user) for c in chats), strict=True))
-        got = delivery.delivered(user, [(r["sender"], r["conv"], r["seq"]) for r in rows
-                                        if r["receipt"] is None],
-                                 lambda conv: states[conv][0])
+        covered = [(r["sender"], r["conv"], r["seq"]) for r in rows if r["receipt"] is None]
+        got = delivery.delivered(user, covered, lambda conv: states[conv][0])
+        if missed := [m for m in delivery.missed(user, covered, got)
+                      if m[2] > states[m[1]][1]]:  # (one read was receipted READ)
+            got.direct += delivery.first_reached(missed, {
+                m: r["q"] for m, r in zip(covered, (r for r in rows if r["receipt"] is None),
+                                          strict=True)}, await self._reached(user, device, new))
         cursor = ("set_cursor", (new + 1, new, user, device))
         notes = delivery.receipts(user, Status.DELIVERED, ts, got.direct)
         to = {n.to for n in notes}
@@ -1645,7 +1649,7 @@ class CassandraStore:
             await self.db.run(*cursor)
             await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
                                for c, s in got.raised.items())
-        self._cursors[(user, device)] = new
+        self._cursors.setdefault(user, {})[device] = new
         self._acked_users.add(user)  # collect() may prune what all devices now have
         if recent is not None and recent.base < new:  # (another device acks them: read)
             for q in range(recent.base + 1, min(new, recent.top) + 1):
@@ -1655,6 +1659,17 @@ class CassandraStore:
         for conv in got.groups:  # coalesced: one receipt when all have it
             items += await self._advance_all(conv, user, ts)
         return Appended(items=tuple(items))
+
+    async def _reached(self, user: str, device: str, upto: int) -> int:
+        """How far the user's devices had acknowledged their inbox before this ack: known
+        here when another of them (on this node) is at `upto` already (the usual case: a
+        second device acks what the first one did), else read (this device included: it
+        may have acknowledged through another node meanwhile)."""
+        here = max((c for d, c in self._cursors.get(user, {}).items() if d != device),
+                   default=0)
+        if here >= upto:
+            return here
+        return max((await self._devices(user)).values(), default=0)
 
     async def mark_read(self, user: str, conv: str, upto: int, ts: int) -> Appended:
         async def op() -> Appended:
@@ -1955,5 +1970,4 @@ class CassandraStore:
         self._recent.pop(user, None)
         self._device_counts.pop(user, None)
         self._acked_users.discard(user)
-        for key in [k for k in self._cursors if k[0] == user]:
-            del self._cursors[key]
+        self._cursors.pop(user, None)

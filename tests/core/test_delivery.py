@@ -101,3 +101,21 @@ def test_receipt_state_sorts_participants_but_the_sender() -> None:
     st_ = delivery.receipt_state(["alice", "bob", "carol", "dave", "erin"], "alice", 5,
                                  lambda u: marks.get(u, (0, 0)))
     assert (st_.read, st_.delivered, st_.pending) == (("bob",), ("carol",), ("dave", "erin"))
+
+
+def test_a_message_that_reached_the_inbox_after_a_later_one_was_delivered_gets_its_receipt(
+) -> None:
+    """bob's watermark in the chat is 2 (seq 2 delivered); seq 1 comes in late, at inbox
+    position 5 (a send finished by its retry). `delivered` skips it; `missed` names it, and
+    it is a first delivery if no other device of bob had reached position 5; bob's own
+    message and a group message are never receipted this way."""
+    from chatd.core.delivery import delivered, first_reached, missed
+
+    covered = [("alice", "d:alice:bob", 1), ("bob", "d:alice:bob", 3), ("carol", "g:x", 1)]
+    got = delivered("bob", covered, lambda conv: 2)
+    assert got.direct == [] and got.raised == {}
+    late = missed("bob", covered, got)
+    assert late == [("alice", "d:alice:bob", 1)]
+    position = {("alice", "d:alice:bob", 1): 5}
+    assert first_reached(late, position, reached=4) == late  # bob's other devices were behind
+    assert first_reached(late, position, reached=5) == []  # one of them had it: receipted then

@@ -259,3 +259,40 @@ async def test_cassandra_a_store_closed_while_taking_a_job_gives_it_back(
         assert scope.cancelled_caught
     assert await s.fanout(conv, seq)  # not "running on another node" for 30 s
     assert [it.seq for it in (await s.inbox("bob", "a", 0, 10)).items] == [1]
+
+
+async def test_cassandra_a_send_finished_by_its_retry_after_a_later_one_gets_its_receipt(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 3 (`receipts`): a send cut short before its inbox appends (Cassandra
+    restarting) is finished by its retry after a later message of its chat was delivered.
+    The reader's delivered watermark is past its seq by then, and no DELIVERED receipt was
+    made for it: its sender never saw it delivered. A message at an inbox position no device
+    of the reader had reached is delivered now, whatever its seq; a second device acking the
+    same position makes no second receipt."""
+    s = cassandra_store
+    for u, d in [("alice", "a"), ("bob", "a"), ("bob", "b")]:
+        await s.attach_device(u, d)
+    real = s._append_items
+    cut: list[bool] = []
+
+    async def cut_once(per_user: Any) -> Any:
+        if not cut:
+            cut.append(True)
+            raise StoreError("cassandra: NoHostAvailable: cut before the inbox appends")
+        return await real(per_user)
+
+    monkeypatch.setattr(s, "_append_items", cut_once)
+    m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+    with pytest.raises(StoreError):
+        await s.append_message(m1)
+    assert (await s.append_message(
+        NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))).seq == 2
+    await s.ack("bob", "a", 1, 20)  # m2 delivered: bob's watermark is 2
+    assert (await s.append_message(m1)).seq == 1  # the retry finishes it, after m2
+    page = await s.inbox("bob", "a", 1, 100)
+    assert [(it.q, it.seq) for it in page.items if isinstance(it, Delivery)] == [(2, 1)]
+    await s.ack("bob", "a", 2, 21)
+    await s.ack("bob", "b", 2, 22)  # (bob's other device: nothing new to anyone)
+    receipts = [it for it in (await s.inbox("alice", "a", 0, 100)).items
+                if not isinstance(it, Delivery)]
+    assert sorted(seq for it in receipts for seq in it.seqs) == [1, 2]
