@@ -1,0 +1,112 @@
+"""A send the store fails (e.g. the chat's owner, another node, did not answer in time) gets a
+retryable per-send error and the connection stays open; the same client id sent again is
+stored once (docs/PROTOCOL.md section 3, docs/CASSANDRA.md "Conversation owners")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chatd.core import NewMessage
+from chatd.protocol import ErrorCode
+from chatd.protocol import frames as F
+from chatd.store import StoreError
+
+from .conftest import Node
+from .raw import Raw
+
+OWNER_SILENT = "node n2, the owner, did not answer within 2 s: send it again"
+
+
+class Failing:
+    """The store's append_messages raises StoreError while `on` (`times` more calls, if set);
+    applied: it stores the batch first (the owner did it, its answer was lost)."""
+
+    def __init__(self, node: Node, monkeypatch: pytest.MonkeyPatch, applied: bool,
+                 times: int | None = None) -> None:
+        self.on, self.times, self.calls = True, times, 0
+        store = node.server.store
+        real = store.append_messages
+
+        async def append_messages(msgs: list[NewMessage]) -> Any:
+            if not self.on or self.times == 0:
+                return await real(msgs)
+            self.calls += 1
+            if self.times is not None:
+                self.times -= 1
+            if applied:
+                await real(msgs)
+            raise StoreError(OWNER_SILENT)
+
+        monkeypatch.setattr(store, "append_messages", append_messages)
+
+
+async def answers(raw: Raw, ids: set[str]) -> dict[str, F.Frame]:
+    """The Sent or Error for each client id in ids (other frames skipped)."""
+    got: dict[str, F.Frame] = {}
+    while len(got) < len(ids):
+        f = await raw.recv()
+        assert f is not None, f"closed; answers so far {got}"
+        if isinstance(f, F.Sent) and f.id in ids:
+            got[f.id] = f
+        elif isinstance(f, F.Error):
+            assert f.ref in ids, f
+            got[f.ref] = f
+    return got
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["not-applied", "applied"])
+async def test_a_failed_send_batch_gets_retryable_errors_and_the_connection_stays_open(
+        node: Node, monkeypatch: pytest.MonkeyPatch, applied: bool) -> None:
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("alice"), device="phone")
+    await raw.recv_until(F.Synced)
+    failing = Failing(node, monkeypatch, applied)
+    await raw.send_bytes(raw.conn.send(F.Send(id="m1", to="bob", body=b"one"))
+                         + raw.conn.send(F.Send(id="m2", to="bob", body=b"two")))
+    first = await answers(raw, {"m1", "m2"})
+    for cid, e in first.items():
+        assert isinstance(e, F.Error), e
+        assert e.code == ErrorCode.INTERNAL and e.ref == cid
+        assert e.message == OWNER_SILENT
+        assert e.retry_ms is not None and 0 < e.retry_ms <= 1000
+    assert node.server.stats["send_failures"] == 2
+    failing.on = False
+    await raw.send(F.Send(id="m3", to="bob", body=b"three"))  # the same connection
+    three = (await answers(raw, {"m3"}))["m3"]
+    assert isinstance(three, F.Sent)
+    seqs: dict[str, int] = {}
+    for _ in range(2):  # sent again under the same ids, twice: stored once
+        for cid in ("m1", "m2"):
+            await raw.send(F.Send(id=cid, to="bob", body=b"again"))
+            sent = (await answers(raw, {cid}))[cid]
+            assert isinstance(sent, F.Sent), sent
+            assert seqs.setdefault(cid, sent.seq) == sent.seq
+    await raw.aclose()
+    history = await node.server.store.history("d:alice:bob", None, 100)
+    assert sorted(h.id for h in history) == ["m1", "m2", "m3"]
+    bodies = {h.id: h.body for h in history}
+    assert (bodies["m1"], bodies["m2"]) == ((b"one", b"two") if applied
+                                            else (b"again", b"again"))
+
+
+async def test_acks_keep_closing_the_connection_when_the_store_fails(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only sends are answered one by one: a failed Ack still ends the connection (the
+    client reconnects and acknowledges again), as before."""
+    async with node.connect("bob") as bob:
+        await bob.send("alice", "hi")
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("alice"))
+    deliver = await raw.recv_until(F.Deliver)
+    assert isinstance(deliver, F.Deliver)
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreError("cassandra: NoHostAvailable")
+
+    monkeypatch.setattr(node.server.store, "ack", down)
+    await raw.send(F.Ack(upto=deliver.q))
+    error = await raw.recv_until(F.Error)
+    assert isinstance(error, F.Error) and error.code == ErrorCode.INTERNAL and error.ref is None
+    assert await raw.closed()
