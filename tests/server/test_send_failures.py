@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import chatd_client as cc
 import pytest
+import trio
 
 from chatd.core import NewMessage
 from chatd.protocol import ErrorCode
 from chatd.protocol import frames as F
 from chatd.store import StoreError
 
-from .conftest import Node
+from .conftest import Node, messages
 from .raw import Raw
 
 OWNER_SILENT = "node n2, the owner, did not answer within 2 s: send it again"
@@ -110,3 +112,33 @@ async def test_acks_keep_closing_the_connection_when_the_store_fails(
     error = await raw.recv_until(F.Error)
     assert isinstance(error, F.Error) and error.code == ErrorCode.INTERNAL and error.ref is None
     assert await raw.closed()
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["not-applied", "applied"])
+async def test_the_sdk_sends_again_after_a_store_failure_and_the_message_arrives_once(
+        node: Node, monkeypatch: pytest.MonkeyPatch, applied: bool) -> None:
+    async with node.connect("alice") as alice, node.connect("bob") as bob:
+        failing = Failing(node, monkeypatch, applied, times=1)  # the second attempt works
+        with trio.fail_after(10):
+            ack = await alice.send("bob", "hello", id="c1")
+        assert failing.calls == 1
+        assert alice.reconnects == 0  # the connection stayed open
+        got = await messages(bob, 1)
+        assert [(m.id, m.seq, m.body) for m in got] == [("c1", ack.seq, b"hello")]
+        again = await alice.send("bob", "next", id="c2")
+        got = await messages(bob, 1)
+        assert [(m.id, m.seq) for m in got] == [("c2", again.seq)]  # nothing came twice
+        assert again.seq == ack.seq + 1
+
+
+async def test_the_sdk_gives_up_on_a_send_the_store_keeps_failing(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with node.connect("alice", send_retry_for=1.0) as alice:
+        failing = Failing(node, monkeypatch, applied=False)
+        with trio.fail_after(10), pytest.raises(cc.ChatdError) as info:
+            await alice.send("bob", "lost?", id="c1")
+        assert info.value.code == ErrorCode.INTERNAL and "did not answer" in info.value.message
+        assert failing.calls >= 2 and alice.reconnects == 0  # tried again, then gave up
+        failing.on = False
+        ack = await alice.send("bob", "lost?", id="c1")  # the caller may send it again
+        assert ack.seq == 1 and alice.reconnects == 0
