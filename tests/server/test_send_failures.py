@@ -142,3 +142,40 @@ async def test_the_sdk_gives_up_on_a_send_the_store_keeps_failing(
         failing.on = False
         ack = await alice.send("bob", "lost?", id="c1")  # the caller may send it again
         assert ack.seq == 1 and alice.reconnects == 0
+
+
+async def test_each_send_of_a_failed_batch_is_answered_once(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send refused by its check keeps its own error; a store failure while checking a send
+    (here its group's membership) fails that send and the rest of the batch, retryably."""
+    async with node.connect("alice") as alice:
+        gid = (await alice.create_group("team", ["bob"])).group
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("alice"), device="phone")
+    await raw.recv_until(F.Synced)
+    failing = Failing(node, monkeypatch, applied=False)
+    await raw.send_bytes(raw.conn.send(F.Send(id="n1", to="nobody", body=b"?"))
+                         + raw.conn.send(F.Send(id="m1", to="bob", body=b"one")))
+    got = await answers(raw, {"n1", "m1"})
+    codes = {cid: (e.code, e.retry_ms) for cid, e in got.items() if isinstance(e, F.Error)}
+    assert codes == {"m1": (ErrorCode.INTERNAL, 500), "n1": (ErrorCode.UNKNOWN_TARGET, None)}
+    failing.on = False
+    store = node.server.store
+    real_group = store.group
+
+    async def group_down(group: str) -> Any:
+        monkeypatch.setattr(store, "group", real_group)  # (once)
+        raise StoreError("cassandra: OperationTimedOut")
+
+    monkeypatch.setattr(store, "group", group_down)
+    await raw.send_bytes(raw.conn.send(F.Send(id="g1", group=gid, body=b"hi all"))
+                         + raw.conn.send(F.Send(id="m2", to="bob", body=b"two")))
+    got = await answers(raw, {"g1", "m2"})
+    for cid in ("g1", "m2"):
+        e = got[cid]
+        assert isinstance(e, F.Error) and e.code == ErrorCode.INTERNAL and e.retry_ms, e
+    for cid in ("g1", "m2", "m1"):  # the same connection: sent again, stored
+        await raw.send(F.Send(id=cid, group=gid if cid == "g1" else None,
+                              to=None if cid == "g1" else "bob", body=b"again"))
+        assert isinstance((await answers(raw, {cid}))[cid], F.Sent)
+    await raw.aclose()
