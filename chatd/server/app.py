@@ -141,9 +141,14 @@ class ChatServer:
 
     def spawn(self, name: str, fn: Any, *args: Any) -> None:
         """Run a short background job of the node's (presence announcements). Its failure
-        is contained: logged and counted, never the end of the node."""
+        is contained: logged and counted, never the end of the node. Once the node is
+        stopping (its task nursery closed), none is started: a peer's call then goes
+        unanswered, and its caller gives up and retries, as with a node gone."""
         if self._tasks is not None:
-            self._tasks.start_soon(self._contained, name, fn, *args)
+            try:
+                self._tasks.start_soon(self._contained, name, fn, *args)
+            except RuntimeError:  # ("Nursery is closed to new arrivals")
+                log.debug("stopping: %s not started", name)
 
     async def _contained(self, name: str, fn: Any, *args: Any) -> None:
         try:

@@ -210,17 +210,21 @@ class _Slot:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     result: list[Any] | None = None
     error: BaseException | None = None
+    dropped: bool = False  # its caller was cancelled: nobody takes the result
 
 
 class _Combiner:
     """Group commit per partition: entries for one key that arrive while a write for that key
     runs are written together by the next write. The writes run in the store's nursery, so a
-    caller that is cancelled does not cut a write in half."""
+    caller that is cancelled does not cut a write in half; the results it would have taken
+    go to `dropped` (if given), so that what they hold is let go."""
 
     def __init__(self, store: CassandraStore,
-                 write: Callable[[str, list[Any]], Awaitable[list[Any]]]) -> None:
+                 write: Callable[[str, list[Any]], Awaitable[list[Any]]],
+                 dropped: Callable[[str, list[Any]], None] | None = None) -> None:
         self._store = store
         self._write = write
+        self._dropped = dropped
         self._pending: dict[str, list[_Slot]] = {}
 
     async def submit(self, key: str, entries: list[Any]) -> list[Any]:
@@ -231,7 +235,13 @@ class _Combiner:
             self._store._spawn(self._flush, key)
         else:
             waiting.append(slot)
-        await slot.done.wait()
+        try:
+            await slot.done.wait()
+        except BaseException:  # (cancelled: before the write ended, or just after it)
+            slot.dropped = True
+            if slot.done.is_set():
+                self._drop(key, slot)
+            raise
         if slot.error is not None:
             raise slot.error
         assert slot.result is not None
@@ -255,6 +265,12 @@ class _Combiner:
                     s.error = exc
             for s in slots:
                 s.done.set()
+                if s.dropped:
+                    self._drop(key, s)
+
+    def _drop(self, key: str, slot: _Slot) -> None:
+        if self._dropped is not None and slot.result is not None:
+            self._dropped(key, slot.result)
 
 
 _Row = tuple[tuple[Any, ...], str, tuple[Any, ...], int]  # partition, statement, values, size
@@ -328,7 +344,8 @@ class CassandraStore:
         self.owners = self.url.numbering == "owner"
         self.remote: OwnerCalls | None = None  # owners on other nodes (set with Redis)
         self._claims = _Combiner(
-            self, self._write_claims_owned if self.owners else self._write_claims)
+            self, self._write_claims_owned if self.owners else self._write_claims,
+            lambda conv, claims: self._release(conv, [c.seq for c in claims if c.new]))
         # numbering=owner: the shard leases this node took, and the last seq it numbered of
         # each chat of those shards (loaded once per lease)
         self._leases: dict[int, Lease] = {}
@@ -362,6 +379,8 @@ class CassandraStore:
         self._owned: set[tuple[str, int]] = set()  # jobs this node holds the lease of
         self._turns: dict[str, set[int]] = {}  # per chat: seqs taken here, not appended yet
         self._turn_changed = trio.Event()
+        # per chat: those of _turns whose send has its claims, and releases them when it ends
+        self._adopted: dict[str, set[int]] = {}
         self._closed = False
         self.inflight = 0
         self.node_id = secrets.token_hex(8)  # owns the fan-out jobs it runs
@@ -1131,23 +1150,43 @@ class CassandraStore:
         """Wait until the sends of conv that took a seq below `first` on this node have
         appended their inbox items (or queued their fan-out jobs), so that each inbox gets a
         chat in seq order: a send takes its seq in step 1 and appends in step 3, and two sends
-        in one chat would otherwise append in whichever order their steps 2 ended. A send that
-        does not get there within TURN_WAIT (Cassandra slow, or its caller gone between
-        claiming and holding its turn) is not waited for any longer."""
+        in one chat would otherwise append in whichever order their steps 2 ended. The order
+        matters beyond looks: an ack raises the reader's delivered watermark to the highest
+        seq it covers, and a message appended after a higher one was acked never got its
+        DELIVERED receipt (delivery.delivered skips what is under the watermark).
+        A send still running (it has its claims: `_adopted`) is waited for until it ends,
+        however slow (its own steps are bounded, and it releases its seqs whatever happens);
+        a seq whose send never got its claims (its caller gone between claiming and holding
+        its turn) is not waited for beyond TURN_WAIT."""
+        def earlier() -> list[int]:
+            return [s for s in self._turns.get(conv, ()) if s < first]
+
         with trio.move_on_after(TURN_WAIT) as scope:
-            while any(s < first for s in self._turns.get(conv, ())):
+            while earlier():
                 await self._turn_changed.wait()
-        if scope.cancelled_caught:
-            log.warning("%s: seqs %s still not appended after %.0f s, going on", conv,
-                        sorted(s for s in self._turns.get(conv, ()) if s < first), TURN_WAIT)
-            self._release(conv, [s for s in self._turns.get(conv, ()) if s < first])
+        if not scope.cancelled_caught:
+            return
+        running = self._adopted.get(conv, set())
+        orphans = [s for s in earlier() if s not in running]
+        if orphans:
+            log.warning("%s: seqs %s taken but held by no send after %.0f s, going on", conv,
+                        sorted(orphans), TURN_WAIT)
+            self._release(conv, orphans)
+        while earlier():  # (sends that still run: each releases its seqs when it ends)
+            await self._turn_changed.wait()
 
     def _release(self, conv: str, seqs: Iterable[int]) -> None:
+        seqs = set(seqs)
         held = self._turns.get(conv)
         if held is not None:
             held.difference_update(seqs)
             if not held:
                 del self._turns[conv]
+        adopted = self._adopted.get(conv)
+        if adopted is not None:
+            adopted.difference_update(seqs)
+            if not adopted:
+                del self._adopted[conv]
         self._turn_changed.set()
         self._turn_changed = trio.Event()
 
@@ -1241,7 +1280,9 @@ class CassandraStore:
             if self.owners:  # the owner writes the message rows with the claims
                 entries = [(m, functools.partial(msg_rows, m)) for m in entries]
             for i, c in zip(idx, await self._claims.submit(conv, entries), strict=True):
-                claims[i] = c
+                claims[i] = c  # (released by _append_claims whatever happens: see _wait_turn)
+                if c.new:
+                    self._adopted.setdefault(conv, set()).add(c.seq)
 
         async def conv_mode(conv: str) -> None:
             chat_modes[conv] = await self._mode(conv)

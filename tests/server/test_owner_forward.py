@@ -237,3 +237,77 @@ async def test_a_forwarded_send_that_fails_alone_is_answered_alone_and_sent_agai
         page = await reader.inbox("bob", "phone", 0, 100)
         got = [(i.id, i.seq, i.message.body) for i in page.items if isinstance(i, Delivery)]
         assert got == [("m1", 1, b"one" if how == "withheld" else b"again"), ("m2", 2, b"again")]
+
+
+async def test_a_slow_send_keeps_its_turn_and_every_message_gets_its_delivered_receipt(
+        two: tuple[Node, Node, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two devices of alice send 1 then 2 into one chat while the chat owner's inbox append
+    of 1 takes longer than a turn wait (TURN_WAIT: Cassandra slow, a node busy, as under
+    `bench cluster --cassandra`). 2 used to stop waiting for 1 and append first; bob's ack
+    of it raised his delivered watermark past 1, so 1, appended later and acked, never got
+    its DELIVERED receipt. Now 2 waits for 1 (a send that still runs keeps its turn): bob
+    gets 1 then 2, and alice gets DELIVERED for both, sent on the owner or forwarded to it."""
+    from chatd.store import cassandra
+
+    a, b, _ = two
+    nodes = (a, b)
+    ids = sorted(n.server.node_id for n in nodes)
+    home = next(n for n in nodes if n.server.node_id == owner(shard_of(CONV), ids))
+    store = home.server.store
+    real = store._append_items  # type: ignore[attr-defined]
+    slowed: list[str] = []
+
+    async def slow(per_user: dict[str, list[object]]) -> object:
+        first = [e for es in per_user.values() for e in es
+                 if getattr(e, "id", "").startswith("m1-")]
+        if first and not slowed:
+            slowed.append("m1")
+            await trio.sleep(cassandra.TURN_WAIT + 1.5)
+        return await real(per_user)
+
+    monkeypatch.setattr(store, "_append_items", slow)
+    for r, node in enumerate(nodes):  # sent on the owner, and forwarded to it
+        slowed.clear()
+        port, token = node.server.tcp_port, node.token("alice")
+        phone = await RawClient.connect(port, token, "phone")
+        tablet = await RawClient.connect(port, token, "tablet")
+        bob = await RawClient.connect(home.server.tcp_port, home.token("bob"), "phone")
+        try:
+            await phone.send(F.Send(id=f"m1-{r}", to="bob", body=b"1"))
+            await trio.sleep(0.5)  # (1 holds its turn: 2 is a later send)
+            await tablet.send(F.Send(id=f"m2-{r}", to="bob", body=b"2"))
+            seqs: dict[str, int] = {}
+            delivered: set[int] = set()
+            got: list[bytes] = []
+
+            async def bob_reads(bob: RawClient, got: list[bytes]) -> None:
+                while True:
+                    f = await bob.next()
+                    assert not isinstance(f, F.Error), f
+                    if isinstance(f, F.Deliver) and f.sender == "alice":
+                        got.append(f.body)
+                        await bob.send(F.Ack(upto=f.q))
+
+            async def sent(c: RawClient, seqs: dict[str, int]) -> None:
+                while not isinstance(f := await c.next(), F.Sent):
+                    assert not isinstance(f, F.Error), f
+                seqs[f.id] = f.seq
+
+            with trio.fail_after(cassandra.TURN_WAIT + 15):
+                async with trio.open_nursery() as n:
+                    n.start_soon(bob_reads, bob, got)
+                    n.start_soon(sent, tablet, seqs)
+                    while len(seqs) < 2 or not set(seqs.values()) <= delivered:
+                        f = await phone.next()
+                        assert not isinstance(f, F.Error), f
+                        if isinstance(f, F.Sent):
+                            seqs[f.id] = f.seq
+                        elif isinstance(f, F.Receipt) and f.status == F.Status.DELIVERED:
+                            delivered.update(f.seqs)
+                            await phone.send(F.Ack(upto=f.q))
+                    n.cancel_scope.cancel()
+            assert slowed and seqs[f"m1-{r}"] < seqs[f"m2-{r}"]
+            assert got == [b"1", b"2"]
+        finally:
+            for c in (phone, tablet, bob):
+                await c.stream.aclose()

@@ -286,3 +286,43 @@ async def test_an_ack_of_items_put_by_this_owner_reads_nothing(
         got = await s.ack("bob", "phone", 3, 4000)  # seq 3 is in bob's inbox: read
         assert await s.cursor("bob", "phone") == 3
         assert [it.seqs for _, it in got.items] == [(3,)]
+
+
+@pytest.mark.parametrize("numbering", ["owner", "paxos"])
+async def test_a_send_whose_caller_left_while_its_seq_was_written_holds_up_no_later_send(
+        node: CassandraNode, numbering: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send whose caller goes away (a forwarded call given up, a device gone) while its seq
+    is written: the seq is taken, but nobody appends it. A later send of the chat used to wait
+    for it (TURN_WAIT, 2 s: every send of a busy chat behind it waited, and under load their
+    callers gave up too, as in `bench cluster --cassandra`); it is let go when its caller
+    goes. (TURN_WAIT is set far past the test's own limit here.)"""
+    monkeypatch.setattr(cassandra, "TURN_WAIT", 600.0)
+    url = owner_url(node) if numbering == "owner" else node.url(timeout="2")
+    async with open_store(url) as s:
+        assert isinstance(s, CassandraStore) and s.owners == (numbering == "owner")
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        assert (await s.append_message(msg(0))).seq == 1
+        real = s._claims._write
+        written = trio.Event()
+        go_on = trio.Event()
+
+        async def held(key: str, entries: list[Any]) -> list[Any]:
+            await go_on.wait()
+            try:
+                return await real(key, entries)
+            finally:
+                written.set()
+
+        s._claims._write = held
+        with trio.move_on_after(0.5) as gone:  # the caller leaves while its seq is written
+            await s.append_message(msg(1))
+        assert gone.cancelled_caught
+        s._claims._write = real
+        go_on.set()
+        await written.wait()  # seq 2 went to the send that left
+        with trio.fail_after(60):
+            assert (await s.append_message(msg(2))).seq == 3
+        page = await s.inbox("bob", "phone", 0, 100)
+        assert [it.message.id for it in page.items if isinstance(it, Delivery)] == (
+            ["alice-0", "alice-2"])
