@@ -88,6 +88,8 @@ async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float 
                         for s in f.seqs:
                             delivered(s, t)
                         await p.sender.send(F.Ack(upto=f.q))
+                    elif isinstance(f, F.Error) and f.ref in p.sent_at and f.retry_ms:
+                        n.start_soon(send_again, f.ref, f.retry_ms / 1000)  # (as the SDK)
                     elif isinstance(f, F.Error):
                         raise RuntimeError(f"the node ended {p.sender_user}'s connection: {f}")
                     elif isinstance(f, F.Deliver) and p.relay:  # relay: the echo is the receipt
@@ -96,6 +98,12 @@ async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float 
                             latencies.append(t - start)
                             done += 1
                             slots.release()
+
+        async def send_again(cid: str, delay: float) -> None:
+            """A send the node failed alone (e.g. its chat's owner did not answer): again,
+            under its id; its latency still counts from the first attempt."""
+            await trio.sleep(delay)
+            await p.sender.send(F.Send(id=cid, to=p.receiver_user, body=BODY))
 
         async with trio.open_nursery() as n:
             n.start_soon(reader)

@@ -19,11 +19,13 @@ from chatd.core import GroupInfo, NewMessage, Refusal, convs, modes, now_ms
 from chatd.core import groups as group_rules
 from chatd.protocol import MAX_BODY_SIZE, ErrorCode, Frame
 from chatd.protocol import frames as F
+from chatd.store import StoreError
 
 from . import metrics
 from .node import Device, Node
 
 HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
+SEND_RETRY_MS: Final = 500  # a send the store did not take: sent again after this (ms)
 # Requests whose answer can be large: refused while the connection's queue is backed up.
 LARGE_ANSWERS: Final = (F.History, F.GroupInfo, F.GroupList, F.GroupCreate, F.GroupAdd,
                         F.GroupRemove, F.ReceiptQuery, F.PresenceSubscribe)
@@ -151,29 +153,44 @@ async def _check_media(node: Node, dev: Device, ev: F.Send, conv: str) -> bool:
 
 async def sends(node: Node, dev: Device, batch: list[F.Send]) -> None:
     """A run of consecutive Sends: checked one by one, stored with one write, each answered
-    with its Sent (or its error)."""
+    with its Sent (or its error). When the store fails (e.g. the chat's owner, another node,
+    did not answer in time), each send of the batch not answered yet gets a retryable
+    INTERNAL error with its client id and a retry delay, and the connection stays open: the
+    device sends them again under the same ids (one that did apply is then a duplicate)."""
     ts = now_ms()
     msgs, ids = [], []
     groups: dict[str, Refusal | None] = {}
-    for ev in batch:
-        if not await _check_send(node, dev, ev, groups):
-            continue
-        recipients: tuple[str, ...] = ()  # for a group, the store fans out to members
-        if ev.group is not None:
-            conv = convs.of_group(ev.group)
-        else:
-            assert ev.to is not None
-            conv = convs.direct(dev.user, ev.to)
-            recipients = convs.others(conv, dev.user)
-        if ev.media and not await _check_media(node, dev, ev, conv):
-            continue
-        msgs.append(NewMessage(
-            sender=dev.user, device=dev.device, client_id=ev.id, conv=conv,
-            recipients=recipients, body=ev.body, ts=ts, media=ev.media, group=ev.group))
-        ids.append(ev.id)
-    if not msgs:
+    checked = 0  # sends of the batch answered (refused) or in msgs
+    try:
+        for ev in batch:
+            if not await _check_send(node, dev, ev, groups):
+                checked += 1
+                continue
+            recipients: tuple[str, ...] = ()  # for a group, the store fans out to members
+            if ev.group is not None:
+                conv = convs.of_group(ev.group)
+            else:
+                assert ev.to is not None
+                conv = convs.direct(dev.user, ev.to)
+                recipients = convs.others(conv, dev.user)
+            if ev.media and not await _check_media(node, dev, ev, conv):
+                checked += 1
+                continue
+            msgs.append(NewMessage(
+                sender=dev.user, device=dev.device, client_id=ev.id, conv=conv,
+                recipients=recipients, body=ev.body, ts=ts, media=ev.media, group=ev.group))
+            ids.append(ev.id)
+            checked += 1
+        if not msgs:
+            return
+        results = await node.store.append_messages(msgs)
+    except StoreError as exc:  # those checked, the one being checked, and the rest
+        failed = ids + [ev.id for ev in batch[checked:]]
+        node.stats["send_failures"] += len(failed)
+        metrics.SEND_FAILURES.inc(len(failed))
+        for cid in failed:
+            dev.error(ErrorCode.INTERNAL, str(exc), ref=cid, retry_ms=SEND_RETRY_MS)
         return
-    results = await node.store.append_messages(msgs)
     node.stats["messages_in"] += len(msgs)
     metrics.MESSAGES_IN.inc(sum(1 for r in results if not r.duplicate))
     analytics.sent(dev.user, msgs, results)

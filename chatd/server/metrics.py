@@ -46,6 +46,9 @@ log = logging.getLogger("chatd.metrics")
 CONNECTIONS = Gauge("chatd_connections", "Authenticated device connections",
                     multiprocess_mode="livesum")
 MESSAGES_IN = Counter("chatd_messages_received", "Messages stored (SENT), duplicates excluded")
+SEND_FAILURES = Counter("chatd_send_failures", "Sends answered with a retryable INTERNAL error"
+                        " (ref, retry_ms) because the store did not take their batch, e.g."
+                        " the chat's owner did not answer in time; the connection stays open")
 ITEMS_OUT = Counter("chatd_items_delivered", "Messages and receipts queued to devices")
 DELIVERY_LATENCY = Histogram(
     "chatd_delivery_latency_seconds",

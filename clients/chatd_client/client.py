@@ -48,6 +48,7 @@ from . import media
 from .transport import Link, open_link
 
 EVENT_BUFFER = 10_000  # events waiting for the application before the client stops reading
+SEND_RETRY_FOR = 60.0  # s a send the server failed (retryable, retry_ms) is sent again for
 T = TypeVar("T")
 
 
@@ -70,13 +71,15 @@ class ConnectionLost(Exception):
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "frame", "result")
+    __slots__ = ("done", "error", "failing_since", "frame", "result", "tries")
 
     def __init__(self, frame: Frame) -> None:
         self.frame = frame
         self.done = trio.Event()
         self.result: Any = None
         self.error: ChatdError | None = None
+        self.tries = 0  # a send the server failed (INTERNAL with retry_ms): times sent again
+        self.failing_since: float | None = None  # when it first failed so
 
 
 class _EventBuffer:
@@ -148,7 +151,8 @@ class Client:
     def __init__(self, urls: Sequence[str], token: str, device: str = "default", *,
                  ca_file: str | None = None, client_name: str = "chatd-py/0.1",
                  reconnect: bool = True, max_backoff: float = 5.0,
-                 background: bool = False, event_buffer: int = EVENT_BUFFER) -> None:
+                 background: bool = False, event_buffer: int = EVENT_BUFFER,
+                 send_retry_for: float = SEND_RETRY_FOR) -> None:
         self.urls = list(urls)
         self.token = token
         self.device = device
@@ -156,6 +160,7 @@ class Client:
         self.client_name = client_name
         self.reconnect = reconnect
         self.max_backoff = max_backoff
+        self.send_retry_for = send_retry_for
         self.background = background
         self.user = ""
         self.session = ""
@@ -195,7 +200,8 @@ class Client:
 
     async def send(self, to: str | None, body: bytes | str, *, group: str | None = None,
                    media: tuple[F.Media, ...] = (), id: str | None = None) -> ev.SentAck:
-        """Send a message; returns once the server stored it durably (SENT)."""
+        """Send a message; returns once the server stored it durably (SENT). Raises
+        ChatdError if the server refused it, or kept failing it (see _retry_delay)."""
         data = body.encode() if isinstance(body, str) else body
         frame = F.Send(id=id or self.new_id(), to=to, group=group, body=data, media=media)
         waiter = self._pending.setdefault(frame.id, _Waiter(frame))
@@ -567,10 +573,10 @@ class Client:
     async def _on_error(self, frame: F.Error) -> None:
         error = ChatdError(frame.code, frame.message)
         if frame.ref is not None and frame.ref in self._pending:
-            if frame.code == ErrorCode.RATE_LIMITED:  # sent again later, under the same id
+            delay = self._retry_delay(self._pending[frame.ref], frame)
+            if delay is not None:  # sent again later, under the same id
                 if self._session_tasks is not None:  # (the reader does not wait for it)
-                    self._session_tasks.start_soon(self._send_again, frame.ref,
-                                                   (frame.retry_ms or 100) / 1000)
+                    self._session_tasks.start_soon(self._send_again, frame.ref, delay)
                 return
             waiter = self._pending.pop(frame.ref)
             waiter.error = error
@@ -584,6 +590,25 @@ class Client:
         self._events.put_nowait(ev.ServerError(frame.code, error.name, frame.message, frame.ref))
         if frame.code in FATAL_CODES:
             raise error
+
+    def _retry_delay(self, waiter: _Waiter, frame: F.Error) -> float | None:
+        """Seconds after which to send a refused send again, or None: it failed for good.
+        RATE_LIMITED: after retry_ms, always. A server failure (INTERNAL with retry_ms: the
+        store did not take it, e.g. the chat's owner did not answer): after retry_ms,
+        doubling up to max_backoff, for send_retry_for seconds after its first failure; then
+        send() raises the error. The same id makes a send that did apply a duplicate."""
+        if frame.code == ErrorCode.RATE_LIMITED:
+            return (frame.retry_ms or 100) / 1000
+        if frame.code != ErrorCode.INTERNAL or frame.retry_ms is None:
+            return None
+        now = trio.current_time()
+        if waiter.failing_since is None:
+            waiter.failing_since = now
+        elif now - waiter.failing_since >= self.send_retry_for:
+            return None
+        waiter.tries += 1
+        first = frame.retry_ms / 1000
+        return max(first, min(self.max_backoff, first * 2.0 ** (waiter.tries - 1)))
 
     async def _send_again(self, ref: str, delay: float) -> None:
         await trio.sleep(delay)

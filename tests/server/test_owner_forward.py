@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -17,7 +18,9 @@ from bench.common import RawClient
 from chatd.auth import load_or_create_secret
 from chatd.core import Delivery
 from chatd.core.owners import owner, shard_of
+from chatd.protocol import ErrorCode
 from chatd.protocol import frames as F
+from chatd.router import calls
 from chatd.server import Config
 from chatd.server.app import Worker, serve
 from chatd.store import open_store
@@ -189,6 +192,63 @@ async def test_group_message_across_two_nodes_through_the_owners(
     await scenarios.group_message(a, b, a)
     await scenarios.group_message(b, a, b)
 
+
+@pytest.mark.parametrize("how", ["withheld", "refused"])
+async def test_a_forwarded_send_that_fails_alone_is_answered_alone_and_sent_again(
+        two: tuple[Node, Node, str], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """alice sends through the node that does not own the chat, and the owner's answer to the
+    first call fails: withheld (the owner stored the message, its answer is lost: the origin
+    gives up after its timeout) or refused (the owner's store says the chat's numbering moved).
+    That send gets a retryable Error with its client id; the connection stays open, the same
+    id sent again on it is Sent (a duplicate with the first seq when it was stored), the next
+    send follows, and bob's inbox holds each message once. Before, the connection closed."""
+    a, b, url = two
+    ids = sorted([a.config.node_id, b.config.node_id])
+    own = owner(shard_of(CONV), ids)
+    chat_owner, origin = (a, b) if a.config.node_id == own else (b, a)
+    fw = chat_owner.server.forwarder
+    real = fw._serve
+    first = True
+
+    async def serve(origin_id: str, rid: int, what: str, args: Any) -> None:
+        nonlocal first
+        if what != calls.SEND or not first:
+            return await real(origin_id, rid, what, args)
+        first = False
+        if how == "withheld":
+            await fw.store.append_here(calls.send_of(args))  # stored; no answer
+        else:
+            fw.peers.outbox.answer(origin_id, rid, False,
+                                   "this chat's numbering moved meanwhile: send it again")
+            fw.peers.flush_soon()
+
+    monkeypatch.setattr(fw, "_serve", serve)
+    async with open_store(url) as reader:
+        await reader.attach_device("bob", "phone")
+        c = await RawClient.connect(origin.server.tcp_port, origin.token("alice"), "phone")
+        try:
+            with trio.fail_after(40):
+                await c.send(F.Send(id="m1", to="bob", body=b"one"))
+                while not isinstance(f := await c.next(), F.Sent | F.Error):
+                    pass
+                assert isinstance(f, F.Error), f
+                assert f.code == ErrorCode.INTERNAL and f.ref == "m1" and f.retry_ms, f
+                assert ("did not answer" if how == "withheld" else "moved meanwhile") \
+                    in f.message and "send it again" in f.message
+                sent = []
+                for cid in ("m1", "m2"):  # on the same connection
+                    await c.send(F.Send(id=cid, to="bob", body=b"again"))
+                    while not isinstance(f := await c.next(), F.Sent | F.Error):
+                        pass
+                    assert isinstance(f, F.Sent) and f.id == cid, f
+                    sent.append(f.seq)
+        finally:
+            await c.stream.aclose()
+        assert sent == [1, 2]
+        assert origin.server.stats["send_failures"] == 1
+        page = await reader.inbox("bob", "phone", 0, 100)
+        got = [(i.id, i.seq, i.message.body) for i in page.items if isinstance(i, Delivery)]
+        assert got == [("m1", 1, b"one" if how == "withheld" else b"again"), ("m2", 2, b"again")]
 
 
 async def test_a_slow_send_keeps_its_turn_and_every_message_gets_its_delivered_receipt(

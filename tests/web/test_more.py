@@ -10,8 +10,9 @@ import chatd_client as cc
 import trio
 from playwright.sync_api import expect
 
-from chatd.protocol.codec import decode_body
-from chatd.protocol.frames import Receipt, Sent
+from chatd.protocol import ErrorCode
+from chatd.protocol.codec import decode_body, encode_body
+from chatd.protocol.frames import Error, Receipt, Send, Sent
 
 from .pages import bubbles, connected, mine, open_chat, open_listed, say, sign_in
 
@@ -165,3 +166,51 @@ def test_a_delivered_receipt_that_overtakes_its_sent_still_shows_two_ticks(
     say(alice, "hi")
     expect(bob.get_by_test_id("chat-list")).to_contain_text("hi")  # bob's device took it
     expect(mine(alice, "hi")).to_have_attribute("data-status", "delivered")
+
+
+def test_a_send_the_server_failed_is_sent_again_and_arrives_once(
+        node: Any, contexts: Any) -> None:
+    """With several nodes a forwarded send can fail alone (its chat's owner did not answer in
+    time): the node answers that send with INTERNAL, its id and retry_ms, and keeps the
+    connection. Here the browser's WebSocket routing puts that Error in place of the node's
+    first Sent (the message was stored: the answer was lost). The app sends it again under
+    the same id after retry_ms and gets the first Sent's seq; bob has it once, and no error
+    is shown. The app used to give the message up (marked failed)."""
+    bob = sign_in(contexts(), node, "bob")
+    alice = contexts().new_page()
+    sends: list[str] = []
+
+    def fail_first_sent(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message: Any) -> None:
+            frame = decode_body(message) if isinstance(message, bytes) else None
+            if isinstance(frame, Send):
+                sends.append(frame.id)
+            server.send(message)
+
+        def from_server(message: Any) -> None:
+            frame = decode_body(message) if isinstance(message, bytes) else None
+            if isinstance(frame, Sent) and sends.count(frame.id) == 1:
+                ws.send(encode_body(Error(
+                    code=ErrorCode.INTERNAL, ref=frame.id, retry_ms=300,
+                    message="node n2, the owner, did not answer within 2 s: send it again")))
+                return
+            ws.send(message)
+
+        ws.on_message(from_page)
+        server.on_message(from_server)
+
+    alice.route_web_socket(re.compile(r".*/ws$"), fail_first_sent)
+    alice.goto(node.link("alice"))
+    connected(alice)
+    open_chat(alice, "bob")
+    say(alice, "hi once")
+    expect(mine(alice, "hi once")).to_have_attribute("data-status", re.compile("sent|delivered"))
+    assert len(sends) == 2 and sends[0] == sends[1]  # sent again, under its id
+    open_listed(bob, "alice")
+    expect(bubbles(bob)).to_have_text(["hi once"])
+    expect(mine(alice, "hi once")).to_have_attribute("data-status", "read")
+    expect(alice.get_by_test_id("alert")).to_have_count(0)
+    say(alice, "and then")  # the same connection carries on
+    expect(bubbles(bob)).to_have_text(["hi once", "and then"])

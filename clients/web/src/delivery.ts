@@ -40,7 +40,8 @@ export interface Outcome {
   write: Frame[];
   /** a send refused for good (its client id), or a request's answer or refusal (its rid) */
   settled: Array<{ id?: string; rid?: number; frame?: Frame; error?: ChatdError }>;
-  /** a RATE_LIMITED send: write it again after this many ms */
+  /** a send to write again after this many ms, under its id (RATE_LIMITED, or INTERNAL with
+   *  retryMs: the server's store did not take it, e.g. the chat's owner did not answer) */
   retry?: { id: string; ms: number };
   /** the server said the connection is over and not to come back (Goodbye, fatal Error) */
   stop?: string;
@@ -50,6 +51,10 @@ export class Delivery {
   readonly pending = new Map<string, FrameOf<"Send">>(); // not yet SENT, in send order
   readonly requests = new Map<number, Frame>(); // requests awaiting an answer, by rid
   readonly watching = new Set<string>();
+  /** sends the server failed (INTERNAL with retryMs): since when, and how often sent again */
+  readonly failing = new Map<string, { since: number; tries: number }>();
+  sendRetryForMs = 60_000; // such a send is written again for this long, then refused
+  maxRetryMs = 5_000; // its delay doubles from the server's retryMs up to this
   maxQ = 0; // highest inbox position handed to the application: at or below is a repeat
   taken = 0; // highest position the application has taken
   acked = 0; // highest position the server has (Welcome's cursor, then our Acks)
@@ -78,7 +83,7 @@ export class Delivery {
     return { type: "Ack", upto: this.taken };
   }
 
-  received(frame: Frame): Outcome {
+  received(frame: Frame, now = Date.now()): Outcome {
     const out: Outcome = { events: [], write: [], settled: [] };
     switch (frame.type) {
       case "Deliver": {
@@ -100,6 +105,7 @@ export class Delivery {
         break;
       }
       case "Sent":
+        this.failing.delete(frame.id);
         if (this.pending.delete(frame.id)) {
           out.events.push({ kind: "sent", id: frame.id, conv: frame.conv, seq: frame.seq, ts: frame.ts });
           out.settled.push({ id: frame.id, frame });
@@ -118,7 +124,7 @@ export class Delivery {
         out.write.push({ type: "Pong", nonce: frame.nonce ?? 0 });
         break;
       case "Error":
-        this.error(frame as Decoded<"Error">, out);
+        this.error(frame as Decoded<"Error">, out, now);
         break;
       case "Goodbye":
         out.stop = `the server said goodbye: ${frame.reason || "no reason given"}`;
@@ -133,12 +139,26 @@ export class Delivery {
     if (this.requests.delete(rid)) out.settled.push({ rid, frame });
   }
 
-  private error(e: Decoded<"Error">, out: Outcome): void {
+  /** The delay before a refused send is written again, or null: it failed for good. As the
+   *  Python SDK: RATE_LIMITED always; INTERNAL with retryMs for sendRetryForMs. */
+  private retryDelay(e: Decoded<"Error">, id: string, now: number): number | null {
+    if (e.code === ErrorCode.RATE_LIMITED) return e.retryMs ?? 100;
+    if (e.code !== ErrorCode.INTERNAL || e.retryMs === null || e.retryMs === undefined) return null;
+    let f = this.failing.get(id);
+    if (f === undefined) this.failing.set(id, f = { since: now, tries: 0 });
+    else if (now - f.since >= this.sendRetryForMs) return null;
+    f.tries += 1;
+    return Math.max(e.retryMs, Math.min(this.maxRetryMs, e.retryMs * 2 ** (f.tries - 1)));
+  }
+
+  private error(e: Decoded<"Error">, out: Outcome, now: number): void {
     const error = new ChatdError(e.code, e.message);
     if (e.ref !== null && this.pending.has(e.ref)) {
-      if (e.code === ErrorCode.RATE_LIMITED) {
-        out.retry = { id: e.ref, ms: e.retryMs ?? 100 }; // again later, under the same id
+      const ms = this.retryDelay(e, e.ref, now);
+      if (ms !== null) {
+        out.retry = { id: e.ref, ms }; // again later, under the same id
       } else {
+        this.failing.delete(e.ref);
         this.pending.delete(e.ref);
         out.settled.push({ id: e.ref, error });
         out.events.push({ kind: "error", code: e.code, name: codeName(e.code), message: e.message,

@@ -58,6 +58,25 @@ test("a rate-limited send is retried under its id; a refused one settles with th
   assert.ok(fatal.stop);
 });
 
+test("a send the server failed (INTERNAL with retryMs) is written again, with backoff, for a while", () => {
+  const d = new Delivery();
+  d.pending.set("x-1", { type: "Send", id: "x-1", to: "alice" });
+  const failed = (now: number) => d.received({ type: "Error", code: 10,
+    message: "node n2, the owner, did not answer within 2 s: send it again", ref: "x-1", rid: null, retryMs: 500 }, now);
+  assert.deepEqual([0, 600, 1700, 3800, 8000, 14000].map((t) => failed(t).retry?.ms), [500, 1000, 2000, 4000, 5000, 5000]);
+  assert.ok(d.pending.has("x-1"));
+  const last = failed(60_000); // a minute after its first failure: refused for good
+  assert.equal(last.retry, undefined);
+  assert.equal(last.settled[0]?.error?.code, 10);
+  assert.equal(last.events[0]?.kind, "error");
+  assert.ok(!d.pending.has("x-1"));
+  // a Sent after a retry ends it; the next failure of that id would start afresh
+  d.pending.set("x-3", { type: "Send", id: "x-3", to: "alice" });
+  d.received({ type: "Error", code: 10, message: "m", ref: "x-3", rid: null, retryMs: 500 }, 0);
+  assert.equal(d.received({ type: "Sent", id: "x-3", conv: "d:alice:bob", seq: 1, ts: 5 }).events[0]?.kind, "sent");
+  assert.ok(!d.failing.has("x-3"));
+});
+
 test("requests are answered by rid and sent again after a reconnect", () => {
   const d = new Delivery();
   d.requests.set(3, { type: "GroupList", rid: 3 });

@@ -1,0 +1,181 @@
+"""A send the store fails (e.g. the chat's owner, another node, did not answer in time) gets a
+retryable per-send error and the connection stays open; the same client id sent again is
+stored once (docs/PROTOCOL.md section 3, docs/CASSANDRA.md "Conversation owners")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chatd_client as cc
+import pytest
+import trio
+
+from chatd.core import NewMessage
+from chatd.protocol import ErrorCode
+from chatd.protocol import frames as F
+from chatd.store import StoreError
+
+from .conftest import Node, messages
+from .raw import Raw
+
+OWNER_SILENT = "node n2, the owner, did not answer within 2 s: send it again"
+
+
+class Failing:
+    """The store's append_messages raises StoreError while `on` (`times` more calls, if set);
+    applied: it stores the batch first (the owner did it, its answer was lost)."""
+
+    def __init__(self, node: Node, monkeypatch: pytest.MonkeyPatch, applied: bool,
+                 times: int | None = None) -> None:
+        self.on, self.times, self.calls = True, times, 0
+        store = node.server.store
+        real = store.append_messages
+
+        async def append_messages(msgs: list[NewMessage]) -> Any:
+            if not self.on or self.times == 0:
+                return await real(msgs)
+            self.calls += 1
+            if self.times is not None:
+                self.times -= 1
+            if applied:
+                await real(msgs)
+            raise StoreError(OWNER_SILENT)
+
+        monkeypatch.setattr(store, "append_messages", append_messages)
+
+
+async def answers(raw: Raw, ids: set[str]) -> dict[str, F.Frame]:
+    """The Sent or Error for each client id in ids (other frames skipped)."""
+    got: dict[str, F.Frame] = {}
+    while len(got) < len(ids):
+        f = await raw.recv()
+        assert f is not None, f"closed; answers so far {got}"
+        if isinstance(f, F.Sent) and f.id in ids:
+            got[f.id] = f
+        elif isinstance(f, F.Error):
+            assert f.ref in ids, f
+            got[f.ref] = f
+    return got
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["not-applied", "applied"])
+async def test_a_failed_send_batch_gets_retryable_errors_and_the_connection_stays_open(
+        node: Node, monkeypatch: pytest.MonkeyPatch, applied: bool) -> None:
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("alice"), device="phone")
+    await raw.recv_until(F.Synced)
+    failing = Failing(node, monkeypatch, applied)
+    await raw.send_bytes(raw.conn.send(F.Send(id="m1", to="bob", body=b"one"))
+                         + raw.conn.send(F.Send(id="m2", to="bob", body=b"two")))
+    first = await answers(raw, {"m1", "m2"})
+    for cid, e in first.items():
+        assert isinstance(e, F.Error), e
+        assert e.code == ErrorCode.INTERNAL and e.ref == cid
+        assert e.message == OWNER_SILENT
+        assert e.retry_ms is not None and 0 < e.retry_ms <= 1000
+    assert node.server.stats["send_failures"] == 2
+    failing.on = False
+    await raw.send(F.Send(id="m3", to="bob", body=b"three"))  # the same connection
+    three = (await answers(raw, {"m3"}))["m3"]
+    assert isinstance(three, F.Sent)
+    seqs: dict[str, int] = {}
+    for _ in range(2):  # sent again under the same ids, twice: stored once
+        for cid in ("m1", "m2"):
+            await raw.send(F.Send(id=cid, to="bob", body=b"again"))
+            sent = (await answers(raw, {cid}))[cid]
+            assert isinstance(sent, F.Sent), sent
+            assert seqs.setdefault(cid, sent.seq) == sent.seq
+    await raw.aclose()
+    history = await node.server.store.history("d:alice:bob", None, 100)
+    assert sorted(h.id for h in history) == ["m1", "m2", "m3"]
+    bodies = {h.id: h.body for h in history}
+    assert (bodies["m1"], bodies["m2"]) == ((b"one", b"two") if applied
+                                            else (b"again", b"again"))
+
+
+async def test_acks_keep_closing_the_connection_when_the_store_fails(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only sends are answered one by one: a failed Ack still ends the connection (the
+    client reconnects and acknowledges again), as before."""
+    async with node.connect("bob") as bob:
+        await bob.send("alice", "hi")
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("alice"))
+    deliver = await raw.recv_until(F.Deliver)
+    assert isinstance(deliver, F.Deliver)
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreError("cassandra: NoHostAvailable")
+
+    monkeypatch.setattr(node.server.store, "ack", down)
+    await raw.send(F.Ack(upto=deliver.q))
+    error = await raw.recv_until(F.Error)
+    assert isinstance(error, F.Error) and error.code == ErrorCode.INTERNAL and error.ref is None
+    assert await raw.closed()
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["not-applied", "applied"])
+async def test_the_sdk_sends_again_after_a_store_failure_and_the_message_arrives_once(
+        node: Node, monkeypatch: pytest.MonkeyPatch, applied: bool) -> None:
+    async with node.connect("alice") as alice, node.connect("bob") as bob:
+        failing = Failing(node, monkeypatch, applied, times=1)  # the second attempt works
+        with trio.fail_after(10):
+            ack = await alice.send("bob", "hello", id="c1")
+        assert failing.calls == 1
+        assert alice.reconnects == 0  # the connection stayed open
+        got = await messages(bob, 1)
+        assert [(m.id, m.seq, m.body) for m in got] == [("c1", ack.seq, b"hello")]
+        again = await alice.send("bob", "next", id="c2")
+        got = await messages(bob, 1)
+        assert [(m.id, m.seq) for m in got] == [("c2", again.seq)]  # nothing came twice
+        assert again.seq == ack.seq + 1
+
+
+async def test_the_sdk_gives_up_on_a_send_the_store_keeps_failing(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with node.connect("alice", send_retry_for=1.0) as alice:
+        failing = Failing(node, monkeypatch, applied=False)
+        with trio.fail_after(10), pytest.raises(cc.ChatdError) as info:
+            await alice.send("bob", "lost?", id="c1")
+        assert info.value.code == ErrorCode.INTERNAL and "did not answer" in info.value.message
+        assert failing.calls >= 2 and alice.reconnects == 0  # tried again, then gave up
+        failing.on = False
+        ack = await alice.send("bob", "lost?", id="c1")  # the caller may send it again
+        assert ack.seq == 1 and alice.reconnects == 0
+
+
+async def test_each_send_of_a_failed_batch_is_answered_once(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send refused by its check keeps its own error; a store failure while checking a send
+    (here its group's membership) fails that send and the rest of the batch, retryably."""
+    async with node.connect("alice") as alice:
+        gid = (await alice.create_group("team", ["bob"])).group
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("alice"), device="phone")
+    await raw.recv_until(F.Synced)
+    failing = Failing(node, monkeypatch, applied=False)
+    await raw.send_bytes(raw.conn.send(F.Send(id="n1", to="nobody", body=b"?"))
+                         + raw.conn.send(F.Send(id="m1", to="bob", body=b"one")))
+    got = await answers(raw, {"n1", "m1"})
+    codes = {cid: (e.code, e.retry_ms) for cid, e in got.items() if isinstance(e, F.Error)}
+    assert codes == {"m1": (ErrorCode.INTERNAL, 500), "n1": (ErrorCode.UNKNOWN_TARGET, None)}
+    failing.on = False
+    store = node.server.store
+    real_group = store.group
+
+    async def group_down(group: str) -> Any:
+        monkeypatch.setattr(store, "group", real_group)  # (once)
+        raise StoreError("cassandra: OperationTimedOut")
+
+    monkeypatch.setattr(store, "group", group_down)
+    await raw.send_bytes(raw.conn.send(F.Send(id="g1", group=gid, body=b"hi all"))
+                         + raw.conn.send(F.Send(id="m2", to="bob", body=b"two")))
+    got = await answers(raw, {"g1", "m2"})
+    for cid in ("g1", "m2"):
+        e = got[cid]
+        assert isinstance(e, F.Error) and e.code == ErrorCode.INTERNAL and e.retry_ms, e
+    for cid in ("g1", "m2", "m1"):  # the same connection: sent again, stored
+        await raw.send(F.Send(id=cid, group=gid if cid == "g1" else None,
+                              to=None if cid == "g1" else "bob", body=b"again"))
+        assert isinstance((await answers(raw, {cid}))[cid], F.Sent)
+    await raw.aclose()
