@@ -17,11 +17,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
+import outcome
 import trio
 
 from chatd.util import redact
@@ -166,6 +166,38 @@ def store_error(exc: BaseException) -> StoreError:
     return kind(f"cassandra: {type(exc).__name__}: {text}")
 
 
+class _Waiter:
+    """One request's next page (ok, rows or error), awaited by one trio task: lighter than a
+    memory channel per request."""
+
+    __slots__ = ("task", "result")
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.result: tuple[bool, Any] | None = None
+
+    def put(self, result: tuple[bool, Any]) -> None:
+        if self.task is not None:
+            task, self.task = self.task, None
+            trio.lowlevel.reschedule(task, outcome.Value(result))
+        else:  # (not awaited yet, or its task was cancelled: then nobody takes it)
+            self.result = result
+
+    async def get(self) -> tuple[bool, Any]:
+        if self.result is not None:
+            result, self.result = self.result, None
+            await trio.lowlevel.checkpoint()
+            return result
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self.task = trio.lowlevel.current_task()
+        result = await trio.lowlevel.wait_task_rescheduled(abort)
+        return cast(tuple[bool, Any], result)
+
+
 class Session:
     """One driver Session for one trio run: prepared statements and awaited requests."""
 
@@ -180,6 +212,9 @@ class Session:
         self.paxos = 0  # of which lightweight transactions (conditional statements, batches)
         # requests by what they ran: a statement's name, or a batch's names joined by "+"
         self.by_statement: collections.Counter[str] = collections.Counter()
+        # responses handed from the driver's thread (_deliver), taken on the trio thread
+        self._arrived: collections.deque[tuple[_Waiter, bool, Any]] = collections.deque()
+        self._woken = False  # a _drain is scheduled and has not started
 
     async def connect(self, keyspace: str | None) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -268,24 +303,17 @@ class Session:
         else:
             self.paxos += bool(getattr(stmt, "chatd_paxos", False))
             self.by_statement[getattr(stmt, "chatd_names", "other")] += 1
-        token = self._token
-        assert token is not None and self._session is not None, "not connected"
-        send, recv = trio.open_memory_channel[tuple[bool, Any]](math.inf)
-
-        def deliver(ok: bool, value: Any) -> None:
-            try:
-                token.run_sync_soon(send.send_nowait, (ok, value))
-            except trio.RunFinishedError:
-                pass
-
+        assert self._token is not None and self._session is not None, "not connected"
+        waiter = _Waiter()
         try:
             future = self._session.execute_async(stmt, params)
         except Exception as exc:
             raise store_error(exc) from exc
-        future.add_callbacks(lambda rows: deliver(True, rows), lambda exc: deliver(False, exc))
+        future.add_callbacks(self._deliver, self._deliver, callback_args=(waiter, True),
+                             errback_args=(waiter, False))
         out: list[dict[str, Any]] = []
         while True:
-            ok, value = await recv.receive()
+            ok, value = await waiter.get()
             if not ok:
                 raise store_error(value)
             if value:
@@ -293,6 +321,24 @@ class Session:
             if not future.has_more_pages:
                 return out
             future.start_fetching_next_page()
+
+    def _deliver(self, value: Any, waiter: _Waiter, ok: bool) -> None:
+        """A page or an error, on the driver's thread: queued, and the trio thread woken
+        once for all that arrive before it drains the queue (not once per response)."""
+        self._arrived.append((waiter, ok, value))
+        if not self._woken:
+            self._woken = True
+            try:
+                assert self._token is not None
+                self._token.run_sync_soon(self._drain)
+            except trio.RunFinishedError:
+                pass
+
+    def _drain(self) -> None:
+        self._woken = False  # (before the queue is read: what comes after wakes it again)
+        while self._arrived:
+            waiter, ok, value = self._arrived.popleft()
+            waiter.put((ok, value))
 
     async def applied(self, stmt: Any, params: Sequence[Any] | None = None
                       ) -> tuple[bool, list[dict[str, Any]]]:
