@@ -220,6 +220,8 @@ class Session:
 
     async def connect(self, keyspace: str | None) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        self._arrived.clear()
+        self._woken = False
         driver_log = logging.getLogger("cassandra")
         if driver_log.level == logging.NOTSET:  # its tracebacks say what our StoreError says
             driver_log.setLevel(logging.CRITICAL)
@@ -272,9 +274,10 @@ class Session:
     async def prepare(self, statements: dict[str, str]) -> None:
         def run() -> None:
             for name, cql in statements.items():
-                ps = self._prepared[name] = self._session.prepare(cql)
+                ps = self._session.prepare(cql)
                 self._binders[name] = (ps.query_id, [c.type for c in ps.column_metadata],
                                        ps.protocol_version)
+                self._prepared[name] = ps  # (last: a name here can be batched)
                 if " IF " in cql:
                     self._conditional.add(name)
 
@@ -346,8 +349,8 @@ class Session:
             try:
                 assert self._token is not None
                 self._token.run_sync_soon(self._drain)
-            except trio.RunFinishedError:
-                pass
+            except trio.RunFinishedError:  # (nobody is waiting any more)
+                self._woken = False
 
     def _drain(self) -> None:
         self._woken = False  # (before the queue is read: what comes after wakes it again)
