@@ -57,3 +57,62 @@ async def test_admin_statements_prepared_on_first_use_by_several_callers_at_once
             while "revoke" not in store.db._prepared:  # (the first of them)
                 await trio.sleep(0.0005)
             assert await store.revocations_since(0) == []
+
+
+async def test_batch_rows_are_serialized_as_the_driver_binds_them(
+        cassandra: CassandraNode) -> None:
+    """Session.batch serializes the rows after the first itself: the same bytes, the same
+    routing key as BatchStatement.add, for every statement a send writes."""
+    from cassandra.query import BatchStatement, BatchType
+
+    cassandra.truncate()
+    async with open_store(cassandra.url()) as store:
+        assert isinstance(store, CassandraStore)
+        db = store.db
+        rows = [("own_seq", (10, "c")), ("put_item", ("u", 5, "c", 3, "s", None)),
+                ("put_item", ("u", 6, "c", 0, None, b"\x01\x02")),
+                ("own_marker", ("u", 123, "c", 3, 5, 86400)),
+                ("own_claim", ("c", "s", "cid", 3, 1_700_000_000_000, 1_700_000_000_001, 86400)),
+                ("done", (86400, "c", "s", "cid")), ("queue", (19000, 1_700_000_000_000, "c", 3)),
+                ("put_msg", ("c", 0, 3, 17, "s", "d", "cid", b"body", None, "g", None,
+                             {"a", "b"}, 0)),
+                ("set_cursor", (5, 4, "u", "d")), ("set_delivered", (7, 3, "c", "u"))]
+        ours = db.batch(rows)
+        theirs = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for name, params in rows:
+            theirs.add(db._prepared[name], params)
+        assert ours._statements_and_parameters == theirs._statements_and_parameters
+        assert (ours.routing_key, ours.keyspace) == (theirs.routing_key, theirs.keyspace)
+        await db.run(ours)  # and Cassandra takes it
+
+
+async def test_many_requests_at_once_each_get_their_own_answer(
+        cassandra: CassandraNode) -> None:
+    """Answers are handed over in bursts (one wakeup for many): each request still gets its
+    own, and one cancelled while it waits leaves the others be."""
+    cassandra.truncate()
+    async with open_store(cassandra.url()) as store:
+        assert isinstance(store, CassandraStore)
+        db = store.db
+        for i in range(50):
+            await db.run("own_q", (i, f"u{i}"))
+        got: dict[int, int] = {}
+        scopes: list[trio.CancelScope] = []
+
+        async def read(i: int) -> None:
+            rows = await db.run(f"SELECT last_q FROM inbox WHERE user = 'u{i}'")
+            got[i] = rows[0]["last_q"]
+
+        async def given_up() -> None:
+            with trio.CancelScope() as scope:
+                scopes.append(scope)
+                await db.run("SELECT last_q FROM inbox WHERE user = 'nobody'")
+
+        async with trio.open_nursery() as n:
+            n.start_soon(given_up)
+            for i in range(50):
+                n.start_soon(read, i)
+            await trio.sleep(0)  # (all started: waiting for their answers)
+            scopes[0].cancel()
+        assert got == {i: i for i in range(50)}
+        assert (await db.run("SELECT last_q FROM inbox WHERE user = 'u7'"))[0]["last_q"] == 7
