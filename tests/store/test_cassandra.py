@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from bench.cassandra import CassandraNode
 from chatd.core import Delivery
@@ -97,22 +98,21 @@ async def test_many_requests_at_once_each_get_their_own_answer(
         for i in range(50):
             await db.run("own_q", (i, f"u{i}"))
         got: dict[int, int] = {}
-        scopes: list[trio.CancelScope] = []
 
         async def read(i: int) -> None:
             rows = await db.run(f"SELECT last_q FROM inbox WHERE user = 'u{i}'")
             got[i] = rows[0]["last_q"]
 
-        async def given_up() -> None:
+        async def given_up(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
             with trio.CancelScope() as scope:
-                scopes.append(scope)
+                task_status.started(scope)
                 await db.run("SELECT last_q FROM inbox WHERE user = 'nobody'")
 
         async with trio.open_nursery() as n:
-            n.start_soon(given_up)
+            scope = await n.start(given_up)
             for i in range(50):
                 n.start_soon(read, i)
-            await trio.sleep(0)  # (all started: waiting for their answers)
-            scopes[0].cancel()
+            await trio.testing.wait_all_tasks_blocked()  # (all waiting for their answers)
+            scope.cancel()
         assert got == {i: i for i in range(50)}
         assert (await db.run("SELECT last_q FROM inbox WHERE user = 'u7'"))[0]["last_q"] == 7
