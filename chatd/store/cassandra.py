@@ -1637,25 +1637,28 @@ class CassandraStore:
             placed = await self._inboxes.submit(sender, [*notes, _Along([cursor, *(
                 self._mark_rows(c, user, s, None)[0] for c, s in got.raised.items())])])
             items = [x for x in placed if x is not None]
-            notes = []
-            for c, s in got.raised.items():
-                self._marks_written(c, user, s, None)
-        elif len(got.raised) < SMALL_BATCH_PARTS:  # the cursor and the watermarks: one request
-            await self.db.run(self.db.batch([cursor, *(
-                self._mark_rows(c, user, s, None)[0] for c, s in got.raised.items())]))
             for c, s in got.raised.items():
                 self._marks_written(c, user, s, None)
         else:
-            await self.db.run(*cursor)
-            await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
-                               for c, s in got.raised.items())
+            # the receipts first: an ack cut short after them is done again by the device
+            # (a receipt twice, which clients take once), but one cut short after its cursor
+            # and watermarks were written would never make them (they say "delivered")
+            items += await self._put_receipts(notes)
+            if len(got.raised) < SMALL_BATCH_PARTS:  # the cursor and the watermarks: one request
+                await self.db.run(self.db.batch([cursor, *(
+                    self._mark_rows(c, user, s, None)[0] for c, s in got.raised.items())]))
+                for c, s in got.raised.items():
+                    self._marks_written(c, user, s, None)
+            else:
+                await self.db.run(*cursor)
+                await self._gather(lambda c=c, s=s: self._set_marks(c, user, s, None)
+                                   for c, s in got.raised.items())
         self._cursors.setdefault(user, {})[device] = new
         self._acked_users.add(user)  # collect() may prune what all devices now have
         if recent is not None and recent.base < new:  # (another device acks them: read)
             for q in range(recent.base + 1, min(new, recent.top) + 1):
                 recent.rows.pop(q, None)
             recent.base = min(new, recent.top)
-        items += await self._put_receipts(notes)
         for conv in got.groups:  # coalesced: one receipt when all have it
             items += await self._advance_all(conv, user, ts)
         return Appended(items=tuple(items))

@@ -296,3 +296,35 @@ async def test_cassandra_a_send_finished_by_its_retry_after_a_later_one_gets_its
     receipts = [it for it in (await s.inbox("alice", "a", 0, 100)).items
                 if not isinstance(it, Delivery)]
     assert sorted(seq for it in receipts for seq in it.seqs) == [1, 2]
+
+
+async def test_cassandra_an_ack_cut_short_after_its_cursor_still_makes_its_receipt(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 3 (`receipts`, seen again in a chaos run): an ack wrote the device's cursor and
+    the delivered watermark, then Cassandra went away before the DELIVERED receipt was
+    appended. The device acked again after reconnecting, but its cursor and the watermark
+    already said "delivered": no receipt was ever made. The receipts now go in first."""
+    s = cassandra_store
+    for u, d in [("alice", "a"), ("bob", "a")]:
+        await s.attach_device(u, d)
+    await s.append_message(NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10))
+    real = s.db.run
+    cut: list[bool] = []
+
+    async def run(stmt: Any, params: Any = None) -> Any:
+        result = await real(stmt, params)
+        if not cut and "set_cursor" in (stmt if isinstance(stmt, str)
+                                        else getattr(stmt, "chatd_names", "")):
+            cut.append(True)
+            raise StoreError("cassandra: NoHostAvailable: cut after the cursor was written")
+        return result
+
+    monkeypatch.setattr(s.db, "run", run)
+    with pytest.raises(StoreError):
+        await s.ack("bob", "a", 1, 20)
+    assert cut
+    assert await s.attach_device("bob", "a") == 1  # it reconnects: its cursor says it has m1
+    await s.ack("bob", "a", 1, 21)  # (and acks again: nothing new)
+    receipts = [it for it in (await s.inbox("alice", "a", 0, 100)).items
+                if not isinstance(it, Delivery)]
+    assert {seq for it in receipts for seq in it.seqs} == {1}
