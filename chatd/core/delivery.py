@@ -86,17 +86,18 @@ def delivered(user: str, messages: Iterable[tuple[str, str, int]],
     return out
 
 
-def missed(user: str, messages: Iterable[tuple[str, str, int]],
-           got: Delivered) -> list[tuple[str, str, int]]:
+def missed(user: str, messages: Iterable[tuple[str, str, int]], got: Delivered,
+           read_upto: Callable[[str], int]) -> list[tuple[str, str, int]]:
     """The one-to-one messages of an ack that `delivered` gave no receipt: at or under their
-    chat's delivered watermark. Most were delivered before, to another device of the user;
+    chat's delivered watermark, and not read (what the user read was receipted READ, which
+    says delivered too). Most were delivered before, to another device of the user;
     but a message can reach an inbox after a later one of its chat was delivered (a send cut
     short and finished by its retry), and then it was never receipted. A store tells the two
     apart by inbox position: a position no device of the user had reached before this ack
     is a first delivery, whatever its seq (see `first_reached`)."""
     receipted = set(got.direct)
     return [m for m in messages if m[0] != user and not convs.is_group(m[1])
-            and m not in receipted]
+            and m not in receipted and m[2] > read_upto(m[1])]
 
 
 def first_reached(missed: Iterable[tuple[str, str, int]],

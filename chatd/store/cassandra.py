@@ -1619,13 +1619,12 @@ class CassandraStore:
         chats = list({r["conv"] for r in rows if r["receipt"] is None})
         states = dict(zip(chats, await self._gather(
             lambda c=c: self._marks(c, user) for c in chats), strict=True))
-        covered = [(r["sender"], r["conv"], r["seq"]) for r in rows if r["receipt"] is None]
-        got = delivery.delivered(user, covered, lambda conv: states[conv][0])
-        if missed := [m for m in delivery.missed(user, covered, got)
-                      if m[2] > states[m[1]][1]]:  # (one read was receipted READ)
-            got.direct += delivery.first_reached(missed, {
-                m: r["q"] for m, r in zip(covered, (r for r in rows if r["receipt"] is None),
-                                          strict=True)}, await self._reached(user, device, new))
+        position = {(r["sender"], r["conv"], r["seq"]): r["q"] for r in rows
+                    if r["receipt"] is None}  # the messages covered, oldest first
+        got = delivery.delivered(user, position, lambda conv: states[conv][0])
+        if missed := delivery.missed(user, position, got, lambda conv: states[conv][1]):
+            got.direct += delivery.first_reached(missed, position,
+                                                 await self._reached(user, device, new))
         cursor = ("set_cursor", (new + 1, new, user, device))
         notes = delivery.receipts(user, Status.DELIVERED, ts, got.direct)
         to = {n.to for n in notes}

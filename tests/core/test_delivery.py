@@ -114,8 +114,9 @@ def test_a_message_that_reached_the_inbox_after_a_later_one_was_delivered_gets_i
     covered = [("alice", "d:alice:bob", 1), ("bob", "d:alice:bob", 3), ("carol", "g:x", 1)]
     got = delivered("bob", covered, lambda conv: 2)
     assert got.direct == [] and got.raised == {}
-    late = missed("bob", covered, got)
+    late = missed("bob", covered, got, lambda conv: 0)
     assert late == [("alice", "d:alice:bob", 1)]
+    assert missed("bob", covered, got, lambda conv: 1) == []  # read: receipted READ then
     position = {("alice", "d:alice:bob", 1): 5}
     assert first_reached(late, position, reached=4) == late  # bob's other devices were behind
     assert first_reached(late, position, reached=5) == []  # one of them had it: receipted then
