@@ -1206,7 +1206,35 @@ class CassandraStore:
         return await self._op(self._append_all(msgs))
 
     async def append_here(self, msgs: list[NewMessage]) -> list[Appended]:
-        return await self._op(self._append_claims(msgs))
+        return await self._op(self._detached(self._append_claims, msgs))
+
+    async def _detached(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """fn(*args) run in the store's nursery, its result (or StoreError) handed back.
+        A send runs to its end even if its caller goes away meanwhile (the device's
+        connection closed, a forwarded call given up): cut after it took its seq, it was
+        left for its retry, which finished it many seconds later, after later messages of
+        its chat and under the reader's watermarks, so with no receipt (docs/RELIABILITY.md,
+        finding 3). Each of its steps is bounded, so it ends."""
+        done = trio.Event()
+        out: list[T] = []
+        err: list[BaseException] = []
+
+        async def run() -> None:
+            try:
+                out.append(await fn(*args))
+            except Exception as exc:  # (handed to the caller, not the store's nursery)
+                err.append(exc)
+            except BaseException:  # (the store closing)
+                err.append(StoreError("store is closing"))
+                raise
+            finally:
+                done.set()
+
+        self._spawn(run)
+        await done.wait()
+        if err:
+            raise err[0]
+        return out[0]
 
     def _owner(self, key: str) -> str | None:
         """The other node that numbers key's shard (numbering=owner with peers), or None."""
@@ -1224,13 +1252,13 @@ class CassandraStore:
         for i, m in enumerate(msgs):
             by_node.setdefault(self._owner(m.conv), []).append(i)
         if list(by_node) == [None]:
-            return await self._append_claims(msgs)
+            return await self._detached(self._append_claims, msgs)
         out: list[Appended] = [Appended()] * len(msgs)
 
         async def part(node: str | None, idx: list[int]) -> None:
             some = [msgs[i] for i in idx]
             if node is None:
-                got = await self._append_claims(some)
+                got = await self._detached(self._append_claims, some)
             else:
                 assert self.remote is not None
                 got = await self.remote.send(node, some, self._call_timeout("send"))

@@ -155,6 +155,38 @@ async def test_cassandra_a_group_send_failing_after_done_is_still_fanned_out(
         assert ids((await s.inbox(u, "a", 0, 100)).items)["m1"] == 1, u
 
 
+async def test_cassandra_a_send_whose_caller_goes_away_after_its_claim_still_completes(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 3 (`reordered`, `receipts`) with no store fault: the sending device's
+    connection closes (its task cancelled) after the send took its seq and wrote its
+    message, before the inbox appends. The send must still finish, with no retry: the
+    chat's next message must not reach the reader before it (it used to, the cut send being
+    finished by its retry much later, under the reader's watermarks, with no receipt)."""
+    s = cassandra_store
+    for u in ["alice", "bob"]:
+        await s.attach_device(u, "a")
+    real = s._append_items
+    m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+    with trio.CancelScope() as scope:
+        async def caller_gone(per_user: Any) -> Any:
+            scope.cancel()  # (the device's connection closed)
+            await trio.sleep(0.2)
+            return await real(per_user)
+
+        monkeypatch.setattr(s, "_append_items", caller_gone)
+        await s.append_message(m1)
+    assert scope.cancelled_caught
+    monkeypatch.setattr(s, "_append_items", real)
+    assert (await s.append_message(
+        NewMessage("bob", "a", "m2", "d:alice:bob", ("alice",), b"2", 11))).seq == 2
+    page = await s.inbox("bob", "a", 0, 100)
+    assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [("m1", 1)]
+    page = await s.inbox("alice", "a", 0, 100)
+    assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [("m2", 2)]
+    again = await s.append_message(m1)  # (the device's retry, once it is back)
+    assert again.duplicate and again.seq == 1
+
+
 # ---- Cassandra: concurrent sends in one chat reach each inbox in seq order ------------------
 
 
