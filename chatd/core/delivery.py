@@ -87,17 +87,38 @@ def delivered(user: str, messages: Iterable[tuple[str, str, int]],
 
 
 def missed(user: str, messages: Iterable[tuple[str, str, int]], got: Delivered,
-           read_upto: Callable[[str], int]) -> list[tuple[str, str, int]]:
+           read: Callable[[str, int], bool]) -> list[tuple[str, str, int]]:
     """The one-to-one messages of an ack that `delivered` gave no receipt: at or under their
-    chat's delivered watermark, and not read (what the user read was receipted READ, which
-    says delivered too). Most were delivered before, to another device of the user;
-    but a message can reach an inbox after a later one of its chat was delivered (a send cut
-    short and finished by its retry), and then it was never receipted. A store tells the two
-    apart by inbox position: a position no device of the user had reached before this ack
-    is a first delivery, whatever its seq (see `first_reached`)."""
+    chat's delivered watermark, and not covered by a read of the user (`read(conv, seq)`:
+    what the user read was receipted READ, which says delivered too). Most were delivered
+    before, to another device of the user; but a message can reach an inbox after a later
+    one of its chat was delivered (a send cut short and finished by its retry), and then it
+    was never receipted. A store tells the two apart by inbox position: a position no device
+    of the user had reached before this ack is a first delivery, whatever its seq (see
+    `first_reached`). A read past such a message before it was stored did not cover it
+    (see `holes`)."""
     receipted = set(got.direct)
     return [m for m in messages if m[0] != user and not convs.is_group(m[1])
-            and m not in receipted and m[2] > read_upto(m[1])]
+            and m not in receipted and not read(m[1], m[2])]
+
+
+def holes(old: int, new: int, stored: Iterable[tuple[int, int]], now: int, wait_ms: int,
+          most: int = 64) -> list[int]:
+    """The seqs a read of a chat from `old` up to `new` passed with no message stored,
+    given the stored ones as (seq, ts), oldest first: sends that took their seq and were
+    not stored yet (a store that writes the message after taking its seq, and a send cut
+    short there and finished by its retry). The READ receipt did not cover them, so their
+    first delivery, though under the read watermark, gets DELIVERED (`missed`). A gap below
+    a message older than `wait_ms` is not one (messages deleted since, a send given up),
+    and at most the last `most` seqs of a gap count."""
+    out: list[int] = []
+    expect = old + 1
+    for seq, ts in stored:
+        if seq > expect and now - ts < wait_ms:
+            out += range(max(expect, seq - most), seq)
+        expect = seq + 1
+    out += range(max(expect, new + 1 - most), new + 1)
+    return out
 
 
 def first_reached(missed: Iterable[tuple[str, str, int]],

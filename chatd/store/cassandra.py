@@ -94,6 +94,11 @@ MARK_TTL: Final = 7 * 86_400
 # A send's inbox appends wait (at most this long) for those of the earlier seqs of its chat
 # claimed on this node, so each inbox gets a chat in seq order (see _wait_turn).
 TURN_WAIT: Final = 2.0
+# A read remembers the seqs it passed that had no message yet (delivery.holes) this long, so
+# that their first delivery is receipted; a gap under a message older than HOLE_WAIT_MS is
+# no such seq (messages deleted since, or a send given up).
+HOLE_WAIT_MS: Final = 120_000
+HOLE_KEEP_MS: Final = 600_000
 CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are trusted from memory
 MAX_CACHED: Final = 200_000  # entries per cache before it starts again
 MAX_RECENT: Final = 10_000  # inbox items remembered per user until acked (numbering=owner)
@@ -370,6 +375,7 @@ class CassandraStore:
         self._days: set[int] = set()
         self._acked_users: set[str] = set()
         self._cursors: dict[str, dict[str, int]] = {}  # user -> device -> cursor (attached here)
+        self._holes: dict[tuple[str, str], dict[int, int]] = {}  # see _note_holes
         self._mark_cache: dict[tuple[str, str], list[int]] = {}
         self._device_counts: dict[str, tuple[float, int]] = {}  # (when read, count)
         self._attaching: dict[str, int] = {}  # devices attaching here now, per user
@@ -1650,7 +1656,7 @@ class CassandraStore:
         position = {(r["sender"], r["conv"], r["seq"]): r["q"] for r in rows
                     if r["receipt"] is None}  # the messages covered, oldest first
         got = delivery.delivered(user, position, lambda conv: states[conv][0])
-        if missed := delivery.missed(user, position, got, lambda conv: states[conv][1]):
+        if missed := delivery.missed(user, position, got, self._read(user, states)):
             got.direct += delivery.first_reached(missed, position,
                                                  await self._reached(user, device, new))
         cursor = ("set_cursor", (new + 1, new, user, device))
@@ -1711,9 +1717,11 @@ class CassandraStore:
             if new is None:
                 return Appended()
             await self._set_marks(conv, user, new, new)
-            rows = [] if convs.is_group(conv) else [
-                (r["sender"], r["seq"], r["event"] is not None)
-                for r in await self._messages_between(conv, old, new)]
+            stored = [] if convs.is_group(conv) else await self._messages_between(conv, old, new)
+            if not convs.is_group(conv):
+                self._note_holes(user, conv, delivery.holes(
+                    old, new, [(r["seq"], r["ts"]) for r in stored], now_ms(), HOLE_WAIT_MS))
+            rows = [(r["sender"], r["seq"], r["event"] is not None) for r in stored]
             items = await self._put_receipts(delivery.read_receipts(user, conv, new, ts,
                                                                     devices, rows))
             if convs.is_group(conv):
@@ -1721,6 +1729,29 @@ class CassandraStore:
             return Appended(items=tuple(items))
 
         return await self._op(op())
+
+    def _note_holes(self, user: str, conv: str, seqs: list[int]) -> None:
+        """Seqs a read of user's passed with no message stored yet, kept here HOLE_KEEP_MS
+        (the user's acks come to the node of its devices, as its reads do): their first
+        delivery gets DELIVERED though under the read watermark (delivery.missed)."""
+        now = now_ms()
+        kept = self._holes.get((user, conv))
+        if kept is not None:
+            for seq in [s for s, at in kept.items() if now - at > HOLE_KEEP_MS]:
+                del kept[seq]
+            if not kept:
+                del self._holes[(user, conv)]
+        if not seqs:
+            return
+        if len(self._holes) >= MAX_CACHED:
+            self._holes.clear()
+        self._holes.setdefault((user, conv), {}).update(dict.fromkeys(seqs, now))
+
+    def _read(self, user: str, states: dict[str, list[int]]) -> Callable[[str, int], bool]:
+        """Whether a read of user's covered a message (conv, seq) (see _note_holes)."""
+        def read(conv: str, seq: int) -> bool:
+            return seq <= states[conv][1] and seq not in self._holes.get((user, conv), ())
+        return read
 
     async def _advance_all(self, conv: str, by: str, ts: int) -> list[tuple[str, Item]]:
         """Receipts with all=True for the group messages every member now has (or read).

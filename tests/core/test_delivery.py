@@ -114,9 +114,23 @@ def test_a_message_that_reached_the_inbox_after_a_later_one_was_delivered_gets_i
     covered = [("alice", "d:alice:bob", 1), ("bob", "d:alice:bob", 3), ("carol", "g:x", 1)]
     got = delivered("bob", covered, lambda conv: 2)
     assert got.direct == [] and got.raised == {}
-    late = missed("bob", covered, got, lambda conv: 0)
+    late = missed("bob", covered, got, lambda conv, seq: False)
     assert late == [("alice", "d:alice:bob", 1)]
-    assert missed("bob", covered, got, lambda conv: 1) == []  # read: receipted READ then
+    assert missed("bob", covered, got, lambda conv, seq: seq <= 1) == []  # receipted READ
     position = {("alice", "d:alice:bob", 1): 5}
     assert first_reached(late, position, reached=4) == late  # bob's other devices were behind
     assert first_reached(late, position, reached=5) == []  # one of them had it: receipted then
+
+
+def test_holes_are_seqs_a_read_passed_with_no_message_stored_yet() -> None:
+    """A read from 2 up to 9 found seqs 3, 6 and 7 stored (at times 100, 100, 990): 4 and 5
+    had no message yet (a send cut short after taking its seq), nor 8 and 9 (still being
+    stored); a gap under a message older than the wait (deleted messages) is none."""
+    from chatd.core.delivery import holes
+
+    stored = [(3, 100), (6, 100), (7, 990)]
+    assert holes(2, 9, stored, now=1000, wait_ms=1000) == [4, 5, 8, 9]
+    assert holes(2, 9, stored, now=1200, wait_ms=1000) == [8, 9]  # 6 is old: 4-5 deleted
+    assert holes(2, 7, stored, now=1000, wait_ms=1000) == [4, 5]
+    assert holes(0, 3, [(1, 0), (2, 0), (3, 0)], now=10, wait_ms=1) == []
+    assert holes(0, 1000, [(1000, 5)], now=10, wait_ms=100, most=3) == [997, 998, 999]

@@ -30,8 +30,15 @@ async def delivered(store: Store, user: str, device: str = "phone") -> list[Deli
 
 
 async def setup(store: Store, members: list[str]) -> None:
-    for u in ["alice", *members]:
-        await store.attach_device(u, "phone")
+    limit = trio.CapacityLimiter(32)  # (a big group's devices attached 32 at a time)
+
+    async def attach(u: str) -> None:
+        async with limit:
+            await store.attach_device(u, "phone")
+
+    async with trio.open_nursery() as nursery:
+        for u in ["alice", *members]:
+            nursery.start_soon(attach, u)
     info = await store.create_group("fam", "Family", "alice", members, ts=1)
     assert info is not None and info.admins == ("alice",)
 

@@ -15,6 +15,8 @@ import pytest
 import trio
 
 from chatd.core import Delivery
+from chatd.core.values import now_ms
+from chatd.protocol.frames import Status
 from chatd.store import CassandraStore, NewMessage, Store, StoreError, open_store
 
 USERS = ["u0", "u1", "u2", "u3"]
@@ -328,6 +330,47 @@ async def test_cassandra_a_send_finished_by_its_retry_after_a_later_one_gets_its
     receipts = [it for it in (await s.inbox("alice", "a", 0, 100)).items
                 if not isinstance(it, Delivery)]
     assert sorted(seq for it in receipts for seq in it.seqs) == [1, 2]
+
+
+async def test_cassandra_a_message_stored_after_the_reader_read_past_its_seq_gets_a_receipt(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 3 (`receipts`), the last case: a send took its seq and was cut short before
+    its message row was written (Cassandra restarting); the reader got the chat's next
+    message and read up to it, so the READ receipt could not cover the missing one; the
+    retry then stored it, under the read watermark. Its ack made no receipt (read implies
+    delivered): its sender never saw it delivered. The read remembers the seq it passed
+    with no message, and the ack receipts it DELIVERED."""
+    s = cassandra_store
+    for u in ["alice", "bob"]:
+        await s.attach_device(u, "a")
+    real = s._batches
+    cut: list[bool] = []
+
+    def batches(rows: Any) -> Any:
+        if not cut and any(r[1] == "put_msg" and r[2][6] == "m1" for r in rows):
+            cut.append(True)
+
+            async def fail() -> None:
+                raise StoreError("cassandra: NoHostAvailable: cut before the message row")
+            return [fail]
+        return real(rows)
+
+    monkeypatch.setattr(s, "_batches", batches)
+    m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", now_ms())
+    with pytest.raises(StoreError):
+        await s.append_message(m1)
+    assert cut
+    assert (await s.append_message(
+        NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", now_ms()))).seq == 2
+    await s.ack("bob", "a", 1, 20)  # m2 delivered
+    await s.mark_read("bob", "d:alice:bob", 2, 21)  # and read: seq 1 has no message yet
+    assert (await s.append_message(m1)).seq == 1  # the retry stores it
+    page = await s.inbox("bob", "a", 1, 100)
+    assert [(it.q, it.seq) for it in page.items if isinstance(it, Delivery)] == [(2, 1)]
+    await s.ack("bob", "a", 2, 22)
+    got = {(it.status, seq) for it in (await s.inbox("alice", "a", 0, 100)).items
+           if not isinstance(it, Delivery) for seq in it.seqs}
+    assert got == {(Status.DELIVERED, 2), (Status.READ, 2), (Status.DELIVERED, 1)}
 
 
 async def test_cassandra_an_ack_cut_short_after_its_cursor_still_makes_its_receipt(
