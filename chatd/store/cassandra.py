@@ -94,6 +94,10 @@ MARK_TTL: Final = 7 * 86_400
 # A send's inbox appends wait (at most this long) for those of the earlier seqs of its chat
 # claimed on this node, so each inbox gets a chat in seq order (see _wait_turn).
 TURN_WAIT: Final = 2.0
+# A send that failed after taking its seq holds it this long after each try of its device
+# (the SDK and the web app try again within 5 s, while the store fails): see _append_claims.
+RETRY_HOLD: Final = 8.0
+HOLD_MAX: Final = 60.0
 # A read remembers the seqs it passed that had no message yet (delivery.holes) this long, so
 # that their first delivery is receipted; a gap under a message older than HOLE_WAIT_MS is
 # no such seq (messages deleted since, or a send given up).
@@ -289,6 +293,7 @@ class _Claim:
     done: bool = False
     at: int = 0
     stored: bool = False  # its message rows went in with the claim (numbering=owner)
+    adopted: bool = False  # a retry redoing it here at once (see _append_claims)
 
 
 @dataclasses.dataclass(slots=True)
@@ -387,6 +392,12 @@ class CassandraStore:
         self._turn_changed = trio.Event()
         # per chat: those of _turns whose send has its claims, and releases them when it ends
         self._adopted: dict[str, set[int]] = {}
+        # (conv, sender, client id) of sends that failed here after taking their seq: their
+        # retry redoes them at once, in their place (see _append_claims)
+        self._redo_now: dict[tuple[str, str, str], int] = {}  # -> its seq
+        # per chat: such seqs, with when the send first failed and when it was last tried
+        self._held: dict[str, dict[int, tuple[float, float]]] = {}
+        self._failed_at = -math.inf  # when a request of this store last failed
         self._closed = False
         self.inflight = 0
         self.node_id = secrets.token_hex(8)  # owns the fan-out jobs it runs
@@ -483,6 +494,9 @@ class CassandraStore:
         started = trio.current_time()
         try:
             return await coro
+        except StoreError:
+            self._failed_at = trio.current_time()  # (see _wait_turn: held seqs)
+            raise
         finally:
             self.inflight -= 1
             if self.on_batch is not None:
@@ -1138,6 +1152,8 @@ class CassandraStore:
                 continue
             if c.seq > last:
                 del found[key]
+            elif (conv, *key) in self._redo_now:
+                c.at = 0  # failed here: redone at once (see _append_claims)
             elif c.seq in running:
                 c.at = now_ms()  # being stored by this node now: "still being stored"
             elif now_ms() - c.at >= REDO_AFTER_MS:
@@ -1172,14 +1188,25 @@ class CassandraStore:
                 await self._turn_changed.wait()
         if not scope.cancelled_caught:
             return
-        running = self._adopted.get(conv, set())
-        orphans = [s for s in earlier() if s not in running]
-        if orphans:
-            log.warning("%s: seqs %s taken but held by no send after %.0f s, going on", conv,
-                        sorted(orphans), TURN_WAIT)
-            self._release(conv, orphans)
-        while earlier():  # (sends that still run: each releases its seqs when it ends)
-            await self._turn_changed.wait()
+        while True:  # (sends that still run: each releases its seqs, or is held, when it ends)
+            running = self._adopted.get(conv, set())
+            now = trio.current_time()
+            # (held RETRY_HOLD after the device's last try, or after the store's last
+            # failure: while the store fails, a device's tries may fail before they get here)
+            # for a minute at most: the SDK and the web app give a send up after that)
+            held = {s: until for s, (first, last) in self._held.get(conv, {}).items()
+                    if (until := min(first + HOLD_MAX,
+                                     max(last, self._failed_at) + RETRY_HOLD)) > now}
+            orphans = [s for s in earlier() if s not in running and s not in held]
+            if orphans:
+                log.warning("%s: seqs %s held by no running send after %.0f s, going on",
+                            conv, sorted(orphans), TURN_WAIT)
+                self._release(conv, orphans)
+            if not earlier():
+                return
+            with trio.move_on_at(min((held[s] for s in earlier() if s in held),
+                                     default=math.inf)):
+                await self._turn_changed.wait()
 
     def _release(self, conv: str, seqs: Iterable[int]) -> None:
         seqs = set(seqs)
@@ -1188,6 +1215,19 @@ class CassandraStore:
             held.difference_update(seqs)
             if not held:
                 del self._turns[conv]
+        self._unhold(conv, seqs)
+        self._unadopt(conv, *seqs)
+
+    def _unhold(self, conv: str, seqs: Iterable[int]) -> None:
+        held = self._held.get(conv)
+        if held is not None:
+            for seq in seqs:
+                held.pop(seq, None)
+            if not held:
+                del self._held[conv]
+
+    def _unadopt(self, conv: str, *seqs: int) -> None:
+        """No send runs for these seqs any more (released, or held for a retry)."""
         adopted = self._adopted.get(conv)
         if adopted is not None:
             adopted.difference_update(seqs)
@@ -1275,13 +1315,40 @@ class CassandraStore:
         return out
 
     async def _append_claims(self, msgs: list[NewMessage]) -> list[Appended]:
+        """A send that fails after it took its seq (a store error: Cassandra restarting or
+        timing out) used to be finished by its retry 15 s later (REDO_AFTER_MS), after the
+        later messages of its chat. With numbering=paxos its seq is now still held for it:
+        the chat's later sends wait for it until RETRY_HOLD after its device's last try or
+        the store's last failure (a try may fail before it gets here), a minute at most
+        (HOLD_MAX), and its retry on this node redoes it at once and in its place. (Safe
+        there: every inbox item goes in with its marker in a conditional batch, so a redo
+        racing a late write of the failed try appends nothing twice; numbering=owner writes
+        inbox items plainly and keeps the 15 s.)"""
         claims: list[_Claim | None] = [None] * len(msgs)
+        ok = False
+        for m in msgs:  # (a try of a failed send: its seq is held on)
+            seq = self._redo_now.get((m.conv, m.sender, m.client_id))
+            if seq is not None and seq in (held := self._held.get(m.conv, {})):
+                held[seq] = (held[seq][0], trio.current_time())
         try:
-            return await self._append_claimed(msgs, claims)
+            out = await self._append_claimed(msgs, claims)
+            ok = True
+            return out
         finally:  # (whatever happened: later sends of these chats wait for nothing here)
             for m, c in zip(msgs, claims, strict=True):
-                if c is not None and c.new:
+                if c is None or not (c.new or c.adopted):
+                    continue
+                key = (m.conv, m.sender, m.client_id)
+                if ok or self.owners or self._closed:
+                    self._redo_now.pop(key, None)
                     self._release(m.conv, [c.seq])
+                elif c.seq in self._turns.get(m.conv, ()):  # (its turn: held for its retry)
+                    if len(self._redo_now) >= MAX_CACHED:
+                        self._redo_now.clear()
+                    self._redo_now[key] = c.seq
+                    now = trio.current_time()
+                    self._held.setdefault(m.conv, {}).setdefault(c.seq, (now, now))
+                    self._unadopt(m.conv, c.seq)
 
     async def _append_claimed(self, msgs: list[NewMessage], claims: list[_Claim | None]
                               ) -> list[Appended]:
@@ -1317,6 +1384,11 @@ class CassandraStore:
                 claims[i] = c  # (released by _append_claims whatever happens: see _wait_turn)
                 if c.new:
                     self._adopted.setdefault(conv, set()).add(c.seq)
+                elif not c.done and (conv, msgs[i].sender, msgs[i].client_id) in self._redo_now:
+                    c.adopted = True  # (its failed try's seq: held again, in its place)
+                    self._turns.setdefault(conv, set()).add(c.seq)
+                    self._adopted.setdefault(conv, set()).add(c.seq)
+                    self._unhold(conv, [c.seq])
 
         async def conv_mode(conv: str) -> None:
             chat_modes[conv] = await self._mode(conv)
@@ -1378,8 +1450,9 @@ class CassandraStore:
         # the message rows exist before anything points at them
         await self._gather([*writes, *self._batches(rows)])
         new = {m.conv: min(c.seq for mm, c in zip(msgs, claims, strict=True)
-                           if mm.conv == m.conv and c is not None and c.new)
-               for m, c in zip(msgs, claims, strict=True) if c is not None and c.new}
+                           if mm.conv == m.conv and c is not None and (c.new or c.adopted))
+               for m, c in zip(msgs, claims, strict=True)
+               if c is not None and (c.new or c.adopted)}
 
         async def step3(conv: str) -> list[tuple[str, Item]]:
             """Each chat in turn (see _wait_turn): its fan-out jobs queued, its items
@@ -1402,7 +1475,7 @@ class CassandraStore:
                     self.on_fanout(conv, seq)
             got = await self._append_items(inbox.get(conv, {}))
             self._release(conv, [c.seq for m, c in zip(msgs, claims, strict=True)
-                                 if m.conv == conv and c is not None and c.new])
+                                 if m.conv == conv and c is not None and (c.new or c.adopted)])
             return got
 
         self._fresh.update(fresh)

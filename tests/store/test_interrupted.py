@@ -332,6 +332,102 @@ async def test_cassandra_a_send_finished_by_its_retry_after_a_later_one_gets_its
     assert sorted(seq for it in receipts for seq in it.seqs) == [1, 2]
 
 
+async def test_cassandra_a_send_that_failed_after_taking_its_seq_keeps_its_place(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 3 (`reordered`): a send fails with a store error after taking its seq (its
+    inbox append failed: Cassandra restarting). The chat's next message, sent meanwhile,
+    used to reach the reader first, and the failed one only with its retry (15 s later on
+    a real node, REDO_AFTER_MS). Now the chat's next send waits for the failed seq, and its
+    retry redoes it at once: the reader gets them in seq order."""
+    s = cassandra_store
+    for u in ["alice", "bob"]:
+        await s.attach_device(u, "a")
+    real = s._append_items
+    cut: list[bool] = []
+
+    async def cut_once(per_user: Any) -> Any:
+        if not cut:
+            cut.append(True)
+            raise StoreError("cassandra: NoHostAvailable: cut before the inbox appends")
+        return await real(per_user)
+
+    monkeypatch.setattr(s, "_append_items", cut_once)
+    m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+    with pytest.raises(StoreError):
+        await s.append_message(m1)
+    got = {}
+
+    async def second() -> None:
+        got["m2"] = await s.append_message(
+            NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second)
+        with trio.fail_after(10):  # (m2 took seq 2)
+            while 2 not in s._turns.get("d:alice:bob", ()):
+                await trio.sleep(0.01)
+        got["m1"] = await s.append_message(m1)  # the device's retry
+    assert (got["m1"].seq, got["m2"].seq) == (1, 2)
+    page = await s.inbox("bob", "a", 0, 100)
+    assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
+        ("m1", 1), ("m2", 2)]
+
+
+async def test_cassandra_a_failed_seq_is_held_while_its_device_keeps_trying(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same, with the store down for a while: the failed send's tries fail too, before
+    they reach its seq. The chat's next send waits past TURN_WAIT, as long as the device
+    keeps trying (RETRY_HOLD after each try; shortened here), and goes on only after it."""
+    from chatd.store import cassandra
+
+    monkeypatch.setattr(cassandra, "TURN_WAIT", 0.1)
+    monkeypatch.setattr(cassandra, "RETRY_HOLD", 1.0)
+    s = cassandra_store
+    for u in ["alice", "bob"]:
+        await s.attach_device(u, "a")
+    real_items, real_claims = s._append_items, s._claims._write
+    down = [True]
+
+    async def items(per_user: Any) -> Any:
+        if down[0]:
+            raise StoreError("cassandra: NoHostAvailable: down")
+        return await real_items(per_user)
+
+    monkeypatch.setattr(s, "_append_items", items)
+    m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+    with pytest.raises(StoreError):
+        await s.append_message(m1)
+
+    async def claims(key: str, entries: list[Any]) -> list[Any]:
+        if down[0]:
+            raise StoreError("cassandra: NoHostAvailable: down")
+        return await real_claims(key, entries)
+
+    got = {}
+
+    async def second() -> None:
+        got["m2"] = await s.append_message(
+            NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second)
+        with trio.fail_after(10):  # (m2 took seq 2, and waits for seq 1)
+            while 2 not in s._turns.get("d:alice:bob", ()):
+                await trio.sleep(0.01)
+        s._claims._write = claims  # (then claims fail too)
+        for _ in range(6):  # the device tries every 0.4 s for 2.4 s, the store still down
+            await trio.sleep(0.4)
+            with pytest.raises(StoreError):
+                await s.append_message(m1)
+        assert "m2" not in got
+        down[0] = False
+        got["m1"] = await s.append_message(m1)
+    assert (got["m1"].seq, got["m2"].seq) == (1, 2)
+    page = await s.inbox("bob", "a", 0, 100)
+    assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
+        ("m1", 1), ("m2", 2)]
+
+
 async def test_cassandra_a_message_stored_after_the_reader_read_past_its_seq_gets_a_receipt(
         cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Finding 3 (`receipts`), the last case: a send took its seq and was cut short before
