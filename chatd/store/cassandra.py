@@ -1152,8 +1152,6 @@ class CassandraStore:
                 continue
             if c.seq > last:
                 del found[key]
-            elif (conv, *key) in self._redo_now:
-                c.at = 0  # failed here: redone at once (see _append_claims)
             elif c.seq in running:
                 c.at = now_ms()  # being stored by this node now: "still being stored"
             elif now_ms() - c.at >= REDO_AFTER_MS:
@@ -1192,8 +1190,8 @@ class CassandraStore:
             running = self._adopted.get(conv, set())
             now = trio.current_time()
             # (held RETRY_HOLD after the device's last try, or after the store's last
-            # failure: while the store fails, a device's tries may fail before they get here)
-            # for a minute at most: the SDK and the web app give a send up after that)
+            # failure: while the store fails, a device's tries may fail before they get
+            # here; for a minute at most: the SDK and the web app give a send up by then)
             held = {s: until for s, (first, last) in self._held.get(conv, {}).items()
                     if (until := min(first + HOLD_MAX,
                                      max(last, self._failed_at) + RETRY_HOLD)) > now}
@@ -1349,6 +1347,8 @@ class CassandraStore:
                     now = trio.current_time()
                     self._held.setdefault(m.conv, {}).setdefault(c.seq, (now, now))
                     self._unadopt(m.conv, c.seq)
+                else:
+                    self._release(m.conv, [c.seq])
 
     async def _append_claimed(self, msgs: list[NewMessage], claims: list[_Claim | None]
                               ) -> list[Appended]:
@@ -1422,7 +1422,7 @@ class CassandraStore:
                 if c.done:
                     results.append(Appended(m.conv, c.seq, c.ts, duplicate=True))
                     continue
-                if now_ms() - c.at < REDO_AFTER_MS:
+                if not c.adopted and now_ms() - c.at < REDO_AFTER_MS:
                     raise StoreError(f"message {m.client_id!r} is still being stored:"
                                      " send it again in a moment")
             stored = Message(conv=m.conv, seq=c.seq, ts=c.ts, sender=m.sender, device=m.device,

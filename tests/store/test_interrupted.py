@@ -339,6 +339,9 @@ async def test_cassandra_a_send_that_failed_after_taking_its_seq_keeps_its_place
     used to reach the reader first, and the failed one only with its retry (15 s later on
     a real node, REDO_AFTER_MS). Now the chat's next send waits for the failed seq, and its
     retry redoes it at once: the reader gets them in seq order."""
+    from chatd.store import cassandra
+
+    monkeypatch.setattr(cassandra, "REDO_AFTER_MS", 15_000)  # (as on a real node)
     s = cassandra_store
     for u in ["alice", "bob"]:
         await s.attach_device(u, "a")
@@ -382,6 +385,7 @@ async def test_cassandra_a_failed_seq_is_held_while_its_device_keeps_trying(
 
     monkeypatch.setattr(cassandra, "TURN_WAIT", 0.1)
     monkeypatch.setattr(cassandra, "RETRY_HOLD", 1.0)
+    monkeypatch.setattr(cassandra, "REDO_AFTER_MS", 15_000)  # (as on a real node)
     s = cassandra_store
     for u in ["alice", "bob"]:
         await s.attach_device(u, "a")
