@@ -295,6 +295,34 @@ async def test_cassandra_a_store_closed_while_taking_a_job_gives_it_back(
     assert [it.seq for it in (await s.inbox("bob", "a", 0, 10)).items] == [1]
 
 
+def cut_first_inbox_append(monkeypatch: pytest.MonkeyPatch, s: CassandraStore) -> None:
+    """The next send's inbox appends fail (Cassandra restarting): it took its seq and wrote
+    its message, and its caller gets a StoreError."""
+    real = s._append_items
+    cut: list[bool] = []
+
+    async def cut_once(per_user: Any) -> Any:
+        if not cut:
+            cut.append(True)
+            raise StoreError("cassandra: NoHostAvailable: cut before the inbox appends")
+        return await real(per_user)
+
+    monkeypatch.setattr(s, "_append_items", cut_once)
+
+
+async def send_second(s: CassandraStore, nursery: trio.Nursery, got: dict[str, Any]) -> None:
+    """alice's m2 sent in the background (its Appended in got["m2"] once stored); returns
+    when it took seq 2 and waits for seq 1's turn."""
+    async def second() -> None:
+        got["m2"] = await s.append_message(
+            NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))
+
+    nursery.start_soon(second)
+    with trio.fail_after(10):
+        while 2 not in s._turns.get("d:alice:bob", ()):
+            await trio.sleep(0.01)
+
+
 async def test_cassandra_a_send_finished_by_its_retry_after_a_later_one_gets_its_receipt(
         cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Finding 3 (`receipts`): a send cut short before its inbox appends (Cassandra
@@ -306,16 +334,7 @@ async def test_cassandra_a_send_finished_by_its_retry_after_a_later_one_gets_its
     s = cassandra_store
     for u, d in [("alice", "a"), ("bob", "a"), ("bob", "b")]:
         await s.attach_device(u, d)
-    real = s._append_items
-    cut: list[bool] = []
-
-    async def cut_once(per_user: Any) -> Any:
-        if not cut:
-            cut.append(True)
-            raise StoreError("cassandra: NoHostAvailable: cut before the inbox appends")
-        return await real(per_user)
-
-    monkeypatch.setattr(s, "_append_items", cut_once)
+    cut_first_inbox_append(monkeypatch, s)
     m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
     with pytest.raises(StoreError):
         await s.append_message(m1)
@@ -345,30 +364,14 @@ async def test_cassandra_a_send_that_failed_after_taking_its_seq_keeps_its_place
     s = cassandra_store
     for u in ["alice", "bob"]:
         await s.attach_device(u, "a")
-    real = s._append_items
-    cut: list[bool] = []
-
-    async def cut_once(per_user: Any) -> Any:
-        if not cut:
-            cut.append(True)
-            raise StoreError("cassandra: NoHostAvailable: cut before the inbox appends")
-        return await real(per_user)
-
-    monkeypatch.setattr(s, "_append_items", cut_once)
+    cut_first_inbox_append(monkeypatch, s)
     m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
     with pytest.raises(StoreError):
         await s.append_message(m1)
-    got = {}
-
-    async def second() -> None:
-        got["m2"] = await s.append_message(
-            NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))
+    got: dict[str, Any] = {}
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(second)
-        with trio.fail_after(10):  # (m2 took seq 2)
-            while 2 not in s._turns.get("d:alice:bob", ()):
-                await trio.sleep(0.01)
+        await send_second(s, nursery, got)
         got["m1"] = await s.append_message(m1)  # the device's retry
     assert (got["m1"].seq, got["m2"].seq) == (1, 2)
     page = await s.inbox("bob", "a", 0, 100)
@@ -407,17 +410,10 @@ async def test_cassandra_a_failed_seq_is_held_while_its_device_keeps_trying(
             raise StoreError("cassandra: NoHostAvailable: down")
         return await real_claims(key, entries)
 
-    got = {}
-
-    async def second() -> None:
-        got["m2"] = await s.append_message(
-            NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))
+    got: dict[str, Any] = {}
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(second)
-        with trio.fail_after(10):  # (m2 took seq 2, and waits for seq 1)
-            while 2 not in s._turns.get("d:alice:bob", ()):
-                await trio.sleep(0.01)
+        await send_second(s, nursery, got)
         s._claims._write = claims  # (then claims fail too)
         for _ in range(6):  # the device tries every 0.4 s for 2.4 s, the store still down
             await trio.sleep(0.4)
