@@ -95,7 +95,7 @@ MARK_TTL: Final = 7 * 86_400
 # claimed on this node, so each inbox gets a chat in seq order (see _wait_turn).
 TURN_WAIT: Final = 2.0
 # A send that failed after taking its seq holds it this long after each try of its device
-# (the SDK and the web app try again within 5 s, while the store fails): see _append_claims.
+# (the SDK and the web app try again within 5 s, while the store fails): see _append_held.
 RETRY_HOLD: Final = 8.0
 HOLD_MAX: Final = 60.0
 # A read remembers the seqs it passed that had no message yet (delivery.holes) this long, so
@@ -293,7 +293,7 @@ class _Claim:
     done: bool = False
     at: int = 0
     stored: bool = False  # its message rows went in with the claim (numbering=owner)
-    adopted: bool = False  # a retry redoing it here at once (see _append_claims)
+    adopted: bool = False  # a retry redoing it here at once (see _append_held)
 
 
 @dataclasses.dataclass(slots=True)
@@ -393,8 +393,8 @@ class CassandraStore:
         # per chat: those of _turns whose send has its claims, and releases them when it ends
         self._adopted: dict[str, set[int]] = {}
         # (conv, sender, client id) of sends that failed here after taking their seq: their
-        # retry redoes them at once, in their place (see _append_claims)
-        self._redo_now: dict[tuple[str, str, str], int] = {}  # -> its seq
+        # retry redoes them at once, in their place (see _append_held) -> (seq, first failed)
+        self._redo_now: dict[tuple[str, str, str], tuple[int, float]] = {}
         # per chat: such seqs, with when the send first failed and when it was last tried
         self._held: dict[str, dict[int, tuple[float, float]]] = {}
         self._failed_at = -math.inf  # when a request of this store last failed
@@ -1250,7 +1250,7 @@ class CassandraStore:
         return await self._op(self._append_all(msgs))
 
     async def append_here(self, msgs: list[NewMessage]) -> list[Appended]:
-        return await self._op(self._detached(self._append_claims, msgs))
+        return await self._op(self._append_claims(msgs))
 
     async def _detached(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """fn(*args) run in the store's nursery, its result (or StoreError) handed back.
@@ -1296,13 +1296,13 @@ class CassandraStore:
         for i, m in enumerate(msgs):
             by_node.setdefault(self._owner(m.conv), []).append(i)
         if list(by_node) == [None]:
-            return await self._detached(self._append_claims, msgs)
+            return await self._append_claims(msgs)
         out: list[Appended] = [Appended()] * len(msgs)
 
         async def part(node: str | None, idx: list[int]) -> None:
             some = [msgs[i] for i in idx]
             if node is None:
-                got = await self._detached(self._append_claims, some)
+                got = await self._append_claims(some)
             else:
                 assert self.remote is not None
                 got = await self.remote.send(node, some, self._call_timeout("send"))
@@ -1313,6 +1313,10 @@ class CassandraStore:
         return out
 
     async def _append_claims(self, msgs: list[NewMessage]) -> list[Appended]:
+        """Sends numbered here, run to their end whoever waits for them (see _detached)."""
+        return await self._detached(self._append_held, msgs)
+
+    async def _append_held(self, msgs: list[NewMessage]) -> list[Appended]:
         """A send that fails after it took its seq (a store error: Cassandra restarting or
         timing out) used to be finished by its retry 15 s later (REDO_AFTER_MS), after the
         later messages of its chat. With numbering=paxos its seq is now still held for it:
@@ -1325,9 +1329,9 @@ class CassandraStore:
         claims: list[_Claim | None] = [None] * len(msgs)
         ok = False
         for m in msgs:  # (a try of a failed send: its seq is held on)
-            seq = self._redo_now.get((m.conv, m.sender, m.client_id))
-            if seq is not None and seq in (held := self._held.get(m.conv, {})):
-                held[seq] = (held[seq][0], trio.current_time())
+            redo = self._redo_now.get((m.conv, m.sender, m.client_id))
+            if redo is not None and redo[0] in (held := self._held.get(m.conv, {})):
+                held[redo[0]] = (redo[1], trio.current_time())
         try:
             out = await self._append_claimed(msgs, claims)
             ok = True
@@ -1343,9 +1347,10 @@ class CassandraStore:
                 elif c.seq in self._turns.get(m.conv, ()):  # (its turn: held for its retry)
                     if len(self._redo_now) >= MAX_CACHED:
                         self._redo_now.clear()
-                    self._redo_now[key] = c.seq
                     now = trio.current_time()
-                    self._held.setdefault(m.conv, {}).setdefault(c.seq, (now, now))
+                    first = self._redo_now.get(key, (c.seq, now))[1]  # (its retry failed too)
+                    self._redo_now[key] = (c.seq, first)
+                    self._held.setdefault(m.conv, {})[c.seq] = (first, now)
                     self._unadopt(m.conv, c.seq)
                 else:
                     self._release(m.conv, [c.seq])
@@ -1381,7 +1386,7 @@ class CassandraStore:
             if self.owners:  # the owner writes the message rows with the claims
                 entries = [(m, functools.partial(msg_rows, m)) for m in entries]
             for i, c in zip(idx, await self._claims.submit(conv, entries), strict=True):
-                claims[i] = c  # (released by _append_claims whatever happens: see _wait_turn)
+                claims[i] = c  # (released by _append_held whatever happens: see _wait_turn)
                 if c.new:
                     self._adopted.setdefault(conv, set()).add(c.seq)
                 elif not c.done and (conv, msgs[i].sender, msgs[i].client_id) in self._redo_now:
@@ -1790,8 +1795,9 @@ class CassandraStore:
             if new is None:
                 return Appended()
             await self._set_marks(conv, user, new, new)
-            stored = [] if convs.is_group(conv) else await self._messages_between(conv, old, new)
+            stored = []
             if not convs.is_group(conv):
+                stored = await self._messages_between(conv, old, new)
                 self._note_holes(user, conv, delivery.holes(
                     old, new, [(r["seq"], r["ts"]) for r in stored], now_ms(), HOLE_WAIT_MS))
             rows = [(r["sender"], r["seq"], r["event"] is not None) for r in stored]

@@ -428,6 +428,30 @@ async def test_cassandra_a_failed_seq_is_held_while_its_device_keeps_trying(
         ("m1", 1), ("m2", 2)]
 
 
+async def test_cassandra_a_failed_seq_is_held_a_minute_at_most_from_its_first_failure(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOLD_MAX counts from the send's first failure: a retry that is redone and fails again
+    (its inbox appends still failing) does not start the minute again, or a chat could wait
+    as long as a device keeps trying."""
+    s = cassandra_store
+    for u in ["alice", "bob"]:
+        await s.attach_device(u, "a")
+
+    async def items(per_user: Any) -> Any:
+        raise StoreError("cassandra: NoHostAvailable: down")
+
+    monkeypatch.setattr(s, "_append_items", items)
+    m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+    with pytest.raises(StoreError):
+        await s.append_message(m1)
+    [(first, _)] = s._held["d:alice:bob"].values()
+    await trio.sleep(0.05)
+    with pytest.raises(StoreError):
+        await s.append_message(m1)  # redone here at once, and failed again
+    [(again, last)] = s._held["d:alice:bob"].values()
+    assert again == first < last
+
+
 async def test_cassandra_a_message_stored_after_the_reader_read_past_its_seq_gets_a_receipt(
         cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Finding 3 (`receipts`), the last case: a send took its seq and was cut short before
