@@ -27,7 +27,7 @@ import collections
 import dataclasses
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Literal, TypeVar
 
 import msgpack
@@ -168,6 +168,22 @@ class _Fanout:
     recipients: list[str]
     done: int
     message: Message | None  # loaded from the messages table after a restart
+
+
+def _by_keys(db: sqlite3.Connection, table: str, key: tuple[str, str], cols: tuple[str, ...],
+             keys: list[tuple[Any, Any]]) -> Iterator[tuple[Any, ...]]:
+    """The rows of `table` whose two-column primary key is one of `keys`: the key columns,
+    then `cols`. Written as a join from the keys so that SQLite looks each one up by the
+    primary key ("WHERE (a, b) IN (VALUES ...)" scans the whole table: a cost per batch
+    that grew with every client id kept for deduplication)."""
+    if not keys:
+        return iter(())
+    a, b = key
+    return db.execute(
+        f"SELECT t.{a}, t.{b}" + "".join(f", t.{c}" for c in cols)
+        + " FROM (VALUES " + ",".join(["(?, ?)"] * len(keys)) + f") AS k"
+        f" CROSS JOIN {table} AS t ON t.{a} = k.column1 AND t.{b} = k.column2",
+        [x for k in keys for x in k])
 
 
 class _Buffers:
@@ -404,10 +420,8 @@ class SqliteStore:
         self._known_ids = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            for sender, cid, conv, seq, ts in db.execute(
-                    "SELECT sender, client_id, conv, seq, ts FROM client_ids WHERE"
-                    " (sender, client_id) IN (VALUES " + ",".join(["(?, ?)"] * len(chunk))
-                    + ")", [x for k in chunk for x in k]):
+            for sender, cid, conv, seq, ts in _by_keys(
+                    db, "client_ids", ("sender", "client_id"), ("conv", "seq", "ts"), chunk):
                 self._known_ids[(sender, cid)] = (conv, seq, ts)
         self._ids_prefetched = set(keys)
 
@@ -671,10 +685,8 @@ class SqliteStore:
                 break
             front.append(job)
             left += len(job.recipients) - job.done
-        rows = dict(((c, q), d) for c, q, d in db.execute(
-            "SELECT conv, seq, done FROM fanout WHERE (conv, seq) IN (VALUES "
-            + ",".join(["(?, ?)"] * len(front)) + ")",
-            [x for j in front for x in (j.conv, j.seq)]))
+        rows = dict(((c, q), d) for c, q, d in _by_keys(
+            db, "fanout", ("conv", "seq"), ("done",), [(j.conv, j.seq) for j in front]))
         for job in front:
             done = rows.get((job.conv, job.seq))
             if done is None:  # run to the end by another process: nothing left to do
