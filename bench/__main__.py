@@ -38,6 +38,9 @@ def main() -> None:
     t.add_argument("--store", default="sqlite://TMP/chatd.db",
                    help="store URL for the chatd node (TMP: a temporary dir)")
     t.add_argument("--workers", type=int, default=1, help="chatd worker processes")
+    t.add_argument("--history", type=int, default=0,
+                   help="also run chatd on a SQLite database already holding this many"
+                   " messages (and their client ids), same run: history / fresh")
     t.add_argument("--sweep", action="store_true",
                    help="peak msg/s and latency for every pairs x window (with a plot)")
     t.add_argument("--sweep-pairs", default="10,50,100")

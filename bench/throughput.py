@@ -212,9 +212,12 @@ def relay_process() -> Iterator[tuple[int, Callable[[], float]]]:
 
 
 @contextlib.contextmanager
-def chatd_process(npairs: int, store: str, workers: int) -> Iterator[ChatdProcess]:
+def chatd_process(npairs: int, store: str, workers: int, history: int = 0
+                  ) -> Iterator[ChatdProcess]:
     users = [f"{k}{i}" for i in range(npairs) for k in ("s", "r")]
     with tempfile.TemporaryDirectory() as tmp:
+        if history:
+            prefill(store.replace("TMP", tmp), history)
         node = ChatdProcess(tmp, users, store=store.replace("TMP", tmp), workers=workers)
         try:
             yield node
@@ -222,16 +225,47 @@ def chatd_process(npairs: int, store: str, workers: int) -> Iterator[ChatdProces
             node.stop()
 
 
+def prefill(url: str, messages: int) -> None:
+    """Give a new SQLite database the history a running node has: `messages` delivered
+    messages from 1,000 other users, their client ids kept for deduplication (as they are
+    for `temporary_max_age`). Written straight into the tables: the store's own path would
+    take minutes for a million."""
+    from chatd.store.sqlite import SqliteStore
+
+    assert url.startswith("sqlite://"), "--history needs a SQLite store"
+    store = SqliteStore(url[len("sqlite://"):])  # (creates the schema)
+    db, now = store._db, int(time.time() * 1000)
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO messages (conv, seq, ts, sender, device, client_id, body)"
+                   " VALUES (?, ?, ?, ?, 'phone', ?, ?)",
+                   ((f"d:h{i % 1000}:x{i % 1000}", 1 + i // 1000, now, f"h{i % 1000}",
+                     f"c{i}", BODY) for i in range(messages)))
+    db.executemany("INSERT INTO client_ids VALUES (?, ?, ?, ?, ?)",
+                   ((f"h{i % 1000}", f"c{i}", f"d:h{i % 1000}:x{i % 1000}", 1 + i // 1000,
+                     now) for i in range(messages)))
+    db.execute("COMMIT")
+    db.close()
+
+
 def run(npairs: int, window: int, seconds: float, store: str,
-        workers: int = 1) -> dict[str, Any]:
+        workers: int = 1, history: int = 0) -> dict[str, Any]:
     with relay_process() as (port, cpu):
         relay_res = trio.run(measure, port, cpu, lambda u: u, True, npairs, window, seconds)
     with chatd_process(npairs, store, workers) as node:
         chatd_res = trio.run(measure, node.port, node.cpu_seconds, node.token, False, npairs,
                              window, seconds)
-    return {"pairs": npairs, "window": window, "seconds": seconds, "store": store,
-            "workers": workers, "relay": relay_res, "chatd": chatd_res,
-            "ratio_vs_relay": round(chatd_res["msgs_per_s"] / relay_res["msgs_per_s"], 3)}
+    out = {"pairs": npairs, "window": window, "seconds": seconds, "store": store,
+           "workers": workers, "relay": relay_res, "chatd": chatd_res,
+           "ratio_vs_relay": round(chatd_res["msgs_per_s"] / relay_res["msgs_per_s"], 3)}
+    if history:
+        with chatd_process(npairs, store, workers, history) as node:
+            out["chatd_with_history"] = trio.run(
+                measure, node.port, node.cpu_seconds, node.token, False, npairs, window,
+                seconds)
+        out["history"] = history
+        out["history_vs_fresh"] = round(
+            out["chatd_with_history"]["msgs_per_s"] / max(chatd_res["msgs_per_s"], 1), 3)
+    return out
 
 
 def sweep(pairs: list[int], windows: list[int], seconds: float, store: str,
@@ -267,8 +301,10 @@ def main(args: Any) -> None:
         print(f"saved {path}" + (f" and {png}" if png else ""))
         return
     result = run(args.pairs, args.window, args.seconds, args.store,
-                 getattr(args, "workers", 1))
-    for name in ("relay", "chatd"):
+                 getattr(args, "workers", 1), getattr(args, "history", 0))
+    for name in ("relay", "chatd", "chatd_with_history"):
+        if name not in result:
+            continue
         r = result[name]
         print(f"{name:6} {r['msgs_per_s']:8,} msg/s  p50 {r['p50_ms']:7.2f} ms  p99"
               f" {r['p99_ms']:7.2f} ms  p999 {r['p999_ms']:7.2f} ms | at half load"
@@ -276,4 +312,7 @@ def main(args: Any) -> None:
               f" p99 {r['half_load_p99_ms']:6.2f} ms | server CPU {r['server_cpu']:.0%} at peak,"
               f" {r['half_load_server_cpu']:.0%} at half")
     print(f"chatd / relay = {result['ratio_vs_relay']:.2f} (bar: >= 0.5)")
+    if "history" in result:
+        print(f"with {result['history']:,} messages already stored / fresh ="
+              f" {result['history_vs_fresh']:.2f} (a node must not slow down as it fills)")
     print(f"saved {save('throughput', result)}")
