@@ -27,14 +27,24 @@ from chatd.store import open_store
 
 from . import scenarios
 from .conftest import Node
-from .redis_servers import RedisServer
+from .redis_servers import RedisCluster, RedisServer
 
 CONV = "d:alice:bob"
+# the calls between nodes on a Redis Cluster too (its keys hash to three masters)
+ALSO_CLUSTER = pytest.mark.parametrize("two", ["nodes", "workers", "nodes-redis-cluster"],
+                                       indirect=True)
 
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     r = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    r = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
     yield r
     r.stop()
 
@@ -52,9 +62,11 @@ def split_ids(run: int) -> tuple[str, str]:
 @pytest.fixture(params=["nodes", "workers"])
 async def two(request: pytest.FixtureRequest, cassandra: CassandraNode, tmp_path: Path,
               nursery: trio.Nursery) -> AsyncIterator[tuple[Node, Node, str]]:
-    """Two nodes joined through Redis; or the two workers of one node, without Redis
-    (`chatd serve --workers 2`: each worker is a node, their calls go by Unix datagrams;
-    the chat is then owned by w0, bob's inbox by w0, alice's by w1)."""
+    """Two nodes joined through Redis (one server; "nodes-redis-cluster": a Redis Cluster of
+    three masters, for the tests of what crosses Redis, ALSO_CLUSTER); or
+    the two workers of one node, without Redis (`chatd serve --workers 2`: each worker is a
+    node, their calls go by Unix datagrams; the chat is then owned by w0, bob's inbox by w0,
+    alice's by w1)."""
     cassandra.truncate()
     url = cassandra.url(numbering="owner", timeout="2", lease="9")
     data = tmp_path / "data"
@@ -68,7 +80,8 @@ async def two(request: pytest.FixtureRequest, cassandra: CassandraNode, tmp_path
             out.append(Node(await nursery.start(lambda task_status, c=cfg, i=i: serve(
                 c, worker=Worker(i, 2, str(data / "run")), task_status=task_status)), cfg))
     else:
-        redis: RedisServer = request.getfixturevalue("redis")
+        redis: RedisServer | RedisCluster = request.getfixturevalue(
+            "redis" if request.param == "nodes" else "redis_cluster")
         ids = split_ids(int(trio.current_time() * 1000) % 1000)
         for node_id in ids:
             cfg = Config(host="127.0.0.1", tcp_port=0, ws_port=0, data_dir=str(data),
@@ -104,6 +117,7 @@ async def send_until_sent(node: Node, device: str, cid: str, body: bytes) -> F.S
             await trio.sleep(0.2)
 
 
+@ALSO_CLUSTER
 async def test_eight_writers_through_two_nodes_share_one_sequence_through_the_owner(
         two: tuple[Node, Node, str]) -> None:
     """The several-writer test through real nodes: 8 devices of alice, half on each node,
@@ -148,6 +162,7 @@ async def test_eight_writers_through_two_nodes_share_one_sequence_through_the_ow
         assert (await reader.inbox("bob", "phone", 0, 1000)).upto == 200
 
 
+@ALSO_CLUSTER
 async def test_one_to_one_between_users_on_two_nodes_arrives_once_in_order(
         two: tuple[Node, Node, str]) -> None:
     """alice on one node and bob on the other send to each other at once, each on one
@@ -183,6 +198,7 @@ async def test_one_to_one_between_users_on_two_nodes_arrives_once_in_order(
     assert sorted(f.seq for f in sent["alice"] + sent["bob"]) == list(range(1, 61))
 
 
+@ALSO_CLUSTER
 async def test_group_message_across_two_nodes_through_the_owners(
         two: tuple[Node, Node, str]) -> None:
     """alice (on one node) makes a group with bob (on the other) and carol: both get her
