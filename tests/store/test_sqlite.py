@@ -155,3 +155,30 @@ async def test_a_batch_of_sends_costs_the_same_however_many_client_ids_are_kept(
             await sends(f"fill{k}-", 100)
         many = await steps_of_eight("b")
         assert many < 2 * few, (few, many)
+
+
+async def test_expired_client_ids_are_forgotten_a_bounded_number_a_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer does nothing else while a batch runs: after a long stop, the client ids
+    that expired meanwhile (a day's worth held it for 4 s) go IDS_PER_BATCH a batch, oldest
+    first, all in one collect. Until then a retry is a duplicate; after, a new message."""
+    monkeypatch.setattr(sqlite_store, "IDS_PER_BATCH", 4)
+    async with open_store(f"sqlite://{tmp_path}/db.sqlite") as store:
+        await store.attach_device("bob", "phone")
+        for i in range(10):  # one at a time: ts 1000..1009
+            await store.append_message(msg(i))
+        assert (await store.append_message(msg(0))).duplicate
+        sizes: list[int] = []
+        real = sqlite_store.SqliteStore._run_batch
+
+        def run_batch(self: sqlite_store.SqliteStore, batch: list) -> None:  # type: ignore[type-arg]
+            before = store._db.execute("SELECT COUNT(*) FROM client_ids").fetchone()[0]
+            real(self, batch)
+            sizes.append(before - store._db.execute("SELECT COUNT(*) FROM client_ids"
+                                                    ).fetchone()[0])
+
+        monkeypatch.setattr(sqlite_store.SqliteStore, "_run_batch", run_batch)
+        gone = await store.collect(now=10**9, max_age_ms=10**6)  # every one of them expired
+        assert gone["client_ids"] == 10
+        assert max(sizes) <= 4 and sum(sizes) == 10
+        assert not (await store.append_message(msg(0))).duplicate  # (forgotten: new)
