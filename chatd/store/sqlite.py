@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -59,6 +60,7 @@ RECENT_PER_USER: Final = 20_000  # inbox items per user remembered for acks with
 SCHEMA_VERSION: Final = 6
 COLLECT_LIMIT: Final = 10_000  # messages looked at per expiry rule per collect pass
 IDS_PER_BATCH: Final = 2_000  # expired client ids forgotten per batch (~20 ms of writer)
+CONVS_PER_BATCH: Final = 2_000  # DISAPPEARING chats looked at per batch
 FANOUT_CHUNK: Final = delivery.FANOUT_CHUNK
 # A lazy Ack (a cursor moving over receipts only: nothing waits for what it makes) waits this
 # long for other writes to share its commit: at low rates it would otherwise cost a commit and
@@ -873,8 +875,9 @@ class SqliteStore:
         Every step uses an index and touches only what changed: the users whose devices
         acknowledged something since the last pass, the messages their deleted inbox items
         pointed at, and at most COLLECT_LIMIT expired messages per rule (the rest next pass),
-        because the writer does nothing else meanwhile; then the expired client ids,
-        IDS_PER_BATCH a batch."""
+        because the writer does nothing else meanwhile. The DISAPPEARING chats (each looked
+        at) then go CONVS_PER_BATCH a batch, and the expired client ids IDS_PER_BATCH a
+        batch, with other writes stored between."""
         def op(db: sqlite3.Connection) -> dict[str, int]:
             self._buf.flush(db)
             users, self._acked_users = self._acked_users, set()
@@ -904,19 +907,31 @@ class SqliteStore:
                              (now - max_age_ms, COLLECT_LIMIT)).fetchall()
             too_old = [k for k in old if modes.forgets_undelivered(mode(k[0]))
                        and k not in pending]
+            return {"inbox_acked": acked, "delivered": len(delivered), "too_old": len(too_old),
+                    "expired": 0, "inbox_orphans": forget(db, too_old)}
+
+        def forget(db: sqlite3.Connection, gone: list[tuple[str, int]]) -> int:
+            """Delete these messages and their inbox items (never delivered now): how many
+            inbox items went."""
+            db.executemany("DELETE FROM messages WHERE conv=? AND seq=?", gone)
+            return sum(db.execute("DELETE FROM inbox WHERE conv=? AND seq=?", k).rowcount
+                       for k in gone)
+
+        def expire(db: sqlite3.Connection, after: str) -> tuple[int, int, str | None]:
+            """The expired messages of the next CONVS_PER_BATCH DISAPPEARING chats (by conv
+            id, after `after`): (messages, inbox items) deleted and where to go on from
+            (None: that was the last of them)."""
+            self._buf.flush(db)
+            chats = db.execute("SELECT conv, ttl FROM convs WHERE mode=? AND conv>? ORDER BY"
+                               " conv LIMIT ?", (Mode.DISAPPEARING, after, CONVS_PER_BATCH)
+                               ).fetchall()
             expired: list[tuple[str, int]] = []
-            for conv, ttl in db.execute("SELECT conv, ttl FROM convs WHERE mode=?",
-                                        (Mode.DISAPPEARING,)).fetchall():
+            for conv, ttl in chats:
                 expired += db.execute("SELECT conv, seq FROM messages WHERE conv=? AND ts<?"
                                       " LIMIT ?", (conv, modes.expires_before(
                                           Mode.DISAPPEARING, ttl, now), COLLECT_LIMIT))
-            gone = too_old + expired
-            db.executemany("DELETE FROM messages WHERE conv=? AND seq=?", gone)
-            orphans = 0
-            for k in gone:  # inbox items of messages that will never be delivered now
-                orphans += db.execute("DELETE FROM inbox WHERE conv=? AND seq=?", k).rowcount
-            return {"inbox_acked": acked, "delivered": len(delivered), "too_old": len(too_old),
-                    "expired": len(expired), "inbox_orphans": orphans}
+            return (len(expired), forget(db, expired),
+                    chats[-1][0] if len(chats) == CONVS_PER_BATCH else None)
 
         def forget_ids(db: sqlite3.Connection) -> int:
             """The oldest expired client ids, IDS_PER_BATCH (and any sharing the last one's
@@ -929,6 +944,11 @@ class SqliteStore:
                                   (cutoff if last is None else last[0],)).rowcount)
 
         gone = await self._do(op)
+        after: str | None = ""
+        while after is not None:  # (a million such chats held the writer for seconds)
+            expired, orphans, after = await self._do(functools.partial(expire, after=after))
+            gone["expired"] += expired
+            gone["inbox_orphans"] += orphans
         gone["client_ids"] = 0
         while True:  # (after a long stop, a day's worth at once held the writer 4 s)
             n = await self._do(forget_ids)

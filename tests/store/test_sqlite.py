@@ -182,3 +182,29 @@ async def test_expired_client_ids_are_forgotten_a_bounded_number_a_batch(
         assert gone["client_ids"] == 10
         assert max(sizes) <= 4 and sum(sizes) == 10
         assert not (await store.append_message(msg(0))).duplicate  # (forgotten: new)
+
+
+async def test_disappearing_chats_expire_a_bounded_number_a_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every DISAPPEARING chat is looked at in each collect: 100,000 of them held the writer
+    335 ms in one batch (a million, seconds). They go CONVS_PER_BATCH a batch, every expired
+    message of every one of them in one collect."""
+    from chatd.protocol.frames import Mode
+    from chatd.store import direct_conv
+
+    monkeypatch.setattr(sqlite_store, "CONVS_PER_BATCH", 2)
+    async with open_store(f"sqlite://{tmp_path}/db.sqlite") as store:
+        hour = 3600_000
+        peers = [f"p{i}" for i in range(5)]
+        for p in peers:
+            conv = direct_conv("alice", p)
+            await store.set_mode(conv, Mode.DISAPPEARING, 3600, "alice", ts=1000)
+            await store.append_message(NewMessage("alice", "phone", f"to-{p}", conv, (p,),
+                                                  b"x", 2000))
+        batches = store.batches
+        gone = await store.collect(now=2000 + hour + 1, max_age_ms=30 * 24 * hour)
+        assert gone["expired"] == 5 + 5  # (each chat's mode-change event too)
+        for p in peers:
+            assert [h.id for h in await store.history(direct_conv("alice", p), None, 10)] == []
+        # the first pass, then 2 + 2 + 1 chats, then the client ids: 5 batches at least
+        assert store.batches - batches >= 5
