@@ -14,8 +14,20 @@ def test_codec_bench_reports_every_frame() -> None:
 
 
 def test_throughput_bench_runs_relay_and_chatd() -> None:
-    result = throughput.run(npairs=2, window=2, seconds=0.3, store="sqlite://TMP/chatd.db")
+    result = throughput.run(npairs=2, window=2, seconds=0.3, store="sqlite://TMP/chatd.db",
+                            history=2000)
     assert result["relay"]["msgs_per_s"] > 0 and result["chatd"]["msgs_per_s"] > 0
+    assert result["chatd_with_history"]["msgs_per_s"] > 0 and result["history_vs_fresh"] > 0
+
+
+def test_a_history_is_what_a_running_node_keeps(tmp_path: object) -> None:
+    import sqlite3
+
+    throughput.prefill(f"sqlite://{tmp_path}/chatd.db", 2500)
+    with sqlite3.connect(f"{tmp_path}/chatd.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (2500,)
+        assert db.execute("SELECT COUNT(*) FROM client_ids c JOIN messages m"
+                          " ON m.conv = c.conv AND m.seq = c.seq").fetchone() == (2500,)
 
 
 def test_drain_bench_receives_everything() -> None:
