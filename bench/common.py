@@ -26,15 +26,29 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 _HANDED_OUT: set[int] = set()
 
 
+def _share() -> tuple[int, int]:
+    """(index, count) of this pytest-xdist worker among the run's workers; (0, 1) outside one.
+    Each worker hands out only the ports of its blocks of 64 (block p // 64, modulo count, is
+    index), so two test processes running side by side never give one spare port to two
+    servers. (Blocks, not p % count: Linux gives bind() to port 0 odd ports only.)"""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if count > 1 and name.startswith("gw") and name[2:].isdigit():
+        return int(name[2:]) % count, count
+    return 0, 1
+
+
 def free_port() -> int:
     """A loopback port that is free now and that this process has not handed out before.
     The kernel may give the same spare port to two binds in a row; two servers told to use it
-    then collide (SeaweedFS's master and filer once got one gRPC port and `weed` exited)."""
-    for _ in range(1000):
+    then collide (SeaweedFS's master and filer once got one gRPC port and `weed` exited).
+    Under pytest-xdist, only ports of this worker's share (`_share`)."""
+    index, count = _share()
+    for _ in range(1000 * count):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
+        if (port >> 6) % count == index and port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no loopback port left that this process has not handed out already")

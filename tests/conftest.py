@@ -20,6 +20,28 @@ settings.register_profile("mutation", max_examples=25, deadline=None, derandomiz
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+# scripts/test runs the tests in two processes (pytest-xdist, `--dist loadgroup`). A session
+# fixture starts its program once in each process that uses it, so the tests of each program
+# below run in one process (their group's): the run starts one Cassandra node, one SeaweedFS
+# and one Chromium, and builds the web app once. The other tests go to whichever process is
+# free. (A test put in no group would still pass: its process would start its own.)
+def xdist_group(item: pytest.Item) -> str | None:
+    names = getattr(item, "fixturenames", ())
+    if "cassandra" in item.nodeid.lower() or any("cassandra" in n for n in names):
+        return "cassandra"  # (also the tests that ask for the node by name when they run)
+    if item.nodeid.startswith("tests/media/") or "seaweedfs" in names:
+        return "seaweedfs"
+    if item.nodeid.startswith("tests/web/") or "browser" in names:
+        return "web"
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if (group := xdist_group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def cassandra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CassandraNode]:
     """One real Cassandra node for the whole run, with the chatd schema in `chatd_test`."""

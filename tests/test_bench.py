@@ -3,6 +3,8 @@ report them, tests never time anything)."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench import codec, drain, memory, throughput
 
 
@@ -148,3 +150,18 @@ def test_free_port_never_hands_out_one_port_twice() -> None:
 
     ports = [free_port() for _ in range(2000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_test_processes_running_side_by_side_hand_out_disjoint_ports(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/test runs two pytest-xdist workers; each starts servers on spare ports. Each
+    worker hands out only its own share of the ports, so one port never goes to two servers
+    of two workers (their `free_port` memories are not shared)."""
+    from bench.common import free_port
+
+    shares = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        shares.append({free_port() for _ in range(200)})
+    assert {p // 64 % 2 for p in shares[0]} == {0} and {p // 64 % 2 for p in shares[1]} == {1}
