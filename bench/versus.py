@@ -632,7 +632,8 @@ def _sql_lines() -> dict[str, set[int]]:
 
 def profile(rates: list[str], seconds: float = 8, workers: int = 0, pyspy_rate: int = 250,
             store: str = "sqlite://TMP/chatd.db", quiet: bool = False) -> dict[str, Any]:
-    """chatd alone: peak at 50 x 16, then paced at each rate ("peak": that peak again),
+    """chatd alone: peak at 50 x 16, then paced at each rate ("peak": that peak again,
+    "half": half of it),
     a fresh node each; per phase /proc CPU per thread, store counts and py-spy samples."""
     pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     if not os.path.exists(pyspy):
@@ -645,7 +646,8 @@ def profile(rates: list[str], seconds: float = 8, workers: int = 0, pyspy_rate: 
         if rate == "peak-find":
             shape = Shape("peak 50xW16", PACED_PAIRS, PACED_WINDOW, seconds=seconds)
         else:
-            value = float(peak if rate == "peak" and peak else rate)
+            value = float(peak if rate == "peak" and peak else
+                          peak / 2 if rate == "half" and peak else rate)
             shape = Shape(f"paced {value:,.0f}/s", PACED_PAIRS, PACED_WINDOW, rate=value,
                           seconds=seconds)
         with tempfile.TemporaryDirectory() as tmp:
