@@ -81,6 +81,8 @@ def main() -> None:
                     " one on loopback for the run)")
     s2.add_argument("--cassandra-pid", type=int, help="the process of that node, to count"
                     " its CPU")
+    s2.add_argument("--warmup", type=float, default=60, help="seconds of the same load on"
+                    " Cassandra before it is measured (its JVM compiles its hot code)")
     ab = sub.add_parser("abuse", help="a victim pair's latency and the node's RSS while"
                         " clients flood, read slowly, loop History, send junk before sign-in;"
                         " the node with its default limits")
