@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS inbox (
 CREATE TABLE IF NOT EXISTS member_state (
     conv TEXT NOT NULL, user TEXT NOT NULL, delivered_upto INTEGER NOT NULL DEFAULT 0,
     read_upto INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (conv, user)) WITHOUT ROWID;
+-- a user's rows, for `chatd admin delete-user` (without it, a scan of every chat's rows).
+-- Built on the first start that has it; no schema version: an older chatd ignores it, and
+-- only a row's first write touches it (the watermarks are not in it).
+CREATE INDEX IF NOT EXISTS member_state_by_user ON member_state (user);
 """
 
 # Versioned migrations: MIGRATIONS[v] takes a database at version v to v + 1.
