@@ -81,14 +81,16 @@ def run(npairs: int, window: int, seconds: float, cassandra: str | None = None,
         with tempfile.TemporaryDirectory() as tmp:
             node = ChatdProcess(tmp, users, store=url, extra=("--metrics-port", str(mport)))
             try:
+                warm: dict[str, Any] = {"msgs_per_s": 0}
                 if warmup > 0:
                     print(f"  warming Cassandra up: {warmup:g} s of the same load...", flush=True)
-                    trio.run(measure, node.port, node.cpu_seconds, node.token, False, npairs,
-                             window, warmup, False)
+                    warm = trio.run(measure, node.port, node.cpu_seconds, node.token, False,
+                                    npairs, window, warmup, False)
                 t0, cpu0 = time.perf_counter(), cassandra_cpu()
                 before = counts(mport)
                 out["cassandra"] = trio.run(measure, node.port, node.cpu_seconds, node.token,
                                             False, npairs, window, seconds)
+                out["cassandra"]["warmup_msgs_per_s"] = warm["msgs_per_s"]
                 jvm = cassandra_cpu() - cpu0
                 out["cassandra"]["cassandra_cpu"] = round(jvm / (time.perf_counter() - t0), 2)
                 time.sleep(2.5)  # (the Cassandra counts are sampled every 2 s)
@@ -127,6 +129,9 @@ def main(args: Any) -> None:
           f" Cassandra CPU {c['cassandra_cpu_ms_per_msg']} ms per message")
     print("  by statement, per message: " + ", ".join(
         f"{k} {v}" for k, v in c["requests_per_msg_by_statement"].items()))
+    if result["cassandra_warmup_s"]:
+        print(f"Cassandra measured after {result['cassandra_warmup_s']:g} s of warm-up"
+              f" ({c['warmup_msgs_per_s']:,} msg/s meanwhile)")
     print(f"Cassandra's own CPU meanwhile: {result['cassandra']['cassandra_cpu']:.0%} (averaged"
           " over the peak and half-load runs; 0 if it was not started here)")
     print(f"cassandra / sqlite = {result['cassandra_vs_sqlite']:.2f}; vs relay: sqlite"

@@ -93,6 +93,7 @@ def test_stores_bench_runs_sqlite_and_cassandra(cassandra: object) -> None:
     result = stores.run(npairs=2, window=2, seconds=0.3, cassandra=cassandra.url("chatd_bench"),
                         warmup=0.3)
     assert result["cassandra_warmup_s"] == 0.3
+    assert result["cassandra"]["warmup_msgs_per_s"] > 0  # (the warm-up sent messages)
     assert result["sqlite"]["msgs_per_s"] > 0 and result["cassandra"]["msgs_per_s"] > 0
     # counted by the node (chatd_cassandra_requests, _paxos): each seq is a Paxos round here
     assert result["cassandra"]["requests_per_msg"] > result["cassandra"]["paxos_per_msg"] > 0

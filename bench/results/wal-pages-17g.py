@@ -1,14 +1,13 @@
 """COMMIT times and WAL bytes of the SQLite store alone under a steady write load (batches of
 PER_BATCH sends over 50 chats): python bench/results/wal-pages-17g.py BATCHES PER_BATCH on|off [PAGE_SIZE].
 "on": SQLite checkpoints the WAL itself (every 1,000 pages); "off": never (the WAL then holds
-every byte written)."""
+every byte written). The batches counted include the 50 device attachments made first."""
 import sys, time, trio, tempfile, sqlite3
 sys.path.insert(0, "/work/main")
-from chatd.store import open_store, sqlite as sq
+from chatd.store import open_store
 from chatd.store import NewMessage
 
 times = []
-real_execute_commit = None
 
 async def main(n_batches, per_batch, ckpt):
     d = tempfile.mkdtemp()
