@@ -11,8 +11,9 @@ source of truth. Keys (every key is one slot, so this works the same on Redis Cl
   chatd:fanout        group fan-out jobs (conversation, seq), consumer group "chatd": each job
                       is run by one node; its lag and pending count are the fan-out backlog
 
-Group fan-out: the store commits a group message together with its fan-out job (that is
-SENT); the node then adds the job to the chatd:fanout stream, and whichever node reads it
+Group fan-out (numbering=paxos; with numbering=owner the group's owner runs its jobs itself,
+chatd.store.cassandra): the store commits a group message together with its fan-out job (that
+is SENT); the node then adds the job to the chatd:fanout stream, and whichever node reads it
 first (XREADGROUP) runs it through the shared store and acknowledges it (XACK). A job taken by
 a node that died is claimed by another after FANOUT_CLAIM_MS. The job itself stays in the
 store until it is done, so a job that never reached Redis (down at the time) or that Redis
@@ -48,7 +49,7 @@ import coredis.exceptions
 import trio
 from coredis.typing import Node
 
-from chatd.store.base import FanoutJobs
+from chatd.store.base import FanoutJobs, OwnedNumbering
 
 from .peers import Outbox, PeerHandler, handle
 
@@ -98,7 +99,11 @@ class RedisPeers:
         self._attached: dict[tuple[str, str], bool] = {}  # (user, device) -> registered yet
         self._detached: list[tuple[str, str]] = []
         self.healthy = trio.Event()
-        self.store: FanoutJobs | None = store if isinstance(store, FanoutJobs) else None
+        # the fan-out jobs this router shares out through the stream; none when the store
+        # numbers by owners: a group's owner runs its jobs (and the jobs of a dead owner's
+        # groups: the store's sweep), with no hop through Redis
+        self.store: FanoutJobs | None = store if isinstance(store, FanoutJobs) and not (
+            isinstance(store, OwnedNumbering) and store.owners) else None
         self._fanouts: list[tuple[str, int]] = []  # jobs to add to the stream
         self._missed: set[str] = set()  # users whose items Redis did not take: poked later
         self._held: dict[tuple[str, ...], list[Any]] = {}  # kicks, privacy: sent when back

@@ -88,6 +88,9 @@ IDS_TTL: Final = 30 * 86_400  # seconds a client id is remembered for retries
 REDO_AFTER_MS: Final = 15_000  # an unfinished send older than this is completed by its retry
 COLLECT_LIMIT: Final = 10_000
 LEASE_MS: Final = 30_000  # a fan-out job is another node's for this long after its last step
+# how often a node looks for unfinished fan-out jobs to run: those of groups it owns
+# (numbering=owner with peers: left by an owner that died or left), or all of them
+SWEEP_S: Final = 5.0
 # How long a group message's marker stays in a member's inbox partition (see marker_q): longer
 # than a fan-out job can stay unfinished or a node can stall in the middle of a chunk.
 MARK_TTL: Final = 7 * 86_400
@@ -340,6 +343,10 @@ def marker_q(conv: str, seq: int) -> int:
     return -1 - (int.from_bytes(h, "big") & (2**62 - 1))
 
 
+class JobBusy(StoreError):
+    """Another node runs this fan-out job (its lease is live): not this node's to run now."""
+
+
 class CassandraStore:
     def __init__(self, url: str) -> None:
         self.url = CassandraURL.parse(url)
@@ -388,6 +395,7 @@ class CassandraStore:
         self._jobs: collections.deque[tuple[str, int]] = collections.deque()
         self._job_left: dict[tuple[str, int], int] = {}
         self._owned: set[tuple[str, int]] = set()  # jobs this node holds the lease of
+        self.fanouts_run = 0  # jobs this node ran to their end
         self._turns: dict[str, set[int]] = {}  # per chat: seqs taken here, not appended yet
         self._turn_changed = trio.Event()
         # per chat: those of _turns whose send has its claims, and releases them when it ends
@@ -419,36 +427,48 @@ class CassandraStore:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            nursery.start_soon(self._resume_fanouts)
+            nursery.start_soon(self._sweep_fanouts)
             if self.owners:
                 nursery.start_soon(self._keep_leases)
             await trio.sleep_forever()
 
     async def fanout_some(self) -> bool:
-        """The oldest job this node knows of, run to its end; whether jobs are left."""
+        """The oldest job this node knows of, run to its end; whether jobs are left. A job
+        another node runs is left to it (the sweep finds it again if that node dies)."""
         if self._jobs:
-            conv, seq = self._jobs[0]
-            await self.fanout(conv, seq)
-            if self._jobs and self._jobs[0] == (conv, seq):
+            job = self._jobs[0]
+            try:
+                await self.fanout(*job)
+            except JobBusy as exc:  # (not retried every second, holding up the jobs behind)
+                log.info("%s: left to that node", exc)
+            if self._jobs and self._jobs[0] == job:
                 self._jobs.popleft()
-            self._job_left.pop((conv, seq), None)
+            self._job_left.pop(job, None)
         return bool(self._jobs)
 
-    async def _resume_fanouts(self) -> None:
-        """Fan-outs left unfinished by a stop or a crash, to carry on ("auto" mode only: with
-        Redis, the nodes share them through a stream)."""
-        while self.fanout_mode == "auto":  # (a job also run by the Redis consumer at start:
-            try:                            # the lease lets only one of them run it)
-                for job in await self.pending_fanouts():
-                    if job not in self._jobs:
-                        self._jobs.append(job)
-                        self._job_left.setdefault(job, 1)
-                        if self.on_fanout is not None:
-                            self.on_fanout(*job)
-                return
-            except StoreError as exc:
-                log.warning("could not list unfinished fan-outs, retrying: %s", exc)
-                await trio.sleep(5)
+    def _mine(self, conv: str) -> bool:
+        """Whether this node runs conv's fan-out jobs: with peers and numbering=owner, only
+        the group's owner does (the node that numbered its messages); otherwise any node."""
+        return not self.owners or self.remote is None or self.remote.owner_of(
+            shard_of(conv)) is None
+
+    async def _sweep_fanouts(self) -> None:
+        """Fan-out jobs left unfinished by a stop or a crash, and (with peers) those of
+        groups this node owns now whose node died or left, to carry on: at start, then every
+        SWEEP_S ("auto" mode only: with Redis and numbering=paxos, the nodes share the jobs
+        through a stream). One read of the partition that lists unfinished jobs."""
+        while True:
+            if self.fanout_mode == "auto":
+                try:
+                    for job in await self.pending_fanouts():
+                        if job not in self._job_left and self._mine(job[0]):
+                            self._jobs.append(job)
+                            self._job_left[job] = 1
+                            if self.on_fanout is not None:
+                                self.on_fanout(*job)
+                except StoreError as exc:
+                    log.warning("could not list unfinished fan-outs, retrying: %s", exc)
+            await trio.sleep(SWEEP_S)
 
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self._nursery is None:
@@ -1556,7 +1576,7 @@ class CassandraStore:
         job = rows[0]
         recipients, done = job["recipients"] or [], job["done"] or 0
         if job["owner"] not in (None, self.node_id) and (job["lease"] or 0) > now_ms():
-            raise StoreError(f"the fan-out of {conv}/{seq} is running on another node")
+            raise JobBusy(f"the fan-out of {conv}/{seq} is running on another node")
         key = (conv, seq)
         # (counted as ours before the take is sent: a store closed while the take is in
         # flight gives the job back, or it would sit on a 30 s lease nobody runs)
@@ -1565,7 +1585,7 @@ class CassandraStore:
                                                    job["owner"], job["lease"]))
         if not ok:
             self._owned.discard(key)
-            raise StoreError(f"the fan-out of {conv}/{seq} was just taken by another node")
+            raise JobBusy(f"the fan-out of {conv}/{seq} was just taken by another node")
         message = (await self._load(conv, [seq])).get(seq)
         while message is not None and done < len(recipients):
             self._job_left[key] = len(recipients) - done
@@ -1577,12 +1597,15 @@ class CassandraStore:
             ok, _ = await self.db.applied("job_step", (end, now_ms() + LEASE_MS, *key,
                                                        self.node_id, done))
             if not ok:  # too slow: the lease ran out and another node took the job over
-                raise StoreError(f"the fan-out of {conv}/{seq} was taken over")
+                self._owned.discard(key)
+                self._job_left.pop(key, None)
+                raise JobBusy(f"the fan-out of {conv}/{seq} was taken over")
             done = end
         await self.db.run("job_done", (*key, self.node_id))
         self._owned.discard(key)
         await self.db.run("unlist_job", key)
         self._job_left.pop(key, None)
+        self.fanouts_run += 1
         return True
 
     async def _load(self, conv: str, seqs: list[int]) -> dict[int, Message]:

@@ -8,9 +8,13 @@ is SENT) and then only does steps when asked. Who asks:
   unfinished when it opened (after a stop or a crash), one step after another, each step a
   write of its own after the sends already queued (fan-out never delays a SENT); a step
   that fails is tried again a second later.
-- With several nodes, the Redis router sets `fanout_mode = "external"` and takes `on_fanout`:
-  each committed job goes into a Redis stream, and whichever node reads it runs it with
-  `store.fanout(conv, seq)` (chatd.router.redis). The runner then does nothing.
+- With several nodes and Cassandra's `numbering=owner`, the same: a group's messages are
+  numbered by its owner, so its owner committed their jobs and runs them; the store also
+  takes up the unfinished jobs of groups it owns now (an owner that died or left), every
+  few seconds (`CassandraStore._sweep_fanouts`).
+- With several nodes otherwise, the Redis router sets `fanout_mode = "external"` and takes
+  `on_fanout`: each committed job goes into a Redis stream, and whichever node reads it runs
+  it with `store.fanout(conv, seq)` (chatd.router.redis). The runner then does nothing.
 
 Either way the store's mechanics keep every member's copy exactly once and in seq order per
 conversation, whoever runs a job and however often it is started again.

@@ -15,15 +15,17 @@ import trio
 
 from bench.cassandra import CassandraNode
 from bench.common import RawClient
+import chatd_client as cc
 from chatd.auth import load_or_create_secret
-from chatd.core import Delivery
+from chatd.core import Delivery, convs
 from chatd.core.owners import owner, shard_of
 from chatd.protocol import ErrorCode
 from chatd.protocol import frames as F
 from chatd.router import calls
 from chatd.server import Config
 from chatd.server.app import Worker, serve
-from chatd.store import open_store
+from chatd.store import CassandraStore, NewMessage, open_store
+from chatd.core.values import now_ms
 
 from . import scenarios
 from .conftest import Node
@@ -207,6 +209,82 @@ async def test_group_message_across_two_nodes_through_the_owners(
     a, b, _ = two
     await scenarios.group_message(a, b, a)
     await scenarios.group_message(b, a, b)
+
+
+def group_owned_by(node: Node, nodes: tuple[Node, Node], prefix: str) -> str:
+    """A group id (prefix + a number) whose chat `node` owns among `nodes`."""
+    ids = [n.server.node_id for n in nodes]
+    return next(f"{prefix}{i}" for i in itertools.count()
+                if owner(shard_of(convs.of_group(f"{prefix}{i}")), ids) == node.server.node_id)
+
+
+async def fanouts_settled(nodes: tuple[Node, ...]) -> dict[str, int]:
+    """Once no fan-out job is left (listed in the store or running on a node): the jobs each
+    node ran to their end."""
+    stores = [n.server.store for n in nodes]
+    assert all(isinstance(s, CassandraStore) for s in stores)
+    with trio.fail_after(30):
+        while await stores[0].pending_fanouts() or any(
+                s.fanout_pending for s in stores):  # type: ignore[attr-defined]
+            await trio.sleep(0.05)
+    return {n.server.node_id: n.server.store.fanouts_run for n in nodes}  # type: ignore[attr-defined]
+
+
+async def texts(client: cc.Client, n: int, timeout: float = 30) -> list[str]:
+    """The next n messages' texts (chat events skipped)."""
+    out: list[str] = []
+    with trio.fail_after(timeout):
+        while len(out) < n:
+            m = await client.next_event(cc.Message)
+            assert isinstance(m, cc.Message)
+            if m.event is None:
+                out.append(m.text)
+    return out
+
+
+async def test_a_groups_fan_out_runs_on_the_groups_owner(two: tuple[Node, Node, str]) -> None:
+    """alice, on the node that does not own her group, sends to it: each message's fan-out
+    job runs on the group's owner (the node that numbered it, with no hop through Redis),
+    none on her node, and both members, one on each node, get every message. (Before, with
+    Redis, whichever node read the job from a Redis stream ran it.)"""
+    a, b, _ = two
+    g = group_owned_by(a, (a, b), "team")
+    await b.server.store.create_group(g, "team", "alice", ["bob", "carol"], ts=now_ms())
+    async with b.connect("alice") as alice, b.connect("bob") as bob, \
+            a.connect("carol") as carol:
+        await scenarios.first(bob, cc.Synced)
+        await scenarios.first(carol, cc.Synced)
+        before = await fanouts_settled((a, b))
+        for i in range(8):
+            await alice.send(None, f"m{i}", group=g)
+        for member in (bob, carol):
+            assert await texts(member, 8) == [f"m{i}" for i in range(8)]
+        after = await fanouts_settled((a, b))
+    ran = {node: after[node] - before[node] for node in after}
+    assert ran == {a.server.node_id: 8, b.server.node_id: 0}
+
+
+async def test_a_fan_out_its_node_never_ran_is_run_by_the_groups_owner(
+        two: tuple[Node, Node, str]) -> None:
+    """A group message whose node went away right after committing it (and its job): here a
+    store that commits and closes without running the job, as a node SIGKILLed just after
+    SENT would. The group's owner finds the job in the store and runs it: both members get
+    the message within seconds. (Before, a job reached the other nodes only through the
+    Redis stream, which that node never added it to, and was run only when some node
+    restarted.)"""
+    a, b, url = two
+    g = group_owned_by(a, (a, b), "orphan")
+    async with b.connect("bob") as bob, a.connect("carol") as carol:
+        await scenarios.first(bob, cc.Synced)
+        await scenarios.first(carol, cc.Synced)
+        async with open_store(url) as gone:
+            gone.fanout_mode = "external"  # type: ignore[attr-defined]  (runs none of its jobs)
+            await gone.create_group(g, "team", "alice", ["bob", "carol"], ts=now_ms())
+            await gone.append_message(NewMessage("alice", "phone", "left-1", convs.of_group(g),
+                                                 (), b"left behind", now_ms(), group=g))
+        for member in (bob, carol):
+            assert await texts(member, 1) == ["left behind"]
+    await fanouts_settled((a, b))
 
 
 @pytest.mark.parametrize("how", ["withheld", "refused"])
