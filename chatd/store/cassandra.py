@@ -187,6 +187,12 @@ STATEMENTS: Final = {
     "job_done": "DELETE FROM fanout WHERE conv = ? AND seq = ? IF owner = ?",
     "job_release": "UPDATE fanout SET owner = null, lease = null WHERE conv = ? AND seq = ?"
                    " IF owner = ?",
+    # numbering=owner: the group's shard lease says who runs its jobs (no lease per job);
+    # a step that lands after the job was deleted (an old owner's, late) leaves a row that
+    # expires
+    "job_progress": f"UPDATE fanout USING TTL {7 * 86_400} SET done = ?"
+                    " WHERE conv = ? AND seq = ?",
+    "job_drop": "DELETE FROM fanout WHERE conv = ? AND seq = ?",
     # numbering=owner: shard leases (the only transactions), plain claims, a retry's checks
     "lease_take": "UPDATE shard_leases USING TTL ? SET owner = ? WHERE shard = ?"
                   " IF owner = null AND epoch = ?",
@@ -1575,6 +1581,8 @@ class CassandraStore:
             return False
         job = rows[0]
         recipients, done = job["recipients"] or [], job["done"] or 0
+        if self.owners:
+            return await self._fanout_owned(conv, seq, recipients, done)
         if job["owner"] not in (None, self.node_id) and (job["lease"] or 0) > now_ms():
             raise JobBusy(f"the fan-out of {conv}/{seq} is running on another node")
         key = (conv, seq)
@@ -1603,6 +1611,36 @@ class CassandraStore:
             done = end
         await self.db.run("job_done", (*key, self.node_id))
         self._owned.discard(key)
+        await self.db.run("unlist_job", key)
+        self._job_left.pop(key, None)
+        self.fanouts_run += 1
+        return True
+
+    async def _fanout_owned(self, conv: str, seq: int, recipients: list[str], done: int
+                            ) -> bool:
+        """numbering=owner: the job is run by the holder of the group's shard lease, with
+        plain writes (no transaction per job). Two nodes run one job at once only across a
+        change of owner (a lease that ended while a chunk was under way); a member still
+        gets the message once: each inbox's owner looks for the message's marker before it
+        appends a message that was not numbered by the very send that appends it
+        (_write_inbox_owned), and appends to one inbox one call after another."""
+        key = (conv, seq)
+        try:
+            lease = await self._own(conv)
+        except StoreError as exc:
+            raise JobBusy(f"the fan-out of {conv}/{seq} is its group's owner's: {exc}") from None
+        message = (await self._load(conv, [seq])).get(seq)
+        while message is not None and done < len(recipients):
+            self._job_left[key] = len(recipients) - done
+            end = min(len(recipients), done + FANOUT_CHUNK)
+            await self._append_items({u: [message] for u in recipients[done:end]})
+            if not lease.valid(trio.current_time()):  # (the next owner carries on)
+                self._job_left.pop(key, None)
+                raise JobBusy(f"the fan-out of {conv}/{seq}: this node's lease on the group"
+                              " ended")
+            await self.db.run("job_progress", (end, *key))
+            done = end
+        await self.db.run("job_drop", key)
         await self.db.run("unlist_job", key)
         self._job_left.pop(key, None)
         self.fanouts_run += 1
