@@ -54,6 +54,9 @@ def main() -> None:
     f = sub.add_parser("fanout", help="send -> last member of a large group, and SENT meanwhile")
     f.add_argument("--members", type=int, default=1024)
     f.add_argument("--messages", type=int, default=20)
+    f.add_argument("--store", default="", help="the node's store URL, e.g. a running"
+                   " Cassandra node's cassandra://...: then also requests and Paxos rounds"
+                   " per group message (default: SQLite in a temporary directory)")
     n = sub.add_parser("connections", help="ramp to N idle authenticated connections, hold"
                        " them; memory, CPU, latency (with a plot)")
     n.add_argument("--target", type=int, default=100_000)
@@ -117,7 +120,7 @@ def main() -> None:
                                            store="sqlite://TMP/chatd.db"))
         memory.main(argparse.Namespace(connections=5000))
         drain.main(argparse.Namespace(messages=10_000))
-        fanout.main(argparse.Namespace(members=1024, messages=20))
+        fanout.main(argparse.Namespace(members=1024, messages=20, store=""))
         report.main(args)
         return
     {"codec": codec, "throughput": throughput, "memory": memory, "drain": drain,

@@ -13,7 +13,7 @@ import trio
 
 from chatd.protocol import frames as F
 
-from .common import ChatdProcess, RawClient, save
+from .common import ChatdProcess, RawClient, free_port, save
 
 
 async def measure(node: ChatdProcess, size: int, messages: int) -> dict[str, Any]:
@@ -84,21 +84,51 @@ async def measure(node: ChatdProcess, size: int, messages: int) -> dict[str, Any
                 "max": round(max(direct_sent) * ms, 2)}}
 
 
-def run(size: int, messages: int) -> dict[str, Any]:
+def run(size: int, messages: int, store: str = "") -> dict[str, Any]:
+    """`store`: the node's store URL (default: SQLite in a temporary directory). On Cassandra
+    (a running node; the schema is made if missing) the result also has the Cassandra
+    requests and Paxos rounds per group message, from the node's counters (the group's
+    creation and the 1:1 messages sent meanwhile included)."""
+    cassandra = store.startswith("cassandra")
     with tempfile.TemporaryDirectory() as tmp:
-        node = ChatdProcess(tmp, ["alice", *(f"m{i}" for i in range(size - 1))])
+        extra: tuple[str, ...] = ()
+        if cassandra:
+            from chatd.store.cql import migrate
+
+            from .stores import COUNTED, counts
+
+            trio.run(migrate, store)
+            extra = ("--metrics-port", str(mport := free_port()))
+        node = ChatdProcess(tmp, ["alice", *(f"m{i}" for i in range(size - 1))], store=store,
+                            extra=extra)
         try:
-            return trio.run(measure, node, size, messages)
+            before = counts(mport) if cassandra else {}
+            out = trio.run(measure, node, size, messages)
+            if cassandra:
+                time.sleep(2.5)  # (the Cassandra counts are sampled every 2 s)
+                after = counts(mport)
+                for key, name in (("requests", COUNTED[1]), ("paxos", COUNTED[2])):
+                    out[f"cassandra_{key}_per_group_msg"] = round(
+                        (after[name] - before[name]) / messages, 2)
+                out["cassandra_requests_per_group_msg_by_statement"] = dict(sorted((
+                    (k, round((after[k] - before.get(k, 0.0)) / messages, 2)) for k in after
+                    if k not in COUNTED and after[k] > before.get(k, 0.0)),
+                    key=lambda kv: -kv[1]))
+            return out
         finally:
             node.stop()
 
 
 def main(args: Any) -> None:
-    r = run(args.members, args.messages)
+    r = run(args.members, args.messages, args.store)
     f, g, d = (r["fanout_to_last_member_ms"], r["group_sent_ms"],
                r["direct_sent_during_fanout_ms"])
     print(f"fan-out to {r['members']} members: send -> last member {f['median']} ms median"
           f" ({f['max']} max); SENT for the group message {g['median']} ms median"
           f" ({g['max']} max); SENT for a 1:1 message during the fan-out {d['median']} ms"
           f" median ({d['max']} max)")
+    if "cassandra_paxos_per_group_msg" in r:
+        print(f"Cassandra per group message: {r['cassandra_requests_per_group_msg']} requests,"
+              f" {r['cassandra_paxos_per_group_msg']} Paxos rounds; by statement:"
+              f" {r['cassandra_requests_per_group_msg_by_statement']}")
     print(f"saved {save('fanout', r)}")

@@ -49,6 +49,20 @@ def test_fanout_bench_reaches_every_member() -> None:
     assert result["members"] == 20 and result["fanout_to_last_member_ms"]["max"] > 0
 
 
+def test_fanout_bench_on_cassandra_counts_requests_per_group_message(cassandra: object) -> None:
+    from bench import fanout
+    from bench.cassandra import CassandraNode
+
+    assert isinstance(cassandra, CassandraNode)
+    result = fanout.run(size=5, messages=2, store=cassandra.url("chatd_fanout_bench",
+                                                                 numbering="owner"))
+    assert result["fanout_to_last_member_ms"]["max"] > 0
+    by_statement = result["cassandra_requests_per_group_msg_by_statement"]
+    # each of the four members' copies is written (and acknowledged): at least one request each
+    assert result["cassandra_requests_per_group_msg"] >= 4
+    assert by_statement.get("own_marker+own_q+put_item", 0) >= 4
+
+
 def test_connections_bench_opens_holds_and_reports(tmp_path: object) -> None:
     from bench import connections, plots
 

@@ -392,6 +392,7 @@ class CassandraStore:
         self._modes: dict[str, tuple[float, tuple[int, int]]] = {}
         self._days: set[int] = set()
         self._acked_users: set[str] = set()
+        self._advancing: dict[str, list[Any]] = {}  # see _advance_all: chat -> [by, ts] or []
         self._cursors: dict[str, dict[str, int]] = {}  # user -> device -> cursor (attached here)
         self._holes: dict[tuple[str, str], dict[int, int]] = {}  # see _note_holes
         self._mark_cache: dict[tuple[str, str], list[int]] = {}
@@ -1895,7 +1896,29 @@ class CassandraStore:
 
     async def _advance_all(self, conv: str, by: str, ts: int) -> list[tuple[str, Item]]:
         """Receipts with all=True for the group messages every member now has (or read).
-        Moving the group's watermark is a conditional update: one node sends each."""
+        Moving the group's watermark is a conditional update: one node sends each. The
+        members' acks of one group message come together; those that come while this node
+        looks at the group's watermarks are one more look once it ends (not one each: each
+        read the group, its members' marks and its watermarks, and once the last member had
+        it, most of them tried the conditional update, a Paxos round each, and all but one
+        were refused). The receipts go to their users' inboxes (and devices) whoever asked."""
+        again = self._advancing.get(conv)
+        if again is not None:
+            again[:] = [by, ts]
+            return []
+        self._advancing[conv] = again = []
+        out: list[tuple[str, Item]] = []
+        try:
+            while True:
+                out += await self._advance_all_once(conv, by, ts)
+                if not again:
+                    return out
+                by, ts = again
+                again.clear()
+        finally:
+            del self._advancing[conv]
+
+    async def _advance_all_once(self, conv: str, by: str, ts: int) -> list[tuple[str, Item]]:
         g = await self._group(convs.group_of(conv) or "")
         if g is None or not g.members:
             return []

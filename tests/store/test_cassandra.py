@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
+import pytest
 import trio
 import trio.testing
 
 from bench.cassandra import CassandraNode
-from chatd.core import Delivery
+from chatd.core import Delivery, Notice
+from chatd.protocol.frames import Status
 from chatd.store import CassandraStore, NewMessage, open_store
 
 
@@ -116,3 +120,35 @@ async def test_many_requests_at_once_each_get_their_own_answer(
             scope.cancel()
         assert got == {i: i for i in range(50)}
         assert (await db.run("SELECT last_q FROM inbox WHERE user = 'u7'"))[0]["last_q"] == 7
+
+
+@pytest.mark.parametrize("numbering", ["paxos", "owner"])
+async def test_members_acking_a_group_message_at_once_move_its_watermark_once(
+        cassandra: CassandraNode, numbering: str) -> None:
+    """20 members acknowledge a group message at the same moment: the sender gets one
+    all-DELIVERED receipt, and the group's watermark moves with one conditional update or
+    two, not one attempt per member that saw everyone had it (each a Paxos round, all but
+    one refused: 5 and 19 rounds here before, numbering=paxos and owner)."""
+    cassandra.truncate()
+    url = cassandra.url(numbering=numbering, timeout="2", lease="9")
+    async with open_store(url) as store:
+        assert isinstance(store, CassandraStore)
+        members = [f"m{i:02}" for i in range(20)]
+        for u in ["alice", *members]:
+            await store.attach_device(u, "phone")
+        await store.create_group("g1", "team", "alice", members, ts=1)
+        sent = await store.append_message(NewMessage("alice", "phone", "hi", "g:g1", (),
+                                                     b"hi", 2, group="g1"))
+        with trio.fail_after(20):
+            while await store.pending_fanouts() or store.fanout_pending:
+                await trio.sleep(0.02)
+        ups = {u: (await store.inbox(u, "phone", 0, 10)).upto for u in members}
+        paxos = store.db.paxos
+        async with trio.open_nursery() as n:
+            for u in members:
+                n.start_soon(functools.partial(store.ack, u, "phone", ups[u], 3))
+        rounds = store.db.paxos - paxos
+        page = await store.inbox("alice", "phone", 0, 100)
+        alls = [i for i in page.items if isinstance(i, Notice) and i.all]
+        assert [(i.seqs, i.status) for i in alls] == [((sent.seq,), Status.DELIVERED)]
+        assert rounds <= 2
