@@ -73,6 +73,7 @@ class Options:
     workers: int = 1
     nodes: int = 1
     store: str = "sqlite"  # "sqlite" or "cassandra"
+    numbering: str = "paxos"  # Cassandra's numbering: "paxos" or "owner" (conversation owners)
     heartbeat: float = 1.0  # the nodes' --heartbeat: clients ping this often
     idle_timeout: float = 4.0  # the nodes' --idle-timeout
     offline: int = 3  # offline episodes (plus one device offline for most of the run)
@@ -690,8 +691,8 @@ async def run_async(opts: Options, workdir: Path, redis: Any = None,
     """One run with the given Redis (needed for --nodes 2) and Cassandra node (for the
     Cassandra store; its keyspace migrated and empty): (summary, recorded history)."""
     check_options(opts, redis, cassandra)
-    store_url = (cassandra.url(timeout="5") if opts.store == "cassandra"
-                 else f"sqlite://{workdir.resolve()}/data/chatd.db")
+    store_url = (cassandra.url(timeout="5", numbering=opts.numbering)
+                 if opts.store == "cassandra" else f"sqlite://{workdir.resolve()}/data/chatd.db")
     run = Run(opts, workdir, redis, cassandra)
     limit = opts.duration + opts.settle + 600
     with trio.fail_after(limit):
@@ -711,6 +712,10 @@ def check_options(opts: Options, redis: Any, cassandra: Any) -> None:
         raise ValueError("the Cassandra store needs a Cassandra node")
     if f.get("cassandra-restart") and opts.store != "cassandra":
         raise ValueError("cassandra-restart needs --store cassandra")
+    if opts.numbering not in ("paxos", "owner"):
+        raise ValueError("numbering is paxos or owner")
+    if opts.numbering != "paxos" and opts.store != "cassandra":
+        raise ValueError("--numbering is Cassandra's: it needs --store cassandra")
 
 
 def run(opts: Options, workdir: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -735,9 +740,9 @@ def main(args: Any) -> None:
         sys.exit(0 if report["ok"] else 1)
     opts = Options(seed=args.seed, duration=args.duration, rate=args.rate, users=args.users,
                    faults=parse_faults(args.faults), workers=args.workers, nodes=args.nodes,
-                   store=args.store, heartbeat=args.heartbeat, idle_timeout=args.idle_timeout,
-                   offline=args.offline, settle=args.settle, verbose=not args.quiet,
-                   group_size=args.group_size, in_flight=args.in_flight)
+                   store=args.store, numbering=args.numbering, heartbeat=args.heartbeat,
+                   idle_timeout=args.idle_timeout, offline=args.offline, settle=args.settle,
+                   verbose=not args.quiet, group_size=args.group_size, in_flight=args.in_flight)
     result, records = run(opts, args.workdir)
     if args.history:
         Path(args.history).write_text(json.dumps(records))
@@ -773,6 +778,9 @@ def add_parser(sub: Any) -> None:
                    " started for the run)")
     p.add_argument("--store", choices=("sqlite", "cassandra"), default="sqlite",
                    help="cassandra: a Cassandra node is started for the run")
+    p.add_argument("--numbering", choices=("paxos", "owner"), default="paxos",
+                   help="the Cassandra store's numbering (owner: conversation owners, their"
+                   " shards moving as nodes are killed and come back)")
     p.add_argument("--heartbeat", type=float, default=1.0, help="the nodes' --heartbeat")
     p.add_argument("--idle-timeout", type=float, default=4.0, help="the nodes' --idle-timeout")
     p.add_argument("--group-size", type=int, default=5, help="members per group")

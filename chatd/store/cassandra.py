@@ -337,6 +337,13 @@ def inbox_item(q: int, entry: Entry) -> Item:
     return Notice(q, entry)
 
 
+def redo_wait(timeout: float) -> float:
+    """numbering=owner: seconds after a send failed (its writes sent with this request
+    timeout) until its retry may redo it: every write of the failed try has landed or never
+    will, as when a lease is handed over (chatd.core.owners.lease_margin)."""
+    return lease_margin(timeout)
+
+
 def bucket(seq: int) -> int:
     return seq // BUCKET
 
@@ -408,8 +415,9 @@ class CassandraStore:
         # per chat: those of _turns whose send has its claims, and releases them when it ends
         self._adopted: dict[str, set[int]] = {}
         # (conv, sender, client id) of sends that failed here after taking their seq: their
-        # retry redoes them at once, in their place (see _append_held) -> (seq, first failed)
-        self._redo_now: dict[tuple[str, str, str], tuple[int, float]] = {}
+        # retry redoes them in their place (see _append_held) -> (seq, first failed, last
+        # failed)
+        self._redo_now: dict[tuple[str, str, str], tuple[int, float, float]] = {}
         # per chat: such seqs, with when the send first failed and when it was last tried
         self._held: dict[str, dict[int, tuple[float, float]]] = {}
         self._failed_at = -math.inf  # when a request of this store last failed
@@ -812,8 +820,16 @@ class CassandraStore:
         return lease
 
     def _forget(self, shard: int) -> None:
-        """What this node numbered in a shard is reloaded once it holds the shard again."""
-        for key in self._shard_keys.pop(shard, ()):
+        """What this node numbered in a shard is reloaded once it holds the shard again; the
+        seqs held for the retries of its failed sends are let go (the chat's next owner
+        redoes those when their retries come, REDO_AFTER_MS after the claim)."""
+        keys = self._shard_keys.pop(shard, set())
+        if self._redo_now and keys:
+            for k in [k for k in self._redo_now if k[0] in keys]:
+                del self._redo_now[k]
+        for key in keys:
+            if key in self._held:
+                self._release(key, list(self._held[key]))
             self._seqs.pop(key, None)
             self._qs.pop(key, None)
             self._recent.pop(key, None)
@@ -1233,6 +1249,13 @@ class CassandraStore:
                                      default=math.inf)):
                 await self._turn_changed.wait()
 
+    def _may_redo(self, conv: str, sender: str, client_id: str) -> bool:
+        """Whether the retry of a send that failed here after taking its seq redoes it now,
+        in its place (see _append_held)."""
+        redo = self._redo_now.get((conv, sender, client_id))
+        return redo is not None and (not self.owners or trio.current_time() - redo[2] >= (
+            redo_wait(self.url.timeout)))
+
     def _release(self, conv: str, seqs: Iterable[int]) -> None:
         seqs = set(seqs)
         held = self._turns.get(conv)
@@ -1351,8 +1374,11 @@ class CassandraStore:
         the store's last failure (a try may fail before it gets here), a minute at most
         (HOLD_MAX), and its retry on this node redoes it at once and in its place. (Safe
         there: every inbox item goes in with its marker in a conditional batch, so a redo
-        racing a late write of the failed try appends nothing twice; numbering=owner writes
-        inbox items plainly and keeps the 15 s.)"""
+        racing a late write of the failed try appends nothing twice.) numbering=owner holds
+        the seq the same way, but writes inbox items plainly and looks their markers up
+        first: its redo waits until the failed try's writes have landed or never will (the
+        lease margin after the failure, `redo_wait`); a retry before that is "still being
+        stored" and keeps the seq held."""
         claims: list[_Claim | None] = [None] * len(msgs)
         ok = False
         for m in msgs:  # (a try of a failed send: its seq is held on)
@@ -1368,15 +1394,16 @@ class CassandraStore:
                 if c is None or not (c.new or c.adopted):
                     continue
                 key = (m.conv, m.sender, m.client_id)
-                if ok or self.owners or self._closed:
+                if ok or self._closed:
                     self._redo_now.pop(key, None)
                     self._release(m.conv, [c.seq])
                 elif c.seq in self._turns.get(m.conv, ()):  # (its turn: held for its retry)
                     if len(self._redo_now) >= MAX_CACHED:
                         self._redo_now.clear()
                     now = trio.current_time()
-                    first = self._redo_now.get(key, (c.seq, now))[1]  # (its retry failed too)
-                    self._redo_now[key] = (c.seq, first)
+                    # (its retry failed too: the first failure stays)
+                    first = self._redo_now.get(key, (c.seq, now, now))[1]
+                    self._redo_now[key] = (c.seq, first, now)
                     self._held.setdefault(m.conv, {})[c.seq] = (first, now)
                     self._unadopt(m.conv, c.seq)
                 else:
@@ -1416,7 +1443,7 @@ class CassandraStore:
                 claims[i] = c  # (released by _append_held whatever happens: see _wait_turn)
                 if c.new:
                     self._adopted.setdefault(conv, set()).add(c.seq)
-                elif not c.done and (conv, msgs[i].sender, msgs[i].client_id) in self._redo_now:
+                elif not c.done and self._may_redo(conv, msgs[i].sender, msgs[i].client_id):
                     c.adopted = True  # (its failed try's seq: held again, in its place)
                     self._turns.setdefault(conv, set()).add(c.seq)
                     self._adopted.setdefault(conv, set()).add(c.seq)

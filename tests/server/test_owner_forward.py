@@ -10,22 +10,22 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import chatd_client as cc
 import pytest
 import trio
 
 from bench.cassandra import CassandraNode
 from bench.common import RawClient
-import chatd_client as cc
 from chatd.auth import load_or_create_secret
 from chatd.core import Delivery, convs
 from chatd.core.owners import owner, shard_of
+from chatd.core.values import now_ms
 from chatd.protocol import ErrorCode
 from chatd.protocol import frames as F
 from chatd.router import calls
 from chatd.server import Config
 from chatd.server.app import Worker, serve
 from chatd.store import CassandraStore, NewMessage, open_store
-from chatd.core.values import now_ms
 
 from . import scenarios
 from .conftest import Node

@@ -379,6 +379,40 @@ async def test_cassandra_a_send_that_failed_after_taking_its_seq_keeps_its_place
         ("m1", 1), ("m2", 2)]
 
 
+async def test_cassandra_owner_a_send_that_failed_after_taking_its_seq_keeps_its_place(
+        cassandra: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same with numbering=owner, which used to let the seq go at once: the chat's next
+    message reached the reader first, and the failed one only with a retry 15 s later. Now
+    the seq is held, and the retry redoes it in its place once the failed try's plain
+    writes have landed or never will (`redo_wait`, the lease margin: 4 s at timeout=2;
+    shortened here). A retry before that is "still being stored" and keeps it held."""
+    from chatd.store import cassandra as cassandra_store
+
+    cassandra.truncate()
+    monkeypatch.setattr(cassandra_store, "redo_wait", lambda timeout: 0.5)
+    async with open_store(cassandra.url(numbering="owner", timeout="2", lease="9")) as s:
+        assert isinstance(s, CassandraStore) and s.owners
+        for u in ["alice", "bob"]:
+            await s.attach_device(u, "a")
+        cut_first_inbox_append(monkeypatch, s)
+        m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+        with pytest.raises(StoreError):
+            await s.append_message(m1)
+        got: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            await send_second(s, nursery, got)
+            with pytest.raises(StoreError, match="still being stored"):
+                await s.append_message(m1)  # at once: its writes may still land
+            await trio.sleep(0.6)
+            assert "m2" not in got
+            with trio.fail_after(5):
+                got["m1"] = await s.append_message(m1)  # the device's retry, later
+        assert (got["m1"].seq, got["m2"].seq) == (1, 2)
+        page = await s.inbox("bob", "a", 0, 100)
+        assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
+            ("m1", 1), ("m2", 2)]
+
+
 async def test_cassandra_a_failed_seq_is_held_while_its_device_keeps_trying(
         cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same, with the store down for a while: the failed send's tries fail too, before
