@@ -58,6 +58,9 @@ NODE_TTL: Final = 10  # seconds a node counts as alive without a heartbeat
 REGISTRY_TTL: Final = 90  # seconds a registry entry lives unrefreshed (every 30 s)
 HEARTBEAT: Final = 3.0
 ROUTE_TTL: Final = 2.0  # seconds a looked-up route is trusted
+# a registry entry (KEYS[1] field ARGV[1]) deleted only if it still has value ARGV[2]
+DELETE_IF_OURS: Final = ("if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then"
+                         " return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0")
 STREAM_MAXLEN: Final = 100_000
 FANOUT_STREAM: Final = "chatd:fanout"
 FANOUT_GROUP: Final = "chatd"
@@ -281,7 +284,9 @@ class RedisPeers:
                 p.sadd(f"chatd:nu:{self.node_id}", [u for u, _ in new])
             for user, device in gone:
                 if (user, device) not in self._attached:
-                    p.hdel(f"chatd:u:{user}", [device])
+                    # (only while it names this node: the device may have connected to
+                    # another one since, whose entry this is now)
+                    p.eval(DELETE_IF_OURS, keys=[f"chatd:u:{user}"], args=[device, value])
         for k in new:
             if k in self._attached:
                 self._attached[k] = True

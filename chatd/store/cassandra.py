@@ -126,8 +126,8 @@ STATEMENTS: Final = {
     "items_upto": "SELECT q, conv, seq, sender, receipt FROM inbox"
                   " WHERE user = ? AND q > ? AND q <= ?",
     "prune": "DELETE FROM inbox WHERE user = ? AND q > 0 AND q <= ?",  # (markers stay)
-    "put_marker": "INSERT INTO inbox (user, q, conv, seq) VALUES (?, ?, ?, ?) IF NOT EXISTS"
-            " USING TTL ?",
+    "put_marker": "INSERT INTO inbox (user, q, conv, seq, item_q) VALUES (?, ?, ?, ?, ?)"
+                  " IF NOT EXISTS USING TTL ?",
     "last_seq": "SELECT last_seq FROM sends WHERE conv = ? LIMIT 1",
     "move_seq": "UPDATE sends SET last_seq = ? WHERE conv = ? IF last_seq = ?",
     # (done is left unset, not false: a Paxos round that completes this claim late, with a
@@ -644,6 +644,9 @@ class CassandraStore:
         out: list[tuple[str, Item] | None] = []
         tries = 0
         marked: dict[int, tuple[str, int]] = {}  # markers of this call (an item twice in it)
+        # items found there already (their marker names where): handed to the devices again,
+        # as by _write_inbox_owned
+        again: list[tuple[str, Item]] = []
         for i in range(0, len(entries), CHUNK):
             chunk = entries[i : i + CHUNK]
             markers: list[int | None] = []
@@ -670,7 +673,7 @@ class CassandraStore:
                     if type(it) is Message:
                         rows.append(("put_item", (user, n, it.conv, it.seq, it.sender, None)))
                         if markers[j] is not None:
-                            rows.append(("put_marker", (user, markers[j], it.conv, it.seq,
+                            rows.append(("put_marker", (user, markers[j], it.conv, it.seq, n,
                                                         MARK_TTL)))
                     else:
                         assert type(it) is ReceiptNote
@@ -694,6 +697,8 @@ class CassandraStore:
                         for j in todo:
                             if markers[j] == r["q"]:
                                 if (r["conv"], r["seq"]) == marked[r["q"]]:
+                                    if not there[j] and r.get("item_q") is not None:
+                                        again.append((user, inbox_item(r["item_q"], chunk[j])))
                                     there[j] = True
                                 else:
                                     markers[j] = None  # a collision: in without a marker
@@ -702,11 +707,12 @@ class CassandraStore:
             self._last_q[user] = last
             placed = iter(items)
             out += [None if there[j] else next(placed) for j in range(len(chunk))]
-            if self.on_append is not None and items:
+            if self.on_append is not None and (items or again):
                 try:
-                    self.on_append(items)
+                    self.on_append((*again, *items))
                 except Exception:
                     log.exception("append listener failed")
+            again = []
         return out
 
     async def _append_items(self, per_user: dict[str, list[Entry]]) -> list[tuple[str, Item]]:
@@ -1003,6 +1009,10 @@ class CassandraStore:
                 seen.add((it.conv, it.seq))
                 if (it.conv, it.seq) not in self._fresh:
                     maybe.setdefault(marker_q(it.conv, it.seq), []).append(j)
+        # items found there already: handed to the devices again (below), since the write
+        # that put them there may have failed as far as its caller knew, and then nobody told
+        # the devices (a device that is online reads the store only when told)
+        again: list[tuple[str, Item]] = []
         if maybe:
             marks = await self.db.run("inbox_at", (user, list(maybe)))
             named = {r["item_q"]: r for r in marks if r.get("item_q") is not None}
@@ -1013,6 +1023,8 @@ class CassandraStore:
                     for j in maybe.get(m["q"], ()):
                         e = entries[j]
                         if type(e) is Message and (e.conv, e.seq) == (r["conv"], r["seq"]):
+                            if not there[j]:
+                                again.append((user, inbox_item(r["q"], e)))
                             there[j] = True
         todo = [j for j in range(len(entries)) if not there[j]]
         rows: list[tuple[str, tuple[Any, ...]]] = []
@@ -1063,9 +1075,9 @@ class CassandraStore:
                       for n, j in enumerate(todo, last + 1))
         placed = iter(items)
         out = [None if there[j] else next(placed) for j in range(len(entries))]
-        if self.on_append is not None and items:
+        if self.on_append is not None and (items or again):
             try:
-                self.on_append(items)
+                self.on_append((*again, *items))
             except Exception:
                 log.exception("append listener failed")
         return out

@@ -264,6 +264,35 @@ async def test_live_delivery_across_nodes_resumes_after_a_long_redis_outage(
         assert (await messages(bob, 1, timeout=5))[0].text == "live again"
 
 
+async def test_a_device_that_moved_to_another_node_keeps_getting_messages(
+        nodes: list[Node]) -> None:
+    """A device's connection to one node ends after the same device connected to another
+    (a client that gave up on a node that did not answer and tried the next one: the old
+    session is ended by the newer connection's news). The old node's leaving wrote used to
+    delete the device's registry entry, whatever node it named: from then on no node passed
+    it anything, and an online device got nothing until it reconnected (the chaos checker's
+    "lost", with the items in the inbox above the device's cursor). It is deleted now only
+    while it names the node that deletes it."""
+    from bench.common import RawClient
+
+    n0, n1, n2 = nodes
+    old = await RawClient.connect(n0.server.tcp_port, n0.token("alice"), "phone")
+    try:
+        with trio.fail_after(10):
+            while not any(s.device == "phone" for s in n0.server.router.targets("alice")):
+                await trio.sleep(0.05)
+        async with n2.connect("bob") as bob, n1.connect("alice", "phone") as new:
+            await first(new, cc.Synced)
+            with trio.fail_after(10):  # the older connection is ended by the newer one's news
+                while any(s.device == "phone" for s in n0.server.router.targets("alice")):
+                    await trio.sleep(0.05)
+            await trio.sleep(ROUTE_TTL + 2)  # past the read of the store after registering
+            await bob.send("alice", "after the move")
+            assert (await messages(new, 1, timeout=10))[0].text == "after the move"
+    finally:
+        await old.stream.aclose()
+
+
 # ---- real processes: SIGKILL one node ------------------------------------------------------
 
 CHATD = [sys.executable, "-m", "chatd.cli"]

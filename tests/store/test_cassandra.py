@@ -152,3 +152,24 @@ async def test_members_acking_a_group_message_at_once_move_its_watermark_once(
         alls = [i for i in page.items if isinstance(i, Notice) and i.all]
         assert [(i.seqs, i.status) for i in alls] == [((sent.seq,), Status.DELIVERED)]
         assert rounds <= 2
+
+
+async def test_an_item_found_in_the_inbox_is_handed_to_the_devices_again(
+        cassandra: CassandraNode) -> None:
+    """numbering=paxos: an inbox item whose conditional batch applied although its caller
+    saw it fail (a timeout) is found by the retry through its marker, which now says where
+    the item is: it is handed to the devices again, as with numbering=owner
+    (tests/store/test_owners.py)."""
+    from chatd.core import Message
+
+    cassandra.truncate()
+    async with open_store(cassandra.url()) as store:
+        assert isinstance(store, CassandraStore) and not store.owners
+        await store.attach_device("bob", "phone")
+        m = Message("d:alice:bob", 5, 1000, "alice", "phone", "alice-x", b"x")
+        told: list[tuple[str, int]] = []
+        store.on_append = None
+        assert [it.q for _, it in await store._append_items({"bob": [m]})] == [1]
+        store.on_append = lambda items: told.extend((u, it.q) for u, it in items)
+        assert await store._append_items({"bob": [m]}) == []
+        assert told == [("bob", 1)]

@@ -382,3 +382,23 @@ async def test_a_fan_out_job_run_twice_at_once_appends_each_copy_once(
         for u in MEMBERS:
             page = await s.inbox(u, "phone", 0, 100)
             assert [it.message.seq for it in page.items if isinstance(it, Delivery)] == [1, 2]
+
+
+async def test_an_item_found_in_the_inbox_is_handed_to_the_devices_again(
+        node: CassandraNode) -> None:
+    """A write of an inbox item that failed as far as its caller knew (a timeout, its node
+    killed before it told the devices) may have landed. The retry finds it there and appends
+    nothing, and used to tell nobody: an online device, which reads the store only when told,
+    never got the message (the chaos checker's "lost" with numbering=owner: the items were
+    in the inbox, above the device's cursor). Now the item found is handed to the devices
+    again (they drop a position they have seen)."""
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        await s.attach_device("bob", "phone")
+        m = Message(CONV, 5, 1000, "alice", "phone", "alice-x", b"x")
+        told: list[tuple[str, int]] = []
+        s.on_append = None  # (the first write: its devices never told)
+        assert [it.q for _, it in await s._append_items({"bob": [m]})] == [1]
+        s.on_append = lambda items: told.extend((u, it.q) for u, it in items)
+        assert await s._append_items({"bob": [m]}) == []  # (the retry: there already)
+        assert told == [("bob", 1)]
