@@ -179,6 +179,7 @@ STATEMENTS: Final = {
     "list_job": "INSERT INTO fanout_jobs (shard, conv, seq) VALUES (0, ?, ?)",
     "unlist_job": "DELETE FROM fanout_jobs WHERE shard = 0 AND conv = ? AND seq = ?",
     "jobs": "SELECT conv, seq FROM fanout_jobs WHERE shard = 0",
+    "older_jobs": "SELECT seq FROM fanout_jobs WHERE shard = 0 AND conv = ? AND seq < ?",
     "job": "SELECT recipients, done, owner, lease FROM fanout WHERE conv = ? AND seq = ?",
     "job_take": "UPDATE fanout SET owner = ?, lease = ? WHERE conv = ? AND seq = ?"
                 " IF owner = ? AND lease = ?",
@@ -1615,6 +1616,8 @@ class CassandraStore:
         return await self._op(self._fanout(conv, seq))
 
     async def _fanout(self, conv: str, seq: int) -> bool:
+        if not self.owners and self.fanout_mode == "external":
+            await self._older_first(conv, seq)
         rows = await self.db.run("job", (conv, seq))
         if not rows:
             await self.db.run("unlist_job", (conv, seq))
@@ -1655,6 +1658,23 @@ class CassandraStore:
         self._job_left.pop(key, None)
         self.fanouts_run += 1
         return True
+
+    async def _older_first(self, conv: str, seq: int) -> None:
+        """Jobs shared out through the Redis stream (numbering=paxos): a node may be handed a
+        group's later job while an earlier one waits in the stream or runs on another node.
+        It runs the earlier ones first, or waits while another node runs them (up to a job's
+        lease), so each member gets the group's messages in seq order (docs/RELIABILITY.md,
+        finding 1: the SQLite store does the same in its transactions)."""
+        give_up = trio.current_time() + LEASE_MS / 1000
+        while older := [r["seq"] for r in await self.db.run("older_jobs", (conv, seq))]:
+            try:
+                for s in older:
+                    await self._fanout(conv, s)
+                continue
+            except JobBusy:
+                if trio.current_time() > give_up:
+                    raise
+            await trio.sleep(0.2)
 
     async def _fanout_owned(self, conv: str, seq: int, recipients: list[str], done: int
                             ) -> bool:

@@ -362,17 +362,28 @@ async def test_cassandra_a_send_that_failed_after_taking_its_seq_keeps_its_place
 
     monkeypatch.setattr(cassandra, "REDO_AFTER_MS", 15_000)  # (as on a real node)
     s = cassandra_store
+    m1 = await first_send_fails(s, monkeypatch)
+    got: dict[str, Any] = {}
+
+    async with trio.open_nursery() as nursery:
+        await send_second(s, nursery, got)
+        got["m1"] = await s.append_message(m1)  # the device's retry
+    await assert_in_seq_order(s, got)
+
+
+async def first_send_fails(s: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> NewMessage:
+    """alice's m1 to bob fails after it took seq 1 (its inbox append cut short)."""
     for u in ["alice", "bob"]:
         await s.attach_device(u, "a")
     cut_first_inbox_append(monkeypatch, s)
     m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
     with pytest.raises(StoreError):
         await s.append_message(m1)
-    got: dict[str, Any] = {}
+    return m1
 
-    async with trio.open_nursery() as nursery:
-        await send_second(s, nursery, got)
-        got["m1"] = await s.append_message(m1)  # the device's retry
+
+async def assert_in_seq_order(s: CassandraStore, got: dict[str, Any]) -> None:
+    """m1 kept seq 1, m2 got 2, and bob's inbox has them in that order."""
     assert (got["m1"].seq, got["m2"].seq) == (1, 2)
     page = await s.inbox("bob", "a", 0, 100)
     assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
@@ -392,12 +403,7 @@ async def test_cassandra_owner_a_send_that_failed_after_taking_its_seq_keeps_its
     monkeypatch.setattr(cassandra_store, "redo_wait", lambda timeout: 0.5)
     async with open_store(cassandra.url(numbering="owner", timeout="2", lease="9")) as s:
         assert isinstance(s, CassandraStore) and s.owners
-        for u in ["alice", "bob"]:
-            await s.attach_device(u, "a")
-        cut_first_inbox_append(monkeypatch, s)
-        m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
-        with pytest.raises(StoreError):
-            await s.append_message(m1)
+        m1 = await first_send_fails(s, monkeypatch)
         got: dict[str, Any] = {}
         async with trio.open_nursery() as nursery:
             await send_second(s, nursery, got)
@@ -407,10 +413,7 @@ async def test_cassandra_owner_a_send_that_failed_after_taking_its_seq_keeps_its
             assert "m2" not in got
             with trio.fail_after(5):
                 got["m1"] = await s.append_message(m1)  # the device's retry, later
-        assert (got["m1"].seq, got["m2"].seq) == (1, 2)
-        page = await s.inbox("bob", "a", 0, 100)
-        assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
-            ("m1", 1), ("m2", 2)]
+        await assert_in_seq_order(s, got)
 
 
 async def test_cassandra_a_failed_seq_is_held_while_its_device_keeps_trying(
