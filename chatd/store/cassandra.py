@@ -489,7 +489,10 @@ class CassandraStore:
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self._nursery is None:
             raise StoreError("store is not running")
-        self._nursery.start_soon(fn, *args)
+        try:
+            self._nursery.start_soon(fn, *args)
+        except RuntimeError as exc:  # (closing: a fan-out step still running when the store
+            raise StoreError("store is closed") from exc  # stopped is told so, and ends)
 
     async def aclose(self) -> None:
         """Give back the fan-out jobs this node was running (so another node, or this one

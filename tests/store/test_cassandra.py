@@ -173,3 +173,17 @@ async def test_an_item_found_in_the_inbox_is_handed_to_the_devices_again(
         store.on_append = lambda items: told.extend((u, it.q) for u, it in items)
         assert await store._append_items({"bob": [m]}) == []
         assert told == [("bob", 1)]
+
+
+async def test_work_asked_of_a_store_that_stopped_is_a_store_error(
+        cassandra: CassandraNode) -> None:
+    """A fan-out step still running as the store stops (the test teardown of
+    test_last_admin_leaving_hands_over, once in a full run) asked the stopped store's nursery
+    for a task: a RuntimeError that crashed the fan-out runner, where a StoreError is what
+    its callers handle."""
+    from chatd.store import StoreError
+
+    async with open_store(cassandra.url()) as store:
+        assert isinstance(store, CassandraStore)
+    with pytest.raises(StoreError, match="closed"):
+        store._spawn(trio.sleep, 0)
