@@ -278,9 +278,10 @@ async def test_a_device_that_moved_to_another_node_keeps_getting_messages(
     n0, n1, n2 = nodes
     old = await RawClient.connect(n0.server.tcp_port, n0.token("alice"), "phone")
     try:
-        with trio.fail_after(10):
-            while not any(s.device == "phone" for s in n0.server.router.targets("alice")):
+        with trio.fail_after(10):  # registered by n0, and its news sent to the others
+            while not n0.server.peers._attached.get(("alice", "phone")):  # type: ignore[union-attr]
                 await trio.sleep(0.05)
+        await trio.sleep(1)  # (read by them: else it ends the newer connection below)
         async with n2.connect("bob") as bob, n1.connect("alice", "phone") as new:
             await first(new, cc.Synced)
             with trio.fail_after(10):  # the older connection is ended by the newer one's news
