@@ -38,7 +38,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar, cast, overload
 
 import trio
 
@@ -101,6 +101,9 @@ TURN_WAIT: Final = 2.0
 # (the SDK and the web app try again within 5 s, while the store fails): see _append_held.
 RETRY_HOLD: Final = 8.0
 HOLD_MAX: Final = 60.0
+# numbering=owner: a send whose inbox appends fail is tried again by its owner this long
+# (in its place, while the owner holds the chat), before it is failed and held as above.
+FINISH_FOR: Final = 60.0
 # A read remembers the seqs it passed that had no message yet (delivery.holes) this long, so
 # that their first delivery is receipted; a gap under a message older than HOLE_WAIT_MS is
 # no such seq (messages deleted since, or a send given up).
@@ -139,8 +142,8 @@ STATEMENTS: Final = {
     "put_msg": "INSERT INTO messages (conv, bucket, seq, ts, sender, device, client_id, body,"
                " media, grp, event, holders) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                " USING TTL ?",
-    "msgs_in": "SELECT seq, ts, sender, device, client_id, body, media, grp, event FROM messages"
-               " WHERE conv = ? AND bucket = ? AND seq IN ?",
+    "msgs_in": "SELECT seq, ts, sender, device, client_id, body, media, grp, event, holders"
+               " FROM messages WHERE conv = ? AND bucket = ? AND seq IN ?",
     "msgs_down": "SELECT seq, ts, sender, device, client_id, body, media, event FROM messages"
                  " WHERE conv = ? AND bucket = ? AND seq > ? AND seq <= ? LIMIT ?",
     "msgs_up": "SELECT seq, ts, sender, event FROM messages WHERE conv = ? AND bucket = ?"
@@ -478,10 +481,7 @@ class CassandraStore:
                 try:
                     for job in await self.pending_fanouts():
                         if job not in self._job_left and self._mine(job[0]):
-                            self._jobs.append(job)
-                            self._job_left[job] = 1
-                            if self.on_fanout is not None:
-                                self.on_fanout(*job)
+                            self._queue_job(*job, 1)
                 except StoreError as exc:
                     log.warning("could not list unfinished fan-outs, retrying: %s", exc)
             await trio.sleep(SWEEP_S)
@@ -725,6 +725,33 @@ class CassandraStore:
         results = await self._gather(
             functools.partial(self._inbox, u, e) for u, e in per_user.items() if e)
         return [x for r in results for x in r if x is not None]
+
+    async def _append_finishing(self, per_user: dict[str, list[Entry]]
+                                ) -> list[tuple[str, Item]]:
+        """numbering=owner: a send's inbox appends, tried again every second if they fail
+        (for up to FINISH_FOR) while this node holds the chat's lease. The send's claim
+        and message are stored: it is finished here, in its place, rather than failed and
+        left held for its device's retry, which may come too late (a device that moves to
+        another node when the inbox's owner restarts), after the chat's later messages. If
+        the lease ends first, the chat's next owner finishes it (_finish_cut_short)."""
+        convs = {e.conv for es in per_user.values() for e in es}
+        leases = [(lease, lease.epoch) for c in convs
+                  if (lease := self._leases.get(shard_of(c))) is not None]
+        give_up = trio.current_time() + FINISH_FOR
+        while True:
+            try:
+                return await self._append_items(per_user)
+            except StoreError as exc:
+                now = trio.current_time()
+                if self._closed or now >= give_up or any(
+                        lease.epoch != epoch or not lease.valid(now) for lease, epoch in leases):
+                    raise
+                log.warning("inbox appends of %s failed, trying again: %s", sorted(convs), exc)
+            # (what the failed try wrote may be there: looked up by its markers from now on,
+            # and handed to the devices again if found)
+            self._fresh.difference_update((e.conv, e.seq) for es in per_user.values()
+                                          for e in es if type(e) is Message)
+            await trio.sleep(1.0)
 
     async def _inbox(self, user: str, entries: list[Entry]) -> list[tuple[str, Item] | None]:
         """Append to user's inbox here, or by the node that owns it (numbering=owner: the
@@ -1155,6 +1182,8 @@ class CassandraStore:
         rows = await self.db.run("chat_claims", (conv, MAX_CLAIMS + 1))
         last = (rows[0]["last_seq"] or 0) if rows else 0
         claims = [r for r in rows if r.get("client_id") is not None]
+        if conv not in self._shard_keys.get(shard_of(conv), ()):  # (first read this lease)
+            await self._finish_cut_short(conv, last, claims)
         if conv in self._claimed and self._claimed[conv] is None:
             return last  # (stays read per batch until the lease is given up)
         known = self._claimed.get(conv) or {}
@@ -1167,6 +1196,65 @@ class CassandraStore:
         if len(known) > MAX_CLAIMS or self._claims_kept > MAX_CLAIMS_KEPT:
             self._claims_off(conv)
         return last
+
+    async def _finish_cut_short(self, conv: str, last: int, claims: list[dict[str, Any]]
+                                ) -> None:
+        """A chat's new owner (or this node, holding the chat's shard again) first finishes
+        the sends that the chat's previous owner numbered and stored but did not finish
+        (killed, or cut off, after its claim batch): their inbox items are appended, or their
+        fan-out jobs written and queued, before any later message of the chat is numbered.
+        Their retries used to finish them, whenever they came, after the later messages
+        (the chaos checker's "reordered" with numbering=owner and a node SIGKILLed). Safe to
+        do: the previous lease has ended and its margin passed, so none of its writes is
+        still to land (docs/CASSANDRA.md, "Conversation owners"). A group's jobs still
+        listed are queued first for the same reason. A claim whose message row is missing
+        (a large message, written after its claim) is left to its retry, as before."""
+        running = self._turns.get(conv, set())
+        done_here = self._dones.get(conv, set())
+        todo = {r["seq"]: (r["sender"], r["client_id"]) for r in claims
+                if not r["done"] and r["seq"] <= last and r["seq"] not in running
+                and (r["sender"], r["client_id"]) not in done_here}
+        listed = [r["seq"] for r in await self.db.run("older_jobs", (conv, last + 1))
+                  ] if conv.startswith("g:") else []
+        if not todo and not listed:
+            return
+        stored = await self._load(conv, list(todo), holders=True)
+        per_user: dict[str, list[Entry]] = {}
+        writes: list[Callable[..., Awaitable[Any]]] = []
+        jobs: dict[int, int] = {}
+        finished: set[tuple[str, str]] = set()
+        for seq, (m, holders) in sorted(stored.items()):
+            if (m.sender, m.id) != todo[seq]:
+                continue  # (another message's row: that claim landed late, it is no claim)
+            finished.add(todo[seq])
+            if m.group is None:
+                for u in holders:
+                    per_user.setdefault(u, []).append(m)
+                continue
+            jobs[seq] = len(holders)
+            if seq not in listed:
+                writes += [functools.partial(self.db.run, "add_job", (conv, seq, holders)),
+                           functools.partial(self.db.run, "list_job", (conv, seq)),
+                           functools.partial(self._set_marks, conv, m.sender, seq, seq)]
+        await self._gather(writes)
+        for seq in sorted({*listed, *jobs}):
+            self._queue_job(conv, seq, jobs.get(seq, 1))
+        await self._append_items(per_user)
+        log.info("%s: finished %d send(s) cut short under the chat's previous owner",
+                 conv, len(finished))
+        self._dones.setdefault(conv, set()).update(finished)
+        for r in claims:
+            if (r["sender"], r["client_id"]) in finished:
+                r["done"] = True
+
+    def _queue_job(self, conv: str, seq: int, left: int) -> None:
+        """A group message's fan-out job, to be run by this node after those queued before."""
+        if self.fanout_mode == "auto":  # (else a node takes it from the Redis stream)
+            self._job_left[(conv, seq)] = left
+            if (conv, seq) not in self._jobs:
+                self._jobs.append((conv, seq))
+        if self.on_fanout is not None:
+            self.on_fanout(conv, seq)
 
     def _drop_claims(self, conv: str) -> None:
         self._claims_off(conv)
@@ -1540,15 +1628,10 @@ class CassandraStore:
             # timeout that hid a write that applied) would leave its job unrun until a
             # restart.
             for c, seq, n in jobs:
-                if c != conv:
-                    continue
-                if self.fanout_mode == "auto":  # (else a node takes it from the Redis stream)
-                    self._job_left[(conv, seq)] = n
-                    if (conv, seq) not in self._jobs:
-                        self._jobs.append((conv, seq))
-                if self.on_fanout is not None:
-                    self.on_fanout(conv, seq)
-            got = await self._append_items(inbox.get(conv, {}))
+                if c == conv:
+                    self._queue_job(conv, seq, n)
+            got = await (self._append_finishing if self.owners else self._append_items)(
+                inbox.get(conv, {}))
             self._release(conv, [c.seq for m, c in zip(msgs, claims, strict=True)
                                  if m.conv == conv and c is not None and (c.new or c.adopted)])
             return got
@@ -1709,18 +1792,29 @@ class CassandraStore:
         self.fanouts_run += 1
         return True
 
-    async def _load(self, conv: str, seqs: list[int]) -> dict[int, Message]:
-        """Messages of conv by seq (those that still exist)."""
+    @overload
+    async def _load(self, conv: str, seqs: list[int]) -> dict[int, Message]: ...
+    @overload
+    async def _load(self, conv: str, seqs: list[int], holders: Literal[True]
+                    ) -> dict[int, tuple[Message, list[str]]]: ...
+
+    async def _load(self, conv: str, seqs: list[int], holders: bool = False) -> Any:
+        """Messages of conv by seq (those that still exist); with holders, each with the
+        users whose inboxes it was sent to."""
         parts: dict[int, list[int]] = {}
         for s in seqs:
             parts.setdefault(bucket(s), []).append(s)
         pages = await self._gather(
             lambda b=b, s=s: self.db.run("msgs_in", (conv, b, s)) for b, s in parts.items())
-        return {r["seq"]: Message(
-            conv=conv, seq=r["seq"], ts=r["ts"], sender=r["sender"], device=r["device"],
-            id=r["client_id"], body=r["body"] or b"", group=r["grp"], media=blobs.media(r["media"]),
-            event=blobs.event(r["event"]))
-            for rows in pages for r in rows}
+        out: dict[int, Any] = {}
+        for rows in pages:
+            for r in rows:
+                m = Message(conv=conv, seq=r["seq"], ts=r["ts"], sender=r["sender"],
+                            device=r["device"], id=r["client_id"], body=r["body"] or b"",
+                            group=r["grp"], media=blobs.media(r["media"]),
+                            event=blobs.event(r["event"]))
+                out[r["seq"]] = (m, sorted(r["holders"] or ())) if holders else m
+        return out
 
     # ---- reading ---------------------------------------------------------------------------
 

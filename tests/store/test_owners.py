@@ -136,17 +136,17 @@ async def test_a_claim_written_late_over_a_seq_given_away_is_no_claim(
 async def test_a_retry_of_a_send_cut_short_under_the_previous_owner_is_found(
         node: CassandraNode) -> None:
     """The next owner knows the chat's claims from its first read of the chat: a send the
-    previous owner claimed and stored but did not finish (no SENT) is redone at its seq by its
-    retry, and one it finished is a duplicate; neither is numbered again."""
+    previous owner claimed but did not store (a large message, whose row is written after
+    its claim; no SENT) is redone at its seq by its retry, and one it finished is a
+    duplicate; neither is numbered again. (One it stored is finished by the next owner
+    itself: the test below.)"""
     async with open_store(owner_url(node)) as s:
         for u in ("alice", "bob"):
             await s.attach_device(u, "phone")
         assert (await s.append_message(msg(0))).seq == 1
-        old = now_ms() - REDO_AFTER_MS - 1  # (cut short: claimed, stored, not done)
+        old = now_ms() - REDO_AFTER_MS - 1  # (cut short: claimed, not stored, not done)
         await s.db.run(s.db.batch([("own_seq", (2, CONV)), (
             "own_claim", (CONV, "alice", "alice-1", 2, 1000, old, 60))]))
-        await s.db.run("put_msg", (CONV, bucket(2), 2, 1000, "alice", "phone", "alice-1",
-                                   b"x", None, None, None, {"bob"}, 0))
     async with open_store(owner_url(node)) as s:
         again = await s.append_message(msg(1))
         assert (again.seq, again.duplicate) == (2, False)
@@ -280,6 +280,7 @@ async def test_an_ack_of_items_put_by_this_owner_reads_nothing(
             return out
 
         monkeypatch.setattr(s, "_fenced", lost_answer)
+        monkeypatch.setattr(cassandra, "FINISH_FOR", 0)  # (the send fails: not tried again)
         with pytest.raises(StoreError):
             await s.append_message(msg(2))
         monkeypatch.setattr(s, "_fenced", fenced)
@@ -402,3 +403,69 @@ async def test_an_item_found_in_the_inbox_is_handed_to_the_devices_again(
         s.on_append = lambda items: told.extend((u, it.q) for u, it in items)
         assert await s._append_items({"bob": [m]}) == []  # (the retry: there already)
         assert told == [("bob", 1)]
+
+
+async def test_a_send_cut_short_under_the_previous_owner_is_finished_before_the_next_one(
+        node: CassandraNode) -> None:
+    """A send the previous owner numbered and stored but did not finish (the node killed
+    before it appended the inbox items) is finished by the chat's next owner before that
+    numbers anything: the recipient gets it before the later message, and its retry is a
+    duplicate. It used to be finished by its retry, whenever that came, after the later
+    messages (the chaos checker's "reordered", a node SIGKILLed with numbering=owner)."""
+    async with open_store(owner_url(node)) as s:
+        for u in ("alice", "bob"):
+            await s.attach_device(u, "phone")
+        assert (await s.append_message(msg(0))).seq == 1
+        await s.db.run(s.db.batch([("own_seq", (2, CONV)), (
+            "own_claim", (CONV, "alice", "alice-1", 2, 1000, now_ms(), 60))]))
+        await s.db.run("put_msg", (CONV, bucket(2), 2, 1000, "alice", "phone", "alice-1",
+                                   b"x", None, None, None, {"bob"}, 0))
+    async with open_store(owner_url(node)) as s:
+        told: list[int] = []
+        s.on_append = lambda items: told.extend(
+            it.message.seq for u, it in items if isinstance(it, Delivery))
+        assert (await s.append_message(msg(2))).seq == 3
+        page = await s.inbox("bob", "phone", 0, 10)
+        assert [it.message.seq for it in page.items if isinstance(it, Delivery)] == [1, 2, 3]
+        assert told == [2, 3]  # (bob, online, is told of it)
+        again = await s.append_message(msg(1))
+        assert (again.seq, again.duplicate) == (2, True)
+
+
+async def test_a_groups_sends_cut_short_under_the_previous_owner_go_out_first(
+        node: CassandraNode) -> None:
+    """The same for a group: the previous owner's unfinished fan-out job (seq 2) and a send
+    it stored but whose job it never wrote (seq 3) reach every member before the next
+    message. Before, the job waited for the next sweep (run after the new message's), and
+    the unwritten one for its sender's retry."""
+    async with open_store(owner_url(node)) as s:
+        for u in ("alice", *MEMBERS):
+            await s.attach_device(u, "phone")
+        await s.create_group("g1", "team", "alice", list(MEMBERS), ts=1)
+        with trio.fail_after(20):
+            while await s.pending_fanouts():
+                await trio.sleep(0.02)
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        await trio.sleep(0.5)  # (its first sweep of unfinished jobs is over)
+        rows: list[tuple[str, tuple[Any, ...]]] = [("own_seq", (3, "g:g1"))]
+        for seq in (2, 3):  # (as the previous owner left them)
+            rows.append(("own_claim", ("g:g1", "alice", f"g-{seq}", seq, 1000, now_ms(), 60)))
+            await s.db.run("put_msg", ("g:g1", bucket(seq), seq, 1000, "alice", "phone",
+                                       f"g-{seq}", b"x", None, "g1", None, set(MEMBERS), 0))
+        await s.db.run(s.db.batch(rows))
+        await s.db.run("add_job", ("g:g1", 2, list(MEMBERS)))
+        await s.db.run("list_job", ("g:g1", 2))
+        sent = await s.append_message(NewMessage("alice", "phone", "g-4", "g:g1", (), b"x",
+                                                 2000, group="g1"))
+        assert sent.seq == 4
+        with trio.fail_after(20):
+            while await s.pending_fanouts() or s.fanout_pending:
+                await trio.sleep(0.02)
+        for u in MEMBERS:
+            page = await s.inbox(u, "phone", 0, 100)
+            assert [it.message.seq for it in page.items if isinstance(it, Delivery)] == [
+                1, 2, 3, 4], u
+        again = await s.append_message(NewMessage("alice", "phone", "g-3", "g:g1", (), b"x",
+                                                  1000, group="g1"))
+        assert (again.seq, again.duplicate) == (3, True)
