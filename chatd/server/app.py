@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -42,6 +43,7 @@ from chatd.web.origins import origin_allowed, parse_origins, request_origin
 
 from . import metrics
 from .config import Config
+from .identity import store_name
 from .limits import UserLimits
 from .presence import PresenceService
 from .session import Flusher, Session
@@ -570,32 +572,35 @@ async def serve(config: Config, *, worker: Worker | None = None,
     cancelled)."""
     config.validate()
     secret = load_or_create_secret(config.data_dir)
-    async with open_store(config.store_url) as store:
-        peers: Peers | None = None
-        forwarder = None
-        node_id = config.node_id or "n1"
-        if worker is not None:
-            node_id = f"{config.node_id}-w{worker.index}" if config.node_id else \
-                f"w{worker.index}"
-        if config.redis:  # several nodes (each worker of a node is one of them)
-            need("redis")
-            from chatd.router.redis import RedisPeers
+    node_id = config.node_id or "n1"
+    if worker is not None:
+        node_id = f"{config.node_id}-w{worker.index}" if config.node_id else \
+            f"w{worker.index}"
+    # (a name kept across restarts: a shared store's leases taken back at once after a crash)
+    with store_name(config.data_dir, node_id) if config.store_url.startswith(
+            "cassandra:") else contextlib.nullcontext() as name:
+        async with open_store(config.store_url, name) as store:
+            peers: Peers | None = None
+            forwarder = None
+            if config.redis:  # several nodes (each worker of a node is one of them)
+                need("redis")
+                from chatd.router.redis import RedisPeers
 
-            peers = RedisPeers(config.redis, node_id, store)
-        elif worker is not None:
-            peers = UnixPeers(worker.run_dir, worker.index, worker.count)
-        if peers is not None and isinstance(store, OwnedNumbering) and store.owners:
-            from chatd.router.forward import Forwarder  # (each worker is a node)
+                peers = RedisPeers(config.redis, node_id, store)
+            elif worker is not None:
+                peers = UnixPeers(worker.run_dir, worker.index, worker.count)
+            if peers is not None and isinstance(store, OwnedNumbering) and store.owners:
+                from chatd.router.forward import Forwarder  # (each worker is a node)
 
-            forwarder = store.remote = Forwarder(peers, store)
-        server = ChatServer(config, store, secret, node_id, peers,
-                            share=worker.count if worker is not None else 1,
-                            worker=worker is not None)
-        server.forwarder = forwarder
-        async with trio.open_nursery() as nursery:
-            if peers is not None:
-                await nursery.start(functools.partial(peers.run, server))
-            await nursery.start(server.run)
-            task_status.started(server)
-            await server.stopped.wait()
-            nursery.cancel_scope.cancel()
+                forwarder = store.remote = Forwarder(peers, store)
+            server = ChatServer(config, store, secret, node_id, peers,
+                                share=worker.count if worker is not None else 1,
+                                worker=worker is not None)
+            server.forwarder = forwarder
+            async with trio.open_nursery() as nursery:
+                if peers is not None:
+                    await nursery.start(functools.partial(peers.run, server))
+                await nursery.start(server.run)
+                task_status.started(server)
+                await server.stopped.wait()
+                nursery.cancel_scope.cancel()

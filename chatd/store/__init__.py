@@ -54,11 +54,13 @@ def private_file(path: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[Store]:
+async def open_store(url: str, name: str | None = None) -> AsyncIterator[Store]:
+    """The store at url, running. `name`: the node's name in a shared store, the same
+    across its restarts (chatd.server.identity; default: a random one)."""
     check_store_url(url)
     sq: Store
     if url.startswith("cassandra:"):
-        cassandra = CassandraStore(url)
+        cassandra = CassandraStore(url, name)
         await cassandra.connect()
         sq = cassandra
     elif url == "memory://":  # the SQLite store on an in-memory database: nothing on disk

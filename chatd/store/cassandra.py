@@ -365,7 +365,7 @@ class JobBusy(StoreError):
 
 
 class CassandraStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, name: str | None = None) -> None:
         self.url = CassandraURL.parse(url)
         self.db = Session(self.url)
         self.on_append: AppendListener | None = None
@@ -427,11 +427,17 @@ class CassandraStore:
         self._failed_at = -math.inf  # when a request of this store last failed
         self._closed = False
         self.inflight = 0
-        self.node_id = secrets.token_hex(8)  # owns the fan-out jobs it runs
+        # owns the fan-out jobs it runs and the shard leases it holds; a name kept across
+        # restarts (chatd.server.identity) takes those of its previous process back
+        self.node_id = name or secrets.token_hex(8)
+        self._named = name is not None
+        self._reclaim_at = -math.inf  # (see _take)
 
     # ---- life ----------------------------------------------------------------------------
 
     async def connect(self) -> None:
+        if self._named:
+            self._reclaim_at = trio.current_time() + lease_margin(self.url.timeout)
         await self.db.connect(None)
         version = await schema_version(self.db)
         if version != SCHEMA_VERSION:
@@ -888,6 +894,11 @@ class CassandraStore:
             row = current[0] if current else {}
             epoch = row.get("epoch")
             if row.get("owner") == self.node_id and epoch is not None:  # ours still
+                # (or our previous process's, killed: taken back once every write it sent
+                # has landed or never will, as another node would once the lease ran out)
+                if (wait := self._reclaim_at - trio.current_time()) > 0:
+                    raise StoreError(f"this node restarted; it numbers the chats of shard"
+                                     f" {shard} again in {wait:.1f} s: send it again then")
                 sent = trio.current_time()
                 ok, _ = await self.db.applied(
                     "lease_renew", (ttl, self.node_id, shard, self.node_id, epoch))

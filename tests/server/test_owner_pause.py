@@ -116,3 +116,34 @@ def test_an_owner_paused_past_its_lease_stores_no_seq_the_next_owner_gave(
     late = [s for c, s in acks.items() if c in through_a and s > min(b_seqs)]
     assert not late  # a gave no seq once b had the chat
     assert len([c for c in acks if c.startswith("a")]) >= 5
+
+
+def test_a_node_killed_and_started_again_numbers_its_chats_before_its_leases_run_out(
+        cassandra: CassandraNode, tmp_path: Path) -> None:
+    """A node SIGKILLed and started again (same data dir, same name) holds its shard leases
+    under a name kept across restarts (chatd.server.identity), so it takes them back once
+    the lease margin has passed since it started: the chat goes on at the next seq. Before,
+    each process had a random name, and the chats it numbered waited for its old leases to
+    run out (`lease`, here 60 s; 30 s by default)."""
+    cassandra.truncate()
+    url = cassandra.url(numbering="owner", timeout="2", lease="60")
+    a = ChatdProcess(str(tmp_path / "a"), ["alice", "bob"], store=url)
+    try:
+        first = trio.run(send_once, a, "m1")
+        assert first is not None
+        a.proc.kill()
+        a.proc.wait()
+    finally:
+        a.stop()
+    again = ChatdProcess(str(tmp_path / "a"), [], store=url)
+
+    async def resend() -> int:
+        with trio.fail_after(30):  # (half the lease: the margin here is 4 s)
+            while (seq := await send_once(again, "m2")) is None:
+                await trio.sleep(0.5)
+        return seq
+
+    try:
+        assert trio.run(resend) == first + 1
+    finally:
+        again.stop()
