@@ -188,12 +188,16 @@ class ChatServer:
         self.peers.outbox.items((user, body) for user, _, body in encoded)
         self.peers.flush_soon()
 
-    def _replace(self, user: str, device: str) -> None:
-        """The device connected again (here or on a peer): end its older connections here."""
+    def _replace(self, user: str, device: str, at: int | None = None) -> None:
+        """The device connected again (here, or on a peer at `at` ms): end its older
+        connections here. A peer's news can come after the device has connected here again
+        (its client gave up on that peer and came back): a connection made after `at` stays
+        (docs/RELIABILITY.md, finding 6 (e))."""
         for old in self.router.targets(user):
             if old.device == device:
                 assert isinstance(old, Session)
-                old.end(F.Goodbye(code=0, reason="replaced by a newer connection"))
+                if at is None or old.connected_ms <= at:
+                    old.end(F.Goodbye(code=0, reason="replaced by a newer connection"))
 
     # ---- what peers tell this process (chatd.router.peers.PeerHandler) ---------------------
 
@@ -214,7 +218,7 @@ class ChatServer:
         self.presence.remote(origin, user, online, active)
 
     def peer_kick(self, user: str, device: str, at: int) -> None:
-        self._replace(user, device)
+        self._replace(user, device, at)
 
     def peers_rejoined(self) -> None:
         self.presence.retell()
@@ -519,7 +523,7 @@ class ChatServer:
             address = ""  # (this frame lives as long as the connection: keep it small)
             self._replace(user, device)
             if self.peers is not None:  # the device's older connection may be on a peer
-                self.peers.outbox.kick(user, device, now_ms())
+                self.peers.outbox.kick(user, device, session.connected_ms)
                 self.peers.attach(user, device)
                 self.peers.flush_soon()
             self.router.attach(session)

@@ -90,7 +90,8 @@ class Session:
     __slots__ = ("server", "transport", "conn", "user", "device", "_out", "_out_bytes",
                  "_writing", "_sent_upto", "_live", "_need_sync", "_nursery", "_closing",
                  "rx_at", "frame_at", "_acks_running", "_acks_done", "background", "watching",
-                 "_presence_pending", "_item_max", "_acked", "_pause", "_msg_upto")
+                 "_presence_pending", "_item_max", "_acked", "_pause", "_msg_upto",
+                 "connected_ms")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
                  conn: Connection, user: str, device: str, cursor: int,
@@ -121,6 +122,7 @@ class Session:
         self.watching: set[str] | None = None  # users whose presence this device follows
         self._presence_pending: dict[str, F.Presence] | None = None  # held while backed up
         self._item_max = MAX_BODY_SIZE  # largest inbox item seen: sizes the drain's pages
+        self.connected_ms = now_ms()  # (a peer's news of a newer connection ends this one)
 
     # ---- output --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from chatd.auth import load_or_create_secret, make_token
+from chatd.core import now_ms
 from chatd.server import Config
 from chatd.server.app import Worker, serve
 
@@ -70,6 +71,22 @@ async def test_a_device_that_moves_worker_replaces_its_old_connection(
                     assert (await messages(new, 1))[0].text == "to the new one"
                 with trio.fail_after(5):
                     await old.next_event(cc.Disconnected)
+
+
+async def test_late_news_of_an_older_connection_ends_no_newer_one(
+        workers: list[Node]) -> None:
+    """A device's "connected here" news that reaches a process after the same device has
+    connected there again (its client gave up on the first and came back quickly) used to
+    end that newer connection ("replaced by a newer connection": seen in CI, RELIABILITY.md
+    finding 6 (e)). The news says when its connection was made: only older ones end."""
+    w0, w1 = workers
+    async with w1.connect("bob", "phone", reconnect=False) as bob:
+        await first(bob, cc.Synced)
+        w1.server.peer_kick("bob", "phone", now_ms() - 1000)  # (an older connection's)
+        async with w0.connect("alice") as alice:
+            await alice.send("bob", "still connected")
+            assert [m.text for m in await messages(bob, 1)] == ["still connected"]
+    # (the news of a newer connection ends it: the test above)
 
 
 # ---- the real thing: chatd serve --workers 2 ---------------------------------------------
