@@ -1621,6 +1621,12 @@ class CassandraStore:
                 writes.append(lambda day=day: self._add_day(day))
             done.append(((m.conv,), "done", (IDS_TTL, m.conv, m.sender, m.client_id), 50))
             results.append(Appended(m.conv, c.seq, c.ts))
+        # each inbox, and each group's jobs, in seq order: one call may carry a redone send
+        # (its seq held for it) after a new message of its chat
+        for per_user in inbox.values():
+            for entries in per_user.values():
+                entries.sort(key=lambda e: cast(Message, e).seq)
+        jobs.sort()
         # the message rows exist before anything points at them
         await self._gather([*writes, *self._batches(rows)])
         new = {m.conv: min(c.seq for mm, c in zip(msgs, claims, strict=True)
