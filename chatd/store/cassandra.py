@@ -1589,6 +1589,7 @@ class CassandraStore:
         rows: list[_Row] = []
         done: list[_Row] = []
         jobs: list[tuple[str, int, int]] = []  # group messages: (conv, seq, recipients)
+        busy: list[str] = []  # client ids of sends still being stored by an earlier try
         fresh: list[tuple[str, int]] = []  # 1:1 messages numbered by this call
         for m, c in zip(msgs, claims, strict=True):
             assert c is not None
@@ -1597,8 +1598,11 @@ class CassandraStore:
                     results.append(Appended(m.conv, c.seq, c.ts, duplicate=True))
                     continue
                 if not c.adopted and now_ms() - c.at < REDO_AFTER_MS:
-                    raise StoreError(f"message {m.client_id!r} is still being stored:"
-                                     " send it again in a moment")
+                    # (refused once the call's other sends are done: failing them all now
+                    # left the new ones' seqs held for retries that may come too late)
+                    busy.append(m.client_id)
+                    results.append(Appended(m.conv, c.seq, c.ts, duplicate=True))
+                    continue
             stored = Message(conv=m.conv, seq=c.seq, ts=c.ts, sender=m.sender, device=m.device,
                              id=m.client_id, body=m.body, group=m.group, media=m.media,
                              event=m.event)
@@ -1666,6 +1670,9 @@ class CassandraStore:
                     c.done = True
         else:
             await self._gather(self._batches(done))
+        if busy:
+            raise StoreError(f"message {busy[0]!r} is still being stored: send it again in a"
+                             " moment")
         # each result carries its own inbox items (for callers that look at them)
         by_msg: dict[tuple[str, int], list[tuple[str, Item]]] = {}
         for user, it in items:

@@ -439,6 +439,47 @@ async def test_cassandra_a_redone_send_after_a_new_one_in_one_call_keeps_its_pla
         await assert_in_seq_order(s, {"m1": r1, "m2": r2})
 
 
+@pytest.mark.parametrize("numbering", ["owner", "paxos"])
+async def test_cassandra_a_retry_still_being_stored_fails_no_new_send_of_its_call(
+        cassandra: Any, numbering: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device's batch carries the retry of a send whose first try is still being stored
+    and a new send (an SDK resending what it had in flight after a reconnect). The retry is
+    refused ("still being stored"), and that used to fail the whole call before the new send
+    was stored: its seq stayed held for its own retry, and when that came late (the device
+    reconnecting again) the chat's later messages went first (`reordered`, chaos seed 2).
+    Now the new send is stored and appended before the call fails; its retry is a
+    duplicate."""
+    cassandra.truncate()
+    async with open_store(cassandra.url(numbering=numbering, timeout="2", lease="9")) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ["alice", "bob"]:
+            await s.attach_device(u, "a")
+        real = s._append_items
+        slow = trio.Event()
+
+        async def slow_first(per_user: Any) -> Any:
+            if not slow.is_set():
+                slow.set()
+                await trio.sleep(1.0)
+            return await real(per_user)
+
+        monkeypatch.setattr(s, "_append_items", slow_first)
+        m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+        m2 = NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11)
+        got: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            async def first() -> None:
+                got["m1"] = await s.append_message(m1)
+
+            nursery.start_soon(first)
+            await slow.wait()  # (m1 is appending its items)
+            with pytest.raises(StoreError, match="still being stored"):
+                await s.append_messages([m1, m2])
+        got["m2"] = await s.append_message(m2)
+        assert got["m2"].duplicate
+        await assert_in_seq_order(s, got)
+
+
 async def test_cassandra_owner_a_send_whose_inbox_append_failed_is_finished_by_its_owner(
         cassandra: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """numbering=owner: a send whose inbox appends fail after it stored its message (the
