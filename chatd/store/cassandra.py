@@ -481,12 +481,16 @@ class CassandraStore:
         """Fan-out jobs left unfinished by a stop or a crash, and (with peers) those of
         groups this node owns now whose node died or left, to carry on: at start, then every
         SWEEP_S ("auto" mode only: with Redis and numbering=paxos, the nodes share the jobs
-        through a stream). One read of the partition that lists unfinished jobs."""
+        through a stream). One read of the partition that lists unfinished jobs. A job of a
+        chat with a send at or before it still running here is left to that send, which
+        queues its job in seq order (see _wait_turn): taken from the list, a later job ran
+        before an earlier one whose send was still writing it (chaos: `reordered`)."""
         while True:
             if self.fanout_mode == "auto":
                 try:
                     for job in await self.pending_fanouts():
-                        if job not in self._job_left and self._mine(job[0]):
+                        if job not in self._job_left and self._mine(job[0]) and not any(
+                                s <= job[1] for s in self._turns.get(job[0], ())):
                             self._queue_job(*job, 1)
                 except StoreError as exc:
                     log.warning("could not list unfinished fan-outs, retrying: %s", exc)
@@ -1222,22 +1226,22 @@ class CassandraStore:
         (a large message, written after its claim) is left to its retry, as before."""
         running = self._turns.get(conv, set())
         done_here = self._dones.get(conv, set())
-        todo = {r["seq"]: (r["sender"], r["client_id"]) for r in claims
+        todo = {(r["sender"], r["client_id"]): r["seq"] for r in claims
                 if not r["done"] and r["seq"] <= last and r["seq"] not in running
                 and (r["sender"], r["client_id"]) not in done_here}
         listed = [r["seq"] for r in await self.db.run("older_jobs", (conv, last + 1))
                   ] if conv.startswith("g:") else []
         if not todo and not listed:
             return
-        stored = await self._load(conv, list(todo), holders=True)
+        stored = await self._load(conv, sorted(set(todo.values())), holders=True)
         per_user: dict[str, list[Entry]] = {}
         writes: list[Callable[..., Awaitable[Any]]] = []
         jobs: dict[int, int] = {}
         finished: set[tuple[str, str]] = set()
         for seq, (m, holders) in sorted(stored.items()):
-            if (m.sender, m.id) != todo[seq]:
+            if todo.get((m.sender, m.id)) != seq:
                 continue  # (another message's row: that claim landed late, it is no claim)
-            finished.add(todo[seq])
+            finished.add((m.sender, m.id))
             if m.group is None:
                 for u in holders:
                     per_user.setdefault(u, []).append(m)
@@ -1251,8 +1255,8 @@ class CassandraStore:
         for seq in sorted({*listed, *jobs}):
             self._queue_job(conv, seq, jobs.get(seq, 1))
         await self._append_items(per_user)
-        log.info("%s: finished %d send(s) cut short under the chat's previous owner",
-                 conv, len(finished))
+        log.info("%s: finished %d send(s) and queued %d fan-out job(s) left unfinished"
+                 " under the chat's previous owner", conv, len(finished), len({*listed, *jobs}))
         self._dones.setdefault(conv, set()).update(finished)
         for r in claims:
             if (r["sender"], r["client_id"]) in finished:

@@ -501,6 +501,9 @@ async def test_cassandra_owner_a_send_whose_inbox_append_failed_is_finished_by_i
                     NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10))
 
             nursery.start_soon(first)
+            with trio.fail_after(10):  # (m1 took seq 1 before m2 is sent)
+                while 1 not in s._turns.get("d:alice:bob", ()):
+                    await trio.sleep(0.01)
             await send_second(s, nursery, got)
         await assert_in_seq_order(s, got)
 
