@@ -333,6 +333,20 @@ async def test_a_send_whose_caller_left_while_its_seq_was_written_holds_up_no_la
 MEMBERS = ("bob", "carol", "dave", "erin", "frank")
 
 
+async def fanned_out(s: Any) -> None:
+    """Wait until every fan-out job has run."""
+    with trio.fail_after(20):
+        while await s.pending_fanouts() or s.fanout_pending:
+            await trio.sleep(0.02)
+
+
+async def assert_members_got(s: Any, seqs: list[int]) -> None:
+    """Each member's inbox holds the group's messages at these seqs, in this order."""
+    for u in MEMBERS:
+        page = await s.inbox(u, "phone", 0, 100)
+        assert [it.message.seq for it in page.items if isinstance(it, Delivery)] == seqs, u
+
+
 async def test_a_groups_fan_out_costs_no_transaction_per_message(node: CassandraNode) -> None:
     """The group's owner runs its fan-out jobs under the group's shard lease, with plain
     writes: 20 group messages cost no Paxos round once the leases are held (each job took,
@@ -442,9 +456,7 @@ async def test_a_groups_sends_cut_short_under_the_previous_owner_go_out_first(
         for u in ("alice", *MEMBERS):
             await s.attach_device(u, "phone")
         await s.create_group("g1", "team", "alice", list(MEMBERS), ts=1)
-        with trio.fail_after(20):
-            while await s.pending_fanouts():
-                await trio.sleep(0.02)
+        await fanned_out(s)
     async with open_store(owner_url(node)) as s:
         assert isinstance(s, CassandraStore)
         await trio.sleep(0.5)  # (its first sweep of unfinished jobs is over)
@@ -459,13 +471,8 @@ async def test_a_groups_sends_cut_short_under_the_previous_owner_go_out_first(
         sent = await s.append_message(NewMessage("alice", "phone", "g-4", "g:g1", (), b"x",
                                                  2000, group="g1"))
         assert sent.seq == 4
-        with trio.fail_after(20):
-            while await s.pending_fanouts() or s.fanout_pending:
-                await trio.sleep(0.02)
-        for u in MEMBERS:
-            page = await s.inbox(u, "phone", 0, 100)
-            assert [it.message.seq for it in page.items if isinstance(it, Delivery)] == [
-                1, 2, 3, 4], u
+        await fanned_out(s)
+        await assert_members_got(s, [1, 2, 3, 4])
         again = await s.append_message(NewMessage("alice", "phone", "g-3", "g:g1", (), b"x",
                                                   1000, group="g1"))
         assert (again.seq, again.duplicate) == (3, True)
@@ -484,9 +491,7 @@ async def test_the_sweep_of_unfinished_jobs_does_not_run_a_later_one_first(
         for u in ("alice", *MEMBERS):
             await s.attach_device(u, "phone")
         await s.create_group("g1", "team", "alice", list(MEMBERS), ts=1)
-        with trio.fail_after(20):
-            while await s.pending_fanouts() or s.fanout_pending:
-                await trio.sleep(0.02)
+        await fanned_out(s)
         run = s.db.run
 
         async def slow_listing(stmt: Any, params: Any = None) -> Any:
@@ -500,10 +505,5 @@ async def test_the_sweep_of_unfinished_jobs_does_not_run_a_later_one_first(
                 nursery.start_soon(s.append_message, NewMessage(
                     "alice", "phone", f"g-{i}", "g:g1", (), b"x", 1000 + i, group="g1"))
                 await trio.sleep(0.1)
-        with trio.fail_after(20):
-            while await s.pending_fanouts() or s.fanout_pending:
-                await trio.sleep(0.02)
-        for u in MEMBERS:
-            page = await s.inbox(u, "phone", 0, 100)
-            assert [it.message.seq for it in page.items if isinstance(it, Delivery)] == [
-                1, 2, 3], u
+        await fanned_out(s)
+        await assert_members_got(s, [1, 2, 3])
