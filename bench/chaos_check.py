@@ -272,17 +272,28 @@ def _device(dev: str) -> str:
     return dev.split("/", 1)[1]
 
 
-def check(records: list[Record], final: bool = True) -> dict[str, Any]:
-    """Judge a history. `final`: the run is over (every device drained, the stored history
-    read back), so lost, gaps, receipts and history are judged too; otherwise only what can
-    never become right later (duplicated, reordered, unexpected) plus the outstanding
-    counts of lost and receipts (for waiting until the system settles)."""
+def _judged(records: list[Record], final: bool) -> _State:
     st = _State(records)
     st.check_lost()
     st.check_receipts()
     if final:
         st.check_gaps()
         st.check_history()
+    return st
+
+
+def violations(records: list[Record]) -> dict[str, list[Record]]:
+    """Every violation of a finished run's history, by kind (check counts them and lists a
+    few of each)."""
+    return dict(_judged(records, True).v)
+
+
+def check(records: list[Record], final: bool = True) -> dict[str, Any]:
+    """Judge a history. `final`: the run is over (every device drained, the stored history
+    read back), so lost, gaps, receipts and history are judged too; otherwise only what can
+    never become right later (duplicated, reordered, unexpected) plus the outstanding
+    counts of lost and receipts (for waiting until the system settles)."""
+    st = _judged(records, final)
     counts = {k: len(st.v[k]) for k in KINDS}
     if not final:
         counts["gaps"] = counts["history"] = 0

@@ -38,7 +38,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, Literal, TypeVar, cast, overload
+from typing import Any, Final, Literal, TypeVar, cast
 
 import trio
 
@@ -339,6 +339,13 @@ def inbox_item(q: int, entry: Entry) -> Item:
     if isinstance(entry, Message):
         return Delivery(q, entry)
     return Notice(q, entry)
+
+
+def _message(conv: str, r: dict[str, Any]) -> Message:
+    """A message row (`msgs_in`) as a Message."""
+    return Message(conv=conv, seq=r["seq"], ts=r["ts"], sender=r["sender"], device=r["device"],
+                   id=r["client_id"], body=r["body"] or b"", group=r["grp"],
+                   media=blobs.media(r["media"]), event=blobs.event(r["event"]))
 
 
 def redo_wait(timeout: float) -> float:
@@ -1233,12 +1240,13 @@ class CassandraStore:
                   ] if conv.startswith("g:") else []
         if not todo and not listed:
             return
-        stored = await self._load(conv, sorted(set(todo.values())), holders=True)
+        rows = await self._msg_rows(conv, sorted(set(todo.values())))
         per_user: dict[str, list[Entry]] = {}
         writes: list[Callable[..., Awaitable[Any]]] = []
         jobs: dict[int, int] = {}
         finished: set[tuple[str, str]] = set()
-        for seq, (m, holders) in sorted(stored.items()):
+        for r in sorted(rows, key=lambda r: r["seq"]):
+            seq, m, holders = r["seq"], _message(conv, r), sorted(r["holders"] or ())
             if todo.get((m.sender, m.id)) != seq:
                 continue  # (another message's row: that claim landed late, it is no claim)
             finished.add((m.sender, m.id))
@@ -1633,7 +1641,8 @@ class CassandraStore:
         # (its seq held for it) after a new message of its chat
         for per_user in inbox.values():
             for entries in per_user.values():
-                entries.sort(key=lambda e: cast(Message, e).seq)
+                if len(entries) > 1:
+                    entries.sort(key=lambda e: cast(Message, e).seq)
         jobs.sort()
         # the message rows exist before anything points at them
         await self._gather([*writes, *self._batches(rows)])
@@ -1820,29 +1829,18 @@ class CassandraStore:
         self.fanouts_run += 1
         return True
 
-    @overload
-    async def _load(self, conv: str, seqs: list[int]) -> dict[int, Message]: ...
-    @overload
-    async def _load(self, conv: str, seqs: list[int], holders: Literal[True]
-                    ) -> dict[int, tuple[Message, list[str]]]: ...
+    async def _load(self, conv: str, seqs: list[int]) -> dict[int, Message]:
+        """Messages of conv by seq (those that still exist)."""
+        return {r["seq"]: _message(conv, r) for r in await self._msg_rows(conv, seqs)}
 
-    async def _load(self, conv: str, seqs: list[int], holders: bool = False) -> Any:
-        """Messages of conv by seq (those that still exist); with holders, each with the
-        users whose inboxes it was sent to."""
+    async def _msg_rows(self, conv: str, seqs: list[int]) -> list[dict[str, Any]]:
+        """The rows of conv's messages at these seqs (those that still exist)."""
         parts: dict[int, list[int]] = {}
         for s in seqs:
             parts.setdefault(bucket(s), []).append(s)
         pages = await self._gather(
             lambda b=b, s=s: self.db.run("msgs_in", (conv, b, s)) for b, s in parts.items())
-        out: dict[int, Any] = {}
-        for rows in pages:
-            for r in rows:
-                m = Message(conv=conv, seq=r["seq"], ts=r["ts"], sender=r["sender"],
-                            device=r["device"], id=r["client_id"], body=r["body"] or b"",
-                            group=r["grp"], media=blobs.media(r["media"]),
-                            event=blobs.event(r["event"]))
-                out[r["seq"]] = (m, sorted(r["holders"] or ())) if holders else m
-        return out
+        return [r for rows in pages for r in rows]
 
     # ---- reading ---------------------------------------------------------------------------
 

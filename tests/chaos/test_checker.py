@@ -29,6 +29,14 @@ def test_each_corruption_is_caught_as_its_kind(kind: str, seed: int) -> None:
     assert cc.verdict(bad).startswith("chaos: FAIL")
 
 
+@pytest.mark.parametrize("kind", list(cc.CORRUPTIONS))
+def test_violations_lists_every_violation_that_check_counts(kind: str) -> None:
+    bad = cc.CORRUPTIONS[kind](cc.example_history(1), random.Random(1))
+    listed = cc.violations(bad)
+    assert {k: len(v) for k, v in listed.items()} == cc.check(bad)["violations"]
+    assert listed[kind]
+
+
 def test_self_test_reports_every_corruption() -> None:
     report = cc.self_test(cc.example_history(7))
     assert report["ok"] and report["clean_history_passes"]
