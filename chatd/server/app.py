@@ -352,9 +352,11 @@ class ChatServer:
         """One task for every connection's idle and slow-frame timeouts (a timer per
         connection would cost each idle connection a cancel scope), and for presence."""
         cfg = self.config
-        # Timeouts are enforced within an eighth of their length (at most 5 s late), presence
+        # Timeouts are enforced within an eighth of their length (at most 5 s late), a busy
+        # connection pinged within a quarter of the heartbeat (Session.check_timeouts), presence
         # within a second: every connection is looked at in a timeout pass, so those are few.
-        every = max(0.05, min(5.0, cfg.idle_timeout / 8, cfg.frame_timeout / 8))
+        every = max(0.05, min(5.0, cfg.idle_timeout / 8, cfg.frame_timeout / 8,
+                              cfg.heartbeat / 4))
         interval = max(0.05, min(1.0, every, cfg.presence_threshold / 8))
         checked = sampled = 0.0
         while True:

@@ -91,7 +91,7 @@ class Session:
                  "_writing", "_sent_upto", "_live", "_need_sync", "_nursery", "_closing",
                  "rx_at", "frame_at", "_acks_running", "_acks_done", "background", "watching",
                  "_presence_pending", "_item_max", "_acked", "_pause", "_msg_upto",
-                 "connected_ms")
+                 "connected_ms", "busy_at")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
                  conn: Connection, user: str, device: str, cursor: int,
@@ -123,6 +123,7 @@ class Session:
         self._presence_pending: dict[str, F.Presence] | None = None  # held while backed up
         self._item_max = MAX_BODY_SIZE  # largest inbox item seen: sizes the drain's pages
         self.connected_ms = now_ms()  # (a peer's news of a newer connection ends this one)
+        self.busy_at: float | None = None  # BUSY since (as the sweeper saw), or last pinged
 
     # ---- output --------------------------------------------------------------------------
 
@@ -373,6 +374,7 @@ class Session:
                     if await self.handle_all(self._received_frames()):
                         break
                     self.rx_at = trio.current_time()
+                    self.busy_at = None
                     if not conn.buffered:
                         self.frame_at = None
                     elif self.frame_at is None:
@@ -397,9 +399,22 @@ class Session:
                                                 trio.current_time() + 1.0)
 
     def check_timeouts(self, now: float) -> None:
-        """Close the connection if it went silent or a frame stalls (called by the sweeper)."""
+        """Close the connection if it went silent or a frame stalls (called by the sweeper).
+        While its requests are being handled (a send waiting for a slow store or a chat's
+        owner that does not answer yet) the reader reads nothing, not even the device's
+        Pings, so the node pings the device itself every half heartbeat: its client keeps
+        the connection instead of giving up on the node (which would not make the send go
+        faster) and sending everything again through another."""
         cfg = self.server.config
         if self._closing:
+            return
+        if self.rx_at == BUSY:
+            if self.busy_at is None:
+                self.busy_at = now
+            elif now - self.busy_at >= cfg.heartbeat / 2:
+                self.busy_at = now
+                self.send_frame(F.Ping())
+                self.server.stats["busy_pings"] += 1
             return
         if self.frame_at is not None and now - self.frame_at > cfg.frame_timeout:
             self.close_with(ErrorCode.TIMEOUT, "frame not completed in time")

@@ -179,3 +179,36 @@ async def test_each_send_of_a_failed_batch_is_answered_once(
                               to=None if cid == "g1" else "bob", body=b"again"))
         assert isinstance((await answers(raw, {cid}))[cid], F.Sent)
     await raw.aclose()
+
+
+@pytest.mark.parametrize("start_node", ["sqlite"], indirect=True)  # (the session's logic)
+async def test_a_send_that_waits_long_keeps_its_connection(
+        start_node: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send whose store call takes longer than the client's read timeout (a chat whose
+    owner does not answer yet, up to the forward's timeouts): the connection's reader waits
+    for it and reads no Ping meanwhile, so the node itself pings the device while it waits.
+    The client keeps its connection and gets its Sent on it (before, it gave up on the node
+    with TooSlowError after heartbeat x 2 + 5 s and sent again through a new connection)."""
+    node: Node = await start_node(heartbeat=0.5)  # the SDK waits 6 s for a frame
+    await node.add_users("alice", "bob")
+    store = node.server.store
+    real = store.append_messages
+    slow = trio.Event()
+
+    async def append_messages(msgs: list[NewMessage]) -> Any:
+        if not slow.is_set():
+            slow.set()
+            await trio.sleep(8)
+        return await real(msgs)
+
+    monkeypatch.setattr(store, "append_messages", append_messages)
+    async with node.connect("alice", "phone") as alice:
+        await alice.next_event(cc.Synced)
+        with trio.fail_after(20):
+            sent = await alice.send("bob", "slow one")
+        assert sent.seq == 1
+        assert alice.reconnects == 0
+    assert node.server.stats["busy_pings"] >= 1
+    async with node.connect("bob") as bob:
+        got = await messages(bob, 1)
+        assert [m.text for m in got] == ["slow one"]
