@@ -1070,26 +1070,34 @@ class CassandraStore:
             marks = await self.db.run("inbox_at", (user, list(maybe)))
             named = {r["item_q"]: r for r in marks if r.get("item_q") is not None}
             found = await self.db.run("inbox_at", (user, list(named))) if named else []
-            for r in found:
-                m = named[r["q"]]
-                if (r["conv"], r["seq"]) == (m["conv"], m["seq"]):
-                    for j in maybe.get(m["q"], ()):
-                        e = entries[j]
-                        if type(e) is Message and (e.conv, e.seq) == (r["conv"], r["seq"]):
-                            if not there[j]:
-                                again.append((user, inbox_item(r["q"], e)))
-                            there[j] = True
+            at = {r["q"]: r for r in found}
+            for q, m in named.items():
+                r = at.get(q)
+                # No item there: every device read it and it was pruned (or it expired); the
+                # marker, written in the same batch as the item, says it was appended.
+                # Another item there: that write failed and q was given again; it goes in.
+                if r is not None and (r["conv"], r["seq"]) != (m["conv"], m["seq"]):
+                    continue
+                for j in maybe.get(m["q"], ()):
+                    e = entries[j]
+                    if type(e) is Message and (e.conv, e.seq) == (m["conv"], m["seq"]):
+                        if not there[j] and r is not None:
+                            again.append((user, inbox_item(q, e)))
+                        there[j] = True
         todo = [j for j in range(len(entries)) if not there[j]]
-        rows: list[tuple[str, tuple[Any, ...]]] = []
+        chunks: list[list[tuple[str, tuple[Any, ...]]]] = [[]]
         for n, j in enumerate(todo, last + 1):
             it = entries[j]
+            if len(chunks[-1]) >= CHUNK - 1:  # (an item and its marker in one batch)
+                chunks.append([])
             if type(it) is Message:
-                rows.append(("put_item", (user, n, it.conv, it.seq, it.sender, None)))
-                rows.append(("own_marker", (user, marker_q(it.conv, it.seq), it.conv, it.seq,
-                                            n, MARK_TTL)))
+                chunks[-1] += [("put_item", (user, n, it.conv, it.seq, it.sender, None)),
+                               ("own_marker", (user, marker_q(it.conv, it.seq), it.conv,
+                                               it.seq, n, MARK_TTL))]
             else:
                 assert type(it) is ReceiptNote
-                rows.append(("put_item", (user, n, it.conv, 0, None, blobs.receipt_blob(it))))
+                chunks[-1].append(("put_item", (user, n, it.conv, 0, None,
+                                                blobs.receipt_blob(it))))
         if todo:
             top = last + len(todo)
             self._fence(user, lease, epoch)
@@ -1098,8 +1106,7 @@ class CassandraStore:
             # taken for good: positions a failed write may still fill are never given again
             self._qs[user] = top
             batches = [self.db.batch([("own_q", (top, user)), *(along if i == 0 else ()),
-                                      *rows[i : i + CHUNK]])
-                       for i in range(0, len(rows), CHUNK)]
+                                      *chunk]) for i, chunk in enumerate(chunks)]
             recent = self._recent.pop(user, None)
             for tries in range(RETRIES + 1):  # the same rows again: idempotent
                 try:

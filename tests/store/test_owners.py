@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from bench.cassandra import CassandraNode
-from chatd.core import Delivery, Message
+from chatd.core import Delivery, Message, ReceiptNote
 from chatd.core.values import now_ms
 from chatd.store import CassandraStore, NewMessage, StoreError, cassandra, open_store
 from chatd.store.cassandra import REDO_AFTER_MS, bucket
@@ -185,6 +185,54 @@ async def test_an_inbox_gets_a_message_once_when_appended_again(node: CassandraN
         await s.db.run("put_item", ("bob", 1, CONV, 6, "alice", None))
         third = await s._append_items({"bob": [m]})
         assert [it.q for _, it in third] == [2]
+
+
+async def test_an_inbox_gets_a_message_once_when_appended_again_after_it_was_read(
+        node: CassandraNode) -> None:
+    """The first copy was delivered and acknowledged, and the inbox pruned under the cursor:
+    its marker is still there, and says so. The look-up used to trust only the item it
+    names, found none, and appended the message again, at a new position: the device showed
+    it twice (the chaos checker's "duplicated" with numbering=owner, seed 3: a send finished
+    by a restarted owner after its recipient had read it)."""
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        await s.attach_device("bob", "phone")
+        m = Message(CONV, 5, 1000, "alice", "phone", "alice-x", b"x")
+        assert [it.q for _, it in await s._append_items({"bob": [m]})] == [1]
+        await s.ack("bob", "phone", 1, now_ms())
+        await s.collect(now_ms(), 30 * 86_400_000)  # (pruned under the cursor)
+        assert await s.db.run("inbox_at", ("bob", [1])) == []
+        assert await s._append_items({"bob": [m]}) == []
+        assert (await s.inbox("bob", "phone", 1, 10)).items == []
+
+
+async def test_an_inbox_item_and_its_marker_are_written_in_one_batch(
+        node: CassandraNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append of more rows than one batch takes is split in batches, which may land
+    apart (one fails, its node is killed). A message's item and its marker must land
+    together: a marker alone says the item is there when it is not. A receipt (one row)
+    ahead of them used to shift every pair, and the batch boundary split one."""
+    async with open_store(owner_url(node)) as s:
+        assert isinstance(s, CassandraStore)
+        await s.attach_device("bob", "phone")
+        batches: list[list[tuple[str, tuple[Any, ...]]]] = []
+        real = s.db.batch
+
+        def batch(rows: list[tuple[str, tuple[Any, ...]]]) -> Any:
+            batches.append(list(rows))
+            return real(rows)
+
+        monkeypatch.setattr(s.db, "batch", batch)
+        note = ReceiptNote("bob", CONV, (1,), "alice", 1, 1000)
+        msgs = [Message(CONV, i, 1000, "alice", "phone", f"alice-{i}", b"x")
+                for i in range(1, 2 + cassandra.CHUNK)]
+        got = await s._append_items({"bob": [note, *msgs]})
+        assert [it.q for _, it in got] == list(range(1, len(msgs) + 2))
+        inbox = [b for b in batches if any(name == "own_marker" for name, _ in b)]
+        assert len(inbox) >= 2
+        for b in inbox:
+            items = {args[1] for name, args in b if name == "put_item" and args[3]}
+            assert items == {args[4] for name, args in b if name == "own_marker"}
 
 
 async def test_a_send_costs_no_request_of_its_own_for_its_done_mark(node: CassandraNode) -> None:
