@@ -71,7 +71,7 @@ class ConnectionLost(Exception):
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "failing_since", "frame", "result", "tries")
+    __slots__ = ("done", "error", "failing_since", "frame", "held", "result", "tries")
 
     def __init__(self, frame: Frame) -> None:
         self.frame = frame
@@ -80,6 +80,7 @@ class _Waiter:
         self.error: ChatdError | None = None
         self.tries = 0  # a send the server failed (INTERNAL with retry_ms): times sent again
         self.failing_since: float | None = None  # when it first failed so
+        self.held = False  # a send waiting to be sent again (_send_again): not on the wire
 
 
 class _EventBuffer:
@@ -172,6 +173,7 @@ class Client:
         self._connected = trio.Event()
         self._write_lock = trio.Lock()
         self._pending: dict[str, _Waiter] = {}
+        self._held = 0  # waiters in _pending held to be sent again
         self._requests: dict[int, _Waiter] = {}
         self._rids = itertools.count(1)
         self._ids = itertools.count(1)
@@ -205,7 +207,10 @@ class Client:
         data = body.encode() if isinstance(body, str) else body
         frame = F.Send(id=id or self.new_id(), to=to, group=group, body=data, media=media)
         waiter = self._pending.setdefault(frame.id, _Waiter(frame))
-        await self._write_when_connected(frame)
+        if self._held and self._held_back(frame):
+            self._hold(waiter)  # sent after the earlier sends of its chat (see _send_again)
+        else:
+            await self._write_when_connected(frame)
         return await self._wait(waiter)  # type: ignore[no-any-return]
 
     async def send_image(self, to: str | None, path: str, caption: bytes | str = b"", *,
@@ -366,9 +371,10 @@ class Client:
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionLost):
                 await trio.sleep(0.01)  # the supervisor reconnects; frames in _pending resend
 
-    async def _write(self, frame: Frame | None) -> None:
-        """Write frame (None: nothing but the Ack), after an Ack for what the application has
-        taken if the server does not have it yet: an Ack goes before a Read or a Goodbye."""
+    async def _write(self, frame: Frame | None, *more: Frame) -> None:
+        """Write frame (None: nothing but the Ack) and more, after an Ack for what the
+        application has taken if the server does not have it yet: an Ack goes before a Read
+        or a Goodbye. Nothing else is written in between."""
         async with self._write_lock:
             conn, link = self._conn, self._link
             if conn is None or link is None or conn.state is State.CLOSED:
@@ -379,6 +385,8 @@ class Client:
                 self._acked = upto
             if frame is not None:
                 await link.send(conn.send(frame))
+            for f in more:
+                await link.send(conn.send(f))
 
     def _awaiting(self) -> bool:
         """A task waits for an answer (so the reader must keep reading)."""
@@ -509,10 +517,15 @@ class Client:
                 nursery.start_soon(self._acker)
                 if self._taken > self._acked:
                     self._ack_wake.set()
-                for waiter in list(self._pending.values()):  # not yet SENT: send again
-                    await self._write(waiter.frame)
-                for waiter in list(self._requests.values()):
-                    await self._write(waiter.frame)
+                # not yet SENT: sent again, in the order they were made, in one go (a send
+                # made meanwhile waits for the write lock and goes after them)
+                again = [w.frame for w in self._pending.values()]
+                for w in self._pending.values():
+                    w.held = False
+                self._held = 0
+                again += [w.frame for w in self._requests.values()]
+                if again:
+                    await self._write(*again)
                 if self._watching:
                     await self._write(F.PresenceSubscribe(users=tuple(self._watching)))
                 while True:
@@ -550,7 +563,7 @@ class Client:
                 kind = ev.Delivered if frame.status == F.Status.DELIVERED else ev.Read
                 await self._take_in(frame.q, kind(frame.conv, frame.seqs, frame.by, frame.ts))
         elif isinstance(frame, F.Sent):
-            waiter = self._pending.pop(frame.id, None)
+            waiter = self._settle(frame.id)
             if waiter is not None:
                 waiter.result = ev.SentAck(frame.id, frame.conv, frame.seq, frame.ts)
                 waiter.done.set()
@@ -575,10 +588,12 @@ class Client:
         if frame.ref is not None and frame.ref in self._pending:
             delay = self._retry_delay(self._pending[frame.ref], frame)
             if delay is not None:  # sent again later, under the same id
+                self._hold(self._pending[frame.ref])
                 if self._session_tasks is not None:  # (the reader does not wait for it)
-                    self._session_tasks.start_soon(self._send_again, frame.ref, delay)
+                    self._session_tasks.start_soon(self._send_again, delay)
                 return
-            waiter = self._pending.pop(frame.ref)
+            waiter = self._settle(frame.ref)
+            assert waiter is not None
             waiter.error = error
             waiter.done.set()
             return
@@ -610,12 +625,36 @@ class Client:
         first = frame.retry_ms / 1000
         return max(first, min(self.max_backoff, first * 2.0 ** (waiter.tries - 1)))
 
-    async def _send_again(self, ref: str, delay: float) -> None:
+    def _hold(self, waiter: _Waiter) -> None:
+        if not waiter.held:
+            waiter.held = True
+            self._held += 1
+
+    def _held_back(self, frame: F.Send) -> bool:
+        """Whether an earlier send of the same chat waits to be sent again."""
+        return any(w.held and isinstance(w.frame, F.Send) and w.frame.to == frame.to
+                   and w.frame.group == frame.group for w in self._pending.values())
+
+    def _settle(self, ref: str) -> _Waiter | None:
+        waiter = self._pending.pop(ref, None)
+        if waiter is not None and waiter.held:
+            self._held -= 1
+        return waiter
+
+    async def _send_again(self, delay: float) -> None:
+        """After delay, send again every send held (not only the one whose error scheduled
+        this), in the order the application made them, in one write, so that the server
+        numbers a device's sends to a chat in that order: each with its own backoff, a send
+        that failed more often used to go after later ones (and so did a send made while
+        an earlier one of its chat waited: it is held with it, see send)."""
         await trio.sleep(delay)
-        waiter = self._pending.get(ref)
-        if waiter is not None:
+        held = [w for w in self._pending.values() if w.held]
+        for w in held:
+            w.held = False
+        self._held -= len(held)
+        if held:
             with contextlib.suppress(*LOST):  # (after a reconnect it is sent again anyway)
-                await self._write(waiter.frame)
+                await self._write(*(w.frame for w in held))
 
     async def goodbye(self) -> None:
         """Say goodbye (after acknowledging what the application took), even when cancelled."""

@@ -131,6 +131,38 @@ async def test_the_sdk_sends_again_after_a_store_failure_and_the_message_arrives
         assert again.seq == ack.seq + 1
 
 
+async def test_the_sdk_keeps_the_order_of_a_chats_sends_through_its_retries(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send that failed three times waits 2 s for its next try (its backoff); a second
+    send to the same chat, made meanwhile, used to go at once and be numbered first: bob
+    saw alice's messages in the opposite order (the chaos runs: 8 of 73 chats). Now it
+    waits with the first, and both go again in the order alice made them. A send to
+    another chat is not held."""
+    async with node.connect("alice") as alice, node.connect("bob") as bob:
+        await bob.next_event(cc.Synced)
+        failing = Failing(node, monkeypatch, applied=False, times=3)
+        acks: dict[str, Any] = {}
+
+        async def send(to: str, text: str) -> None:
+            acks[text] = await alice.send(to, text)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, "bob", "first")
+            with trio.fail_after(10):
+                while failing.times:
+                    await trio.sleep(0.01)
+            nursery.start_soon(send, "bob", "second")
+            nursery.start_soon(send, "carol", "elsewhere")
+            with trio.fail_after(5):
+                while "elsewhere" not in acks:
+                    await trio.sleep(0.01)
+            assert "first" not in acks and "second" not in acks  # (the two wait their turn)
+        assert (acks["first"].seq, acks["second"].seq) == (1, 2)
+        got = await messages(bob, 2)
+        assert [m.text for m in got] == ["first", "second"]
+        assert alice.reconnects == 0
+
+
 async def test_the_sdk_gives_up_on_a_send_the_store_keeps_failing(
         node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     async with node.connect("alice", send_retry_for=1.0) as alice:

@@ -75,7 +75,8 @@ export class Client {
     const frame: FrameOf<"Send"> = { type: "Send", id, to: to.user ?? null, group: to.group ?? null, body, media };
     this.delivery.pending.set(id, frame);
     const answer = this.wait(id) as Promise<FrameOf<"Sent">>;
-    if (this.connected) this.write(frame);
+    if (this.delivery.heldBack(frame)) this.delivery.held.add(id); // (after the earlier ones)
+    else if (this.connected) this.write(frame);
     return answer;
   }
 
@@ -172,11 +173,9 @@ export class Client {
       else if (s.frame) w?.resolve(s.frame);
     }
     if (out.retry) {
-      const { id, ms } = out.retry;
       this.timers.push(setTimeout(() => {
-        const again = this.delivery.pending.get(id);
-        if (again && this.connected) this.write(again);
-      }, ms));
+        if (this.connected) for (const f of this.delivery.again()) this.write(f);
+      }, out.retry.ms)); // (not connected: the next Welcome writes every pending send)
     }
     for (const e of out.events) this.emit(e);
     if (out.stop !== undefined) this.halt(out.stop);

@@ -53,6 +53,8 @@ export class Delivery {
   readonly watching = new Set<string>();
   /** sends the server failed (INTERNAL with retryMs): since when, and how often sent again */
   readonly failing = new Map<string, { since: number; tries: number }>();
+  /** sends waiting to be written again (after a retry delay): see again() */
+  readonly held = new Set<string>();
   sendRetryForMs = 60_000; // such a send is written again for this long, then refused
   maxRetryMs = 5_000; // its delay doubles from the server's retryMs up to this
   maxQ = 0; // highest inbox position handed to the application: at or below is a repeat
@@ -67,6 +69,7 @@ export class Delivery {
     const ack = this.ack();
     if (ack) out.push(ack);
     out.push(...this.pending.values(), ...this.requests.values());
+    this.held.clear();
     if (this.watching.size) out.push({ type: "PresenceSubscribe", users: [...this.watching] });
     return out;
   }
@@ -106,6 +109,7 @@ export class Delivery {
       }
       case "Sent":
         this.failing.delete(frame.id);
+        this.held.delete(frame.id);
         if (this.pending.delete(frame.id)) {
           out.events.push({ kind: "sent", id: frame.id, conv: frame.conv, seq: frame.seq, ts: frame.ts });
           out.settled.push({ id: frame.id, frame });
@@ -135,6 +139,25 @@ export class Delivery {
     return out;
   }
 
+  /** Whether an earlier send of the same chat waits to be written again: a new one then
+   *  waits with it (held), so that the server numbers a device's sends to a chat in the
+   *  order they were made. */
+  heldBack(frame: FrameOf<"Send">): boolean {
+    for (const id of this.held) {
+      const f = this.pending.get(id);
+      if (f && (f.to ?? null) === (frame.to ?? null) && (f.group ?? null) === (frame.group ?? null)) return true;
+    }
+    return false;
+  }
+
+  /** The held sends to write now (a retry delay ended), all of them, in the order they were
+   *  made: with a backoff each, a send that failed more often used to go after later ones. */
+  again(): Frame[] {
+    const out = [...this.pending.values()].filter((f) => this.held.has(f.id));
+    this.held.clear();
+    return out;
+  }
+
   private answer(rid: number, frame: Frame, out: Outcome): void {
     if (this.requests.delete(rid)) out.settled.push({ rid, frame });
   }
@@ -157,8 +180,10 @@ export class Delivery {
       const ms = this.retryDelay(e, e.ref, now);
       if (ms !== null) {
         out.retry = { id: e.ref, ms }; // again later, under the same id
+        this.held.add(e.ref);
       } else {
         this.failing.delete(e.ref);
+        this.held.delete(e.ref);
         this.pending.delete(e.ref);
         out.settled.push({ id: e.ref, error });
         out.events.push({ kind: "error", code: e.code, name: codeName(e.code), message: e.message,

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Delivery } from "../src/delivery.js";
-import type { Decoded, Frame } from "../src/protocol/index.js";
+import type { Decoded, Frame, FrameOf } from "../src/protocol/index.js";
 
 const welcome = (cursor: number): Decoded<"Welcome"> => ({ type: "Welcome", version: 1, user: "bob",
   device: "web", session: "s", serverTime: 0, heartbeatMs: 30000, maxFrame: 1 << 20, cursor, mediaUrl: "", server: "" });
@@ -75,6 +75,28 @@ test("a send the server failed (INTERNAL with retryMs) is written again, with ba
   d.received({ type: "Error", code: 10, message: "m", ref: "x-3", rid: null, retryMs: 500 }, 0);
   assert.equal(d.received({ type: "Sent", id: "x-3", conv: "d:alice:bob", seq: 1, ts: 5 }).events[0]?.kind, "sent");
   assert.ok(!d.failing.has("x-3"));
+});
+
+test("a chat's sends are written again in the order they were made, whatever each one's backoff", () => {
+  const d = new Delivery();
+  const send = (id: string, to: string) => ({ type: "Send", id, to, group: null }) as FrameOf<"Send">;
+  const fail = (id: string) => d.received({ type: "Error", code: 10, message: "m", ref: id, rid: null, retryMs: 500 }, 0);
+  d.pending.set("x-1", send("x-1", "alice"));
+  fail("x-1"); fail("x-1"); fail("x-1"); // its next try in 2 s
+  assert.ok(d.heldBack(send("x-2", "alice"))); // a later send of its chat waits with it
+  assert.ok(!d.heldBack(send("x-3", "carol"))); // another chat's does not
+  d.pending.set("x-2", send("x-2", "alice"));
+  d.held.add("x-2");
+  d.pending.set("x-3", send("x-3", "carol"));
+  assert.deepEqual(d.again().map((f) => (f as FrameOf<"Send">).id), ["x-1", "x-2"]);
+  assert.equal(d.held.size, 0);
+  assert.ok(!d.heldBack(send("x-4", "alice")));
+  // a failure of a later one first: still both, in order
+  fail("x-2"); fail("x-1");
+  assert.deepEqual(d.again().map((f) => (f as FrameOf<"Send">).id), ["x-1", "x-2"]);
+  fail("x-1");
+  assert.equal(d.received({ type: "Sent", id: "x-1", conv: "d:alice:bob", seq: 1, ts: 5 }).events[0]?.kind, "sent");
+  assert.equal(d.held.size, 0);
 });
 
 test("requests are answered by rid and sent again after a reconnect", () => {
