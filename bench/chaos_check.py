@@ -309,10 +309,34 @@ def check(records: list[Record], final: bool = True) -> dict[str, Any]:
             "messages_seen": st.msgs, "receipts_seen": st.rcpts,
             "redelivered_to_a_new_client": st.redelivered, "connections": st.connects,
             "max_backlog_items": st.max_backlog, "faults": dict(st.faults),
+            "sent_out_of_order": sent_out_of_order(records),
             "conversations": len(st.convs),
             "devices": sum(len(d) for d in st.devices.values()),
         },
     }
+
+
+def sent_out_of_order(records: list[Record]) -> int:
+    """Sends numbered below an earlier send of the same device to the same chat: the
+    recipients see the sender's messages in another order than they were written. Counted
+    in the stats, not judged: a send already written when an earlier one failed may be
+    numbered first (docs/PROTOCOL.md, "A chat's sends keep their order through retries")."""
+    made: dict[tuple[str, str], list[str]] = defaultdict(list)
+    seq: dict[tuple[str, str], int] = {}
+    for r in records:
+        if r["t"] == "send":
+            made[(r["dev"], r["conv"])].append(r["id"])
+        elif r["t"] == "sent":
+            seq[(r["dev"], r["id"])] = r["seq"]
+    out = 0
+    for (dev, _), ids in made.items():
+        top = 0
+        for cid in ids:
+            n = seq.get((dev, cid))
+            if n is not None:
+                out += n < top
+                top = max(top, n)
+    return out
 
 
 def verdict(result: dict[str, Any]) -> str:

@@ -93,3 +93,16 @@ def test_fault_lists_parse() -> None:
     assert parse_faults("") == {}
     with pytest.raises(ValueError, match="unknown fault"):
         parse_faults("meteor=1")
+
+
+def test_sends_numbered_out_of_the_order_they_were_made_are_counted() -> None:
+    records = cc.example_history(0)
+    assert cc.check(records)["stats"]["sent_out_of_order"] == 0
+    sends = [r for r in records if r["t"] == "send"]
+    a = next(r for r in sends if sum(1 for o in sends if (o["dev"], o["conv"])
+                                     == (r["dev"], r["conv"])) >= 2)
+    b = next(r for r in sends if r is not a and (r["dev"], r["conv"]) == (a["dev"], a["conv"])
+             and sends.index(r) > sends.index(a))
+    ia, ib = records.index(a), records.index(b)
+    records[ia], records[ib] = b, a  # b was made first, and got the higher seq
+    assert cc.check(records)["stats"]["sent_out_of_order"] == 1
