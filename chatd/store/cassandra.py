@@ -371,6 +371,10 @@ class JobBusy(StoreError):
     """Another node runs this fan-out job (its lease is live): not this node's to run now."""
 
 
+class JobLater(JobBusy):
+    """An earlier fan-out job of the same group is queued on this node: that one first."""
+
+
 class CassandraStore:
     def __init__(self, url: str, name: str | None = None) -> None:
         self.url = CassandraURL.parse(url)
@@ -468,13 +472,16 @@ class CassandraStore:
         """The oldest job this node knows of, run to its end; whether jobs are left. A job
         another node runs is left to it (the sweep finds it again if that node dies)."""
         if self._jobs:
-            job = self._jobs[0]
+            head = self._jobs[0]  # (or an earlier job of its chat queued behind it)
+            job = min((j for j in self._jobs if j[0] == head[0]), key=lambda j: j[1])
             try:
                 await self.fanout(*job)
+            except JobLater:
+                return True  # (an earlier job of its chat was queued meanwhile: that first)
             except JobBusy as exc:  # (not retried every second, holding up the jobs behind)
                 log.info("%s: left to that node", exc)
-            if self._jobs and self._jobs[0] == job:
-                self._jobs.popleft()
+            if job in self._jobs:
+                self._jobs.remove(job)
             self._job_left.pop(job, None)
         return bool(self._jobs)
 
@@ -1815,10 +1822,12 @@ class CassandraStore:
         appends a message that was not numbered by the very send that appends it
         (_write_inbox_owned), and appends to one inbox one call after another."""
         key = (conv, seq)
-        try:
-            lease = await self._own(conv)
+        try:  # (the group loaded once per lease, as by a send: _finish_cut_short first)
+            lease, _, _, _ = await self._numbering(conv, self._seqs, self._load_chat)
         except StoreError as exc:
             raise JobBusy(f"the fan-out of {conv}/{seq} is its group's owner's: {exc}") from None
+        if any(c == conv and s < seq for c, s in self._jobs):
+            raise JobLater  # (e.g. the job of a send its previous owner cut short)
         message = (await self._load(conv, [seq])).get(seq)
         while message is not None and done < len(recipients):
             self._job_left[key] = len(recipients) - done

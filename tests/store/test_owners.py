@@ -526,6 +526,33 @@ async def test_a_groups_sends_cut_short_under_the_previous_owner_go_out_first(
         assert (again.seq, again.duplicate) == (3, True)
 
 
+async def test_a_groups_job_taken_up_after_a_restart_waits_for_a_send_cut_short_before_it(
+        node: CassandraNode) -> None:
+    """The previous owner stored seq 2 but never wrote its job, and wrote seq 3's job. The
+    new owner's sweep takes up job 3 at once; the send of seq 2 is finished only when the
+    group is loaded, which a job did not do: the members got 3, and 2 only once the group's
+    next send (or 2's retry) came, after it (the chaos checker's group "reordered", seed 2).
+    A job now loads its group first, as a send does, and an earlier job that this queues
+    runs first."""
+    async with open_store(owner_url(node)) as s:
+        for u in ("alice", *MEMBERS):
+            await s.attach_device(u, "phone")
+        await s.create_group("g1", "team", "alice", list(MEMBERS), ts=1)
+        await fanned_out(s)
+        rows: list[tuple[str, tuple[Any, ...]]] = [("own_seq", (3, "g:g1"))]
+        for seq in (2, 3):  # (as the previous owner left them)
+            rows.append(("own_claim", ("g:g1", "alice", f"g-{seq}", seq, 1000, now_ms(), 60)))
+            await s.db.run("put_msg", ("g:g1", bucket(seq), seq, 1000, "alice", "phone",
+                                       f"g-{seq}", b"x", None, "g1", None, set(MEMBERS), 0))
+        await s.db.run(s.db.batch(rows))
+        await s.db.run("add_job", ("g:g1", 3, list(MEMBERS)))
+        await s.db.run("list_job", ("g:g1", 3))
+    async with open_store(owner_url(node)) as s:
+        await trio.sleep(0.5)  # (its first sweep, at start, takes job 3 up)
+        await fanned_out(s)
+        await assert_members_got(s, [1, 2, 3])
+
+
 async def test_the_sweep_of_unfinished_jobs_does_not_run_a_later_one_first(
         node: CassandraNode, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sweep that takes up unfinished fan-out jobs lists every job written. A group
