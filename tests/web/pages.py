@@ -35,19 +35,7 @@ def open_chat(page: Any, user: str) -> None:
 
 
 def open_listed(page: Any, title: str) -> None:
-    """Click the chat in the list. The app draws the page again on every event, so a click
-    that falls between two drawings (a message or presence arriving, as on a loaded box)
-    can press one link and release on its replacement: no click. Clicked again then (seen
-    once in a full-suite run: the chat never opened)."""
-    link = page.get_by_test_id("chat-list").locator("a.chat", has_text=title).first
-    for _ in range(2):
-        link.click()
-        try:
-            expect(page.get_by_test_id("conv-title")).to_have_text(title, timeout=2000)
-            return
-        except AssertionError:
-            pass
-    link.click()
+    page.get_by_test_id("chat-list").locator("a.chat", has_text=title).first.click()
     expect(page.get_by_test_id("conv-title")).to_have_text(title)
 
 

@@ -37,6 +37,29 @@ def test_alice_and_bob_exchange_messages_and_ticks_turn_read(node: Any, contexts
     assert alice.errors == [] and bob.errors == []
 
 
+def test_a_click_on_a_chat_is_not_lost_to_a_message_arriving_during_it(
+        node: Any, contexts: Any) -> None:
+    """The app draws itself again for every event. A message arriving between the press and
+    the release of a click on a chat in the list: the drawing replaced the pressed link, the
+    release fell on its copy, and the click was lost (the chat did not open; seen once in a
+    full-suite run). What arrives during a press is now drawn after it."""
+    alice = sign_in(contexts(), node, "alice")
+    bob = sign_in(contexts(), node, "bob")
+    open_chat(alice, "bob")
+    say(alice, "one")
+    link = bob.get_by_test_id("chat-list").locator("a.chat", has_text="alice")
+    expect(link.get_by_test_id("unread")).to_have_text("1")
+    box = link.bounding_box()
+    bob.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    bob.mouse.down()
+    say(alice, "two")
+    expect(mine(alice, "two")).to_have_attribute("data-status", "delivered")  # bob's app has it
+    bob.wait_for_timeout(300)  # (drawings come within 40 ms of an event)
+    bob.mouse.up()
+    expect(bob.get_by_test_id("conv-title")).to_have_text("alice")
+    expect(bubbles(bob)).to_have_text(["one", "two"])
+
+
 def test_bob_offline_then_back_gets_everything_in_order(node: Any, contexts: Any) -> None:
     bob_ctx = contexts()
     bob = sign_in(bob_ctx, node, "bob")

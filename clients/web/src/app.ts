@@ -43,6 +43,7 @@ class App {
   device = "";
   renderTimer: ReturnType<typeof setTimeout> | null = null;
   renderCost = 0; // ms the last render took
+  pressedAt: number | null = null; // a pointer is down since (see scheduleRender)
   shown = SHOWN; // rows of the open conversation drawn (the newest); more on scrolling up
   viewer: { url: string; alt: string } | null = null; // a full image shown over the app
   // the mode (and ttl) chosen in the info panel and not yet Set: kept when the app is drawn again
@@ -64,6 +65,10 @@ class App {
     this.client.start();
     for (const o of [...this.outbox.values()].sort((a, b) => a.ts - b.ts)) this.dispatch(o);
     window.addEventListener("hashchange", () => this.route());
+    document.addEventListener("pointerdown", () => { this.pressedAt = performance.now(); }, true);
+    for (const end of ["pointerup", "pointercancel"]) {
+      document.addEventListener(end, () => { this.pressedAt = null; }, true);
+    }
     window.addEventListener("pagehide", () => this.client.close("page closed"));
     document.addEventListener("visibilitychange", () => this.markRead());
     document.addEventListener("keydown", (ev) => { // Escape: close what is open, then the chat
@@ -157,6 +162,13 @@ class App {
     if (this.renderTimer !== null) return;
     this.renderTimer = setTimeout(() => {
       this.renderTimer = null;
+      // A click is a press and a release on one element: drawn in between, the pressed link
+      // or button is replaced, the release falls on its copy, and the click is lost. So what
+      // arrives during a press is drawn after it (a second at most: a release may be missed).
+      if (this.pressedAt !== null && performance.now() - this.pressedAt < 1000) {
+        this.scheduleRender();
+        return;
+      }
       this.render();
       this.markRead();
     }, Math.max(RENDER_MS, 4 * this.renderCost)); // (drawing takes at most ~1/5 of the time)
