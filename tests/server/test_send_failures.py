@@ -13,6 +13,7 @@ import trio
 from chatd.core import NewMessage
 from chatd.protocol import ErrorCode
 from chatd.protocol import frames as F
+from chatd.server import session as session_module
 from chatd.store import StoreError
 
 from .conftest import Node, messages
@@ -93,10 +94,41 @@ async def test_a_failed_send_batch_gets_retryable_errors_and_the_connection_stay
                                             else (b"again", b"again"))
 
 
-async def test_acks_keep_closing_the_connection_when_the_store_fails(
+async def test_an_ack_the_store_fails_is_stored_again_and_the_connection_stays(
         node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only sends are answered one by one: a failed Ack still ends the connection (the
-    client reconnects and acknowledges again), as before."""
+    """An Ack the store fails twice (an inbox owner restarting) is stored again a moment
+    later: the device stays connected, its cursor moves, and the sender gets DELIVERED. It
+    used to end the connection at once; a device whose every new connection began with
+    such an Ack could not stay connected, and its sends were cut short each time (chaos:
+    a group message numbered and then held for a retry that never got through, delivered
+    after five later ones)."""
+    monkeypatch.setattr(session_module, "ACK_RETRY_S", 0.05)
+    async with node.connect("alice") as alice, node.connect("bob") as bob:
+        await bob.next_event(cc.Synced)
+        real = node.server.store.ack
+        failures = [StoreError("this node restarted; it numbers the chats of shard 1 again"
+                               " in 1.0 s: send it again then")] * 2
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(node.server.store, "ack", flaky)
+        sent = await alice.send("bob", "hi")
+        assert [m.text for m in await messages(bob, 1)] == ["hi"]
+        with trio.fail_after(10):
+            got = await alice.next_event(cc.Delivered)
+        assert isinstance(got, cc.Delivered) and got.seqs == (sent.seq,)
+        assert failures == [] and bob.reconnects == 0 and alice.reconnects == 0
+
+
+async def test_acks_close_the_connection_when_the_store_keeps_failing(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only sends are answered one by one: an Ack the store keeps failing (past
+    ACK_RETRY_FOR) ends the connection (the client reconnects and acknowledges again)."""
+    monkeypatch.setattr(session_module, "ACK_RETRY_S", 0.05)
+    monkeypatch.setattr(session_module, "ACK_RETRY_FOR", 0.3)
     async with node.connect("bob") as bob:
         await bob.send("alice", "hi")
     raw = await Raw.open(node.server.tcp_port)
