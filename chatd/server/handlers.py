@@ -8,6 +8,7 @@ only through the small protocols of chatd.server.node.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -24,7 +25,10 @@ from chatd.store import StoreError
 from . import metrics
 from .node import Device, Node
 
+log = logging.getLogger("chatd")
 HISTORY_BUDGET: Final = 768 * 1024  # bytes of bodies in one history page
+RETRY_S: Final = 1.0  # an Ack or a Read the store failed is stored again after this
+RETRY_FOR: Final = 15.0  # ... for this long; then its error ends the connection
 SEND_RETRY_MS: Final = 500  # a send the store did not take: sent again after this (ms)
 # Requests whose answer can be large: refused while the connection's queue is backed up.
 LARGE_ANSWERS: Final = (F.History, F.GroupInfo, F.GroupList, F.GroupCreate, F.GroupAdd,
@@ -198,11 +202,34 @@ async def sends(node: Node, dev: Device, batch: list[F.Send]) -> None:
         dev.send_frame(F.Sent(id=cid, conv=r.conv, seq=r.seq, ts=r.ts))
 
 
+async def again_on_failure(call: Callable[[], Awaitable[object]], what: str) -> None:
+    """An Ack or a Read: a write that only raises a watermark, so running it again is
+    harmless. One the store fails (e.g. the owner of an inbox its receipts go to restarting,
+    for a few seconds) is run again every RETRY_S, and its StoreError (which ends the
+    connection) is raised only after RETRY_FOR. It used to end the connection at once: a
+    device whose every new connection began with such a write could not stay connected
+    until the store recovered, and its sends were cut short each time (docs/RELIABILITY.md,
+    finding 6 (h)). Frames after it that must follow it wait meanwhile; the node answers
+    the device's pings for the connection (Session.check_timeouts)."""
+    give_up = trio.current_time() + RETRY_FOR
+    while True:
+        try:
+            await call()
+            return
+        except StoreError as exc:
+            if trio.current_time() >= give_up:
+                raise
+            log.info("%s failed, trying again: %s", what, exc)
+        await trio.sleep(RETRY_S)
+
+
 # ---- one handler per frame type ----------------------------------------------------------
 
 async def read(node: Node, dev: Device, ev: F.Read) -> None:
     if await may_access(node, dev, ev.conv):
-        await node.store.mark_read(dev.user, ev.conv, ev.upto, now_ms())
+        await again_on_failure(
+            lambda: node.store.mark_read(dev.user, ev.conv, ev.upto, now_ms()),
+            f"read of {ev.conv} by {dev.user}")
         analytics.read(dev.user, ev.conv, ev.upto)
 
 

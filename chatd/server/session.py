@@ -45,8 +45,6 @@ log = logging.getLogger("chatd")
 DRAIN_PAGE: Final = 500
 BUSY: Final = float("inf")  # rx_at while the connection's requests are being handled
 MAX_PAUSE_MS: Final = 1000  # how long a rate-limited connection is not read
-ACK_RETRY_S: Final = 1.0  # an Ack the store failed is stored again after this
-ACK_RETRY_FOR: Final = 15.0  # ... for this long; then the connection ends
 FRAME_OVERHEAD: Final = 64  # bytes a queued frame costs beyond its own (deque slot, header)
 WRITE_COALESCE: Final = 256 * 1024  # bytes gathered into one write
 _ORDER_FREE: Final = (F.Send, F.Ping, F.Pong)  # frames an Ack may be reordered with
@@ -500,24 +498,14 @@ class Session:
                 self._acks_done = None
 
     async def _ack(self, upto: int, lazy: bool) -> None:
-        """Store an Ack. One the store fails (e.g. the owner of an inbox its receipts go to
-        restarting, for a few seconds) is stored again every ACK_RETRY_S, and the connection
-        ends only if that goes on for ACK_RETRY_FOR: it used to end at once, and a device
-        whose every new connection began with such an Ack could not stay connected until
-        the store recovered (its sends cut short each time). Meanwhile a Read after it
-        waits, as it waits for any Ack (handle_all); its pings are answered by the node."""
-        give_up = trio.current_time() + ACK_RETRY_FOR
-        while True:
-            try:
-                await self.server.store.ack(self.user, self.device, upto, now_ms(), lazy=lazy)
-                return
-            except StoreError as exc:
-                if self._closing or trio.current_time() >= give_up:
-                    self.close_with(ErrorCode.INTERNAL, f"store unavailable: {exc}")
-                    return
-                log.info("ack of %s/%s up to %d failed, trying again: %s", self.user,
-                         self.device, upto, exc)
-            await trio.sleep(ACK_RETRY_S)
+        """Store an Ack, again if the store fails it (handlers.again_on_failure)."""
+        store = self.server.store
+        try:
+            await handlers.again_on_failure(
+                lambda: store.ack(self.user, self.device, upto, now_ms(), lazy=lazy),
+                f"ack of {self.user}/{self.device} up to {upto}")
+        except StoreError as exc:
+            self.close_with(ErrorCode.INTERNAL, f"store unavailable: {exc}")
 
     async def handle(self, ev: Frame) -> None:
         """One frame other than Send and Ack (handle_all batches those)."""

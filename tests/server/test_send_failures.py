@@ -13,7 +13,7 @@ import trio
 from chatd.core import NewMessage
 from chatd.protocol import ErrorCode
 from chatd.protocol import frames as F
-from chatd.server import session as session_module
+from chatd.server import handlers
 from chatd.store import StoreError
 
 from .conftest import Node, messages
@@ -102,7 +102,7 @@ async def test_an_ack_the_store_fails_is_stored_again_and_the_connection_stays(
     such an Ack could not stay connected, and its sends were cut short each time (chaos:
     a group message numbered and then held for a retry that never got through, delivered
     after five later ones)."""
-    monkeypatch.setattr(session_module, "ACK_RETRY_S", 0.05)
+    monkeypatch.setattr(handlers, "RETRY_S", 0.05)
     async with node.connect("alice") as alice, node.connect("bob") as bob:
         await bob.next_event(cc.Synced)
         real = node.server.store.ack
@@ -123,12 +123,36 @@ async def test_an_ack_the_store_fails_is_stored_again_and_the_connection_stays(
         assert failures == [] and bob.reconnects == 0 and alice.reconnects == 0
 
 
+async def test_a_read_the_store_fails_is_stored_again_and_the_connection_stays(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for a Read (it only raises a watermark): it used to end the connection."""
+    monkeypatch.setattr(handlers, "RETRY_S", 0.05)
+    async with node.connect("alice") as alice, node.connect("bob") as bob:
+        await bob.next_event(cc.Synced)
+        sent = await alice.send("bob", "hi")
+        [m] = await messages(bob, 1)
+        real = node.server.store.mark_read
+        failures = [StoreError("node n1: this node restarted: send it again then")] * 2
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(node.server.store, "mark_read", flaky)
+        await bob.mark_read(m.conv, m.seq)
+        with trio.fail_after(10):
+            got = await alice.next_event(cc.Read)
+        assert isinstance(got, cc.Read) and got.seqs == (sent.seq,)
+        assert failures == [] and bob.reconnects == 0
+
+
 async def test_acks_close_the_connection_when_the_store_keeps_failing(
         node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only sends are answered one by one: an Ack the store keeps failing (past
-    ACK_RETRY_FOR) ends the connection (the client reconnects and acknowledges again)."""
-    monkeypatch.setattr(session_module, "ACK_RETRY_S", 0.05)
-    monkeypatch.setattr(session_module, "ACK_RETRY_FOR", 0.3)
+    RETRY_FOR) ends the connection (the client reconnects and acknowledges again)."""
+    monkeypatch.setattr(handlers, "RETRY_S", 0.05)
+    monkeypatch.setattr(handlers, "RETRY_FOR", 0.3)
     async with node.connect("bob") as bob:
         await bob.send("alice", "hi")
     raw = await Raw.open(node.server.tcp_port)

@@ -494,6 +494,19 @@ async def test_a_send_cut_short_under_the_previous_owner_is_finished_before_the_
         assert (again.seq, again.duplicate) == (2, True)
 
 
+async def left_by_a_previous_owner(s: Any, job: int) -> None:
+    """Group g1's seqs 2 and 3 as a killed owner left them: both claimed and stored, not
+    done, and the fan-out job of `job` written and listed (the other one's never written)."""
+    rows: list[tuple[str, tuple[Any, ...]]] = [("own_seq", (3, "g:g1"))]
+    for seq in (2, 3):
+        rows.append(("own_claim", ("g:g1", "alice", f"g-{seq}", seq, 1000, now_ms(), 60)))
+        await s.db.run("put_msg", ("g:g1", bucket(seq), seq, 1000, "alice", "phone",
+                                   f"g-{seq}", b"x", None, "g1", None, set(MEMBERS), 0))
+    await s.db.run(s.db.batch(rows))
+    await s.db.run("add_job", ("g:g1", job, list(MEMBERS)))
+    await s.db.run("list_job", ("g:g1", job))
+
+
 async def test_a_groups_sends_cut_short_under_the_previous_owner_go_out_first(
         node: CassandraNode) -> None:
     """The same for a group: the previous owner's unfinished fan-out job (seq 2) and a send
@@ -508,14 +521,7 @@ async def test_a_groups_sends_cut_short_under_the_previous_owner_go_out_first(
     async with open_store(owner_url(node)) as s:
         assert isinstance(s, CassandraStore)
         await trio.sleep(0.5)  # (its first sweep of unfinished jobs is over)
-        rows: list[tuple[str, tuple[Any, ...]]] = [("own_seq", (3, "g:g1"))]
-        for seq in (2, 3):  # (as the previous owner left them)
-            rows.append(("own_claim", ("g:g1", "alice", f"g-{seq}", seq, 1000, now_ms(), 60)))
-            await s.db.run("put_msg", ("g:g1", bucket(seq), seq, 1000, "alice", "phone",
-                                       f"g-{seq}", b"x", None, "g1", None, set(MEMBERS), 0))
-        await s.db.run(s.db.batch(rows))
-        await s.db.run("add_job", ("g:g1", 2, list(MEMBERS)))
-        await s.db.run("list_job", ("g:g1", 2))
+        await left_by_a_previous_owner(s, job=2)
         sent = await s.append_message(NewMessage("alice", "phone", "g-4", "g:g1", (), b"x",
                                                  2000, group="g1"))
         assert sent.seq == 4
@@ -539,14 +545,7 @@ async def test_a_groups_job_taken_up_after_a_restart_waits_for_a_send_cut_short_
             await s.attach_device(u, "phone")
         await s.create_group("g1", "team", "alice", list(MEMBERS), ts=1)
         await fanned_out(s)
-        rows: list[tuple[str, tuple[Any, ...]]] = [("own_seq", (3, "g:g1"))]
-        for seq in (2, 3):  # (as the previous owner left them)
-            rows.append(("own_claim", ("g:g1", "alice", f"g-{seq}", seq, 1000, now_ms(), 60)))
-            await s.db.run("put_msg", ("g:g1", bucket(seq), seq, 1000, "alice", "phone",
-                                       f"g-{seq}", b"x", None, "g1", None, set(MEMBERS), 0))
-        await s.db.run(s.db.batch(rows))
-        await s.db.run("add_job", ("g:g1", 3, list(MEMBERS)))
-        await s.db.run("list_job", ("g:g1", 3))
+        await left_by_a_previous_owner(s, job=3)
     async with open_store(owner_url(node)) as s:
         await trio.sleep(0.5)  # (its first sweep, at start, takes job 3 up)
         await fanned_out(s)
