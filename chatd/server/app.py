@@ -128,6 +128,7 @@ class ChatServer:
         self.http_port = -1
         self.media_url = ""
         self.forwarder: Any = None  # chatd.router.forward.Forwarder: owners on other nodes
+        self.finishing: set[trio.CancelScope] = set()  # (handlers.sends)
 
     def stop(self) -> None:
         self._stop.set()
@@ -309,6 +310,8 @@ class ChatServer:
             with trio.move_on_after(cfg.shutdown_grace + 1):
                 while len(self.router):
                     await trio.sleep(0.05)
+            for scope in list(self.finishing):
+                scope.cancel()
             sessions.cancel_scope.cancel()
         self.stopped.set()
 

@@ -187,7 +187,18 @@ async def sends(node: Node, dev: Device, batch: list[F.Send]) -> None:
             checked += 1
         if not msgs:
             return
-        results = await node.store.append_messages(msgs)
+        # Finished even if the connection ends meanwhile (the device went away, a drop): a
+        # send cut short between its store steps left its seq to no running send, the
+        # chat's later sends went on, and its retry finished it after them (with owner
+        # numbering). The retry finds it stored. Only a stopping node cancels it (finishing).
+        with trio.CancelScope(shield=True) as scope:
+            node.finishing.add(scope)
+            try:
+                results = await node.store.append_messages(msgs)
+            finally:
+                node.finishing.discard(scope)
+        if scope.cancelled_caught:
+            raise StoreError("the node is stopping")
     except StoreError as exc:  # those checked, the one being checked, and the rest
         failed = ids + [ev.id for ev in batch[checked:]]
         node.stats["send_failures"] += len(failed)

@@ -13,6 +13,8 @@ from chatd.protocol import ErrorCode, Frame
 from chatd.protocol import frames as F
 
 if TYPE_CHECKING:
+    import trio
+
     from chatd.store import Store
 
     from .config import Config
@@ -58,5 +60,6 @@ class Node(Protocol):
     stats: collections.Counter[str]
     media: Any  # chatd.media.service.MediaService, or None without an HTTP listener
     media_url: str
+    finishing: set[trio.CancelScope]  # sends carried on past their connection's end
 
     async def user_exists(self, user: str) -> bool: ...

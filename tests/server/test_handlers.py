@@ -58,6 +58,7 @@ class FakeNode:
         self.media = None
         self.media_url = ""
         self.presence: Any = None
+        self.finishing: set[Any] = set()
 
     async def user_exists(self, user: str) -> bool:
         return await self.store.has_user(user)

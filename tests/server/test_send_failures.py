@@ -300,3 +300,43 @@ async def test_a_send_that_waits_long_keeps_its_connection(
     async with node.connect("bob") as bob:
         got = await messages(bob, 1)
         assert [m.text for m in got] == ["slow one"]
+
+
+async def test_a_send_under_way_is_finished_when_its_connection_ends(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """alice's send is in the store (slow: an owner that takes its time) when her
+    connection ends. It used to be cancelled with the connection, between two of its
+    store steps: with owner numbering its seq was then left to no running send, the chat's
+    later sends went on, and her retry finished it after them (the chaos checker's
+    "reordered" after a `drop`). Now it is finished: stored once, and its retry is answered
+    with its seq."""
+    store = node.server.store
+    real = store.append_messages
+    first = trio.Event()
+
+    async def slow_once(msgs: list[NewMessage]) -> Any:
+        if not first.is_set():
+            first.set()
+            await trio.sleep(1.0)
+        return await real(msgs)
+
+    monkeypatch.setattr(store, "append_messages", slow_once)
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("alice"), device="phone")
+    await raw.recv_until(F.Synced)
+    await raw.send(F.Send(id="a1", to="bob", body=b"before the drop"))
+    await first.wait()
+    await raw.aclose()  # (the device goes away mid-send)
+    async with node.connect("bob") as bob:  # (what the node writes to alice meanwhile fails)
+        for text in ("one", "two", "three"):
+            await bob.send("alice", text)
+            await trio.sleep(0.1)
+    with trio.fail_after(5):
+        while "a1" not in (ids := [m.id for m in await store.history("d:alice:bob", None,
+                                                                       10)]):
+            await trio.sleep(0.05)
+    assert ids.count("a1") == 1
+    async with node.connect("alice", "phone") as alice:
+        again = await alice.send("bob", "before the drop", id="a1")
+    stored = {m.id: m.seq for m in await store.history("d:alice:bob", None, 10)}
+    assert again.seq == stored["a1"]  # (the retry: its first seq, stored once)
