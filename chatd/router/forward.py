@@ -140,19 +140,18 @@ class Forwarder:
 
     async def serve(self, origin: str, rid: int, what: str, args: Any, until: int) -> None:
         """Run a peer's call on this node's store (never handed on again) and answer it.
-        Not started after `until`, when the caller gives up (by this node's clock: nodes'
-        clocks are assumed within a second or so): nobody waits for the answer then, and it
-        could only race the caller's retry. So a call that waited in the stream (this node
-        paused, Redis slow) past its caller is not run. One started runs to its end, as a
-        local send does when its connection ends (handlers.sends): it used to be cancelled
-        at `until`, between two of its store steps, and a send's seq was then left to no
-        running send (the chat's later sends went on; its retry finished it after them)."""
+        Given up at `until`, when the caller gives up (by this node's clock: nodes' clocks
+        are assumed within a second or so): nobody waits for the answer then, and what was
+        not started yet could only race the caller's retry (a write already handed to the
+        store runs to its end, as for a local caller that is cancelled). So a call that
+        waited in the stream (this node paused, Redis slow) past its caller is not run."""
         left = (until - now_ms()) / 1000
         if left <= 0:
             log.info("a call from %s came %.1f s after its caller gave up: not run", origin,
                      -left)
             return
-        await self._serve(origin, rid, what, args)
+        with trio.move_on_after(left):
+            await self._serve(origin, rid, what, args)
 
     async def _serve(self, origin: str, rid: int, what: str, args: Any) -> None:
         ok = False

@@ -345,54 +345,6 @@ async def test_a_forwarded_send_that_fails_alone_is_answered_alone_and_sent_agai
         assert got == [("m1", 1, b"one" if how == "withheld" else b"again"), ("m2", 2, b"again")]
 
 
-@pytest.mark.parametrize("two", ["nodes"], indirect=True)
-async def test_a_forwarded_send_its_caller_gave_up_on_is_finished_by_the_owner(
-        two: tuple[Node, Node, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The owner takes longer than its caller waits (14 s at timeout=2), and the caller
-    gives up: the device gets a retryable error. The owner used to cancel the send there,
-    between two of its store steps, and leave its seq to no running send (the chat's later
-    sends went on after 2 s, and its retry finished it after them: the chaos checker's
-    "reordered", finding 6 (i)). It now runs it to its end: stored once, and the retry is
-    answered with its seq."""
-    a, b, url = two
-    ids = sorted([a.config.node_id, b.config.node_id])
-    chat_owner, origin = (a, b) if a.config.node_id == owner(shard_of(CONV), ids) else (b, a)
-    store = chat_owner.server.forwarder.store
-    real = store.append_here
-    first = True
-
-    async def slow_once(msgs: list[NewMessage]) -> Any:
-        nonlocal first
-        if first:
-            first = False
-            await trio.sleep(16)  # (past the caller's 14 s)
-        return await real(msgs)
-
-    monkeypatch.setattr(store, "append_here", slow_once)
-    c = await RawClient.connect(origin.server.tcp_port, origin.token("alice"), "phone")
-    try:
-        with trio.fail_after(60):
-            await c.send(F.Send(id="m1", to="bob", body=b"one"))
-            while not isinstance(f := await c.next(), F.Sent | F.Error):
-                pass
-            assert isinstance(f, F.Error) and "did not answer" in f.message, f
-            async with open_store(url) as reader:
-                while not await reader.history(CONV, None, 10):
-                    await trio.sleep(0.2)
-                assert [(m.seq, m.id) for m in await reader.history(CONV, None, 10)] == [
-                    (1, "m1")]
-            sent = []
-            for cid in ("m1", "m2"):
-                await c.send(F.Send(id=cid, to="bob", body=b"again"))
-                while not isinstance(f := await c.next(), F.Sent | F.Error):
-                    pass
-                assert isinstance(f, F.Sent) and f.id == cid, f
-                sent.append(f.seq)
-    finally:
-        await c.stream.aclose()
-    assert sent == [1, 2]
-
-
 async def test_a_slow_send_keeps_its_turn_and_every_message_gets_its_delivered_receipt(
         two: tuple[Node, Node, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Two devices of alice send 1 then 2 into one chat while the chat owner's inbox append
