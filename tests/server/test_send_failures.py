@@ -269,6 +269,23 @@ async def test_each_send_of_a_failed_batch_is_answered_once(
     await raw.aclose()
 
 
+def slow_first_send(node: Node, monkeypatch: pytest.MonkeyPatch, seconds: float
+                    ) -> trio.Event:
+    """The node's first store call for sends takes `seconds` more (an owner taking its
+    time); the Event is set when it starts."""
+    real = node.server.store.append_messages
+    first = trio.Event()
+
+    async def slow_once(msgs: list[NewMessage]) -> Any:
+        if not first.is_set():
+            first.set()
+            await trio.sleep(seconds)
+        return await real(msgs)
+
+    monkeypatch.setattr(node.server.store, "append_messages", slow_once)
+    return first
+
+
 @pytest.mark.parametrize("start_node", ["sqlite"], indirect=True)  # (the session's logic)
 async def test_a_send_that_waits_long_keeps_its_connection(
         start_node: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,17 +296,7 @@ async def test_a_send_that_waits_long_keeps_its_connection(
     with TooSlowError after heartbeat x 2 + 5 s and sent again through a new connection)."""
     node: Node = await start_node(heartbeat=0.5)  # the SDK waits 6 s for a frame
     await node.add_users("alice", "bob")
-    store = node.server.store
-    real = store.append_messages
-    slow = trio.Event()
-
-    async def append_messages(msgs: list[NewMessage]) -> Any:
-        if not slow.is_set():
-            slow.set()
-            await trio.sleep(8)
-        return await real(msgs)
-
-    monkeypatch.setattr(store, "append_messages", append_messages)
+    slow_first_send(node, monkeypatch, 8)
     async with node.connect("alice", "phone") as alice:
         await alice.next_event(cc.Synced)
         with trio.fail_after(20):
@@ -311,16 +318,7 @@ async def test_a_send_under_way_is_finished_when_its_connection_ends(
     "reordered" after a `drop`). Now it is finished: stored once, and its retry is answered
     with its seq."""
     store = node.server.store
-    real = store.append_messages
-    first = trio.Event()
-
-    async def slow_once(msgs: list[NewMessage]) -> Any:
-        if not first.is_set():
-            first.set()
-            await trio.sleep(1.0)
-        return await real(msgs)
-
-    monkeypatch.setattr(store, "append_messages", slow_once)
+    first = slow_first_send(node, monkeypatch, 1.0)
     raw = await Raw.open(node.server.tcp_port)
     await raw.hello(node.token("alice"), device="phone")
     await raw.recv_until(F.Synced)
