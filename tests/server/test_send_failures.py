@@ -309,6 +309,27 @@ async def test_a_send_that_waits_long_keeps_its_connection(
         assert [m.text for m in got] == ["slow one"]
 
 
+@pytest.mark.parametrize("start_node", ["sqlite"], indirect=True)  # (the session's logic)
+async def test_a_send_that_waits_long_is_no_stalled_frame(
+        start_node: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Send that came in two reads, then waited in the store longer than the frame
+    timeout: its frame was complete, but the slow-frame guard still counted from its first
+    half (the reader notes a complete read only once the frame is handled) and closed the
+    connection with TIMEOUT. While a connection's requests are handled neither timeout runs."""
+    node: Node = await start_node(frame_timeout=0.5)
+    await node.add_users("alice", "bob")
+    slow_first_send(node, monkeypatch, 2.0)
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("alice"), device="phone")
+    await raw.recv_until(F.Synced)
+    data = raw.conn.send(F.Send(id="s1", to="bob", body=b"in two halves"))
+    await raw.send_bytes(data[:5])
+    await trio.sleep(0.2)  # (a read of half a frame: the guard starts)
+    await raw.send_bytes(data[5:])
+    got = (await answers(raw, {"s1"}))["s1"]
+    assert isinstance(got, F.Sent), got
+
+
 async def test_a_send_under_way_is_finished_when_its_connection_ends(
         node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """alice's send is in the store (slow: an owner that takes its time) when her
