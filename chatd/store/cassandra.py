@@ -435,6 +435,7 @@ class CassandraStore:
         self._redo_now: dict[tuple[str, str, str], tuple[int, float, float]] = {}
         # per chat: such seqs, with when the send first failed and when it was last tried
         self._held: dict[str, dict[int, tuple[float, float]]] = {}
+        self._held_msgs: dict[tuple[str, int], NewMessage] = {}  # (conv, seq) -> its message
         self._failed_at = -math.inf  # when a request of this store last failed
         self._closed = False
         self.inflight = 0
@@ -1381,21 +1382,54 @@ class CassandraStore:
                                      max(last, self._failed_at) + RETRY_HOLD)) > now}
             orphans = [s for s in earlier() if s not in running and s not in held]
             if orphans:
-                log.warning("%s: seqs %s held by no running send after %.0f s, going on",
-                            conv, sorted(orphans), TURN_WAIT)
-                self._release(conv, orphans)
+                gone = self._redo_held(conv, orphans, now)
+                if gone:
+                    log.warning("%s: seqs %s held by no running send after %.0f s, going on",
+                                conv, gone, TURN_WAIT)
+                    self._release(conv, gone)
+                if len(gone) < len(orphans):
+                    continue  # (held again while redone here: waited for as such)
             if not earlier():
                 return
             with trio.move_on_at(min((held[s] for s in earlier() if s in held),
                                      default=math.inf)):
                 await self._turn_changed.wait()
 
+    def _redo_held(self, conv: str, seqs: list[int], now: float) -> list[int]:
+        """Of seqs held for retries that did not come in time, redo here those whose
+        message this node keeps (`_held_msgs`), as their retry would, in their place; the
+        others (held HOLD_MAX since the first failure, or not known here) are returned, to
+        be let go. Letting a seq go used to let the chat's later messages overtake it, and
+        its retry, when it came (the device's tries failing on the way, say through a node
+        that no longer forwards them), appended it after them (the chaos checker's
+        "reordered" with a node killed). A send whose seq is held is stored already, and in
+        the chat's history: delivering it is what its device asked for (its retry is then
+        a duplicate). A redo that fails holds the seq again, as a failed retry does."""
+        gone = []
+        for seq in sorted(seqs):
+            m = self._held_msgs.get((conv, seq))
+            held = self._held.get(conv, {}).get(seq)
+            if m is None or held is None or now - held[0] >= HOLD_MAX:
+                gone.append(seq)
+                continue
+            self._held[conv][seq] = (held[0], now)  # (not taken for an orphan meanwhile)
+            self._spawn(self._redo_alone, m, seq)
+        return gone
+
+    async def _redo_alone(self, m: NewMessage, seq: int) -> None:
+        log.info("%s: seq %d held for a retry that did not come: redone here", m.conv, seq)
+        try:
+            await self._op(self._append_held([m]))
+        except StoreError as exc:
+            log.warning("%s: seq %d, redone here, failed again: %s", m.conv, seq, exc)
+
     def _may_redo(self, conv: str, sender: str, client_id: str) -> bool:
         """Whether the retry of a send that failed here after taking its seq redoes it now,
-        in its place (see _append_held)."""
+        in its place (see _append_held): not while another redoes it (a redo by this node,
+        _redo_held, and the device's retry; or two tries of the device)."""
         redo = self._redo_now.get((conv, sender, client_id))
-        return redo is not None and (not self.owners or trio.current_time() - redo[2] >= (
-            redo_wait(self.url.timeout)))
+        return redo is not None and redo[0] not in self._adopted.get(conv, ()) and (
+            not self.owners or trio.current_time() - redo[2] >= redo_wait(self.url.timeout))
 
     def _release(self, conv: str, seqs: Iterable[int]) -> None:
         seqs = set(seqs)
@@ -1412,6 +1446,7 @@ class CassandraStore:
         if held is not None:
             for seq in seqs:
                 held.pop(seq, None)
+                self._held_msgs.pop((conv, seq), None)
             if not held:
                 del self._held[conv]
 
@@ -1541,11 +1576,14 @@ class CassandraStore:
                 elif c.seq in self._turns.get(m.conv, ()):  # (its turn: held for its retry)
                     if len(self._redo_now) >= MAX_CACHED:
                         self._redo_now.clear()
+                        self._held_msgs.clear()
                     now = trio.current_time()
                     # (its retry failed too: the first failure stays)
                     first = self._redo_now.get(key, (c.seq, now, now))[1]
                     self._redo_now[key] = (c.seq, first, now)
                     self._held.setdefault(m.conv, {})[c.seq] = (first, now)
+                    self._held_msgs[(m.conv, c.seq)] = m
+                    log.info("%s: seq %d held for the retry of its failed send", m.conv, c.seq)
                     self._unadopt(m.conv, c.seq)
                 else:
                     self._release(m.conv, [c.seq])

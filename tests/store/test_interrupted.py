@@ -18,6 +18,7 @@ from chatd.core import Delivery
 from chatd.core.values import now_ms
 from chatd.protocol.frames import Status
 from chatd.store import CassandraStore, NewMessage, Store, StoreError, open_store
+from chatd.store import cassandra as cassandra_module
 
 USERS = ["u0", "u1", "u2", "u3"]
 
@@ -330,7 +331,9 @@ async def test_cassandra_a_send_finished_by_its_retry_after_a_later_one_gets_its
     The reader's delivered watermark is past its seq by then, and no DELIVERED receipt was
     made for it: its sender never saw it delivered. A message at an inbox position no device
     of the reader had reached is delivered now, whatever its seq; a second device acking the
-    same position makes no second receipt."""
+    same position makes no second receipt. (The failed seq is let go at once, HOLD_MAX=0,
+    not redone by the store: a retry coming after a minute.)"""
+    monkeypatch.setattr(cassandra_module, "HOLD_MAX", 0.0)
     s = cassandra_store
     for u, d in [("alice", "a"), ("bob", "a"), ("bob", "b")]:
         await s.attach_device(u, d)
@@ -557,6 +560,38 @@ async def test_cassandra_a_failed_seq_is_held_while_its_device_keeps_trying(
         ("m1", 1), ("m2", 2)]
 
 
+@pytest.mark.parametrize("numbering", ["owner", "paxos"])
+async def test_cassandra_a_held_seq_whose_retry_does_not_come_is_redone_in_its_place(
+        cassandra: Any, numbering: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 6 (i): a send fails after taking its seq (its inbox append failed), and its
+    device's retries do not reach the node in time (they fail on the way: a node that no
+    longer forwards them, a connection that went silent). Once the hold ran out the seq
+    used to be let go ("held by no running send"): the chat's next message reached the
+    reader first, and the failed one only with the retry, after it (the chaos checker's
+    "reordered"). Now the chat's owner redoes the held send itself, in its place, and the
+    late retry is a duplicate."""
+    from chatd.store import cassandra as cassandra_store
+
+    cassandra.truncate()
+    monkeypatch.setattr(cassandra_store, "TURN_WAIT", 0.1)
+    monkeypatch.setattr(cassandra_store, "RETRY_HOLD", 1.0)
+    monkeypatch.setattr(cassandra_store, "redo_wait", lambda timeout: 0.5)
+    monkeypatch.setattr(cassandra_store, "FINISH_FOR", 0)
+    async with open_store(cassandra.url(numbering=numbering, timeout="2", lease="9")) as s:
+        assert isinstance(s, CassandraStore)
+        m1 = await first_send_fails(s, monkeypatch)  # (and no retry comes)
+        with trio.fail_after(15):
+            m2 = await s.append_message(
+                NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))
+        page = await s.inbox("bob", "a", 0, 100)
+        assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
+            ("m1", 1), ("m2", 2)]
+        r1 = await s.append_message(m1)  # the retry, late
+        assert (r1.seq, r1.duplicate, m2.seq) == (1, True, 2)
+        again = await s.inbox("bob", "a", 0, 100)
+        assert [it.id for it in again.items if isinstance(it, Delivery)] == ["m1", "m2"]
+
+
 async def test_cassandra_a_failed_seq_is_held_a_minute_at_most_from_its_first_failure(
         cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """HOLD_MAX counts from the send's first failure: a retry that is redone and fails again
@@ -588,7 +623,9 @@ async def test_cassandra_a_message_stored_after_the_reader_read_past_its_seq_get
     message and read up to it, so the READ receipt could not cover the missing one; the
     retry then stored it, under the read watermark. Its ack made no receipt (read implies
     delivered): its sender never saw it delivered. The read remembers the seq it passed
-    with no message, and the ack receipts it DELIVERED."""
+    with no message, and the ack receipts it DELIVERED. (The failed seq is let go at once,
+    as in the test above.)"""
+    monkeypatch.setattr(cassandra_module, "HOLD_MAX", 0.0)
     s = cassandra_store
     for u in ["alice", "bob"]:
         await s.attach_device(u, "a")
