@@ -111,6 +111,8 @@ HOLE_WAIT_MS: Final = 120_000
 HOLE_KEEP_MS: Final = 600_000
 CACHE_S: Final = 2.0  # how long a chat's mode, a user's device count are trusted from memory
 MAX_CACHED: Final = 200_000  # entries per cache before it starts again
+# The messages of held seqs kept to redo them (_redo_held), up to this many bytes of them
+HELD_BYTES: Final = 32 * 1024 * 1024
 MAX_RECENT: Final = 10_000  # inbox items remembered per user until acked (numbering=owner)
 MAX_CLAIMS: Final = 10_000  # client ids a chat's owner keeps in memory (more: read per batch)
 MAX_CLAIMS_KEPT: Final = 1_000_000  # client ids kept in memory, all chats (more: read)
@@ -348,6 +350,11 @@ def _message(conv: str, r: dict[str, Any]) -> Message:
                    media=blobs.media(r["media"]), event=blobs.event(r["event"]))
 
 
+def _msg_bytes(m: NewMessage) -> int:
+    """About how much memory a message kept takes."""
+    return 300 + len(m.body) + sum(300 + len(x.preview) for x in m.media)
+
+
 def redo_wait(timeout: float) -> float:
     """numbering=owner: seconds after a send failed (its writes sent with this request
     timeout) until its retry may redo it: every write of the failed try has landed or never
@@ -436,6 +443,7 @@ class CassandraStore:
         # per chat: such seqs, with when the send first failed and when it was last tried
         self._held: dict[str, dict[int, tuple[float, float]]] = {}
         self._held_msgs: dict[tuple[str, int], NewMessage] = {}  # (conv, seq) -> its message
+        self._held_bytes = 0  # about how many bytes those take (up to HELD_BYTES)
         self._failed_at = -math.inf  # when a request of this store last failed
         self._closed = False
         self.inflight = 0
@@ -1446,7 +1454,8 @@ class CassandraStore:
         if held is not None:
             for seq in seqs:
                 held.pop(seq, None)
-                self._held_msgs.pop((conv, seq), None)
+                if (m := self._held_msgs.pop((conv, seq), None)) is not None:
+                    self._held_bytes -= _msg_bytes(m)
             if not held:
                 del self._held[conv]
 
@@ -1577,12 +1586,16 @@ class CassandraStore:
                     if len(self._redo_now) >= MAX_CACHED:
                         self._redo_now.clear()
                         self._held_msgs.clear()
+                        self._held_bytes = 0
                     now = trio.current_time()
                     # (its retry failed too: the first failure stays)
                     first = self._redo_now.get(key, (c.seq, now, now))[1]
                     self._redo_now[key] = (c.seq, first, now)
                     self._held.setdefault(m.conv, {})[c.seq] = (first, now)
-                    self._held_msgs[(m.conv, c.seq)] = m
+                    if (m.conv, c.seq) not in self._held_msgs and (
+                            self._held_bytes + _msg_bytes(m) <= HELD_BYTES):
+                        self._held_msgs[(m.conv, c.seq)] = m
+                        self._held_bytes += _msg_bytes(m)
                     log.info("%s: seq %d held for the retry of its failed send", m.conv, c.seq)
                     self._unadopt(m.conv, c.seq)
                 else:
