@@ -762,7 +762,8 @@ class CassandraStore:
     async def _append_finishing(self, per_user: dict[str, list[Entry]]
                                 ) -> list[tuple[str, Item]]:
         """numbering=owner: a send's inbox appends, tried again every second if they fail
-        (for up to FINISH_FOR) while this node holds the chat's lease. The send's claim
+        (for up to FINISH_FOR) while this node holds the chat's lease (and, with either
+        numbering, a group's "all" receipts: _advance_all_once). The send's claim
         and message are stored: it is finished here, in its place, rather than failed and
         left held for its device's retry, which may come too late (a device that moves to
         another node when the inbox's owner restarts), after the chat's later messages. If
@@ -1998,12 +1999,14 @@ class CassandraStore:
         if st is not None:
             st[0], st[1] = max(st[0], delivered or 0), max(st[1], read or 0)
 
-    async def _put_receipts(self, notes: list[ReceiptNote]) -> list[tuple[str, Item]]:
-        """Append receipts to their users' inboxes (the q is the inbox's to give)."""
+    async def _put_receipts(self, notes: list[ReceiptNote], *, again: bool = False
+                            ) -> list[tuple[str, Item]]:
+        """Append receipts to their users' inboxes (the q is the inbox's to give); `again`:
+        tried again in place if that fails (_append_finishing)."""
         out: dict[str, list[Entry]] = {}
         for n in notes:
             out.setdefault(n.to, []).append(n)
-        return await self._append_items(out)
+        return await (self._append_finishing if again else self._append_items)(out)
 
     async def ack(self, user: str, device: str, upto: int, ts: int, *,
                   lazy: bool = True) -> Appended:
@@ -2105,15 +2108,18 @@ class CassandraStore:
             new = delivery.new_read(upto, last, old)
             if new is None:
                 return Appended()
-            await self._set_marks(conv, user, new, new)
             stored = []
             if not convs.is_group(conv):
                 stored = await self._messages_between(conv, old, new)
                 self._note_holes(user, conv, delivery.holes(
                     old, new, [(r["seq"], r["ts"]) for r in stored], now_ms(), HOLE_WAIT_MS))
             rows = [(r["sender"], r["seq"], r["event"] is not None) for r in stored]
+            # the receipts before the watermark: a read cut short after it was written would
+            # never make them (its retry finds nothing new to read); one cut short before
+            # is done again (a receipt twice, which clients take once)
             items = await self._put_receipts(delivery.read_receipts(user, conv, new, ts,
                                                                     devices, rows))
+            await self._set_marks(conv, user, new, new)
             if convs.is_group(conv):
                 items += await self._advance_all(conv, user, ts)
             return Appended(items=tuple(items))
@@ -2179,15 +2185,24 @@ class CassandraStore:
         out: list[tuple[str, Item]] = []
         for i, status, stmt, col in ((0, Status.DELIVERED, "set_all_delivered", "all_delivered"),
                                      (1, Status.READ, "set_all_read", "all_read")):
+            sent = before[i]
             while now[i] > before[i]:
+                # the receipts before the watermark moves, tried again in place: they used
+                # to follow it, and when their append failed (the sender's inbox's owner
+                # restarting) the watermark had moved without them, and no later ack made
+                # them (the chaos checker's "receipts"). Cut short before the update, they
+                # are made again by the next advance (a receipt twice: clients take it once)
+                if now[i] > sent:
+                    out += await self._put_receipts(delivery.all_receipts_for(
+                        by, conv, status, ts, [(r["sender"], r["seq"], r["event"] is not None)
+                                               for r in await self._messages_between(
+                                                   conv, max(before[i], sent), now[i])]),
+                        again=True)
+                    sent = now[i]
                 ok, current = await self.db.applied(stmt, (now[i], conv, before[i] or None))
                 if not ok:
                     before[i] = (current[0].get(col) or 0) if current else 0
                     continue
-                out += await self._put_receipts(delivery.all_receipts_for(
-                    by, conv, status, ts, [(r["sender"], r["seq"], r["event"] is not None)
-                                           for r in await self._messages_between(
-                                               conv, before[i], now[i])]))
                 before[i] = now[i]
         return out
 

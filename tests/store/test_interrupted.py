@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from chatd.core import Delivery
+from chatd.core import Delivery, Notice, ReceiptNote
 from chatd.core.values import now_ms
 from chatd.protocol.frames import Status
 from chatd.store import CassandraStore, NewMessage, Store, StoreError, open_store
@@ -590,6 +590,121 @@ async def test_cassandra_a_held_seq_whose_retry_does_not_come_is_redone_in_its_p
         assert (r1.seq, r1.duplicate, m2.seq) == (1, True, 2)
         again = await s.inbox("bob", "a", 0, 100)
         assert [it.id for it in again.items if isinstance(it, Delivery)] == ["m1", "m2"]
+
+
+async def group_of_three(s: CassandraStore) -> int:
+    """alice, bob and carol in group g1; alice's message in every inbox: its seq."""
+    for u in ["alice", "bob", "carol"]:
+        await s.attach_device(u, "a")
+    await s.create_group("g1", "team", "alice", ["bob", "carol"], ts=1)
+    sent = await s.append_message(NewMessage("alice", "a", "hi", "g:g1", (), b"hi", 2,
+                                             group="g1"))
+    with trio.fail_after(20):
+        while await s.pending_fanouts() or s.fanout_pending:
+            await trio.sleep(0.02)
+    return sent.seq
+
+
+async def ack_all(s: CassandraStore, user: str) -> None:
+    await s.ack(user, "a", (await s.inbox(user, "a", 0, 100)).upto, 3)
+
+
+def fail_first_all_receipt(monkeypatch: pytest.MonkeyPatch, s: CassandraStore) -> list[bool]:
+    """The first append of a group's "all" receipt fails (the sender's inbox's owner
+    restarting); what failed is in the list returned."""
+    real = s._append_items
+    failed: list[bool] = []
+
+    async def items(per_user: Any) -> Any:
+        if not failed and any(isinstance(e, ReceiptNote) and e.all
+                              for es in per_user.values() for e in es):
+            failed.append(True)
+            raise StoreError("cassandra: NoHostAvailable: the inbox's owner restarting")
+        return await real(per_user)
+
+    monkeypatch.setattr(s, "_append_items", items)
+    return failed
+
+
+async def alls(s: CassandraStore) -> list[tuple[tuple[int, ...], int]]:
+    """The "all" receipts in alice's inbox: (seqs, status)."""
+    page = await s.inbox("alice", "a", 0, 100)
+    return [(i.seqs, i.status) for i in page.items if isinstance(i, Notice) and i.all]
+
+
+@pytest.mark.parametrize("numbering", ["owner", "paxos"])
+async def test_cassandra_a_groups_delivered_receipt_whose_append_failed_is_made_anyway(
+        cassandra: Any, numbering: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last member's ack moves the group's "delivered to all" watermark and appends the
+    sender's all-DELIVERED receipt. That append used to come after the move: when it failed
+    (the sender's inbox's owner restarting: chaos seed 7, "receipts") the ack failed with
+    the watermark moved, its retry found nothing new, and the sender never saw the message
+    delivered. Now the receipt goes first, and is tried again in place."""
+    cassandra.truncate()
+    async with open_store(cassandra.url(numbering=numbering, timeout="2", lease="9")) as s:
+        assert isinstance(s, CassandraStore)
+        seq = await group_of_three(s)
+        await ack_all(s, "bob")
+        failed = fail_first_all_receipt(monkeypatch, s)
+        with trio.fail_after(15):
+            await ack_all(s, "carol")
+        assert failed
+        assert await alls(s) == [((seq,), Status.DELIVERED)]
+
+
+async def test_cassandra_a_groups_receipt_that_failed_for_good_comes_with_the_next_one(
+        cassandra: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same with the append failing past its tries (FINISH_FOR): the ack fails, the
+    watermark has not moved, and the group's next move of it makes the receipt (it used to
+    make only the next message's)."""
+    monkeypatch.setattr(cassandra_module, "FINISH_FOR", 0.0)
+    cassandra.truncate()
+    async with open_store(cassandra.url(numbering="owner", timeout="2", lease="9")) as s:
+        assert isinstance(s, CassandraStore)
+        seq = await group_of_three(s)
+        await ack_all(s, "bob")
+        failed = fail_first_all_receipt(monkeypatch, s)
+        with pytest.raises(StoreError):
+            await ack_all(s, "carol")
+        assert failed
+        await ack_all(s, "carol")  # (its retry: nothing new to acknowledge)
+        later = await s.append_message(NewMessage("alice", "a", "again", "g:g1", (), b"2", 4,
+                                                  group="g1"))
+        with trio.fail_after(20):
+            while await s.pending_fanouts() or s.fanout_pending:
+                await trio.sleep(0.02)
+        for u in ["bob", "carol"]:
+            await ack_all(s, u)
+        assert await alls(s) == [((seq,), Status.DELIVERED), ((later.seq,), Status.DELIVERED)]
+
+
+async def test_cassandra_a_read_receipt_whose_append_failed_is_made_by_the_reads_retry(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read moved the reader's read watermark before it appended the READ receipt: when
+    the append failed, the read failed, and its retry (the server tries a failed Read
+    again) found nothing new to read. The receipt now goes first."""
+    s = cassandra_store
+    for u in ["alice", "bob"]:
+        await s.attach_device(u, "a")
+    sent = await s.append_message(NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",),
+                                             b"1", 10))
+    real = s._append_items
+    failed: list[bool] = []
+
+    async def items(per_user: Any) -> Any:
+        if not failed and any(isinstance(e, ReceiptNote) and e.status == Status.READ
+                              for es in per_user.values() for e in es):
+            failed.append(True)
+            raise StoreError("cassandra: NoHostAvailable: the inbox's owner restarting")
+        return await real(per_user)
+
+    monkeypatch.setattr(s, "_append_items", items)
+    with pytest.raises(StoreError):
+        await s.mark_read("bob", "d:alice:bob", sent.seq, 20)
+    await s.mark_read("bob", "d:alice:bob", sent.seq, 21)  # the retry
+    page = await s.inbox("alice", "a", 0, 100)
+    assert [(i.seqs, i.status) for i in page.items if isinstance(i, Notice)
+            and i.status == Status.READ] == [((sent.seq,), Status.READ)]
 
 
 async def test_cassandra_a_failed_seq_is_held_a_minute_at_most_from_its_first_failure(
