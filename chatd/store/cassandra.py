@@ -2185,25 +2185,19 @@ class CassandraStore:
         out: list[tuple[str, Item]] = []
         for i, status, stmt, col in ((0, Status.DELIVERED, "set_all_delivered", "all_delivered"),
                                      (1, Status.READ, "set_all_read", "all_read")):
-            sent = before[i]
-            while now[i] > before[i]:
+            if now[i] > before[i]:
                 # the receipts before the watermark moves, tried again in place: they used
                 # to follow it, and when their append failed (the sender's inbox's owner
                 # restarting) the watermark had moved without them, and no later ack made
                 # them (the chaos checker's "receipts"). Cut short before the update, they
                 # are made again by the next advance (a receipt twice: clients take it once)
-                if now[i] > sent:
-                    out += await self._put_receipts(delivery.all_receipts_for(
-                        by, conv, status, ts, [(r["sender"], r["seq"], r["event"] is not None)
-                                               for r in await self._messages_between(
-                                                   conv, max(before[i], sent), now[i])]),
-                        again=True)
-                    sent = now[i]
+                out += await self._put_receipts(delivery.all_receipts_for(
+                    by, conv, status, ts, [(r["sender"], r["seq"], r["event"] is not None)
+                                           for r in await self._messages_between(
+                                               conv, before[i], now[i])]), again=True)
+            while now[i] > before[i]:  # (another node moved it meanwhile: from where it is)
                 ok, current = await self.db.applied(stmt, (now[i], conv, before[i] or None))
-                if not ok:
-                    before[i] = (current[0].get(col) or 0) if current else 0
-                    continue
-                before[i] = now[i]
+                before[i] = now[i] if ok else (current[0].get(col) or 0) if current else 0
         return out
 
     async def receipt_state(self, conv: str, seq: int) -> ReceiptState:
