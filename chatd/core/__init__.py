@@ -33,8 +33,9 @@ from .values import (
     ReceiptNote,
     ReceiptState,
     Refusal,
+    message_bytes,
     now_ms,
 )
 
 __all__ = ["Delivery", "GroupInfo", "Item", "Message", "NewMessage", "Notice", "ReceiptNote",
-           "ReceiptState", "Refusal", "now_ms"]
+           "ReceiptState", "Refusal", "message_bytes", "now_ms"]

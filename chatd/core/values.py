@@ -47,6 +47,12 @@ class Message:
     event: dict[str, Any] | None = None
 
 
+def message_bytes(m: NewMessage | Message) -> int:
+    """About how many bytes a message takes, held in memory or carried between nodes: its
+    body, its media's previews, and the rest."""
+    return 200 + len(m.body) + sum(300 + len(x.preview) for x in m.media)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Delivery:
     """An inbox item: `message`, at position q of the user's inbox."""

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import trio
 
-from chatd.core import NewMessage, ReceiptNote, now_ms
+from chatd.core import NewMessage, ReceiptNote, message_bytes, now_ms
 from chatd.core.owners import owner
 from chatd.store.base import Appended, Entry, OwnedNumbering, StoreError
 
@@ -61,7 +61,7 @@ def _size(e: NewMessage | Entry) -> int:
     """About how many bytes a message (or receipt) takes in a call."""
     if isinstance(e, ReceiptNote):
         return 100 + 10 * len(e.seqs)
-    return 200 + len(e.body) + sum(300 + len(m.preview) for m in e.media)
+    return message_bytes(e)
 
 
 @dataclasses.dataclass(slots=True)

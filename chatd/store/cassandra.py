@@ -52,6 +52,7 @@ from chatd.core import (
     ReceiptState,
     convs,
     delivery,
+    message_bytes,
     modes,
 )
 from chatd.core import groups as group_rules
@@ -348,11 +349,6 @@ def _message(conv: str, r: dict[str, Any]) -> Message:
     return Message(conv=conv, seq=r["seq"], ts=r["ts"], sender=r["sender"], device=r["device"],
                    id=r["client_id"], body=r["body"] or b"", group=r["grp"],
                    media=blobs.media(r["media"]), event=blobs.event(r["event"]))
-
-
-def _msg_bytes(m: NewMessage) -> int:
-    """About how much memory a message kept takes."""
-    return 300 + len(m.body) + sum(300 + len(x.preview) for x in m.media)
 
 
 def redo_wait(timeout: float) -> float:
@@ -1456,7 +1452,7 @@ class CassandraStore:
             for seq in seqs:
                 held.pop(seq, None)
                 if (m := self._held_msgs.pop((conv, seq), None)) is not None:
-                    self._held_bytes -= _msg_bytes(m)
+                    self._held_bytes -= message_bytes(m)
             if not held:
                 del self._held[conv]
 
@@ -1594,9 +1590,9 @@ class CassandraStore:
                     self._redo_now[key] = (c.seq, first, now)
                     self._held.setdefault(m.conv, {})[c.seq] = (first, now)
                     if (m.conv, c.seq) not in self._held_msgs and (
-                            self._held_bytes + _msg_bytes(m) <= HELD_BYTES):
+                            self._held_bytes + message_bytes(m) <= HELD_BYTES):
                         self._held_msgs[(m.conv, c.seq)] = m
-                        self._held_bytes += _msg_bytes(m)
+                        self._held_bytes += message_bytes(m)
                     log.info("%s: seq %d held for the retry of its failed send", m.conv, c.seq)
                     self._unadopt(m.conv, c.seq)
                 else:
