@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from chatd.core import Delivery, Notice, ReceiptNote
+from chatd.core import Delivery, Message, Notice, ReceiptNote, message_bytes
 from chatd.core.values import now_ms
 from chatd.protocol.frames import Status
 from chatd.store import CassandraStore, NewMessage, Store, StoreError, open_store
@@ -590,6 +590,84 @@ async def test_cassandra_a_held_seq_whose_retry_does_not_come_is_redone_in_its_p
         assert (r1.seq, r1.duplicate, m2.seq) == (1, True, 2)
         again = await s.inbox("bob", "a", 0, 100)
         assert [it.id for it in again.items if isinstance(it, Delivery)] == ["m1", "m2"]
+
+
+async def test_cassandra_a_redo_and_the_devices_retry_do_not_run_at_once(
+        cassandra: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the chat's owner redoes a held send itself (its retry did not come in time),
+    the device's retry arrives. It is answered "still being stored" instead of redoing the
+    send a second time beside the first (each would append the message again, and only
+    the inbox markers would keep bob from getting it twice); m1 is appended once more in
+    all (the redo), not twice."""
+    monkeypatch.setattr(cassandra_module, "TURN_WAIT", 0.1)
+    monkeypatch.setattr(cassandra_module, "RETRY_HOLD", 1.0)
+    monkeypatch.setattr(cassandra_module, "redo_wait", lambda timeout: 0.5)
+    monkeypatch.setattr(cassandra_module, "FINISH_FOR", 0)
+    cassandra.truncate()
+    async with open_store(cassandra.url(numbering="owner", timeout="2", lease="9")) as s:
+        assert isinstance(s, CassandraStore)
+        m1 = await first_send_fails(s, monkeypatch)  # (no retry comes in time)
+        real = s._append_items
+        appends: list[str] = []
+        redoing, go_on = trio.Event(), trio.Event()
+
+        async def items(per_user: Any) -> Any:
+            ids = [e.id for es in per_user.values() for e in es if isinstance(e, Message)]
+            appends.extend(ids)
+            if "m1" in ids and not redoing.is_set():  # the owner's redo, held up here
+                redoing.set()
+                await go_on.wait()
+            return await real(per_user)
+
+        monkeypatch.setattr(s, "_append_items", items)
+        got: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            await send_second(s, nursery, got)
+            with trio.fail_after(10):
+                await redoing.wait()  # (m2 found seq 1's hold run out: redone by the owner)
+            with pytest.raises(StoreError, match="still being stored"):
+                await s.append_message(m1)  # the device's retry, meanwhile
+            go_on.set()
+        assert appends.count("m1") == 1
+        got["m1"] = await s.append_message(m1)  # (once the redo is done)
+        assert got["m1"].duplicate
+        await assert_in_seq_order(s, got)
+
+
+async def test_cassandra_the_messages_kept_for_redos_are_bounded_and_given_back(
+        cassandra: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store keeps the message of each held seq to redo it (above), up to HELD_BYTES.
+    A message over that is not kept: its seq is let go when its hold runs out, as before
+    the redo existed. What a redone or released seq kept is given back, so the room does
+    not run out over a node's life and its chats do not go back to being reordered."""
+    monkeypatch.setattr(cassandra_module, "TURN_WAIT", 0.1)
+    monkeypatch.setattr(cassandra_module, "RETRY_HOLD", 1.0)
+    monkeypatch.setattr(cassandra_module, "redo_wait", lambda timeout: 0.5)
+    monkeypatch.setattr(cassandra_module, "FINISH_FOR", 0)
+    m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+    monkeypatch.setattr(cassandra_module, "HELD_BYTES", message_bytes(m1))
+    cassandra.truncate()
+    async with open_store(cassandra.url(numbering="owner", timeout="2", lease="9")) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ["alice", "bob", "carol"]:
+            await s.attach_device(u, "a")
+        for m in [m1, NewMessage("carol", "a", "c1", "d:bob:carol", ("bob",), b"big" * 100,
+                                 10)]:
+            cut_first_inbox_append(monkeypatch, s)
+            with pytest.raises(StoreError):
+                await s.append_message(m)
+        assert set(s._held_msgs) == {("d:alice:bob", 1)}  # (carol's is over the room left)
+        assert s._held_bytes == message_bytes(m1)
+        with trio.fail_after(15):  # each chat's next message: m1 redone, c1 let go
+            await s.append_message(NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",),
+                                              b"2", 11))
+            await s.append_message(NewMessage("carol", "a", "c2", "d:bob:carol", ("bob",),
+                                              b"2", 11))
+            while s._held_msgs or s._held.get("d:alice:bob"):
+                await trio.sleep(0.02)
+        assert s._held_bytes == 0
+        page = await s.inbox("bob", "a", 0, 100)
+        assert [it.id for it in page.items if isinstance(it, Delivery)] == ["m1", "m2", "c2"]
 
 
 async def group_of_three(s: CassandraStore) -> int:
