@@ -37,7 +37,7 @@ import hashlib
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Final, Literal, TypeVar, cast
 
 import trio
@@ -439,6 +439,10 @@ class CassandraStore:
         # per chat: such seqs, with when the send first failed and when it was last tried
         self._held: dict[str, dict[int, tuple[float, float]]] = {}
         self._held_msgs: dict[tuple[str, int], NewMessage] = {}  # (conv, seq) -> its message
+        # numbering=paxos, per chat: sends whose claims failed with no answer (they may have
+        # applied): looked up before the chat's next claims (_lost_claims) -> (message, when)
+        self._unsure: dict[str, dict[tuple[str, str], tuple[NewMessage, float]]] = {}
+        self._unsure_bytes = 0  # (up to HELD_BYTES)
         self._held_bytes = 0  # about how many bytes those take (up to HELD_BYTES)
         self._failed_at = -math.inf  # when a request of this store last failed
         self._closed = False
@@ -812,6 +816,8 @@ class CassandraStore:
         """Take seqs for the messages not sent before; find the claims of those that were."""
         found: dict[tuple[str, str], _Claim] = {}
         todo = list({(m.sender, m.client_id): m for m in msgs}.values())
+        if conv in self._unsure:
+            await self._lost_claims(conv)
         last = self._last_seq.get(conv)
         if last is None:
             last = await self._read_last_seq(conv)
@@ -848,6 +854,50 @@ class CassandraStore:
         self._last_seq[conv] = last
         # (held here, before the next claims of this chat are taken: see _wait_turn)
         return self._hold_turns(conv, msgs, found)
+
+    async def _lost_claims(self, conv: str) -> None:
+        """numbering=paxos: sends of this chat whose claims failed with no answer. A claim
+        may have applied all the same (Cassandra restarting after it wrote it): its seq is
+        then taken, and the chat's next sends went on while its retry came later, and was
+        appended after them (the suite's Cassandra restart run: `reordered`). So before the
+        chat's next claims, such claims are looked up; one found (not done) is held for its
+        retry as if its send had failed after claiming (see _append_held): the chat's later
+        sends wait for it, and the store redoes it in its place if the retry is late."""
+        unsure = self._unsure.pop(conv)
+        self._unsure_bytes -= sum(message_bytes(m) for m, _ in unsure.values())
+        now = trio.current_time()
+        unsure = {k: v for k, v in unsure.items() if now - v[1] < HOLD_MAX}
+        by_sender: dict[str, list[str]] = {}
+        for sender, cid in unsure:
+            by_sender.setdefault(sender, []).append(cid)
+        if not by_sender:
+            return
+        try:
+            found = await self._gather(
+                functools.partial(self.db.run, "claims_of", (conv, sender, cids))
+                for sender, cids in by_sender.items())
+        except StoreError:
+            kept = self._unsure.setdefault(conv, {})  # (looked up next time)
+            for k, v in unsure.items():
+                if k not in kept:
+                    kept[k] = v
+                    self._unsure_bytes += message_bytes(v[0])
+            raise
+        for sender, rows in zip(by_sender, found, strict=True):
+            for r in rows:
+                if r["done"] or r["seq"] is None:
+                    continue
+                m, first = unsure[(sender, r["client_id"])]
+                seq = r["seq"]
+                self._turns.setdefault(conv, set()).add(seq)
+                self._redo_now[(conv, sender, m.client_id)] = (seq, first, now)
+                self._held.setdefault(conv, {})[seq] = (first, now)
+                if (conv, seq) not in self._held_msgs and (
+                        self._held_bytes + message_bytes(m) <= HELD_BYTES):
+                    self._held_msgs[(conv, seq)] = m
+                    self._held_bytes += message_bytes(m)
+                log.info("%s: seq %d, claimed by a send whose answer was lost, held for its"
+                         " retry", conv, seq)
 
     def _hold_turns(self, conv: str, msgs: list[NewMessage],
                     found: dict[tuple[str, str], _Claim]) -> list[_Claim]:
@@ -1356,7 +1406,19 @@ class CassandraStore:
 
     # ---- sending ---------------------------------------------------------------------------
 
-    async def _wait_turn(self, conv: str, first: int) -> None:
+    def _turn_parts(self, conv: str, seqs: list[int]) -> list[list[int]]:
+        """seqs (ascending, a call's of one chat) split where another send of the chat holds
+        a seq between two of them (see step3 in _append_claimed)."""
+        others = sorted(set(self._turns.get(conv, ())).difference(seqs))
+        parts: list[list[int]] = []
+        for seq in seqs:
+            if parts and not any(parts[-1][-1] < o < seq for o in others):
+                parts[-1].append(seq)
+            else:
+                parts.append([seq])
+        return parts
+
+    async def _wait_turn(self, conv: str, first: int, mine: Collection[int] = ()) -> None:
         """Wait until the sends of conv that took a seq below `first` on this node have
         appended their inbox items (or queued their fan-out jobs), so that each inbox gets a
         chat in seq order: a send takes its seq in step 1 and appends in step 3, and two sends
@@ -1368,8 +1430,8 @@ class CassandraStore:
         however slow (its own steps are bounded, and it releases its seqs whatever happens);
         a seq whose send never got its claims (its caller gone between claiming and holding
         its turn) is not waited for beyond TURN_WAIT."""
-        def earlier() -> list[int]:
-            return [s for s in self._turns.get(conv, ()) if s < first]
+        def earlier() -> list[int]:  # (not the caller's own: `mine`)
+            return [s for s in self._turns.get(conv, ()) if s < first and s not in mine]
 
         with trio.move_on_after(TURN_WAIT) as scope:
             while earlier():
@@ -1573,6 +1635,13 @@ class CassandraStore:
             return out
         finally:  # (whatever happened: later sends of these chats wait for nothing here)
             for m, c in zip(msgs, claims, strict=True):
+                if c is None and not ok and not self._closed and not self.owners:
+                    # (its claim may have applied with its answer lost: _lost_claims)
+                    unsure = self._unsure.setdefault(m.conv, {})
+                    if (m.sender, m.client_id) not in unsure and (
+                            self._unsure_bytes + message_bytes(m) <= HELD_BYTES):
+                        unsure[(m.sender, m.client_id)] = (m, trio.current_time())
+                        self._unsure_bytes += message_bytes(m)
                 if c is None or not (c.new or c.adopted):
                     continue
                 key = (m.conv, m.sender, m.client_id)
@@ -1708,28 +1777,40 @@ class CassandraStore:
         jobs.sort()
         # the message rows exist before anything points at them
         await self._gather([*writes, *self._batches(rows)])
-        new = {m.conv: min(c.seq for mm, c in zip(msgs, claims, strict=True)
-                           if mm.conv == m.conv and c is not None and (c.new or c.adopted))
-               for m, c in zip(msgs, claims, strict=True)
-               if c is not None and (c.new or c.adopted)}
+        ours: dict[str, list[int]] = {}  # per chat: the seqs this call appends in its turn
+        for m, c in zip(msgs, claims, strict=True):
+            if c is not None and (c.new or c.adopted):
+                ours.setdefault(m.conv, []).append(c.seq)
 
         async def step3(conv: str) -> list[tuple[str, Item]]:
             """Each chat in turn (see _wait_turn): its fan-out jobs queued, its items
-            appended."""
-            if conv in new:
-                await self._wait_turn(conv, new[conv])
-            # The fan-out jobs are queued as soon as they are written, before the claims are
-            # marked done: once a claim is done its retry is answered as a duplicate and
-            # queues nothing, so a send cut short after that step (its caller cancelled, a
-            # timeout that hid a write that applied) would leave its job unrun until a
-            # restart.
-            for c, seq, n in jobs:
-                if c == conv:
-                    self._queue_job(conv, seq, n)
-            got = await (self._append_finishing if self.owners else self._append_items)(
-                inbox.get(conv, {}))
-            self._release(conv, [c.seq for m, c in zip(msgs, claims, strict=True)
-                                 if m.conv == conv and c is not None and (c.new or c.adopted)])
+            appended. A call's seqs of one chat with another send's seq between them (a
+            redone send and a new one: 4 and 6, with 5 held by a send waiting for 4) go in
+            parts, each in its turn; 6 with 4 at once came before 5 (the suite's Cassandra
+            restart run, `reordered`)."""
+            mine = sorted(ours.get(conv, ()))
+            per_user = inbox.get(conv, {})
+            got: list[tuple[str, Item]] = []
+            parts = self._turn_parts(conv, mine) or [[]]
+            for i, part in enumerate(parts):
+                if part:
+                    await self._wait_turn(conv, part[0], set(mine))
+                lo = parts[i - 1][-1] if i else -math.inf  # (this part: seqs in (lo, hi])
+                hi = part[-1] if i < len(parts) - 1 else math.inf
+                # The fan-out jobs are queued as soon as they are written, before the claims
+                # are marked done: once a claim is done its retry is answered as a duplicate
+                # and queues nothing, so a send cut short after that step (its caller
+                # cancelled, a timeout that hid a write that applied) would leave its job
+                # unrun until a restart.
+                for c, seq, n in jobs:
+                    if c == conv and lo < seq <= hi:
+                        self._queue_job(conv, seq, n)
+                some = per_user if len(parts) == 1 else {
+                    u: es for u, es in ((u, [e for e in es if lo < cast(Message, e).seq <= hi])
+                                        for u, es in per_user.items()) if es}
+                got += await (self._append_finishing if self.owners else self._append_items)(
+                    some)
+                self._release(conv, part)  # (the chat's sends between the parts go on)
             return got
 
         self._fresh.update(fresh)

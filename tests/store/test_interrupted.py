@@ -592,6 +592,84 @@ async def test_cassandra_a_held_seq_whose_retry_does_not_come_is_redone_in_its_p
         assert [it.id for it in again.items if isinstance(it, Delivery)] == ["m1", "m2"]
 
 
+async def test_cassandra_a_send_whose_claim_applied_unseen_keeps_its_place(
+        cassandra_store: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """numbering=paxos: alice's claim of seq 1 applies, but its answer is lost (Cassandra
+    restarting), so her send fails knowing nothing of its seq. bob's next message in the
+    chat used to take seq 2 and be appended at once, and alice's retry appended seq 1 after
+    it: bob's other device saw 2, then 1 (the suite's Cassandra restart run, `reordered`).
+    Now the node looks the lost claim up before the chat's next claims, and holds its seq
+    for the retry (redoing the send itself if the retry does not come in time)."""
+    monkeypatch.setattr(cassandra_module, "TURN_WAIT", 0.1)
+    monkeypatch.setattr(cassandra_module, "RETRY_HOLD", 1.0)
+    monkeypatch.setattr(cassandra_module, "FINISH_FOR", 0)
+    s = cassandra_store
+    for u, d in [("alice", "a"), ("bob", "a"), ("bob", "b")]:
+        await s.attach_device(u, d)
+    real = s.db.run
+    lost: list[bool] = []
+
+    async def run(stmt: Any, params: Any = None) -> Any:
+        result = await real(stmt, params)
+        if not lost and "move_seq" in getattr(stmt, "chatd_names", ""):
+            lost.append(True)
+            raise StoreError("cassandra: NoHostAvailable: the answer lost")
+        return result
+
+    monkeypatch.setattr(s.db, "run", run)
+    m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+    with pytest.raises(StoreError):
+        await s.append_message(m1)
+    with trio.fail_after(15):
+        m2 = await s.append_message(
+            NewMessage("bob", "b", "m2", "d:alice:bob", ("alice",), b"2", 11))
+    r1 = await s.append_message(m1)  # alice's retry
+    assert (r1.seq, m2.seq) == (1, 2)
+    page = await s.inbox("bob", "a", 0, 100)
+    assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
+        ("m1", 1), ("m2", 2)]
+
+
+@pytest.mark.parametrize("numbering", ["owner", "paxos"])
+async def test_cassandra_a_retry_and_a_new_send_in_one_call_wait_for_a_send_between_them(
+        cassandra: Any, numbering: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """alice's m1 fails after taking seq 1; bob's m2 takes seq 2 and waits for seq 1's
+    turn. alice's device then sends m1 again with a new m3 in one write (an SDK resending
+    on reconnect): m1 is redone in its place, m3 takes seq 3. Both used to be appended at
+    once, before m2: alice's other device saw 1, 3, 2 (the suite's Cassandra restart run,
+    `reordered`). Now m3 waits for m2's turn."""
+    monkeypatch.setattr(cassandra_module, "redo_wait", lambda timeout: 0.5)
+    monkeypatch.setattr(cassandra_module, "FINISH_FOR", 0)
+    cassandra.truncate()
+    async with open_store(cassandra.url(numbering=numbering, timeout="2", lease="9")) as s:
+        assert isinstance(s, CassandraStore)
+        for u, d in [("alice", "a"), ("alice", "b"), ("bob", "a")]:
+            await s.attach_device(u, d)
+        cut_first_inbox_append(monkeypatch, s)
+        m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
+        with pytest.raises(StoreError):
+            await s.append_message(m1)
+        if numbering == "owner":
+            await trio.sleep(0.5)  # (its retry redoes it once its writes cannot land late)
+        got: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            async def second() -> None:
+                got["m2"] = await s.append_message(
+                    NewMessage("bob", "a", "m2", "d:alice:bob", ("alice",), b"2", 11))
+
+            nursery.start_soon(second)
+            with trio.fail_after(10):  # (m2 took seq 2 and waits for seq 1's turn)
+                while 2 not in s._turns.get("d:alice:bob", ()):
+                    await trio.sleep(0.01)
+            with trio.fail_after(15):
+                got["m1"], got["m3"] = await s.append_messages(
+                    [m1, NewMessage("alice", "a", "m3", "d:alice:bob", ("bob",), b"3", 12)])
+        assert [got[k].seq for k in ("m1", "m2", "m3")] == [1, 2, 3]
+        page = await s.inbox("alice", "b", 0, 100)
+        assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
+            ("m1", 1), ("m2", 2), ("m3", 3)]
+
+
 async def test_cassandra_a_redo_and_the_devices_retry_do_not_run_at_once(
         cassandra: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the chat's owner redoes a held send itself (its retry did not come in time),
