@@ -9,6 +9,7 @@ is. Interruptions are simulated by failing (or cancelling) a store request after
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -311,12 +312,13 @@ def cut_first_inbox_append(monkeypatch: pytest.MonkeyPatch, s: CassandraStore) -
     monkeypatch.setattr(s, "_append_items", cut_once)
 
 
-async def send_second(s: CassandraStore, nursery: trio.Nursery, got: dict[str, Any]) -> None:
-    """alice's m2 sent in the background (its Appended in got["m2"] once stored); returns
-    when it took seq 2 and waits for seq 1's turn."""
+async def send_second(s: CassandraStore, nursery: trio.Nursery, got: dict[str, Any],
+                      m2: NewMessage | None = None) -> None:
+    """alice's m2 (or m2) sent in the background (its Appended in got["m2"] once stored);
+    returns when it took seq 2 and waits for seq 1's turn."""
     async def second() -> None:
         got["m2"] = await s.append_message(
-            NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))
+            m2 or NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))
 
     nursery.start_soon(second)
     with trio.fail_after(10):
@@ -374,10 +376,12 @@ async def test_cassandra_a_send_that_failed_after_taking_its_seq_keeps_its_place
     await assert_in_seq_order(s, got)
 
 
-async def first_send_fails(s: CassandraStore, monkeypatch: pytest.MonkeyPatch) -> NewMessage:
+async def first_send_fails(s: CassandraStore, monkeypatch: pytest.MonkeyPatch,
+                           devices: Sequence[tuple[str, str]] = (("alice", "a"), ("bob", "a"))
+                           ) -> NewMessage:
     """alice's m1 to bob fails after it took seq 1 (its inbox append cut short)."""
-    for u in ["alice", "bob"]:
-        await s.attach_device(u, "a")
+    for u, d in devices:
+        await s.attach_device(u, d)
     cut_first_inbox_append(monkeypatch, s)
     m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
     with pytest.raises(StoreError):
@@ -623,11 +627,7 @@ async def test_cassandra_a_send_whose_claim_applied_unseen_keeps_its_place(
     with trio.fail_after(15):
         m2 = await s.append_message(
             NewMessage("bob", "b", "m2", "d:alice:bob", ("alice",), b"2", 11))
-    r1 = await s.append_message(m1)  # alice's retry
-    assert (r1.seq, m2.seq) == (1, 2)
-    page = await s.inbox("bob", "a", 0, 100)
-    assert [(it.id, it.seq) for it in page.items if isinstance(it, Delivery)] == [
-        ("m1", 1), ("m2", 2)]
+    await assert_in_seq_order(s, {"m1": await s.append_message(m1), "m2": m2})  # (retry)
 
 
 @pytest.mark.parametrize("numbering", ["owner", "paxos"])
@@ -643,24 +643,14 @@ async def test_cassandra_a_retry_and_a_new_send_in_one_call_wait_for_a_send_betw
     cassandra.truncate()
     async with open_store(cassandra.url(numbering=numbering, timeout="2", lease="9")) as s:
         assert isinstance(s, CassandraStore)
-        for u, d in [("alice", "a"), ("alice", "b"), ("bob", "a")]:
-            await s.attach_device(u, d)
-        cut_first_inbox_append(monkeypatch, s)
-        m1 = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", 10)
-        with pytest.raises(StoreError):
-            await s.append_message(m1)
+        m1 = await first_send_fails(s, monkeypatch,
+                                    [("alice", "a"), ("alice", "b"), ("bob", "a")])
         if numbering == "owner":
             await trio.sleep(0.5)  # (its retry redoes it once its writes cannot land late)
         got: dict[str, Any] = {}
         async with trio.open_nursery() as nursery:
-            async def second() -> None:
-                got["m2"] = await s.append_message(
-                    NewMessage("bob", "a", "m2", "d:alice:bob", ("alice",), b"2", 11))
-
-            nursery.start_soon(second)
-            with trio.fail_after(10):  # (m2 took seq 2 and waits for seq 1's turn)
-                while 2 not in s._turns.get("d:alice:bob", ()):
-                    await trio.sleep(0.01)
+            await send_second(s, nursery, got, NewMessage("bob", "a", "m2", "d:alice:bob",
+                                                          ("alice",), b"2", 11))
             with trio.fail_after(15):
                 got["m1"], got["m3"] = await s.append_messages(
                     [m1, NewMessage("alice", "a", "m3", "d:alice:bob", ("bob",), b"3", 12)])
