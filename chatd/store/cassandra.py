@@ -890,14 +890,19 @@ class CassandraStore:
                 m, first = unsure[(sender, r["client_id"])]
                 seq = r["seq"]
                 self._turns.setdefault(conv, set()).add(seq)
-                self._redo_now[(conv, sender, m.client_id)] = (seq, first, now)
-                self._held.setdefault(conv, {})[seq] = (first, now)
-                if (conv, seq) not in self._held_msgs and (
-                        self._held_bytes + message_bytes(m) <= HELD_BYTES):
-                    self._held_msgs[(conv, seq)] = m
-                    self._held_bytes += message_bytes(m)
+                self._hold_for_retry(m, seq, first, now)
                 log.info("%s: seq %d, claimed by a send whose answer was lost, held for its"
                          " retry", conv, seq)
+
+    def _hold_for_retry(self, m: NewMessage, seq: int, first: float, now: float) -> None:
+        """m's seq held for its retry (first failed at `first`, last tried `now`), its
+        message kept for the store's own redo while there is room (HELD_BYTES)."""
+        self._redo_now[(m.conv, m.sender, m.client_id)] = (seq, first, now)
+        self._held.setdefault(m.conv, {})[seq] = (first, now)
+        if (m.conv, seq) not in self._held_msgs and (
+                self._held_bytes + message_bytes(m) <= HELD_BYTES):
+            self._held_msgs[(m.conv, seq)] = m
+            self._held_bytes += message_bytes(m)
 
     def _hold_turns(self, conv: str, msgs: list[NewMessage],
                     found: dict[tuple[str, str], _Claim]) -> list[_Claim]:
@@ -1656,12 +1661,7 @@ class CassandraStore:
                     now = trio.current_time()
                     # (its retry failed too: the first failure stays)
                     first = self._redo_now.get(key, (c.seq, now, now))[1]
-                    self._redo_now[key] = (c.seq, first, now)
-                    self._held.setdefault(m.conv, {})[c.seq] = (first, now)
-                    if (m.conv, c.seq) not in self._held_msgs and (
-                            self._held_bytes + message_bytes(m) <= HELD_BYTES):
-                        self._held_msgs[(m.conv, c.seq)] = m
-                        self._held_bytes += message_bytes(m)
+                    self._hold_for_retry(m, c.seq, first, now)
                     log.info("%s: seq %d held for the retry of its failed send", m.conv, c.seq)
                     self._unadopt(m.conv, c.seq)
                 else:
