@@ -359,3 +359,37 @@ async def test_a_send_under_way_is_finished_when_its_connection_ends(
         again = await alice.send("bob", "before the drop", id="a1")
     stored = {m.id: m.seq for m in await store.history("d:alice:bob", None, 10)}
     assert again.seq == stored["a1"]  # (the retry: its first seq, stored once)
+
+
+async def test_the_sdk_sends_what_was_under_way_and_made_offline_again_in_order(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """alice's first send is in the store (slow) when her connection drops, and she makes
+    two more while the SDK reconnects. The old connection's send is finished without her
+    (its Sent is lost with the connection); after the reconnect the SDK sends all three
+    again, in the order she made them: each stored once, seqs 1-3, every send() answered
+    with its seq, and bob sees them in that order."""
+    in_store = slow_first_send(node, monkeypatch, 1.0)
+    acks: dict[str, Any] = {}
+
+    async def send(text: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()  # (send() takes its place among alice's sends before it waits)
+        acks[text] = await alice.send("bob", text, id=f"id-{text}")
+
+    async with node.connect("alice") as alice, node.connect("bob") as bob:
+        await bob.next_event(cc.Synced)
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(send, "a")
+                await in_store.wait()
+                for s in node.server.sessions():  # drop alice's connection under her
+                    if s.user == "alice":
+                        await s.transport.aclose()
+                await alice.next_event(cc.Disconnected)
+                await nursery.start(send, "b")
+                await nursery.start(send, "c")
+        assert {t: a.seq for t, a in acks.items()} == {"a": 1, "b": 2, "c": 3}
+        assert alice.reconnects >= 1
+        got = await messages(bob, 3)
+        assert [(m.seq, m.text) for m in got] == [(1, "a"), (2, "b"), (3, "c")]
+    stored = await node.server.store.history("d:alice:bob", None, 10)
+    assert sorted(m.id for m in stored) == ["id-a", "id-b", "id-c"]  # (nothing twice)
