@@ -49,7 +49,13 @@ class Pair:
 
 async def run_pairs(pairs: list[Pair], window: int, seconds: float, rate: float | None,
                     latencies: list[float]) -> int:
-    """Run the load for `seconds`; return completed messages, fill latencies (s)."""
+    """Run the load for `seconds`; return completed messages, fill latencies (s). Answers
+    to an earlier run's messages (still in flight when it stopped) count for nothing here:
+    each would have given its sender one more message in flight for this whole run."""
+    for p in pairs:
+        p.sent_at.clear()
+        p.seq_at.clear()
+        p.early.clear()
     done = 0
     stop_at = trio.current_time() + seconds
 
