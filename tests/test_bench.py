@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 
 from bench import codec, drain, memory, throughput
 
@@ -192,8 +193,6 @@ def test_throughput_counts_no_answer_to_an_earlier_runs_message(system: str) -> 
     run (the warm-up) stopped is answered during the next: it used to count there, with
     its latency from the run before, and give its sender one more message in flight for
     the whole run (10 x 1 ran at ~1.5 in flight)."""
-    import trio
-
     def go(port: int, token: Any) -> list[float]:
         async def main() -> list[float]:
             pairs = await throughput.connect_pairs(port, 8, token, system == "relay")

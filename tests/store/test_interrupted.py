@@ -314,8 +314,8 @@ def cut_first_inbox_append(monkeypatch: pytest.MonkeyPatch, s: CassandraStore) -
 
 async def send_second(s: CassandraStore, nursery: trio.Nursery, got: dict[str, Any],
                       m2: NewMessage | None = None) -> None:
-    """alice's m2 (or m2) sent in the background (its Appended in got["m2"] once stored);
-    returns when it took seq 2 and waits for seq 1's turn."""
+    """alice's m2 (or the message given) sent in the background (its Appended in got["m2"]
+    once stored); returns when it took seq 2 and waits for seq 1's turn."""
     async def second() -> None:
         got["m2"] = await s.append_message(
             m2 or NewMessage("alice", "a", "m2", "d:alice:bob", ("bob",), b"2", 11))
