@@ -14,6 +14,7 @@ import {
 
 const SENT = 1, DELIVERED = 2, READ = 3;
 const RENDER_MS = 40; // events within this are drawn together
+const PRESS_HOLD_MS = 10_000; // drawing waits this long at most for the release of a press
 const SHOWN = 200; // rows of a conversation drawn at first; scrolling up draws more
 const ID = /^[A-Za-z0-9_.-]{1,64}$/;
 const MODE_NAMES = ["temporary", "permanent", "disappearing"];
@@ -69,6 +70,7 @@ class App {
     for (const end of ["pointerup", "pointercancel"]) {
       document.addEventListener(end, () => { this.pressedAt = null; }, true);
     }
+    window.addEventListener("blur", () => { this.pressedAt = null; }); // released elsewhere
     window.addEventListener("pagehide", () => this.client.close("page closed"));
     document.addEventListener("visibilitychange", () => this.markRead());
     document.addEventListener("keydown", (ev) => { // Escape: close what is open, then the chat
@@ -164,8 +166,9 @@ class App {
       this.renderTimer = null;
       // A click is a press and a release on one element: drawn in between, the pressed link
       // or button is replaced, the release falls on its copy, and the click is lost. So what
-      // arrives during a press is drawn after it (a second at most: a release may be missed).
-      if (this.pressedAt !== null && performance.now() - this.pressedAt < 1000) {
+      // arrives during a press is drawn after it (PRESS_HOLD_MS at most: a release may be
+      // missed). One second was too short: a click held across a round trip on a busy machine.
+      if (this.pressedAt !== null && performance.now() - this.pressedAt < PRESS_HOLD_MS) {
         this.scheduleRender();
         return;
       }
