@@ -46,6 +46,41 @@ def shown_to(user: str, device: str, sender: str, sender_device: str) -> bool:
     return not (sender == user and sender_device == device)
 
 
+class RefusedForNow:
+    """One connection's sends the server refused for now (RATE_LIMITED, or INTERNAL with a
+    retry delay): the device sends them again under their ids. A send that names one of
+    them as the earlier send of its chat it must follow (`after`) is refused for now too,
+    with the same answer, so that the device's retries number the chat's sends in the order
+    they were made. Without this, a send written before the device learned that the one
+    before it failed was stored first (PROTOCOL.md, "A chat's sends keep their order through
+    retries").
+    Remembers at most LIMIT sends (the oldest are forgotten)."""
+
+    __slots__ = ("_refused",)
+    LIMIT: Final = 256
+
+    def __init__(self) -> None:
+        self._refused: dict[str, tuple[int, int]] = {}  # client id -> (error code, retry ms)
+
+    def refused(self, client_id: str, code: int, retry_ms: int) -> None:
+        self._refused.pop(client_id, None)
+        self._refused[client_id] = (code, retry_ms)
+        if len(self._refused) > self.LIMIT:
+            del self._refused[next(iter(self._refused))]
+
+    def taken_up(self, client_id: str, after: str | None) -> tuple[int, int] | None:
+        """A send is being handled (the sends of a connection are, in the order it wrote
+        them): it is no longer refused; returns the answer it gets for now, if the send it
+        must follow was refused and not sent again since, else None."""
+        self._refused.pop(client_id, None)
+        if after is None:
+            return None
+        return self._refused.get(after)
+
+    def __bool__(self) -> bool:
+        return bool(self._refused)
+
+
 # ---- acks: cursors and DELIVERED receipts ------------------------------------------------
 
 def new_cursor(old: int, upto: int, last: int) -> int | None:

@@ -185,6 +185,9 @@ class Send(Frame):
     group: str | None = f("g", GROUP, default=None)
     body: bytes = f("b", BODY, default=b"")
     media: tuple[Media, ...] = f("m", MEDIA, default=())
+    # the client id of an earlier send of this device to the same chat, not answered when
+    # this one was made: refused for now if that one failed on this connection (PROTOCOL.md)
+    after: str | None = f("af", CLIENT_ID, default=None)
 
 
 @frame(11, Origin.SERVER)

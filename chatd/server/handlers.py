@@ -18,6 +18,7 @@ import trio
 from chatd.analytics import events as analytics
 from chatd.core import GroupInfo, NewMessage, Refusal, convs, modes, now_ms
 from chatd.core import groups as group_rules
+from chatd.core.delivery import RefusedForNow
 from chatd.protocol import MAX_BODY_SIZE, ErrorCode, Frame
 from chatd.protocol import frames as F
 from chatd.store import StoreError
@@ -108,7 +109,7 @@ async def _check_send(node: Node, dev: Device, ev: F.Send,
     if wait:
         dev.pause()  # (refusing what it sends meanwhile costs more)
         node.stats["rate_limited"] += 1
-        dev.error(ErrorCode.RATE_LIMITED, "sending too fast", ref=ev.id, retry_ms=wait)
+        refuse_for_now(dev, ErrorCode.RATE_LIMITED, "sending too fast", ev.id, wait)
         return False
     if (ev.to is None) == (ev.group is None):
         dev.error(ErrorCode.INVALID, "send needs exactly one of 'to' and 'g'", ref=ev.id)
@@ -149,10 +150,19 @@ async def _check_media(node: Node, dev: Device, ev: F.Send, conv: str) -> bool:
                 dev.error(ErrorCode.INVALID, f"no uploaded media {m.id[:64]!r}", ref=ev.id)
                 return False
     except BlobStoreError as exc:
-        dev.error(ErrorCode.INTERNAL, f"media store unavailable: {exc}", ref=ev.id,
-                  retry_ms=1000)
+        refuse_for_now(dev, ErrorCode.INTERNAL, f"media store unavailable: {exc}", ev.id, 1000)
         return False
     return True
+
+
+def refuse_for_now(dev: Device, code: ErrorCode, message: str, client_id: str,
+                   retry_ms: int) -> None:
+    """Refuse a send that the device is to send again after retry_ms, under its id; the
+    sends it made after it in the same chat are refused with it (RefusedForNow)."""
+    if dev.refused is None:
+        dev.refused = RefusedForNow()
+    dev.refused.refused(client_id, code, retry_ms)
+    dev.error(code, message, ref=client_id, retry_ms=retry_ms)
 
 
 async def sends(node: Node, dev: Device, batch: list[F.Send]) -> None:
@@ -160,13 +170,22 @@ async def sends(node: Node, dev: Device, batch: list[F.Send]) -> None:
     with its Sent (or its error). When the store fails (e.g. the chat's owner, another node,
     did not answer in time), each send of the batch not answered yet gets a retryable
     INTERNAL error with its client id and a retry delay, and the connection stays open: the
-    device sends them again under the same ids (one that did apply is then a duplicate)."""
+    device sends them again under the same ids (one that did apply is then a duplicate).
+    A send that names (`after`) an earlier send of its chat refused for now on this
+    connection is refused with it, so that the retries keep the order (RefusedForNow)."""
     ts = now_ms()
     msgs, ids = [], []
     groups: dict[str, Refusal | None] = {}
     checked = 0  # sends of the batch answered (refused) or in msgs
     try:
         for ev in batch:
+            if dev.refused:  # (only a device some of whose sends were refused for now)
+                earlier = dev.refused.taken_up(ev.id, ev.after)
+                if earlier is not None:
+                    refuse_for_now(dev, ErrorCode(earlier[0]), f"the send before it in this chat, "
+                                   f"{ev.after}, was refused: it goes first", ev.id, earlier[1])
+                    checked += 1
+                    continue
             if not await _check_send(node, dev, ev, groups):
                 checked += 1
                 continue
@@ -204,7 +223,7 @@ async def sends(node: Node, dev: Device, batch: list[F.Send]) -> None:
         node.stats["send_failures"] += len(failed)
         metrics.SEND_FAILURES.inc(len(failed))
         for cid in failed:
-            dev.error(ErrorCode.INTERNAL, str(exc), ref=cid, retry_ms=SEND_RETRY_MS)
+            refuse_for_now(dev, ErrorCode.INTERNAL, str(exc), cid, SEND_RETRY_MS)
         return
     node.stats["messages_in"] += len(msgs)
     metrics.MESSAGES_IN.inc(sum(1 for r in results if not r.duplicate))

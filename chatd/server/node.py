@@ -15,6 +15,7 @@ from chatd.protocol import frames as F
 if TYPE_CHECKING:
     import trio
 
+    from chatd.core.delivery import RefusedForNow
     from chatd.store import Store
 
     from .config import Config
@@ -28,6 +29,7 @@ class Device(Protocol):
     user: str
     device: str
     watching: set[str] | None  # users whose presence this device follows
+    refused: RefusedForNow | None  # its sends refused for now, on this connection
 
     @property
     def backed_up(self) -> bool:

@@ -20,7 +20,7 @@ import trio
 
 from chatd.analytics import events as analytics
 from chatd.core import Delivery, Item, now_ms, wire
-from chatd.core.delivery import shown_to
+from chatd.core.delivery import RefusedForNow, shown_to
 from chatd.protocol import (
     MAX_BODY_SIZE,
     NEED_DATA,
@@ -91,7 +91,7 @@ class Session:
                  "_writing", "_sent_upto", "_live", "_need_sync", "_nursery", "_closing",
                  "rx_at", "frame_at", "_acks_running", "_acks_done", "background", "watching",
                  "_presence_pending", "_item_max", "_acked", "_pause", "_msg_upto",
-                 "connected_ms", "busy_at")
+                 "connected_ms", "busy_at", "refused")
 
     def __init__(self, server: ChatServer, transport: StreamTransport | WebSocketTransport,
                  conn: Connection, user: str, device: str, cursor: int,
@@ -124,6 +124,7 @@ class Session:
         self._item_max = MAX_BODY_SIZE  # largest inbox item seen: sizes the drain's pages
         self.connected_ms = now_ms()  # (a peer's news of a newer connection ends this one)
         self.busy_at: float | None = None  # BUSY since (as the sweeper saw), or last pinged
+        self.refused: RefusedForNow | None = None  # sends refused for now (handlers.sends)
 
     # ---- output --------------------------------------------------------------------------
 

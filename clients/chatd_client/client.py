@@ -18,6 +18,7 @@ not yet SENT.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import random
 import secrets
@@ -174,6 +175,7 @@ class Client:
         self._write_lock = trio.Lock()
         self._pending: dict[str, _Waiter] = {}
         self._held = 0  # waiters in _pending held to be sent again
+        self._last_send: dict[tuple[str | None, str | None], str] = {}  # chat -> latest send
         self._requests: dict[int, _Waiter] = {}
         self._rids = itertools.count(1)
         self._ids = itertools.count(1)
@@ -205,7 +207,12 @@ class Client:
         """Send a message; returns once the server stored it durably (SENT). Raises
         ChatdError if the server refused it, or kept failing it (see _retry_delay)."""
         data = body.encode() if isinstance(body, str) else body
-        frame = F.Send(id=id or self.new_id(), to=to, group=group, body=data, media=media)
+        # the chat's latest send, if not SENT yet: should it fail, the server refuses this
+        # one too, and both go again in this order (PROTOCOL.md, "A chat's sends keep ...")
+        before = self._last_send.get((to, group))
+        frame = F.Send(id=id or self.new_id(), to=to, group=group, body=data, media=media,
+                       after=before if before in self._pending else None)
+        self._last_send[to, group] = frame.id
         waiter = self._pending.setdefault(frame.id, _Waiter(frame))
         if self._held and self._held_back(frame):
             self._hold(waiter)  # sent after the earlier sends of its chat (see _send_again)
@@ -594,6 +601,7 @@ class Client:
                 return
             waiter = self._settle(frame.ref)
             assert waiter is not None
+            self._given_up(waiter)
             waiter.error = error
             waiter.done.set()
             return
@@ -637,9 +645,27 @@ class Client:
 
     def _settle(self, ref: str) -> _Waiter | None:
         waiter = self._pending.pop(ref, None)
-        if waiter is not None and waiter.held:
+        if waiter is None:
+            return None
+        if waiter.held:
             self._held -= 1
+        frame = waiter.frame
+        assert isinstance(frame, F.Send)
+        chat = (frame.to, frame.group)
+        if self._last_send.get(chat) == ref:  # the latest left of that chat, if any, is now
+            del self._last_send[chat]
+            for w in self._pending.values():
+                if isinstance(w.frame, F.Send) and (w.frame.to, w.frame.group) == chat:
+                    self._last_send[chat] = w.frame.id
         return waiter
+
+    def _given_up(self, waiter: _Waiter) -> None:
+        """A send failed for good: the sends made after it follow what it followed."""
+        gone = waiter.frame
+        assert isinstance(gone, F.Send)
+        for w in self._pending.values():
+            if isinstance(w.frame, F.Send) and w.frame.after == gone.id:
+                w.frame = dataclasses.replace(w.frame, after=gone.after)
 
     async def _send_again(self, delay: float) -> None:
         """After delay, send again every send held (not only the one whose error scheduled

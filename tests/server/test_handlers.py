@@ -23,6 +23,7 @@ class FakeDevice:
     user: str
     device: str = "d1"
     watching: set[str] | None = None
+    refused: Any = None
     backed_up: bool = False
     frames: list[Frame] = dataclasses.field(default_factory=list)
     paused: int = 0

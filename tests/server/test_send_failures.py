@@ -23,11 +23,12 @@ OWNER_SILENT = "node n2, the owner, did not answer within 2 s: send it again"
 
 
 class Failing:
-    """The store's append_messages raises StoreError while `on` (`times` more calls, if set);
-    applied: it stores the batch first (the owner did it, its answer was lost)."""
+    """The store's append_messages raises StoreError while `on` (`times` more calls, if set),
+    after `delay` s (an owner slow to answer); applied: it stores the batch first (the owner
+    did it, its answer was lost)."""
 
     def __init__(self, node: Node, monkeypatch: pytest.MonkeyPatch, applied: bool,
-                 times: int | None = None) -> None:
+                 times: int | None = None, delay: float = 0.0) -> None:
         self.on, self.times, self.calls = True, times, 0
         store = node.server.store
         real = store.append_messages
@@ -40,6 +41,7 @@ class Failing:
                 self.times -= 1
             if applied:
                 await real(msgs)
+            await trio.sleep(delay)
             raise StoreError(OWNER_SILENT)
 
         monkeypatch.setattr(store, "append_messages", append_messages)
@@ -217,6 +219,81 @@ async def test_the_sdk_keeps_the_order_of_a_chats_sends_through_its_retries(
         got = await messages(bob, 2)
         assert [m.text for m in got] == ["first", "second"]
         assert alice.reconnects == 0
+
+
+async def test_a_send_written_before_the_one_before_it_failed_goes_after_it(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """alice's first send fails in the store, slowly; her second to the same chat is
+    written meanwhile, before her SDK can know, and the store is fine again when it comes.
+    It used to be stored at once and numbered 1, the first, sent again, 2: bob saw them
+    the other way round. The second names the first (`after`); the server refuses it for
+    now, as the first was, and the SDK sends both again in the order she made them."""
+    failing = Failing(node, monkeypatch, applied=False, times=1, delay=0.3)
+    acks: dict[str, Any] = {}
+
+    async def send(text: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        acks[text] = await alice.send("bob", text)
+
+    async with node.connect("alice") as alice, node.connect("bob") as bob:
+        await bob.next_event(cc.Synced)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(send, "first")
+                while not failing.calls:  # (its batch is in the store, failing)
+                    await trio.sleep(0.01)
+                await nursery.start(send, "second")
+        assert (acks["first"].seq, acks["second"].seq) == (1, 2)
+        got = await messages(bob, 2)
+        assert [(m.seq, m.text) for m in got] == [(1, "first"), (2, "second")]
+        assert alice.reconnects == 0 and not alice._last_send  # (nothing left behind)
+
+
+async def test_the_sdks_sends_after_one_it_gave_up_on_follow_what_that_one_followed() -> None:
+    """A send the SDK gave up on (refused for good, or failed for send_retry_for) is never
+    sent again: the sends that named it (`after`) would be refused for now until they fail
+    too. They name what it named instead. (SDK logic alone: no server.)"""
+    from chatd_client.client import _Waiter
+
+    client = cc.Client(["tcp://127.0.0.1:9"], "token")
+    for cid, after in (("c1", None), ("c2", "c1"), ("c3", "c2"), ("x", "elsewhere")):
+        client._pending[cid] = _Waiter(F.Send(id=cid, to="bob", after=after))
+    await client._on_error(F.Error(code=ErrorCode.TOO_LARGE, message="too large", ref="c2"))
+    frames = {cid: w.frame for cid, w in client._pending.items()}
+    names = {cid: f.after for cid, f in frames.items() if isinstance(f, F.Send)}
+    assert names == {"c1": None, "c3": "c1", "x": "elsewhere"}
+
+
+async def test_a_send_after_a_refused_one_is_refused_until_that_one_is_sent_again(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The protocol's side of it, on one connection: a Send whose `af` names a send refused
+    for now gets the same answer (code, delay); once that one is sent again and taken, the
+    later one goes. Sends naming nothing refused, or nothing (`af` absent), are not held."""
+    raw = await Raw.open(node.server.tcp_port)
+    await raw.hello(node.token("alice"), device="phone")
+    await raw.recv_until(F.Synced)
+    failing = Failing(node, monkeypatch, applied=False, times=1)
+    await raw.send(F.Send(id="a", to="bob", body=b"a"))
+    refused = (await answers(raw, {"a"}))["a"]
+    assert isinstance(refused, F.Error) and refused.retry_ms is not None
+    assert failing.times == 0  # (the store takes everything from now on)
+    await raw.send(F.Send(id="b", to="bob", body=b"b", after="a"))
+    await raw.send(F.Send(id="c", to="bob", body=b"c", after="b"))  # (after b, after a)
+    await raw.send(F.Send(id="x", to="carol", body=b"x", after="unknown"))
+    held = await answers(raw, {"b", "c", "x"})
+    for cid in ("b", "c"):
+        e = held[cid]
+        assert isinstance(e, F.Error), e
+        assert (e.code, e.retry_ms) == (refused.code, refused.retry_ms)
+        assert "goes first" in e.message
+    assert isinstance(held["x"], F.Sent)
+    for cid, after in (("a", None), ("b", "a"), ("c", "b")):
+        await raw.send(F.Send(id=cid, to="bob", body=cid.encode(), after=after))
+        sent = (await answers(raw, {cid}))[cid]
+        assert isinstance(sent, F.Sent), sent
+    await raw.aclose()
+    history = await node.server.store.history("d:alice:bob", None, 10)
+    assert sorted((h.seq, h.id) for h in history) == [(1, "a"), (2, "b"), (3, "c")]
 
 
 async def test_the_sdk_gives_up_on_a_send_the_store_keeps_failing(

@@ -73,7 +73,7 @@ export class Client {
   send(to: { user?: string; group?: string }, body: Uint8Array, id = this.newId(),
        media: Media[] = []): Promise<FrameOf<"Sent">> {
     const frame: FrameOf<"Send"> = { type: "Send", id, to: to.user ?? null, group: to.group ?? null, body, media };
-    this.delivery.pending.set(id, frame);
+    this.delivery.add(frame);
     const answer = this.wait(id) as Promise<FrameOf<"Sent">>;
     if (this.delivery.heldBack(frame)) this.delivery.held.add(id); // (after the earlier ones)
     else if (this.connected) this.write(frame);

@@ -55,6 +55,7 @@ export class Delivery {
   readonly failing = new Map<string, { since: number; tries: number }>();
   /** sends waiting to be written again (after a retry delay): see again() */
   readonly held = new Set<string>();
+  private readonly lastSend = new Map<string, string>(); // chat -> id of its latest send
   sendRetryForMs = 60_000; // such a send is written again for this long, then refused
   maxRetryMs = 5_000; // its delay doubles from the server's retryMs up to this
   maxQ = 0; // highest inbox position handed to the application: at or below is a repeat
@@ -110,7 +111,7 @@ export class Delivery {
       case "Sent":
         this.failing.delete(frame.id);
         this.held.delete(frame.id);
-        if (this.pending.delete(frame.id)) {
+        if (this.settle(frame.id)) {
           out.events.push({ kind: "sent", id: frame.id, conv: frame.conv, seq: frame.seq, ts: frame.ts });
           out.settled.push({ id: frame.id, frame });
         }
@@ -139,6 +140,17 @@ export class Delivery {
     return out;
   }
 
+  /** A new send, pending until its Sent. It names (`after`) the chat's latest send not Sent
+   *  yet: should that one fail, the server refuses this one too, and both go again in the
+   *  order they were made (docs/PROTOCOL.md, "A chat's sends keep their order"). */
+  add(frame: FrameOf<"Send">): void {
+    const chat = chatKey(frame);
+    const before = this.lastSend.get(chat);
+    frame.after = before !== undefined && this.pending.has(before) ? before : null;
+    this.lastSend.set(chat, frame.id);
+    this.pending.set(frame.id, frame);
+  }
+
   /** Whether an earlier send of the same chat waits to be written again: a new one then
    *  waits with it (held), so that the server numbers a device's sends to a chat in the
    *  order they were made. */
@@ -156,6 +168,18 @@ export class Delivery {
     const out = [...this.pending.values()].filter((f) => this.held.has(f.id));
     this.held.clear();
     return out;
+  }
+
+  private settle(id: string): FrameOf<"Send"> | undefined {
+    const frame = this.pending.get(id);
+    if (frame === undefined) return undefined;
+    this.pending.delete(id);
+    const chat = chatKey(frame);
+    if (this.lastSend.get(chat) === id) { // the latest left of that chat, if any, is now
+      this.lastSend.delete(chat);
+      for (const f of this.pending.values()) if (chatKey(f) === chat) this.lastSend.set(chat, f.id);
+    }
+    return frame;
   }
 
   private answer(rid: number, frame: Frame, out: Outcome): void {
@@ -184,7 +208,10 @@ export class Delivery {
       } else {
         this.failing.delete(e.ref);
         this.held.delete(e.ref);
-        this.pending.delete(e.ref);
+        const gone = this.settle(e.ref)!;
+        for (const f of this.pending.values()) { // (never sent again: they follow what it followed)
+          if (f.after === gone.id) f.after = gone.after ?? null;
+        }
         out.settled.push({ id: e.ref, error });
         out.events.push({ kind: "error", code: e.code, name: codeName(e.code), message: e.message,
           ref: e.ref, fatal: false });
@@ -200,4 +227,8 @@ export class Delivery {
       ref: e.ref, fatal });
     if (fatal) out.stop = error.message;
   }
+}
+
+function chatKey(frame: FrameOf<"Send">): string {
+  return frame.group ? `g:${frame.group}` : `u:${frame.to ?? ""}`;
 }

@@ -99,6 +99,28 @@ test("a chat's sends are written again in the order they were made, whatever eac
   assert.equal(d.held.size, 0);
 });
 
+test("a send names its chat's latest send not SENT yet (after); one given up on is named no more", () => {
+  const d = new Delivery();
+  const send = (id: string, to: string | null, group: string | null = null) =>
+    ({ type: "Send", id, to, group }) as FrameOf<"Send">;
+  const sends = [send("x-1", "alice"), send("x-2", "alice"), send("x-3", "carol"), send("x-4", null, "g1"),
+    send("x-5", "alice")];
+  for (const f of sends) d.add(f);
+  assert.deepEqual(sends.map((f) => f.after), [null, "x-1", null, null, "x-2"]);
+  d.received({ type: "Sent", id: "x-5", conv: "d:alice:bob", seq: 1, ts: 5 });
+  const after5 = send("x-6", "alice");
+  d.add(after5);
+  assert.equal(after5.after, "x-2"); // (x-5, the latest, is SENT: x-2 is not yet)
+  // x-1 refused for good: x-2, which named it, now names what x-1 named (nothing)
+  d.received({ type: "Error", code: 6, message: "too large", ref: "x-1", rid: null, retryMs: null }, 0);
+  assert.equal(sends[1]!.after, null);
+  d.received({ type: "Sent", id: "x-2", conv: "d:alice:bob", seq: 2, ts: 5 });
+  d.received({ type: "Sent", id: "x-6", conv: "d:alice:bob", seq: 3, ts: 5 });
+  const last = send("x-7", "alice");
+  d.add(last);
+  assert.equal(last.after, null);
+});
+
 test("requests are answered by rid and sent again after a reconnect", () => {
   const d = new Delivery();
   d.requests.set(3, { type: "GroupList", rid: 3 });

@@ -65,7 +65,7 @@ const SPECS: Array<[FrameName, number, number, Field[]]> = [
   ["Error", 6, SERVER, [f("code", "code", UINT), f("message", "msg", str(1024), ""),
     f("ref", "ref", CLIENT_ID, null), f("rid", "r", RID, null), f("retryMs", "rt", UINT, null)]],
   ["Send", 10, CLIENT, [f("id", "id", CLIENT_ID), f("to", "to", USER, null), f("group", "g", GROUP, null),
-    f("body", "b", BODY, new Uint8Array()), f("media", "m", MEDIA, [])]],
+    f("body", "b", BODY, new Uint8Array()), f("media", "m", MEDIA, []), f("after", "af", CLIENT_ID, null)]],
   ["Sent", 11, SERVER, [f("id", "id", CLIENT_ID), f("conv", "c", CONV), f("seq", "s", SEQ), f("ts", "ts", UINT)]],
   ["Deliver", 12, SERVER, [f("q", "q", SEQ), f("conv", "c", CONV), f("seq", "s", SEQ), f("ts", "ts", UINT),
     f("sender", "f", USER), f("device", "fd", DEVICE), f("id", "id", CLIENT_ID),
@@ -140,7 +140,8 @@ interface FrameFields {
   Pong: { nonce?: number };
   Goodbye: { code?: number; reason?: string };
   Error: { code: number; message?: string; ref?: string | null; rid?: number | null; retryMs?: number | null };
-  Send: { id: string; to?: string | null; group?: string | null; body?: Uint8Array; media?: Media[] };
+  Send: { id: string; to?: string | null; group?: string | null; body?: Uint8Array; media?: Media[];
+    after?: string | null };
   Sent: { id: string; conv: string; seq: number; ts: number };
   Deliver: { q: number; conv: string; seq: number; ts: number; sender: string; device: string; id: string;
     body?: Uint8Array; group?: string | null; media?: Media[]; event?: ChatEvent | null };
