@@ -72,7 +72,8 @@ class ConnectionLost(Exception):
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "failing_since", "frame", "held", "result", "tries")
+    __slots__ = ("done", "error", "failing_since", "frame", "held", "result", "tries",
+                 "written_on")
 
     def __init__(self, frame: Frame) -> None:
         self.frame = frame
@@ -82,6 +83,7 @@ class _Waiter:
         self.tries = 0  # a send the server failed (INTERNAL with retry_ms): times sent again
         self.failing_since: float | None = None  # when it first failed so
         self.held = False  # a send waiting to be sent again (_send_again): not on the wire
+        self.written_on = 0  # the connection (Client._links) it was last written on
 
 
 class _EventBuffer:
@@ -175,6 +177,7 @@ class Client:
         self._write_lock = trio.Lock()
         self._pending: dict[str, _Waiter] = {}
         self._held = 0  # waiters in _pending held to be sent again
+        self._links = 0  # connections welcomed so far (the current one's number)
         self._last_send: dict[tuple[str | None, str | None], str] = {}  # chat -> latest send
         self._requests: dict[int, _Waiter] = {}
         self._rids = itertools.count(1)
@@ -217,7 +220,7 @@ class Client:
         if self._held and self._held_back(frame):
             self._hold(waiter)  # sent after the earlier sends of its chat (see _send_again)
         else:
-            await self._write_when_connected(frame)
+            await self._write_send(waiter)
         return await self._wait(waiter)  # type: ignore[no-any-return]
 
     async def send_image(self, to: str | None, path: str, caption: bytes | str = b"", *,
@@ -367,6 +370,18 @@ class Client:
             raise waiter.error
         return waiter.result
 
+    async def _write_send(self, waiter: _Waiter) -> None:
+        """Write a new send once connected, unless the connection's start wrote it already
+        with the others not SENT yet (a send made while disconnected was written twice)."""
+        if self._fatal is not None:
+            raise self._fatal
+        await self._connected.wait()
+        if waiter.written_on == self._links:
+            return
+        waiter.written_on = self._links
+        with contextlib.suppress(*LOST):  # (the next connection writes it with the others)
+            await self._write(waiter.frame)
+
     async def _write_when_connected(self, frame: Frame) -> None:
         while True:
             if self._fatal is not None:
@@ -510,6 +525,7 @@ class Client:
         self.server_version = first.server  # e.g. "chatd/0.2.0" ("" from older servers)
         self._acked = first.cursor  # what the app took beyond it is acknowledged again
         self._conn, self._link = conn, link
+        self._links += 1
         self._connected.set()
         if not self._shown_connected:  # (a resync is not news to the application)
             self._shown_connected = True
@@ -529,6 +545,7 @@ class Client:
                 again = [w.frame for w in self._pending.values()]
                 for w in self._pending.values():
                     w.held = False
+                    w.written_on = self._links  # (its own task need not write it too)
                 self._held = 0
                 again += [w.frame for w in self._requests.values()]
                 if again:

@@ -470,3 +470,28 @@ async def test_the_sdk_sends_what_was_under_way_and_made_offline_again_in_order(
         assert [(m.seq, m.text) for m in got] == [(1, "a"), (2, "b"), (3, "c")]
     stored = await node.server.store.history("d:alice:bob", None, 10)
     assert sorted(m.id for m in stored) == ["id-a", "id-b", "id-c"]  # (nothing twice)
+
+
+async def test_a_send_made_while_disconnected_is_written_once_after_the_reconnect(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconnect sends again every send not SENT yet, this one with them; its own task,
+    woken by the same reconnect, used to write it a second time (answered as a duplicate:
+    a frame, a store lookup and a Sent for nothing)."""
+    handled: list[str] = []
+    real = handlers.sends
+
+    async def sends(server: Any, dev: Any, batch: list[F.Send]) -> None:
+        handled.extend(ev.id for ev in batch)
+        await real(server, dev, batch)
+
+    monkeypatch.setattr(handlers, "sends", sends)
+    async with node.connect("alice") as alice:
+        for s in node.server.sessions():  # drop alice's connection under her
+            if s.user == "alice":
+                await s.transport.aclose()
+        await alice.next_event(cc.Disconnected)
+        with trio.fail_after(10):
+            ack = await alice.send("bob", "made offline", id="off-1")
+        assert ack.seq == 1 and alice.reconnects >= 1
+        await alice.send("bob", "and one more", id="on-2")  # (whatever came late has come)
+    assert handled == ["off-1", "on-2"]
