@@ -281,8 +281,8 @@ class Device:
                     nursery.start_soon(self._read, client, inc)
             self.client, self.nursery = client, nursery
             nursery.start_soon(self._mark_read, client)
-            for cid in list(self.outbox):
-                nursery.start_soon(self._send, client, cid)
+            for cid in list(self.outbox):  # (again, in the order they were made)
+                await nursery.start(self._send, client, cid)
 
     async def restart(self, goodbye: bool) -> None:
         """The app restarts: this client stops (abruptly, or saying Goodbye first)."""
@@ -326,7 +326,7 @@ class Device:
                     await client.mark_read(conv, seq)
                     self.marked[conv] = seq
 
-    def new_send(self, chat: Chat) -> None:
+    async def new_send(self, chat: Chat) -> None:
         if self.run.closing:
             return
         self.sent += 1
@@ -335,9 +335,13 @@ class Device:
         self.rec(t="send", dev=self.key, id=cid, conv=chat.conv, body=body)
         self.outbox[cid] = (chat, body)
         if self.nursery is not None and self.client is not None:
-            self.nursery.start_soon(self._send, self.client, cid)
+            await self.nursery.start(self._send, self.client, cid)
 
-    async def _send(self, client: cc.Client, cid: str) -> None:
+    async def _send(self, client: cc.Client, cid: str,
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Send one message; started once send() was called: the caller starts the next
+        only then, so a device's sends are called (and numbered) in the order made."""
+        task_status.started()  # (send() runs up to its first checkpoint before the caller)
         if cid not in self.outbox:
             return
         chat, body = self.outbox[cid]
@@ -361,7 +365,7 @@ class Device:
                 return
             chat = rng.choice(self.chats)
             if len(self.outbox) < self.run.opts.in_flight:
-                self.new_send(chat)
+                await self.new_send(chat)
 
 
 # ---- one run ---------------------------------------------------------------------------------

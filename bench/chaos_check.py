@@ -30,7 +30,9 @@ The checks (each violation names the device, conversation, seq and message id):
   never saw (or that no one ever saw and the store does not have);
 - receipts: a message that got SENT whose sending device never saw Delivered or Read for it;
 - history: the stored history read back at the end lacks an acknowledged message, has one
-  twice, has one nobody sent, disagrees with what was delivered, or has a gap.
+  twice, has one nobody sent, disagrees with what was delivered, or has a gap;
+- send_order: a device's send SENT with a seq below that of an earlier send of the same
+  device to the same chat (the recipients see its messages in another order than written).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from collections import defaultdict
 from typing import Any
 
 Record = dict[str, Any]
-KINDS = ("lost", "duplicated", "reordered", "unexpected", "gaps", "receipts", "history")
+KINDS = ("lost", "duplicated", "reordered", "unexpected", "gaps", "receipts", "history",
+         "send_order")
 EXAMPLES = 10  # violations listed per kind in a summary (all are counted)
 
 
@@ -86,6 +89,25 @@ class _State:
                                                              list(item.ident)], "where": where})
         self.seqs_of[item.ident].add((conv, seq))
 
+    def _check_send_order(self, records: list[Record]) -> None:
+        """A device's sends to a chat, in the order it made them, each SENT above the last."""
+        made: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for r in records:
+            if r["t"] == "send":
+                made[(r["dev"], r["conv"])].append(r["id"])
+        for (dev, conv), ids in made.items():
+            top, top_id = 0, ""
+            for cid in dict.fromkeys(ids):
+                ack = self.acks.get((_user(dev), cid))
+                if ack is None:
+                    continue
+                if ack["seq"] < top:
+                    self.v["send_order"].append({"dev": dev, "conv": conv, "id": cid,
+                                                 "seq": ack["seq"], "made_after": top_id,
+                                                 "whose_seq": top})
+                elif ack["seq"] > top:
+                    top, top_id = ack["seq"], cid
+
     def _scan(self, records: list[Record]) -> None:
         inc_ids: dict[tuple[str, int], set[tuple[str, str]]] = defaultdict(set)
         inc_seqs: dict[tuple[str, int], set[tuple[str, int]]] = defaultdict(set)
@@ -109,6 +131,7 @@ class _State:
                                                              send["body"], False), "sent")
             elif t == "fail":
                 self.failed.add((_user(r["dev"]), r["id"]))
+        self._check_send_order(records)
         for r in records:
             t = r["t"]
             if t == "msg":
@@ -309,34 +332,10 @@ def check(records: list[Record], final: bool = True) -> dict[str, Any]:
             "messages_seen": st.msgs, "receipts_seen": st.rcpts,
             "redelivered_to_a_new_client": st.redelivered, "connections": st.connects,
             "max_backlog_items": st.max_backlog, "faults": dict(st.faults),
-            "sent_out_of_order": sent_out_of_order(records),
             "conversations": len(st.convs),
             "devices": sum(len(d) for d in st.devices.values()),
         },
     }
-
-
-def sent_out_of_order(records: list[Record]) -> int:
-    """Sends numbered below an earlier send of the same device to the same chat: the
-    recipients see the sender's messages in another order than they were written. Counted
-    in the stats, not judged: a send already written when an earlier one failed may be
-    numbered first (docs/PROTOCOL.md, "A chat's sends keep their order through retries")."""
-    made: dict[tuple[str, str], list[str]] = defaultdict(list)
-    seq: dict[tuple[str, str], int] = {}
-    for r in records:
-        if r["t"] == "send":
-            made[(r["dev"], r["conv"])].append(r["id"])
-        elif r["t"] == "sent":
-            seq[(r["dev"], r["id"])] = r["seq"]
-    out = 0
-    for (dev, _), ids in made.items():
-        top = 0
-        for cid in ids:
-            n = seq.get((dev, cid))
-            if n is not None:
-                out += n < top
-                top = max(top, n)
-    return out
 
 
 def verdict(result: dict[str, Any]) -> str:
@@ -433,6 +432,23 @@ def corrupt_receipts(records: list[Record], rng: random.Random) -> list[Record]:
     return out
 
 
+def corrupt_send_order(records: list[Record], rng: random.Random) -> list[Record]:
+    """Two sends of one device to one chat made in the other order (their seqs stay)."""
+    sends = [i for i, r in enumerate(records) if r["t"] == "send"]
+    acked = _acked(records)
+    by_chat: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i in sends:
+        r = records[i]
+        if (_user(r["dev"]), r["id"]) in acked:
+            by_chat[(r["dev"], r["conv"])].append(i)
+    idx = rng.choice([v for v in by_chat.values() if len(v) >= 2])
+    k = rng.randrange(len(idx) - 1)
+    out = list(records)
+    a, b = idx[k], idx[k + 1]
+    out[a], out[b] = out[b], out[a]
+    return out
+
+
 def corrupt_history(records: list[Record], rng: random.Random) -> list[Record]:
     """One acknowledged message missing from the stored history read back."""
     acks = _acked(records)
@@ -447,7 +463,8 @@ def corrupt_history(records: list[Record], rng: random.Random) -> list[Record]:
 
 CORRUPTIONS = {"lost": corrupt_lost, "duplicated": corrupt_duplicated,
                "reordered": corrupt_reordered, "unexpected": corrupt_unexpected,
-               "gaps": corrupt_gaps, "receipts": corrupt_receipts, "history": corrupt_history}
+               "gaps": corrupt_gaps, "receipts": corrupt_receipts, "history": corrupt_history,
+               "send_order": corrupt_send_order}
 
 
 def self_test(records: list[Record], seed: int = 0) -> dict[str, Any]:

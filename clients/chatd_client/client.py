@@ -372,10 +372,14 @@ class Client:
 
     async def _write_send(self, waiter: _Waiter) -> None:
         """Write a new send once connected, unless the connection's start wrote it already
-        with the others not SENT yet (a send made while disconnected was written twice)."""
+        with the others not SENT yet (a send made while disconnected was written twice).
+        Connected, it takes the write lock (FIFO) with no checkpoint before it, so sends are
+        written, and numbered, in the order send() was called: trio runs a batch of ready
+        tasks in either order, so a checkpoint here let a later send overtake."""
         if self._fatal is not None:
             raise self._fatal
-        await self._connected.wait()
+        if not self._connected.is_set():
+            await self._connected.wait()
         if waiter.written_on == self._links:
             return
         waiter.written_on = self._links

@@ -1,5 +1,6 @@
 """The chaos checker's judge on its own: a history of a correct system passes, and each way of
-corrupting it (lost, duplicated, reordered, unexpected, gaps, receipts, history) is caught."""
+corrupting it (lost, duplicated, reordered, unexpected, gaps, receipts, history, send_order)
+is caught."""
 
 from __future__ import annotations
 
@@ -95,14 +96,19 @@ def test_fault_lists_parse() -> None:
         parse_faults("meteor=1")
 
 
-def test_sends_numbered_out_of_the_order_they_were_made_are_counted() -> None:
+def test_sends_numbered_out_of_the_order_they_were_made_are_a_violation() -> None:
     records = cc.example_history(0)
-    assert cc.check(records)["stats"]["sent_out_of_order"] == 0
+    assert cc.check(records)["violations"]["send_order"] == 0
     sends = [r for r in records if r["t"] == "send"]
     a = next(r for r in sends if sum(1 for o in sends if (o["dev"], o["conv"])
                                      == (r["dev"], r["conv"])) >= 2)
     b = next(r for r in sends if r is not a and (r["dev"], r["conv"]) == (a["dev"], a["conv"])
              and sends.index(r) > sends.index(a))
+    seqs = {r["id"]: r["seq"] for r in records if r["t"] == "sent" and r["dev"] == a["dev"]}
     ia, ib = records.index(a), records.index(b)
     records[ia], records[ib] = b, a  # b was made first, and got the higher seq
-    assert cc.check(records)["stats"]["sent_out_of_order"] == 1
+    result = cc.check(records)
+    assert not result["ok"] and result["violations"]["send_order"] == 1
+    assert result["examples"]["send_order"] == [
+        {"dev": a["dev"], "conv": a["conv"], "id": a["id"], "seq": seqs[a["id"]],
+         "made_after": b["id"], "whose_seq": seqs[b["id"]]}]

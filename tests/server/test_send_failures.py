@@ -495,3 +495,29 @@ async def test_a_send_made_while_disconnected_is_written_once_after_the_reconnec
         assert ack.seq == 1 and alice.reconnects >= 1
         await alice.send("bob", "and one more", id="on-2")  # (whatever came late has come)
     assert handled == ["off-1", "on-2"]
+
+
+async def test_the_sdk_numbers_a_chats_sends_in_the_order_send_was_called(
+        node: Node) -> None:
+    """Two tasks woken together each call send() to the same chat. The SDK then waited for
+    its connection with a checkpoint before it took its write lock, and trio runs a batch of
+    ready tasks in either order: the send called second was written first about half the
+    time, and numbered first. (Rounds of two, 20 of them.)"""
+    called: list[str] = []
+    acks: dict[str, Any] = {}
+
+    async def send(go: trio.Event, text: str) -> None:
+        await go.wait()
+        called.append(text)
+        acks[text] = await alice.send("bob", text)
+
+    async with node.connect("alice") as alice:
+        with trio.fail_after(20):
+            for r in range(20):
+                async with trio.open_nursery() as nursery:
+                    go = trio.Event()
+                    nursery.start_soon(send, go, f"{r}a")
+                    nursery.start_soon(send, go, f"{r}b")
+                    await trio.sleep(0.01)
+                    go.set()
+    assert [acks[t].seq for t in called] == list(range(1, 41))
