@@ -407,7 +407,9 @@ class CassandraStore:
         self._claims_kept = 0  # in _claimed, all chats
         self._qs: dict[str, int] = {}  # user -> last inbox position given here
         self._recent: dict[str, _Recent] = {}  # user -> items given here, not acked yet
-        self._fresh: set[tuple[str, int]] = set()  # 1:1 messages numbered now, not appended
+        # 1:1 messages numbered by a call under way, not appended yet: the ids of that call's
+        # own entry objects (a redo of the same message in another call is not fresh)
+        self._fresh: set[int] = set()
         # claims of sends stored here, to be marked done by the chat's next claim batch (or
         # by _keep_leases within a second): per chat, (sender, client id)
         self._dones: dict[str, set[tuple[str, str]]] = {}
@@ -783,7 +785,7 @@ class CassandraStore:
                 log.warning("inbox appends of %s failed, trying again: %s", sorted(convs), exc)
             # (what the failed try wrote may be there: looked up by its markers from now on,
             # and handed to the devices again if found)
-            self._fresh.difference_update((e.conv, e.seq) for es in per_user.values()
+            self._fresh.difference_update(id(e) for es in per_user.values()
                                           for e in es if type(e) is Message)
             await trio.sleep(1.0)
 
@@ -795,7 +797,7 @@ class CassandraStore:
         if node is None:
             return await self._inboxes.submit(user, entries)
         assert self.remote is not None
-        fresh = [type(e) is Message and (e.conv, e.seq) in self._fresh for e in entries]
+        fresh = [type(e) is Message and id(e) in self._fresh for e in entries]
         placed = await self.remote.inbox(node, user, entries, fresh,
                                          self._call_timeout("inbox"))
         return [None if q is None else (user, inbox_item(q, e))
@@ -803,8 +805,7 @@ class CassandraStore:
 
     async def inbox_here(self, user: str, entries: list[Entry], fresh: list[bool]
                          ) -> list[int | None]:
-        new = {(e.conv, e.seq) for e, f in zip(entries, fresh, strict=True)
-               if f and type(e) is Message} - self._fresh
+        new = {id(e) for e, f in zip(entries, fresh, strict=True) if f and type(e) is Message}
         self._fresh |= new
         try:
             got = await self._op(self._inboxes.submit(user, entries))
@@ -1110,8 +1111,11 @@ class CassandraStore:
         with a marker row (`marker_q`) that says where the item is. A message that may be
         in this inbox already (a fan-out chunk run again, a send redone by its retry) is
         looked up first: its marker, then the item the marker names; only a message
-        numbered by this very send (`_fresh`) skips the look-up. Rows `_Along` go in the
-        first batch (their results are None)."""
+        numbered by this very send (`_fresh`: the send's own entry objects) skips the
+        look-up. (Keyed by chat and seq, it let a redo of the message, while the first call
+        still waited on another chat's appends, skip it too: appended twice, finding 6 (d)
+        in docs/RELIABILITY.md.) Rows `_Along` go in the first batch (their results are
+        None)."""
         lease, epoch, last, read = await self._numbering(user, self._qs, self._read_last_q)
         if read:
             self._recent[user] = _Recent(last, last)
@@ -1128,7 +1132,7 @@ class CassandraStore:
                     there[j] = True  # (twice in this call)
                     continue
                 seen.add((it.conv, it.seq))
-                if (it.conv, it.seq) not in self._fresh:
+                if id(it) not in self._fresh:
                     maybe.setdefault(marker_q(it.conv, it.seq), []).append(j)
         # items found there already: handed to the devices again (below), since the write
         # that put them there may have failed as far as its caller knew, and then nobody told
@@ -1733,7 +1737,7 @@ class CassandraStore:
         done: list[_Row] = []
         jobs: list[tuple[str, int, int]] = []  # group messages: (conv, seq, recipients)
         busy: list[str] = []  # client ids of sends still being stored by an earlier try
-        fresh: list[tuple[str, int]] = []  # 1:1 messages numbered by this call
+        fresh: list[int] = []  # 1:1 messages numbered by this call (their entries' ids)
         for m, c in zip(msgs, claims, strict=True):
             assert c is not None
             if not c.new:
@@ -1760,7 +1764,7 @@ class CassandraStore:
                 for u in targets:
                     inbox.setdefault(m.conv, {}).setdefault(u, []).append(stored)
                 if c.new:  # (in no inbox yet: see _write_inbox_owned)
-                    fresh.append((m.conv, c.seq))
+                    fresh.append(id(stored))
             if not c.stored:
                 rows += msg_rows(m, c.seq, c.ts)
             day = c.ts // DAY_MS

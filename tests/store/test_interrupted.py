@@ -950,3 +950,43 @@ async def test_cassandra_an_ack_cut_short_after_its_cursor_still_makes_its_recei
     receipts = [it for it in (await s.inbox("alice", "a", 0, 100)).items
                 if not isinstance(it, Delivery)]
     assert {seq for it in receipts for seq in it.seqs} == {1}
+
+
+async def test_cassandra_owner_a_redo_while_the_first_call_waits_on_another_chat_appends_once(
+        cassandra: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call carries alice's sends to bob and to carol; carol's inbox append keeps
+    failing (its owner restarting), so the call waits there, while bob's message is in his
+    inbox. alice's retry of it comes after REDO_AFTER_MS and redoes it. The store skipped
+    the inbox look-up for a message "numbered by this very send" by its (chat, seq), for
+    the whole of the first call: the redo skipped it too, and bob got the message twice
+    (chaos seed 3, finding 6 (d)). Freshness now belongs to the call's own entries."""
+    monkeypatch.setattr(cassandra_module, "REDO_AFTER_MS", 0)
+    cassandra.truncate()
+    async with open_store(cassandra.url(numbering="owner", timeout="2", lease="9")) as s:
+        assert isinstance(s, CassandraStore)
+        for u in ("alice", "bob", "carol"):
+            await s.attach_device(u, "a")
+        to_bob = NewMessage("alice", "a", "m1", "d:alice:bob", ("bob",), b"1", now_ms())
+        to_carol = NewMessage("alice", "a", "m2", "d:alice:carol", ("carol",), b"2", now_ms())
+        real = s._inbox
+        carol_waits, go_on = trio.Event(), trio.Event()
+
+        async def inbox(user: str, entries: Any) -> Any:
+            if user == "carol" and not go_on.is_set():
+                carol_waits.set()
+                await go_on.wait()
+            return await real(user, entries)
+
+        monkeypatch.setattr(s, "_inbox", inbox)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.append_messages, [to_bob, to_carol])
+            with trio.fail_after(10):
+                await carol_waits.wait()
+                while not (await s.inbox("bob", "a", 0, 10)).items:  # (bob has it)
+                    await trio.sleep(0.05)
+                again = await s.append_message(to_bob)  # alice's retry: redone
+            go_on.set()
+        page = await s.inbox("bob", "a", 0, 10)
+        got = [it.message.id for it in page.items if isinstance(it, Delivery)]
+        assert got == ["m1"], got
+        assert again.seq == 1
