@@ -62,7 +62,7 @@ class RefusedForNow:
     def __init__(self) -> None:
         self._refused: dict[str, tuple[int, int]] = {}  # client id -> (error code, retry ms)
 
-    def refused(self, client_id: str, code: int, retry_ms: int) -> None:
+    def add(self, client_id: str, code: int, retry_ms: int) -> None:
         self._refused.pop(client_id, None)
         self._refused[client_id] = (code, retry_ms)
         if len(self._refused) > self.LIMIT:

@@ -161,7 +161,7 @@ def refuse_for_now(dev: Device, code: ErrorCode, message: str, client_id: str,
     sends it made after it in the same chat are refused with it (RefusedForNow)."""
     if dev.refused is None:
         dev.refused = RefusedForNow()
-    dev.refused.refused(client_id, code, retry_ms)
+    dev.refused.add(client_id, code, retry_ms)
     dev.error(code, message, ref=client_id, retry_ms=retry_ms)
 
 

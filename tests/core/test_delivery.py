@@ -139,14 +139,14 @@ def test_holes_are_seqs_a_read_passed_with_no_message_stored_yet() -> None:
 def test_a_send_after_one_refused_for_now_gets_its_answer_until_that_one_is_taken_up() -> None:
     refused = delivery.RefusedForNow()
     assert not refused and refused.taken_up("b", "a") is None
-    refused.refused("a", 10, 500)
+    refused.add("a", 10, 500)
     assert refused.taken_up("b", "a") == (10, 500)  # (the server then refuses b as well)
-    refused.refused("b", 10, 500)
+    refused.add("b", 10, 500)
     assert refused.taken_up("c", "b") == (10, 500)
     assert refused.taken_up("x", None) is None and refused.taken_up("y", "other") is None
     assert refused.taken_up("a", None) is None  # a is sent again: b may follow it now
     assert refused.taken_up("b", "a") is None
-    refused.refused("a", 7, 200)  # refused again (now rate-limited): that answer counts
+    refused.add("a", 7, 200)  # refused again (now rate-limited): that answer counts
     assert refused.taken_up("b", "a") == (7, 200)
 
 
@@ -154,7 +154,7 @@ def test_only_the_latest_sends_refused_for_now_are_remembered() -> None:
     refused = delivery.RefusedForNow()
     limit = delivery.RefusedForNow.LIMIT
     for i in range(limit + 10):
-        refused.refused(f"m{i}", 10, 500)
+        refused.add(f"m{i}", 10, 500)
     assert refused.taken_up("n", "m9") is None  # forgotten: the oldest ten
     assert refused.taken_up("n", "m10") == (10, 500)
     assert refused.taken_up("n", f"m{limit + 9}") == (10, 500)
