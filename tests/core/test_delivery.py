@@ -1,6 +1,6 @@
 """The delivery rules, without a store: targets, cursors, receipts, group floors."""
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from chatd.core import ReceiptNote, delivery
@@ -62,7 +62,7 @@ def test_a_read_tells_the_sender_and_the_readers_other_devices_not_about_events(
     rows = [("alice", 3, False), ("bob", 4, False), ("alice", 5, True), ("alice", 6, False)]
     notes = delivery.read_receipts("bob", "d:alice:bob", 6, 1, 2, rows)
     assert [(n.to, n.seqs) for n in notes] == [("bob", (6,)), ("alice", (3, 6))]
-    assert all(n.status == Status.READ and n.by == "bob" for n in notes)
+    assert all(n.status == Status.READ and n.by == "bob" and n.ts == 1 for n in notes)
     assert delivery.read_receipts("bob", "d:alice:bob", 6, 1, 1, rows)[0].to == "alice"
     # a group's are coalesced (all_receipts): only the reader's own devices hear of it here
     assert [n.to for n in delivery.read_receipts("bob", "g:x", 6, 1, 2, rows)] == ["bob"]
@@ -76,10 +76,15 @@ def test_all_receipts_cover_what_the_floor_passed_and_skip_events() -> None:
     notes = delivery.all_receipts_for("carol", "g:x", Status.READ, 1,
                                       [("alice", 3, False), ("alice", 4, True), ("bob", 5, False)])
     assert [(n.to, n.seqs, n.all) for n in notes] == [("alice", (3,), True), ("bob", (5,), True)]
+    assert {(n.by, n.conv, n.status, n.ts) for n in notes} == {("carol", "g:x", Status.READ, 1)}
 
 
 @given(st.dictionaries(users, st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1),
        st.lists(st.tuples(users, st.integers(0, 1), st.integers(0, 20)), max_size=40))
+# two members reach the same mark, then one moves on: the other still holds the floor there
+@example({"alice": (0, 0), "bob": (0, 0)}, [("alice", 0, 3), ("bob", 0, 3), ("alice", 0, 5)])
+# one member moving twice: nobody is left at the mark between
+@example({"alice": (0, 0)}, [("alice", 0, 3), ("alice", 0, 5)])
 def test_mark_counts_floor_equals_the_lowest_member_watermark(
         start: dict[str, tuple[int, int]], moves: list[tuple[str, int, int]]) -> None:
     """SQLite keeps counts per watermark instead of scanning the members on every ack: the
@@ -94,6 +99,14 @@ def test_mark_counts_floor_equals_the_lowest_member_watermark(
         assert counts.floor() == delivery.floor(marks, marks)
     counts.move("zed", 0, 0, 99)  # not a member: not counted
     assert counts.floor() == delivery.floor(marks, marks)
+
+
+def test_a_member_without_a_watermark_holds_the_groups_floor_at_nothing() -> None:
+    marks = {"alice": (4, 2), "bob": (3, 3)}
+    assert delivery.floor(["alice", "bob"], marks) == (3, 2)
+    assert delivery.floor(["alice", "bob", "carol"], marks) == (0, 0)  # carol has nothing yet
+    assert delivery.floor([], marks) == (0, 0)
+    assert delivery.MarkCounts({}).floor() == (0, 0)
 
 
 def test_receipt_state_sorts_participants_but_the_sender() -> None:
@@ -117,6 +130,9 @@ def test_a_message_that_reached_the_inbox_after_a_later_one_was_delivered_gets_i
     late = missed("bob", covered, got, lambda conv, seq: False)
     assert late == [("alice", "d:alice:bob", 1)]
     assert missed("bob", covered, got, lambda conv, seq: seq <= 1) == []  # receipted READ
+    # what the read covered is asked by chat and seq
+    assert missed("bob", covered, got, lambda conv, seq: (conv, seq) == ("d:alice:bob", 1)) == []
+    assert missed("bob", covered, got, lambda conv, seq: conv == "d:bob:carol") == late
     position = {("alice", "d:alice:bob", 1): 5}
     assert first_reached(late, position, reached=4) == late  # bob's other devices were behind
     assert first_reached(late, position, reached=5) == []  # one of them had it: receipted then
@@ -134,12 +150,17 @@ def test_holes_are_seqs_a_read_passed_with_no_message_stored_yet() -> None:
     assert holes(2, 7, stored, now=1000, wait_ms=1000) == [4, 5]
     assert holes(0, 3, [(1, 0), (2, 0), (3, 0)], now=10, wait_ms=1) == []
     assert holes(0, 1000, [(1000, 5)], now=10, wait_ms=100, most=3) == [997, 998, 999]
+    assert holes(2, 5, [(4, 990)], now=1000, wait_ms=1000) == [3, 5]  # the first one after
+    assert holes(0, 10, [], now=0, wait_ms=1, most=3) == [8, 9, 10]  # the end's gap, too
+    assert holes(0, 100, [], now=0, wait_ms=1) == list(range(37, 101))  # 64 at most
+    assert holes(2, 6, [(6, 0)], now=1000, wait_ms=1000) == []  # as old as the wait: none
 
 
 def test_a_send_after_one_refused_for_now_gets_its_answer_until_that_one_is_taken_up() -> None:
     refused = delivery.RefusedForNow()
     assert not refused and refused.taken_up("b", "a") is None
     refused.add("a", 10, 500)
+    assert refused  # (a connection with none skips the look-up)
     assert refused.taken_up("b", "a") == (10, 500)  # (the server then refuses b as well)
     refused.add("b", 10, 500)
     assert refused.taken_up("c", "b") == (10, 500)
@@ -158,3 +179,14 @@ def test_only_the_latest_sends_refused_for_now_are_remembered() -> None:
     assert refused.taken_up("n", "m9") is None  # forgotten: the oldest ten
     assert refused.taken_up("n", "m10") == (10, 500)
     assert refused.taken_up("n", f"m{limit + 9}") == (10, 500)
+
+
+
+def test_a_send_refused_again_is_remembered_as_the_latest() -> None:
+    refused = delivery.RefusedForNow()
+    for i in range(delivery.RefusedForNow.LIMIT):
+        refused.add(f"m{i}", 10, 500)
+    refused.add("m0", 10, 500)  # the oldest, refused again
+    refused.add("new", 10, 500)  # one over the limit: the oldest now is m1
+    assert refused.taken_up("n", "m0") == (10, 500)
+    assert refused.taken_up("n", "m1") is None

@@ -21,6 +21,14 @@ def test_a_key_has_one_shard_everywhere() -> None:
     assert 0 <= shard_of("g:x", 7) < 7
 
 
+def test_shards_and_owners_are_the_same_in_every_version() -> None:
+    """Nodes of different versions (a rolling upgrade) must agree on a chat's shard and its
+    owner, and a shard's lease is stored under its number: the hash is part of the format."""
+    assert (shard_of("d:alice:bob"), shard_of("g:climbers")) == (902, 568)
+    assert [owner(s, ["node-a", "node-b", "node-c"]) for s in range(6)] == [
+        "node-b", "node-c", "node-a", "node-a", "node-b", "node-c"]
+
+
 def test_one_node_owns_every_shard_and_none_owns_without_nodes() -> None:
     assert set(owners.owners(["a"])) == {"a"}
     assert owner(3, []) is None
@@ -32,6 +40,18 @@ def test_every_node_picks_the_same_owner_whatever_the_order(nodes: set[str],
     order = sorted(nodes)
     rnd.shuffle(order)
     assert owners.owners(order, 64) == owners.owners(sorted(nodes), 64)
+    # (a node's router asks owner() with the live nodes in the order the registry gives)
+    assert [owner(s, order) for s in range(64)] == [owner(s, sorted(nodes)) for s in range(64)]
+
+
+def test_the_owner_does_not_depend_on_the_order_of_the_nodes() -> None:
+    nodes = [f"node-{i}" for i in range(5)]
+    want = [owner(s, nodes) for s in range(256)]
+    assert len(set(want)) == 5
+    for k in range(1, 5):
+        rotated = nodes[k:] + nodes[:k]
+        assert [owner(s, rotated) for s in range(256)] == want
+        assert [owner(s, rotated[::-1]) for s in range(256)] == want
 
 
 @given(node_sets, node_ids)
@@ -70,6 +90,15 @@ def test_a_lease_is_valid_from_its_grant_until_its_margin() -> None:
     assert not lease.valid(106) and not lease.renew_due(106)
     with pytest.raises(ValueError):
         Lease(duration=5, margin=5)
+    with pytest.raises(ValueError, match="margin"):
+        Lease(duration=5, margin=-1)
+
+
+def test_a_lease_without_a_margin_is_renewed_at_exactly_a_third() -> None:
+    lease = Lease(duration=9, margin=0)  # (a margin of 0 is allowed: tests, one node)
+    lease.granted(epoch=1, sent=0)
+    assert not lease.renew_due(2.999) and lease.renew_due(3)
+    assert lease.valid(8.999) and not lease.valid(9)
 
 
 @given(st.lists(st.tuples(st.floats(0, 1000), st.floats(0, 50)), min_size=1, max_size=20),
