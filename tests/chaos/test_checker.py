@@ -45,6 +45,18 @@ def test_self_test_reports_every_corruption() -> None:
     assert all(c["caught"] for c in report["corruptions"].values())
 
 
+def test_a_corruption_found_only_as_another_kind_is_not_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check that stopped seeing lost messages must show in the self-test even when the
+    corrupted history fails for another reason."""
+    monkeypatch.setitem(cc.CORRUPTIONS, "lost", cc.corrupt_duplicated)
+    report = cc.self_test(cc.example_history(7))
+    assert not report["ok"] and report["clean_history_passes"]
+    assert report["corruptions"]["lost"]["caught"] is False
+    assert report["corruptions"]["lost"]["violations"] == {"duplicated": 1}
+    assert report["corruptions"]["duplicated"]["caught"]
+
+
 def test_self_test_fails_when_the_history_is_not_clean() -> None:
     history = cc.corrupt_duplicated(cc.example_history(1), random.Random(1))
     assert not cc.self_test(history)["ok"]
@@ -112,3 +124,51 @@ def test_sends_numbered_out_of_the_order_they_were_made_are_a_violation() -> Non
     assert result["examples"]["send_order"] == [
         {"dev": a["dev"], "conv": a["conv"], "id": a["id"], "seq": seqs[a["id"]],
          "made_after": b["id"], "whose_seq": seqs[b["id"]]}]
+
+
+def _with(history: list[dict], *records: dict) -> dict[str, list[dict]]:
+    return cc.violations([*history, *records])
+
+
+def test_two_sends_given_one_seq_are_caught() -> None:
+    """The server numbering a second message at a seq already taken in the chat (what two
+    owners of one conversation would do): caught when its SENT comes, delivered or not."""
+    h = cc.example_history(1)
+    first = next(r for r in h if r["t"] == "sent" and r["conv"] == "d:u0:u1")
+    found = _with(h, {"t": "send", "dev": "u0/b", "id": "x1", "conv": "d:u0:u1", "body": "x"},
+                  {"t": "sent", "dev": "u0/b", "id": "x1", "conv": "d:u0:u1",
+                   "seq": first["seq"]})
+    same = [v for v in found["unexpected"] if v["why"] == "two messages at one seq"]
+    assert same == [{"why": "two messages at one seq", "conv": "d:u0:u1", "seq": first["seq"],
+                     "ids": [[cc._user(first["dev"]), first["id"]], ["u0", "x1"]],
+                     "where": "sent"}]
+
+
+def test_a_send_acknowledged_twice_with_different_seqs_is_a_duplicate() -> None:
+    h = cc.example_history(1)
+    first = next(r for r in h if r["t"] == "sent")
+    found = _with(h, dict(first, seq=first["seq"] + 100))
+    assert {"why": "SENT twice with different seqs", "id": [cc._user(first["dev"]), first["id"]],
+            "conv": first["conv"], "seqs": [first["seq"], first["seq"] + 100]} in found[
+        "duplicated"]
+    assert not _with(h, dict(first))["duplicated"]  # the same SENT again (a retry): fine
+
+
+def test_a_send_order_is_checked_past_a_send_that_got_no_sent() -> None:
+    h = cc.example_history(1)
+    found = _with(h, *[{"t": "send", "dev": "u0/b", "id": i, "conv": "d:u0:u1", "body": i}
+                       for i in ("y1", "y2", "y3")],
+                  {"t": "sent", "dev": "u0/b", "id": "y1", "conv": "d:u0:u1", "seq": 500},
+                  {"t": "sent", "dev": "u0/b", "id": "y3", "conv": "d:u0:u1", "seq": 400})
+    assert found["send_order"] == [{"dev": "u0/b", "conv": "d:u0:u1", "id": "y3", "seq": 400,
+                                    "made_after": "y1", "whose_seq": 500}]
+
+
+def test_a_send_the_server_refused_is_not_left_unacknowledged() -> None:
+    h = cc.example_history(1)
+    send = {"t": "send", "dev": "u0/b", "id": "z1", "conv": "d:u0:u1", "body": "z"}
+    stats = cc.check([*h, send])["stats"]
+    assert (stats["never_acknowledged"], stats["refused"]) == (1, 0)
+    stats = cc.check([*h, send, {"t": "fail", "dev": "u0/b", "id": "z1"}])["stats"]
+    assert (stats["never_acknowledged"], stats["refused"]) == (0, 1)
+    assert stats["messages_seen"] == sum(1 for r in h if r["t"] == "msg")
