@@ -172,3 +172,37 @@ def test_a_send_the_server_refused_is_not_left_unacknowledged() -> None:
     stats = cc.check([*h, send, {"t": "fail", "dev": "u0/b", "id": "z1"}])["stats"]
     assert (stats["never_acknowledged"], stats["refused"]) == (0, 1)
     assert stats["messages_seen"] == sum(1 for r in h if r["t"] == "msg")
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_every_device_that_should_have_a_message_is_checked(seed: int) -> None:
+    """Remove each device's sightings of each acknowledged message in turn: each time the
+    checker names exactly that device and message as lost. (The recipients' devices, the
+    sender's other devices, a group's members; not the device that sent it.)"""
+    h = cc.example_history(seed)
+    acks = {(cc._user(r["dev"]), r["id"]): r for r in h if r["t"] == "sent"}
+    sightings = {(r["dev"], r["from"], r["id"]) for r in h
+                 if r["t"] == "msg" and (r["from"], r["id"]) in acks}
+    assert len({dev for dev, _, _ in sightings}) == 6  # every device in a chat, u0 has two
+    for dev, sender, cid in sorted(sightings):
+        ack = acks[(sender, cid)]
+        cut = [r for r in h if not (r["t"] == "msg" and r["dev"] == dev
+                                    and (r["from"], r["id"]) == (sender, cid))]
+        assert cc.violations(cut)["lost"] == [
+            {"dev": dev, "conv": ack["conv"], "seq": ack["seq"], "id": [sender, cid]}]
+
+
+def test_who_must_get_a_message_written_out() -> None:
+    """The example history is made with the checker's own rule for who gets a message, so
+    the tests above cannot tell a wrong rule: it is written out here. Everyone in the chat
+    but the sending device; a user's lone device never gets its own message, nor its own
+    chat event (the server's), but with several devices each gets the events."""
+    st = cc._State(cc.example_history(0))  # u0 has devices a and b, the others one each
+    assert st.expected_devices("d:u0:u1", "u1", "a") == ["u0/a", "u0/b"]
+    assert st.expected_devices("d:u0:u1", "u0", "a") == ["u0/b", "u1/a"]
+    assert st.expected_devices("g:g1", "u2", "a") == ["u0/a", "u0/b", "u1/a", "u3/a", "u4/a"]
+    assert st.expected_devices("g:g1", "u0", "server") == [
+        "u0/a", "u0/b", "u1/a", "u2/a", "u3/a", "u4/a"]
+    assert st.expected_devices("g:g1", "u1", "server") == ["u0/a", "u0/b", "u2/a", "u3/a",
+                                                           "u4/a"]
+    assert st.expected_devices("d:u9:u9", "u9", "a") == []  # not a chat of the run
