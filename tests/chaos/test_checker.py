@@ -5,6 +5,7 @@ is caught."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -206,3 +207,49 @@ def test_who_must_get_a_message_written_out() -> None:
     assert st.expected_devices("g:g1", "u1", "server") == ["u0/a", "u0/b", "u2/a", "u3/a",
                                                            "u4/a"]
     assert st.expected_devices("d:u9:u9", "u9", "a") == []  # not a chat of the run
+
+
+def _history_changed(h: list[dict], conv: str, change: Any) -> list[dict]:
+    return [dict(r, items=change(list(r["items"]))) if r["t"] == "history" and r["conv"] == conv
+            else r for r in h]
+
+
+def _whys(found: dict[str, list[dict]], kind: str) -> list[tuple[str, Any]]:
+    return [(v["why"], v.get("seq", v.get("seqs"))) for v in found[kind]]
+
+
+def test_the_stored_history_is_judged_item_by_item() -> None:
+    h = cc.example_history(1)
+    items = next(r["items"] for r in h if r["t"] == "history" and r["conv"] == "d:u0:u1")
+    last, other = items[-1], items[-2]
+    # the last message stored a second time, at the next seq
+    twice = cc.violations(_history_changed(h, "d:u0:u1", lambda it: [
+        *it, dict(last, seq=last["seq"] + 1)]))
+    assert ("stored twice", last["seq"] + 1) in _whys(twice, "history")
+    # a message that is not in the store, below the last one
+    gone = cc.violations(_history_changed(h, "d:u0:u1", lambda it: [
+        x for x in it if x["seq"] != other["seq"]]))
+    assert _whys(gone, "history") == [("gap in the stored seqs", [other["seq"]]),
+                                      ("missing", other["seq"])]
+    # a stored body that is not what was sent (the chat is right)
+    changed = cc.violations(_history_changed(h, "d:u0:u1", lambda it: [
+        *it[:-1], dict(last, body="something else")]))
+    assert ("not what was sent", last["seq"]) in _whys(changed, "history")
+    # no history read back for two chats: both named
+    unread = cc.violations([r for r in h if r["t"] != "history" or r["conv"] == "g:g1"])
+    assert [v["conv"] for v in unread["history"] if v["why"] == "not read back"] == [
+        "d:u0:u1", "d:u2:u3"]
+
+
+def test_a_run_not_over_yet_is_judged_only_on_what_can_never_become_right() -> None:
+    h = cc.example_history(1)
+    # the last five receipts and the last message seen not there yet, no history read back
+    cut = [r for r in h if r["t"] != "history"][:-5]
+    last_msg = max(i for i, r in enumerate(cut) if r["t"] == "msg")
+    cut = cut[:last_msg] + cut[last_msg + 1:]
+    now = cc.check(cut, final=False)
+    assert now["ok"] and now["violations"]["gaps"] == now["violations"]["history"] == 0
+    assert now["violations"]["receipts"] == 5 and now["violations"]["lost"] == 1
+    assert not cc.check(cut)["ok"]
+    dup = cc.check(cc.corrupt_duplicated(cut, random.Random(1)), final=False)
+    assert not dup["ok"]
