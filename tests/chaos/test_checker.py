@@ -253,3 +253,64 @@ def test_a_run_not_over_yet_is_judged_only_on_what_can_never_become_right() -> N
     assert not cc.check(cut)["ok"]
     dup = cc.check(cc.corrupt_duplicated(cut, random.Random(1)), final=False)
     assert not dup["ok"]
+
+
+def test_what_one_client_is_shown_is_judged_message_by_message() -> None:
+    h = cc.example_history(1)
+    i = next(k for k, r in enumerate(h) if r["t"] == "msg" and not r["ev"] and r["inc"] == 0)
+    shown = h[i]
+    where = (shown["dev"], shown["conv"], shown["seq"])
+
+    def found(*changed: dict, at: int = i + 1) -> dict[str, list[dict]]:
+        return cc.violations([*h[:at], *changed, *h[at:]])
+
+    def at(kind: str, got: dict[str, list[dict]]) -> list[str]:
+        return [v.get("why", "") for v in got[kind] if (v.get("dev"), v.get("conv"),
+                                                        v.get("seq")) == where]
+
+    # the same message again at another seq, or another message at the same seq: both
+    # duplicates for that client (the first kept, the second judged no further)
+    again = dict(shown, seq=shown["seq"] + 500)
+    assert "seen twice by one client" in [v["why"] for v in found(again)["duplicated"]]
+    other = dict(shown, id="someone-else")
+    assert "seen twice by one client" in at("duplicated", found(other))
+    # a later violation in the same history is still found after a duplicate
+    later = next(r for r in h[i + 1:] if r["t"] == "msg" and r["dev"] == shown["dev"]
+                 and r["conv"] == shown["conv"] and r["inc"] == 0 and r["seq"] > shown["seq"])
+    both = cc.violations([*h[:i + 1], dict(shown), *h[i + 1:], dict(later, seq=0,
+                                                                      id="never-sent")])
+    assert both["duplicated"] and both["reordered"]
+    # shown at a seq other than the one its SENT gave; shown with another body
+    moved = [dict(r, seq=r["seq"] + 1000) if r is shown else r for r in h]
+    assert any(v["why"] == f"SENT said seq {shown['seq']}" for v in
+               cc.violations(moved)["unexpected"])
+    edited = [dict(r, body="edited") if r is shown else r for r in h]
+    assert [v["why"] for v in cc.violations(edited)["unexpected"]] == ["not what was sent"]
+
+
+def test_the_run_is_counted() -> None:
+    h = cc.example_history(1)
+    stats = cc.check([*h, {"t": "fault", "kind": "kill-node"},
+                      {"t": "fault", "kind": "kill-node"}, {"t": "fault", "kind": "drop"}])["stats"]
+    assert stats["faults"] == {"kill-node": 2, "drop": 1}
+    assert stats["messages_seen"] == sum(r["t"] == "msg" for r in h)
+    assert stats["receipts_seen"] == sum(r["t"] == "rcpt" for r in h)
+    assert stats["connections"] == sum(r["t"] == "conn" and r["what"] == "connected" for r in h)
+    # the most items a device was given between connecting and being in sync
+    assert stats["max_backlog_items"] == max(
+        _backlog(h, dev) for dev in {r["dev"] for r in h if r["t"] == "conn"})
+
+
+def _backlog(h: list[dict], dev: str) -> int:
+    best, n = 0, None
+    for r in h:
+        if r.get("dev") != dev:
+            continue
+        if r["t"] == "conn":
+            if r["what"] == "connected":
+                n = 0
+            elif r["what"] == "synced":
+                best, n = max(best, n or 0), None
+        elif r["t"] in ("msg", "rcpt") and n is not None:
+            n += 1
+    return best
