@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from typing import Any
 
 import trio
@@ -109,7 +110,7 @@ async def loader(port: int, data_dir: str, first: int, count: int, sources: list
                 if stream.socket.fileno() == -1:
                     continue
                 try:
-                    stream.socket.send(ping)  # a few bytes: never blocks in practice
+                    await stream.socket.send(ping)  # a few bytes: never waits in practice
                 except OSError:
                     stream.socket.close()
                     state["open"] -= 1
@@ -138,10 +139,19 @@ async def loader(port: int, data_dir: str, first: int, count: int, sources: list
 
 # ---- the orchestrator ----------------------------------------------------------------------
 
+def server_connections(metrics_port: int) -> int:
+    """The node's own count of authenticated connections (`chatd_connections`)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("chatd_connections "):
+                return int(float(line.split()[1]))
+    raise RuntimeError("the node's metrics have no chatd_connections")
+
+
 async def ramp(node: ChatdProcess, target: int, sources: list[str], heartbeat: float,
                hold: float, max_seconds: float, concurrency: int, probe_pairs: int,
-               probe_rate: float, transport: str = "tcp", ws_port: int = -1
-               ) -> dict[str, Any]:
+               probe_rate: float, transport: str = "tcp", ws_port: int = -1,
+               metrics_port: int = -1) -> dict[str, Any]:
     loaders: list[trio.Process] = []
     status: list[dict[str, Any]] = []
     timeline: list[dict[str, float]] = []
@@ -201,6 +211,9 @@ async def ramp(node: ChatdProcess, target: int, sources: list[str], heartbeat: f
         print(f"  holding {opened:,} connections for {hold:g}s", flush=True)
         await trio.sleep(hold)
         idle_cpu = (node.cpu_seconds() - cpu1) / (time.monotonic() - t1)
+        # what the node itself still holds (the loaders only learn of a closed connection
+        # when a ping to it fails)
+        server_held = await trio.to_thread.run_sync(server_connections, metrics_port)
         # latency while holding them: a few extra pairs at a modest rate
         pairs = await connect_pairs(node.port, probe_pairs, node.token, relay=False)
         lat: list[float] = []
@@ -220,7 +233,8 @@ async def ramp(node: ChatdProcess, target: int, sources: list[str], heartbeat: f
     return {
         "transport": transport, "target": target, "opened": opened, "failed": total("failed"),
         "errors": {k: v for s in status for k, v in s.get("errors", {}).items()},
-        "held_after_hold": still_open, "loaders": n_loaders, "source_addresses": sources,
+        "held_after_hold": still_open, "server_held_after_hold": server_held,
+        "loaders": n_loaders, "source_addresses": sources,
         "ramp_seconds": round(ramp_s, 1), "connects_per_s": round(opened / ramp_s),
         "server_rss_before_kib": rss0, "server_rss_after_kib": rss1,
         "kib_per_connection": round((rss1 - rss0) / max(opened, 1), 2),
@@ -242,14 +256,16 @@ def run(target: int, workers: int, hold: float = 20, heartbeat: float = 30,
         # the loaders sign in up to `concurrency` connections each at once: more than the
         # default cap on connections signing in (per worker) when the kernel's spread is uneven
         ws_port = free_port() if transport == "ws" else -1
+        metrics_port = free_port()
         node = ChatdProcess(tmp, [], workers=workers, extra=(
             "--heartbeat", str(heartbeat), "--idle-timeout", str(heartbeat * 3),
-            "--ws-port", str(ws_port)),
+            "--ws-port", str(ws_port), "--metrics-port", str(metrics_port)),
             env={"CHATD_MAX_UNAUTHENTICATED": str(max(1024, target)),
                  "CHATD_MAX_UNAUTHENTICATED_PER_ADDRESS": str(max(1024, target))})
         try:
             result = trio.run(ramp, node, target, addrs, heartbeat, hold, max_seconds,
-                              concurrency, probe_pairs, probe_rate, transport, ws_port)
+                              concurrency, probe_pairs, probe_rate, transport, ws_port,
+                              metrics_port)
         finally:
             node.stop()
     return {"workers": workers, **result}
@@ -264,7 +280,8 @@ def main(args: Any) -> None:
     p = result["probe"]
     print(f"opened {result['opened']:,}/{result['target']:,} ({result['failed']:,} failed) in"
           f" {result['ramp_seconds']}s = {result['connects_per_s']:,}/s; still open after the"
-          f" hold: {result['held_after_hold']:,}")
+          f" hold: {result['held_after_hold']:,} (the node's own count:"
+          f" {result['server_held_after_hold']:,})")
     print(f"server memory {result['kib_per_connection']} KiB per connection (bar <= 8);"
           f" idle CPU {result['idle_cpu_cores']:.1%} of a core;"
           f" probe latency p50 {p['p50_ms']} ms p99 {p['p99_ms']} ms ({p['messages']} msgs)")
